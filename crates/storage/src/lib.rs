@@ -1,0 +1,146 @@
+//! The file-system seam that every crash-sensitive part of imgtx writes through.
+//!
+//! [`Fs`] and [`File`] are the only ways the journal and the transaction engine touch storage:
+//! positional reads and writes, length changes, data syncs, and the handful of namespace
+//! operations (exclusive create, unlink, rename, directory sync) a commit protocol needs.
+//! [`OsFs`] maps them onto real files; the simulated disk in [`sim`] keeps live and durable
+//! state apart so tests can crash at any operation and inspect what survived.
+//!
+//! This crate is not a general VFS: no directory walking beyond listing one directory, no
+//! permissions model beyond what crash safety needs, and no buffering.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod os;
+pub mod sim;
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+
+pub use os::{OsFile, OsFs};
+
+/// One open file, addressed by absolute byte offsets. No method moves a cursor.
+pub trait File: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at or past EOF).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+
+    /// Writes all of `buf` at `offset`, extending the file if needed.
+    ///
+    /// # Errors
+    /// On error some prefix of `buf` may have reached the file: callers treat the whole
+    /// range as unknown until they overwrite or truncate it.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Sets the file length, zero-filling any growth.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// The current (live, not necessarily durable) length.
+    fn len(&self) -> io::Result<u64>;
+
+    /// Makes every completed write and length change of this file durable (`fdatasync`).
+    ///
+    /// # Errors
+    /// After an error nothing about the durability of earlier writes is known; callers must
+    /// never retry and then trust the file (see `docs/journal-format.md`).
+    fn sync_data(&self) -> io::Result<()>;
+
+    /// Makes `[offset, offset + len)` read as zeros without changing the length: a hole punch
+    /// where the file system supports it, otherwise written zeros.
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` when the file ends first.
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended before the requested range",
+                    ))
+                }
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`Fs::metadata`] reports about a path, without following a final symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metadata {
+    /// Device number.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Last modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Number of hard links.
+    pub nlink: u64,
+    /// What kind of object the path names.
+    pub kind: FileKind,
+}
+
+/// The type of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (never followed by [`Fs::metadata`]).
+    Symlink,
+    /// Anything else: device, socket, fifo.
+    Other,
+}
+
+/// The namespace operations a crash-safe protocol needs, plus opening files.
+///
+/// Paths are used as given; implementations never follow a symlink in the final component
+/// when creating or opening for write.
+pub trait Fs: Send + Sync {
+    /// The file handle type.
+    type File: File;
+
+    /// Creates a new file with mode 0600, failing with `AlreadyExists` if anything (even a
+    /// dangling symlink) has that name (`O_CREAT | O_EXCL`). The new entry is not durable
+    /// until [`Fs::sync_dir`] on its parent.
+    fn create_new(&self, path: &Path) -> io::Result<Self::File>;
+
+    /// Opens an existing regular file for reading, or for reading and writing. Refuses a
+    /// symlink in the final component (`O_NOFOLLOW`).
+    fn open(&self, path: &Path, writable: bool) -> io::Result<Self::File>;
+
+    /// Metadata of `path` without following a final symlink; `Ok(None)` when it does not exist.
+    fn metadata(&self, path: &Path) -> io::Result<Option<Metadata>>;
+
+    /// Removes a file or symlink (never a directory). Not durable until [`Fs::sync_dir`].
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+
+    /// Atomically renames `from` to `to`, replacing `to`. Not durable until [`Fs::sync_dir`].
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Creates a directory with mode 0700; `Ok(())` when it already exists as a directory.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
+
+    /// Makes the directory's entries durable (fsync on the directory).
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Names of the entries of `dir`, in no particular order.
+    fn read_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+}

@@ -1,0 +1,1 @@
+//! Transactions over VM disk images (to be filled in: issue 4).
