@@ -1,76 +1,123 @@
-//! A crash-safe append-only log of typed records. (Stub: the API contract; issue 2 fills it in.)
-#![allow(missing_docs, clippy::needless_pass_by_value)]
+//! A crash-safe append-only log of typed records: the write-ahead log under imgtx transactions.
+//!
+//! [`Journal`] creates a log (exclusively, mode 0600, header and directory entry synced),
+//! appends records of one serde type `T` ([`Journal::append`], postcard-encoded, framed with a
+//! length, sequence number and CRC-32 bound to a random per-log nonce) and makes them durable
+//! ([`Journal::sync`]). [`read`] replays a log without touching it; [`Journal::open`] replays it
+//! for appending and truncates a torn tail. What counts as a torn tail and what as corruption is
+//! one explicit policy, [`RecoveryMode`], described in [`replay`](crate::RecoveryMode) and in
+//! `docs/journal-format.md`.
+//!
+//! It is not a database: no compaction, no concurrent writers (the caller locks), no random
+//! access, and records are held in memory on replay.
+//!
+//! ```
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = &dir.path().join("tx.journal");
+//! let fs = storage::OsFs;
+//! let mut j = journal::Journal::<_, String>::create(&fs, path, b"base-id")?;
+//! j.append(&"pre-image".to_string())?;
+//! j.sync()?;
+//! let replay = journal::read::<_, String>(&fs, path)?;
+//! assert_eq!(replay.records, ["pre-image"]);
+//! assert_eq!(replay.tail, journal::Tail::Clean);
+//! # Ok::<(), journal::Error>(())
+//! ```
 
-use std::marker::PhantomData;
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod error;
+pub mod format;
+pub mod fuzz;
+mod replay;
+mod writer;
+
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use storage::{File, Fs};
+use storage::Fs;
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    #[error("journal I/O failed at {path}")]
-    Io { path: String, #[source] source: std::io::Error },
-    #[error("journal is corrupt at offset {offset:#x}: {reason}")]
-    Corrupt { offset: u64, reason: String },
-    #[error("journal handle is poisoned by an earlier failed write or sync")]
-    Poisoned,
-}
+pub use error::{Error, Result};
+pub use replay::RecoveryMode;
+pub use writer::Journal;
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+use error::io_err;
 
 /// What replay found at the end of the log.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tail {
     /// The log ended exactly after its last valid record.
     Clean,
-    /// An incomplete or checksum-failing tail was found (and, when opened for append, truncated).
-    Torn { valid_len: u64, discarded: u64 },
+    /// An incomplete, zero-filled or checksum-failing tail was found: an append that never
+    /// completed. [`read`] only reports it; [`Journal::open`] truncates it and syncs.
+    Torn {
+        /// Offset just past the last valid record.
+        valid_len: u64,
+        /// Bytes after `valid_len` that were (or would be) discarded.
+        discarded: u64,
+    },
 }
 
 /// The result of replaying a journal.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replay<T> {
+    /// The identity blob from the header.
     pub identity: Vec<u8>,
+    /// Every valid record, in order; `records[i]` has sequence number `i`.
     pub records: Vec<T>,
+    /// How the log ended.
     pub tail: Tail,
 }
 
-pub struct Journal<F: File, T> {
-    file: F,
-    _t: PhantomData<fn(T)>,
-}
-
-impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
-    /// Creates a new journal (O_EXCL, 0600), writes and syncs its header, syncs the parent dir.
-    pub fn create<S: Fs<File = F>>(fs: &S, path: &Path, identity: &[u8]) -> Result<Self> {
-        let _ = (fs, path, identity);
-        todo!()
-    }
-    /// Opens for append: replays, truncates a torn tail (and syncs), returns the records.
-    pub fn open<S: Fs<File = F>>(fs: &S, path: &Path) -> Result<(Self, Replay<T>)> {
-        let _ = (fs, path);
-        todo!()
-    }
-    pub fn append(&mut self, record: &T) -> Result<u64> {
-        let _ = (record, &self.file);
-        todo!()
-    }
-    pub fn sync(&mut self) -> Result<()> {
-        todo!()
-    }
-}
-
-/// Replays without modifying anything (a torn tail is reported, not truncated).
+/// Replays the journal at `path` without modifying anything, with
+/// [`RecoveryMode::TolerateTornTail`]: a torn tail is reported in [`Replay::tail`], not
+/// truncated.
+///
+/// # Errors
+/// `Io` (including `NotFound`), `HeaderIncomplete`, `BadHeader`, `UnsupportedVersion`, and
+/// `Corrupt` for damage that is not a torn tail.
 pub fn read<S: Fs, T: DeserializeOwned>(fs: &S, path: &Path) -> Result<Replay<T>> {
-    let _ = (fs, path);
-    todo!()
+    read_with(fs, path, RecoveryMode::default())
 }
 
-/// Unlinks a journal and syncs its parent directory.
+/// [`read`] with an explicit recovery mode.
+///
+/// # Errors
+/// As [`read`]; which damage is `Corrupt` depends on `mode`.
+pub fn read_with<S: Fs, T: DeserializeOwned>(
+    fs: &S,
+    path: &Path,
+    mode: RecoveryMode,
+) -> Result<Replay<T>> {
+    use storage::File as _;
+    let file = fs.open(path, false).map_err(io_err(path))?;
+    let s = replay::scan::<S::File, T>(&file, path, mode)?;
+    // Reading never changes the file; only check the handle is still sane.
+    let _ = file.len();
+    Ok(Replay {
+        identity: s.header.identity,
+        records: s.records,
+        tail: s.tail,
+    })
+}
+
+/// Unlinks the journal at `path` and syncs its parent directory, so the removal (often a
+/// transaction's commit or rollback point) survives a crash.
+///
+/// # Errors
+/// `Io`, including `NotFound`. If the directory sync fails the removal may not be durable.
 pub fn remove<S: Fs>(fs: &S, path: &Path) -> Result<()> {
-    let _ = (fs, path);
-    todo!()
+    fs.remove_file(path).map_err(io_err(path))?;
+    let dir = parent_dir(path);
+    // Barrier: the unlink is durable only once the directory is synced (crash-safety rule 2).
+    fs.sync_dir(dir).map_err(io_err(dir))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }

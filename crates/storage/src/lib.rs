@@ -22,6 +22,8 @@ use std::path::Path;
 pub use os::{OsFile, OsFs};
 
 /// One open file, addressed by absolute byte offsets. No method moves a cursor.
+// `len` is fallible I/O, not a container size: an `is_empty` twin would only add a syscall.
+#[allow(clippy::len_without_is_empty)]
 pub trait File: Send + Sync {
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (0 at or past EOF).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;

@@ -1,0 +1,324 @@
+//! Replay: reading the header and the records back, and deciding what a bad record means.
+//!
+//! The rule, in one place ([`classify_damage`]): when the record at offset `X` (expected
+//! sequence number `n`) is incomplete, zero-filled or fails its checksum, every later offset
+//! that is a multiple of 8 is tried as a frame start. A frame there counts only if its checksum
+//! validates with *this* log's nonce. If such a frame says, through its `synced` field, that
+//! record `n` had already been made durable when it was written, then record `n` was once
+//! durable and is now damaged: that is corruption, and replay refuses. Otherwise every later
+//! valid frame belongs to the same unsynced batch as `n` (the disk may persist unsynced writes
+//! in any order), so the whole tail from `X` is "never written": a torn tail.
+//!
+//! Limits: damage inside the last synced batch, when nothing was appended after its sync, looks
+//! exactly like a torn tail and is treated as one (no later record exists to testify that the
+//! batch was synced). Stale frames of an earlier log never validate (their nonce differs).
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use storage::File;
+
+use crate::error::{io_err, Error, Result};
+use crate::format::{
+    decode_payload, frame_crc, header_crc, parse_fixed_header, parse_frame_header, FrameHeader,
+    Header, HeaderProblem, ALIGN, FRAME_HEADER_LEN, HEADER_FIXED_LEN, MAX_RECORD_LEN, NONCE_LEN,
+    VERSION,
+};
+use crate::Tail;
+
+/// How replay treats damaged records. The default is [`RecoveryMode::TolerateTornTail`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RecoveryMode {
+    /// A damaged tail is an append that never completed: it is reported as [`Tail::Torn`]
+    /// (and truncated when opening for append). A damaged record that later records prove
+    /// was durable is [`Error::Corrupt`].
+    #[default]
+    TolerateTornTail,
+    /// Any damaged record, even at the tail, is [`Error::Corrupt`]. For checking a journal
+    /// that was closed cleanly.
+    AbsoluteConsistency,
+    /// Forensic salvage: keep the valid prefix and report everything from the first damaged
+    /// record on as a torn tail, even when valid records follow. Loses records that were
+    /// durable; only for an explicit user request (`--force`).
+    SalvagePrefix,
+}
+
+/// The outcome of scanning a journal file, before the mode decides what it means.
+pub(crate) struct Scan<T> {
+    pub header: Header,
+    pub records: Vec<T>,
+    pub tail: Tail,
+    /// Offset just past the last valid record.
+    pub valid_len: u64,
+}
+
+/// Reads and validates the header of `file` (whose length is `file_len`).
+pub(crate) fn read_header<F: File>(file: &F, path: &Path, file_len: u64) -> Result<Header> {
+    let pstr = || path.display().to_string();
+    if file_len < HEADER_FIXED_LEN {
+        return Err(Error::HeaderIncomplete {
+            path: pstr(),
+            len: file_len,
+        });
+    }
+    let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
+    file.read_exact_at(&mut fixed, 0).map_err(io_err(path))?;
+    let raw = parse_fixed_header(&fixed).map_err(|p| match p {
+        HeaderProblem::NeverWritten => Error::HeaderIncomplete {
+            path: pstr(),
+            len: file_len,
+        },
+        HeaderProblem::Bad(reason) => Error::BadHeader {
+            path: pstr(),
+            reason,
+        },
+        HeaderProblem::Version(version) => Error::UnsupportedVersion {
+            path: pstr(),
+            version,
+            supported: VERSION,
+        },
+    })?;
+    let id_len = u64::from(raw.identity_len);
+    // The header and its padding are written in one call and synced before `create` returns:
+    // a file shorter than that was never a journal anyone appended to.
+    if (HEADER_FIXED_LEN + id_len).div_ceil(ALIGN) * ALIGN > file_len {
+        return Err(Error::HeaderIncomplete {
+            path: pstr(),
+            len: file_len,
+        });
+    }
+    // Bounded by MAX_IDENTITY_LEN above, so this allocation is small.
+    let mut identity = vec![0u8; raw.identity_len as usize];
+    file.read_exact_at(&mut identity, HEADER_FIXED_LEN)
+        .map_err(io_err(path))?;
+    if header_crc(&fixed[..36], &identity) != raw.crc {
+        return Err(Error::BadHeader {
+            path: pstr(),
+            reason: "header checksum mismatch".into(),
+        });
+    }
+    Ok(Header {
+        nonce: raw.nonce,
+        identity,
+    })
+}
+
+/// Positional reads through a small cache, so scanning at every 8-byte offset does not cost a
+/// system call each.
+struct Reader<'a, F> {
+    file: &'a F,
+    file_len: u64,
+    buf: Vec<u8>,
+    buf_off: u64,
+}
+
+const CHUNK: u64 = 256 * 1024;
+
+impl<'a, F: File> Reader<'a, F> {
+    fn new(file: &'a F, file_len: u64) -> Self {
+        Self {
+            file,
+            file_len,
+            buf: Vec::new(),
+            buf_off: 0,
+        }
+    }
+
+    /// Fills `out` from `off`; the caller has checked that the range lies inside the file.
+    fn read(&mut self, off: u64, out: &mut [u8]) -> std::io::Result<()> {
+        let len = out.len() as u64;
+        if len > CHUNK {
+            return self.file.read_exact_at(out, off);
+        }
+        let end = off + len;
+        if off < self.buf_off || end > self.buf_off + self.buf.len() as u64 {
+            let n = CHUNK.min(self.file_len - off).max(len);
+            self.buf.resize(n as usize, 0);
+            self.file.read_exact_at(&mut self.buf, off)?;
+            self.buf_off = off;
+        }
+        let start = (off - self.buf_off) as usize;
+        out.copy_from_slice(&self.buf[start..start + out.len()]);
+        Ok(())
+    }
+}
+
+/// A frame whose checksum validated.
+struct Frame {
+    head: FrameHeader,
+    payload: Vec<u8>,
+    /// Frame length including padding.
+    total: u64,
+}
+
+/// Reads the frame at `off`: `Ok(Err(reason))` when it is not a valid frame of this log.
+fn read_frame<F: File>(
+    r: &mut Reader<'_, F>,
+    nonce: &[u8; NONCE_LEN],
+    off: u64,
+    accept: impl Fn(&FrameHeader) -> bool,
+) -> std::io::Result<Result<Frame, String>> {
+    let remaining = r.file_len - off;
+    if remaining < FRAME_HEADER_LEN {
+        return Ok(Err(format!(
+            "incomplete record header ({remaining} bytes left)"
+        )));
+    }
+    let mut hb = [0u8; FRAME_HEADER_LEN as usize];
+    r.read(off, &mut hb)?;
+    let head = parse_frame_header(&hb);
+    // Never trust the length before the checksum: bound it by the maximum and by what is left
+    // of the file before allocating anything.
+    if head.len > MAX_RECORD_LEN {
+        return Ok(Err(format!(
+            "record length {} is over the maximum",
+            head.len
+        )));
+    }
+    let total = (FRAME_HEADER_LEN + u64::from(head.len)).div_ceil(ALIGN) * ALIGN;
+    if total > remaining {
+        return Ok(Err(format!(
+            "record of {total} bytes runs past the end of the file ({remaining} bytes left)"
+        )));
+    }
+    if !accept(&head) {
+        return Ok(Err("implausible record header".into()));
+    }
+    let mut payload = vec![0u8; head.len as usize];
+    r.read(off + FRAME_HEADER_LEN, &mut payload)?;
+    if frame_crc(nonce, head.seq, head.synced, head.len, &payload) != head.crc {
+        return Ok(Err("record checksum mismatch".into()));
+    }
+    Ok(Ok(Frame {
+        head,
+        payload,
+        total,
+    }))
+}
+
+/// Replays the records of an open journal file. Reads only.
+pub(crate) fn scan<F: File, T: DeserializeOwned>(
+    file: &F,
+    path: &Path,
+    mode: RecoveryMode,
+) -> Result<Scan<T>> {
+    let file_len = file.len().map_err(io_err(path))?;
+    let header = read_header(file, path, file_len)?;
+    let mut r = Reader::new(file, file_len);
+    let mut off = header.records_start();
+    let mut records = Vec::new();
+    let mut next: u64 = 0;
+    let tail = loop {
+        if off == file_len {
+            break Tail::Clean;
+        }
+        let frame = read_frame(&mut r, &header.nonce, off, |_| true).map_err(io_err(path))?;
+        let reason = match frame {
+            Ok(f) if f.head.seq == next && f.head.synced <= next => {
+                // The checksum passed, so these bytes are what the writer wrote: a payload that
+                // does not decode is corruption (or a version skew), never a torn write.
+                let rec = decode_payload::<T>(&f.payload).map_err(|reason| Error::Corrupt {
+                    offset: off,
+                    reason: format!("record {next}: {reason}"),
+                })?;
+                records.push(rec);
+                off += f.total;
+                next += 1;
+                continue;
+            }
+            Ok(f) => format!(
+                "record has sequence number {} (synced {}) where {next} was expected",
+                f.head.seq, f.head.synced
+            ),
+            Err(reason) => reason,
+        };
+        break resolve(&mut r, &header.nonce, off, next, &reason, mode, path)?;
+    };
+    let valid_len = match tail {
+        Tail::Clean => file_len,
+        Tail::Torn { valid_len, .. } => valid_len,
+    };
+    Ok(Scan {
+        header,
+        records,
+        tail,
+        valid_len,
+    })
+}
+
+/// Decides what the damaged record at `off` means under `mode`.
+fn resolve<F: File>(
+    r: &mut Reader<'_, F>,
+    nonce: &[u8; NONCE_LEN],
+    off: u64,
+    next: u64,
+    reason: &str,
+    mode: RecoveryMode,
+    path: &Path,
+) -> Result<Tail> {
+    let torn = Tail::Torn {
+        valid_len: off,
+        discarded: r.file_len - off,
+    };
+    match mode {
+        RecoveryMode::AbsoluteConsistency => Err(Error::Corrupt {
+            offset: off,
+            reason: format!("record {next}: {reason}"),
+        }),
+        RecoveryMode::SalvagePrefix => Ok(torn),
+        RecoveryMode::TolerateTornTail => {
+            match classify_damage(r, nonce, off, next).map_err(io_err(path))? {
+                None => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        offset = off,
+                        seq = next,
+                        discarded = r.file_len - off,
+                        reason,
+                        "journal has a torn tail: the last append never completed"
+                    );
+                    Ok(torn)
+                }
+                Some(why) => Err(Error::Corrupt {
+                    offset: off,
+                    reason: format!("record {next}: {reason}; {why}"),
+                }),
+            }
+        }
+    }
+}
+
+/// After a damaged record at `bad_off` (expected sequence `next`), looks for a later frame of
+/// this log proving that record was durable. `Some(explanation)` means corruption; `None`
+/// means everything from `bad_off` on is an unsynced tail. See the module docs.
+fn classify_damage<F: File>(
+    r: &mut Reader<'_, F>,
+    nonce: &[u8; NONCE_LEN],
+    bad_off: u64,
+    next: u64,
+) -> std::io::Result<Option<String>> {
+    // No log holds more records than frames fit in its tail, which bounds a plausible sequence
+    // number; together with the CRC this makes garbage that happens to validate vanishingly rare.
+    let max_seq = next.saturating_add((r.file_len - bad_off) / FRAME_HEADER_LEN);
+    let mut y = bad_off + ALIGN;
+    while y + FRAME_HEADER_LEN <= r.file_len {
+        let plausible = |h: &FrameHeader| h.seq <= max_seq && h.synced <= h.seq;
+        if let Ok(f) = read_frame(r, nonce, y, plausible)? {
+            if f.head.seq <= next {
+                return Ok(Some(format!(
+                    "a valid record {} at {y:#x} repeats or precedes it",
+                    f.head.seq
+                )));
+            }
+            if f.head.synced > next {
+                return Ok(Some(format!(
+                    "record {} at {y:#x} was written after it had been synced",
+                    f.head.seq
+                )));
+            }
+        }
+        y += ALIGN;
+    }
+    Ok(None)
+}
