@@ -1,0 +1,554 @@
+//! The scenarios and how each contestant is run on them.
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::measure::{measure, Sample};
+use crate::plan::{self, Plan};
+use crate::sys::{self, Digest};
+use crate::BoxResult;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Bump when the way scenarios are built changes, so cached pristine images are rebuilt.
+const SCENARIO_FORMAT: u64 = 1;
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The imgtx binary; `None` runs only qemu-img.
+    pub imgtx: Option<PathBuf>,
+    /// Where images are built and committed; must be a real disk, not tmpfs.
+    pub workdir: PathBuf,
+    /// Timed runs per contestant.
+    pub rounds: usize,
+    /// Seed of every pseudo-random choice.
+    pub seed: u64,
+}
+
+/// One measured part of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub enum Part {
+    /// Commit `changed` bytes of scattered writes into a raw base of `size` bytes. With
+    /// `sparse_extra = Some(n)` the base holds data only under the writes plus `n` random 4 MiB
+    /// ranges (the rest is a hole); `None` fills the whole base.
+    Commit {
+        /// Directory and report name.
+        name: &'static str,
+        /// Virtual size of the base.
+        size: u64,
+        /// Distinct bytes the overlay changes.
+        changed: u64,
+        /// See above.
+        sparse_extra: Option<u64>,
+    },
+    /// Time `begin` on a sparse base of `size` bytes, then `status` and `diff` of an overlay
+    /// holding `clusters` scattered single-cluster writes.
+    Meta {
+        /// Directory and report name.
+        name: &'static str,
+        /// Virtual size of the base.
+        size: u64,
+        /// Changed clusters in the overlay.
+        clusters: u64,
+    },
+}
+
+/// The parts a `--scenario` name stands for.
+pub fn parts(scenario: &str) -> Option<Vec<Part>> {
+    let small = Part::Commit {
+        name: "small",
+        size: GIB,
+        changed: 256 * MIB,
+        sparse_extra: None,
+    };
+    let large = Part::Commit {
+        name: "large",
+        size: 16 * GIB,
+        changed: 2 * GIB,
+        sparse_extra: Some(64),
+    };
+    let meta = Part::Meta {
+        name: "meta",
+        size: 16 * GIB,
+        clusters: 100_000,
+    };
+    Some(match scenario {
+        "small" => vec![small],
+        "large" => vec![large],
+        "meta" => vec![meta],
+        "all" => vec![small, large, meta],
+        // A smoke test of the harness itself, in seconds.
+        "tiny" => vec![
+            Part::Commit {
+                name: "tiny",
+                size: 64 * MIB,
+                changed: 16 * MIB,
+                sparse_extra: None,
+            },
+            Part::Meta {
+                name: "tiny-meta",
+                size: 256 * MIB,
+                clusters: 1000,
+            },
+        ],
+        _ => return None,
+    })
+}
+
+/// A contestant of the commit race.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contestant {
+    /// `qemu-img commit -d OV` then fsync of the base.
+    QemuImg,
+    /// `imgtx commit --no-undo ID`.
+    ImgtxNoUndo,
+    /// `imgtx commit ID` (keeps an undo log).
+    Imgtx,
+}
+
+impl Contestant {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Contestant::QemuImg => "qemu-img commit -d + fsync",
+            Contestant::ImgtxNoUndo => "imgtx commit --no-undo",
+            Contestant::Imgtx => "imgtx commit",
+        }
+    }
+}
+
+/// Timed runs of one contestant, or why it could not run.
+#[derive(Debug, Clone)]
+pub struct Runs {
+    /// Who ran.
+    pub contestant: Contestant,
+    /// One sample per round, in round order.
+    pub samples: Vec<Sample>,
+    /// Set when a run failed; the contestant is then skipped for the remaining rounds.
+    pub error: Option<String>,
+}
+
+/// Everything measured in one part.
+#[derive(Debug, Clone, Default)]
+pub struct PartResult {
+    /// Part name.
+    pub name: String,
+    /// Virtual size of the base.
+    pub size: u64,
+    /// Distinct bytes changed in the overlay.
+    pub changed_bytes: u64,
+    /// Guest writes replayed into each overlay.
+    pub ops: usize,
+    /// Commit contestants (empty for a meta part).
+    pub commits: Vec<Runs>,
+    /// `imgtx begin` timings.
+    pub begin: Vec<Sample>,
+    /// `imgtx status` timings (meta parts).
+    pub status: Vec<Sample>,
+    /// `imgtx diff` timings (meta parts).
+    pub diff: Vec<Sample>,
+    /// Failures of begin/status/diff and other remarks.
+    pub notes: Vec<String>,
+}
+
+/// Runs one part.
+pub fn run_part(cfg: &Config, part: Part) -> BoxResult<PartResult> {
+    match part {
+        Part::Commit {
+            name,
+            size,
+            changed,
+            sparse_extra,
+        } => run_commit(cfg, name, size, changed, sparse_extra),
+        Part::Meta {
+            name,
+            size,
+            clusters,
+        } => run_meta(cfg, name, size, clusters),
+    }
+}
+
+/// Paths of a part's working directory.
+struct Layout {
+    dir: PathBuf,
+    pristine_base: PathBuf,
+    pristine_overlay: PathBuf,
+    base: PathBuf,
+    overlay: PathBuf,
+    state: PathBuf,
+}
+
+impl Layout {
+    fn new(workdir: &Path, name: &str) -> BoxResult<Layout> {
+        let dir = std::path::absolute(workdir.join(name))?;
+        fs::create_dir_all(dir.join("pristine"))?;
+        fs::create_dir_all(dir.join("run"))?;
+        Ok(Layout {
+            pristine_base: dir.join("pristine/base.raw"),
+            pristine_overlay: dir.join("pristine/overlay.qcow2"),
+            base: dir.join("run/base.raw"),
+            overlay: dir.join("run/overlay.qcow2"),
+            state: dir.join("run/state"),
+            dir,
+        })
+    }
+
+    /// The cached expected digest, if the pristine files were built with the same `key`.
+    fn cached(&self, key: &serde_json::Value) -> Option<Digest> {
+        let ready: serde_json::Value =
+            serde_json::from_slice(&fs::read(self.dir.join("ready.json")).ok()?).ok()?;
+        if &ready["key"] != key || !self.pristine_base.exists() {
+            return None;
+        }
+        Digest::from_json(&ready["expected"])
+    }
+
+    fn mark_ready(&self, key: &serde_json::Value, expected: &Digest) -> BoxResult<()> {
+        let ready = serde_json::json!({ "key": key, "expected": expected.to_json() });
+        fs::write(self.dir.join("ready.json"), ready.to_string())?;
+        Ok(())
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("imgtx-bench: {msg}");
+}
+
+fn commit_plan(size: u64, changed: u64, seed: u64) -> Plan {
+    plan::scattered(size, changed, seed)
+}
+
+fn run_commit(
+    cfg: &Config,
+    name: &str,
+    size: u64,
+    changed: u64,
+    sparse_extra: Option<u64>,
+) -> BoxResult<PartResult> {
+    let layout = Layout::new(&cfg.workdir, name)?;
+    let plan = commit_plan(size, changed, cfg.seed);
+    let key = serde_json::json!({
+        "format": SCENARIO_FORMAT, "size": size, "changed": changed,
+        "sparse_extra": sparse_extra, "seed": cfg.seed,
+    });
+    let expected = match layout.cached(&key) {
+        Some(digest) if layout.pristine_overlay.exists() => {
+            progress(&format!(
+                "{name}: reusing the pristine images in {}",
+                layout.dir.display()
+            ));
+            digest
+        }
+        _ => build_commit_scenario(&layout, &plan, size, sparse_extra, cfg.seed, &key)?,
+    };
+
+    let mut contestants = vec![Contestant::QemuImg];
+    if cfg.imgtx.is_some() {
+        contestants.extend([Contestant::ImgtxNoUndo, Contestant::Imgtx]);
+    }
+    let mut result = PartResult {
+        name: name.to_owned(),
+        size,
+        changed_bytes: plan.changed_bytes,
+        ops: plan.ops.len(),
+        ..PartResult::default()
+    };
+    if cfg.imgtx.is_none() {
+        result
+            .notes
+            .push("imgtx not given (--imgtx): only qemu-img was run".to_owned());
+    }
+    result.commits = contestants
+        .iter()
+        .map(|&contestant| Runs {
+            contestant,
+            samples: Vec::new(),
+            error: None,
+        })
+        .collect();
+    let mut cold = true;
+    for round in 0..cfg.rounds {
+        // Round-robin with the order rotated each round, so no contestant always runs first
+        // (or always right after the one that left the most dirty state behind).
+        let n = result.commits.len();
+        for k in 0..n {
+            let i = (round + k) % n;
+            if result.commits[i].error.is_some() {
+                continue;
+            }
+            let contestant = result.commits[i].contestant;
+            progress(&format!(
+                "{name}: round {}/{}: {}",
+                round + 1,
+                cfg.rounds,
+                contestant.name()
+            ));
+            let outcome = match contestant {
+                Contestant::QemuImg => run_qemu_img(&layout, &mut cold),
+                Contestant::ImgtxNoUndo | Contestant::Imgtx => {
+                    let imgtx = cfg
+                        .imgtx
+                        .as_deref()
+                        .ok_or("imgtx contestant without --imgtx")?;
+                    let no_undo = contestant == Contestant::ImgtxNoUndo;
+                    run_imgtx(imgtx, &layout, &plan, no_undo, &mut result.begin, &mut cold)
+                }
+            };
+            let outcome =
+                outcome.and_then(
+                    |sample| match sys::digest(&layout.base)?.mismatch(&expected) {
+                        None => Ok(sample),
+                        Some(why) => Err(format!("the committed base is wrong: {why}").into()),
+                    },
+                );
+            match outcome {
+                Ok(sample) => result.commits[i].samples.push(sample),
+                Err(e) => {
+                    progress(&format!("{name}: {} failed: {e}", contestant.name()));
+                    result.commits[i].error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    if !cold {
+        result.notes.push(
+            "page cache could not be dropped (not root): runs were synced but not cold".to_owned(),
+        );
+    }
+    sys::remove_file_if_exists(&layout.base)?;
+    sys::remove_file_if_exists(&layout.overlay)?;
+    Ok(result)
+}
+
+/// Builds the pristine base and overlay and returns the digest a correct commit must produce.
+fn build_commit_scenario(
+    layout: &Layout,
+    plan: &Plan,
+    size: u64,
+    sparse_extra: Option<u64>,
+    seed: u64,
+    key: &serde_json::Value,
+) -> BoxResult<Digest> {
+    sys::remove_file_if_exists(&layout.dir.join("ready.json"))?;
+    let regions = sparse_extra.map(|extra| plan::base_regions(size, plan, extra, seed));
+    progress(&format!(
+        "building a {} MiB base with {} MiB of data",
+        size / MIB,
+        regions
+            .as_ref()
+            .map_or(size, |r| r.iter().map(|(s, e)| e - s).sum())
+            / MIB
+    ));
+    sys::fill_base(&layout.pristine_base, size, regions.as_deref(), seed)?;
+    // The pristine overlay names run/base.raw as its backing file, so a copy of it committed
+    // after a fresh copy of the base needs no rebase.
+    sys::copy(&layout.pristine_base, &layout.base)?;
+    sys::create_overlay(&layout.base, &layout.pristine_overlay)?;
+    progress(&format!(
+        "writing {} changes ({} MiB) into the pristine overlay",
+        plan.ops.len(),
+        plan.changed_bytes / MIB
+    ));
+    sys::replay(&layout.pristine_overlay, &plan.ops)?;
+    let expected_raw = layout.dir.join("expected.raw");
+    sys::run(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw"])
+            .arg(&layout.pristine_overlay)
+            .arg(&expected_raw),
+    )?;
+    let expected = sys::digest(&expected_raw)?;
+    sys::remove_file_if_exists(&expected_raw)?;
+    if sys::digest(&layout.base)? == expected {
+        return Err("the scenario's writes do not change the base".into());
+    }
+    layout.mark_ready(key, &expected)?;
+    Ok(expected)
+}
+
+fn os(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn run_qemu_img(layout: &Layout, cold: &mut bool) -> BoxResult<Sample> {
+    sys::copy(&layout.pristine_base, &layout.base)?;
+    sys::copy(&layout.pristine_overlay, &layout.overlay)?;
+    *cold &= sys::drop_caches();
+    let mut args = os(&["commit", "-d"]);
+    args.push(layout.overlay.clone().into_os_string());
+    let (sample, _) = measure(
+        &layout.dir,
+        Some(&layout.base),
+        Path::new("qemu-img"),
+        &args,
+    )?;
+    Ok(sample)
+}
+
+/// `imgtx --state-dir S begin --json BASE`: returns the transaction id and the overlay path.
+fn begin(imgtx: &Path, layout: &Layout, base: &Path) -> BoxResult<(Sample, String, PathBuf)> {
+    let mut args = vec![layout.state.clone().into_os_string()];
+    args.splice(0..0, os(&["--state-dir"]));
+    args.extend(os(&["begin", "--json"]));
+    args.push(base.as_os_str().to_owned());
+    let (sample, stdout) = measure(&layout.dir, None, imgtx, &args)?;
+    let json: serde_json::Value = serde_json::from_str(stdout.trim())
+        .map_err(|e| format!("imgtx begin --json printed no JSON ({e}): {stdout}"))?;
+    let id = match &json["id"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return Err(format!("imgtx begin --json gave no id: {json}").into()),
+    };
+    let overlay = json["images"][0]["overlay"]
+        .as_str()
+        .ok_or_else(|| format!("imgtx begin --json gave no images[0].overlay: {json}"))?;
+    Ok((sample, id, PathBuf::from(overlay)))
+}
+
+fn imgtx_args(layout: &Layout, rest: &[&str]) -> Vec<OsString> {
+    let mut args = os(&["--state-dir"]);
+    args.push(layout.state.clone().into_os_string());
+    args.extend(os(rest));
+    args
+}
+
+fn run_imgtx(
+    imgtx: &Path,
+    layout: &Layout,
+    plan: &Plan,
+    no_undo: bool,
+    begins: &mut Vec<Sample>,
+    cold: &mut bool,
+) -> BoxResult<Sample> {
+    sys::copy(&layout.pristine_base, &layout.base)?;
+    sys::remove_dir_if_exists(&layout.state)?;
+    *cold &= sys::drop_caches();
+    let (begin_sample, id, overlay) = begin(imgtx, layout, &layout.base)?;
+    begins.push(begin_sample);
+    sys::replay(&overlay, &plan.ops)?;
+    *cold &= sys::drop_caches();
+    let commit = if no_undo {
+        vec!["commit", "--no-undo", &id]
+    } else {
+        vec!["commit", &id]
+    };
+    let (sample, _) = measure(&layout.dir, None, imgtx, &imgtx_args(layout, &commit))?;
+    sys::remove_file_if_exists(&overlay)?;
+    sys::remove_dir_if_exists(&layout.state)?;
+    Ok(sample)
+}
+
+fn run_meta(cfg: &Config, name: &str, size: u64, clusters: u64) -> BoxResult<PartResult> {
+    let layout = Layout::new(&cfg.workdir, name)?;
+    let plan = plan::single_clusters(size, clusters, cfg.seed);
+    let mut result = PartResult {
+        name: name.to_owned(),
+        size,
+        changed_bytes: plan.changed_bytes,
+        ops: plan.ops.len(),
+        ..PartResult::default()
+    };
+    let Some(imgtx) = cfg.imgtx.as_deref() else {
+        result
+            .notes
+            .push("imgtx not given (--imgtx): nothing to measure".to_owned());
+        return Ok(result);
+    };
+    let key = serde_json::json!({ "format": SCENARIO_FORMAT, "size": size, "seed": cfg.seed });
+    if layout.cached(&key).is_none() {
+        // status and diff read only metadata, so the base needs data only here and there.
+        let empty = Plan {
+            ops: Vec::new(),
+            changed_bytes: 0,
+        };
+        let regions = plan::base_regions(size, &empty, 64, cfg.seed);
+        progress(&format!("building a sparse {} MiB base", size / MIB));
+        sys::fill_base(&layout.pristine_base, size, Some(&regions), cfg.seed)?;
+        layout.mark_ready(
+            &key,
+            &Digest {
+                len: size,
+                chunks: Vec::new(),
+            },
+        )?;
+    }
+    let mut cold = true;
+    if let Err(e) = meta_rounds(cfg, imgtx, &layout, &plan, &mut result, &mut cold) {
+        progress(&format!("{name}: {e}"));
+        result.notes.push(e.to_string());
+    }
+    if !cold {
+        result
+            .notes
+            .push("page cache could not be dropped (not root)".to_owned());
+    }
+    sys::remove_dir_if_exists(&layout.state)?;
+    Ok(result)
+}
+
+fn meta_rounds(
+    cfg: &Config,
+    imgtx: &Path,
+    layout: &Layout,
+    plan: &Plan,
+    result: &mut PartResult,
+    cold: &mut bool,
+) -> BoxResult<()> {
+    // begin never reads the base's data, so every run uses the pristine base in place.
+    for round in 0..cfg.rounds {
+        progress(&format!(
+            "{}: begin {}/{}",
+            result.name,
+            round + 1,
+            cfg.rounds
+        ));
+        sys::remove_dir_if_exists(&layout.state)?;
+        *cold &= sys::drop_caches();
+        let (sample, _, overlay) = begin(imgtx, layout, &layout.pristine_base)?;
+        result.begin.push(sample);
+        sys::remove_file_if_exists(&overlay)?;
+    }
+    sys::remove_dir_if_exists(&layout.state)?;
+    let (_, id, overlay) = begin(imgtx, layout, &layout.pristine_base)?;
+    progress(&format!(
+        "{}: writing {} scattered clusters into {}",
+        result.name,
+        plan.ops.len(),
+        overlay.display()
+    ));
+    let outcome = status_diff_rounds(cfg, imgtx, layout, plan, &id, &overlay, result, cold);
+    sys::remove_file_if_exists(&overlay)?;
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)] // a private step of meta_rounds, split out for cleanup
+fn status_diff_rounds(
+    cfg: &Config,
+    imgtx: &Path,
+    layout: &Layout,
+    plan: &Plan,
+    id: &str,
+    overlay: &Path,
+    result: &mut PartResult,
+    cold: &mut bool,
+) -> BoxResult<()> {
+    sys::replay(overlay, &plan.ops)?;
+    for round in 0..cfg.rounds {
+        progress(&format!(
+            "{}: status and diff {}/{}",
+            result.name,
+            round + 1,
+            cfg.rounds
+        ));
+        *cold &= sys::drop_caches();
+        let (sample, _) = measure(&layout.dir, None, imgtx, &imgtx_args(layout, &["status"]))?;
+        result.status.push(sample);
+        *cold &= sys::drop_caches();
+        let (sample, _) = measure(&layout.dir, None, imgtx, &imgtx_args(layout, &["diff", id]))?;
+        result.diff.push(sample);
+    }
+    Ok(())
+}
