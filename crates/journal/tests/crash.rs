@@ -72,7 +72,10 @@ fn check(img: &SimFs, told: &Told, ctx: &str) {
     let read = journal::read::<_, Vec<u8>>(img, path);
     if !told.created {
         match read {
-            Ok(r) => assert!(r.records.is_empty(), "{ctx}: records in a journal never created"),
+            Ok(r) => assert!(
+                r.records.is_empty(),
+                "{ctx}: records in a journal never created"
+            ),
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(Error::HeaderIncomplete { .. } | Error::BadHeader { .. }) => {}
             Err(e) => panic!("{ctx}: unexpected {e:?}"),
@@ -81,8 +84,15 @@ fn check(img: &SimFs, told: &Told, ctx: &str) {
     }
     let replay = read.unwrap_or_else(|e| panic!("{ctx}: created journal does not replay: {e:?}"));
     let n = replay.records.len();
-    assert!(n >= told.acked, "{ctx}: lost synced records ({n} < {})", told.acked);
-    assert!(n <= told.appended.len(), "{ctx}: more records than appended");
+    assert!(
+        n >= told.acked,
+        "{ctx}: lost synced records ({n} < {})",
+        told.acked
+    );
+    assert!(
+        n <= told.appended.len(),
+        "{ctx}: more records than appended"
+    );
     assert_eq!(replay.records, told.appended[..n], "{ctx}: not a prefix");
     assert_eq!(replay.identity, ID);
 
@@ -135,7 +145,11 @@ fn a_crash_at_any_operation_keeps_synced_records_and_nothing_half_written() {
         for damage in Damage::ALL {
             for seed in 0..6 {
                 let img = fs.crashed_image(damage, seed);
-                check(&img, &told, &format!("crash at {k}, {damage:?}, seed {seed}"));
+                check(
+                    &img,
+                    &told,
+                    &format!("crash at {k}, {damage:?}, seed {seed}"),
+                );
                 checked += 1;
             }
         }
