@@ -1,0 +1,110 @@
+//! Decompression of one compressed cluster, with qemu's acceptance rules.
+//!
+//! qemu stores only the sector count of compressed data, so the input may carry trailing
+//! bytes of the next compressed cluster or padding: both decoders stop once exactly one
+//! cluster has been produced, and anything else is an error.
+
+use std::io::Read;
+
+use flate2::{Decompress, FlushDecompress};
+use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
+
+use crate::header::Compression;
+
+/// Largest zstd window accepted; qemu compresses single clusters (≤ 2 MiB) in one pass, so
+/// real frames have small windows, and a hostile frame may not make the decoder reserve
+/// 100 MiB.
+const MAX_ZSTD_WINDOW: u64 = 8 << 20;
+
+/// Decompresses `input` into exactly `out.len()` bytes.
+pub(crate) fn decompress(kind: Compression, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    match kind {
+        Compression::Deflate => inflate(input, out),
+        Compression::Zstd => unzstd(input, out),
+    }
+}
+
+fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    // Raw deflate (no zlib header), as qemu's inflateInit2(-12). miniz_oxide always uses a
+    // 32 KiB window, which decodes any stream written with a smaller one.
+    let mut d = Decompress::new(false);
+    match d.decompress(input, out, FlushDecompress::Finish) {
+        Ok(_) => {}
+        Err(e) => return Err(format!("invalid deflate data: {e}")),
+    }
+    // Like qemu: success means exactly one full cluster came out, whether the stream ended
+    // there or the input merely ran out (Z_BUF_ERROR with avail_out == 0).
+    if d.total_out() == out.len() as u64 {
+        Ok(())
+    } else {
+        Err(format!(
+            "deflate data produced {} bytes instead of {}",
+            d.total_out(),
+            out.len()
+        ))
+    }
+}
+
+/// The window size a zstd frame header asks for (RFC 8878 section 3.1.1.1), or None if the
+/// header is not a zstd frame.
+fn zstd_window(input: &[u8]) -> Option<u64> {
+    if input.len() < 6 || input[..4] != [0x28, 0xb5, 0x2f, 0xfd] {
+        return None;
+    }
+    let fhd = input[4];
+    let single_segment = fhd & 0x20 != 0;
+    if !single_segment {
+        let wd = input[5];
+        let exponent = u64::from(wd >> 3);
+        let base = 1u64 << (10 + exponent);
+        return Some(base + base / 8 * u64::from(wd & 7));
+    }
+    let dict_len = [0usize, 1, 2, 4][usize::from(fhd & 3)];
+    let fcs_len = [1usize, 2, 4, 8][usize::from(fhd >> 6)];
+    let at = 5 + dict_len;
+    let fcs = input.get(at..at + fcs_len)?;
+    let mut v = [0u8; 8];
+    v[..fcs_len].copy_from_slice(fcs);
+    let size = u64::from_le_bytes(v);
+    Some(if fcs_len == 2 { size + 256 } else { size })
+}
+
+fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), String> {
+    // Like qemu: decode frame after frame until one full cluster is out; the frame that
+    // fills the cluster must end exactly there.
+    let mut done = 0usize;
+    let mut dec = FrameDecoder::new();
+    while done < out.len() {
+        let window = zstd_window(input).ok_or("the data is not a zstd frame")?;
+        if window > MAX_ZSTD_WINDOW {
+            return Err(format!("the zstd frame asks for a {window}-byte window"));
+        }
+        dec.reset(&mut input)
+            .map_err(|e| format!("invalid zstd frame header: {e}"))?;
+        loop {
+            let finished = dec
+                .decode_blocks(&mut input, BlockDecodingStrategy::UptoBlocks(1))
+                .map_err(|e| format!("invalid zstd data: {e}"))?;
+            while dec.can_collect() > 0 {
+                let room = &mut out[done..];
+                if room.is_empty() {
+                    return Err("zstd data decompresses to more than one cluster".to_owned());
+                }
+                let n = dec
+                    .read(room)
+                    .map_err(|e| format!("invalid zstd data: {e}"))?;
+                if n == 0 {
+                    break;
+                }
+                done += n;
+            }
+            if finished {
+                break;
+            }
+        }
+        if dec.can_collect() > 0 {
+            return Err("zstd data decompresses to more than one cluster".to_owned());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! The inventory of a qcow2 base: every host byte range a commit into it may overwrite.
+
+use crate::error::Result;
+use crate::{read_clamped, GuestOffset, HostOffset, HostRange, Image, Inventory, ReadAt};
+
+/// Bitmap table entry bits holding a data cluster offset.
+const BME_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+impl<R: ReadAt> Image<R> {
+    /// Every host byte range of this image (taken as the *base* of a commit) that writing
+    /// `guest_ranges` into it may overwrite: the header cluster, the active L1, every L2
+    /// table, the refcount table and blocks, the snapshot table and snapshot L1 tables, the
+    /// bitmap directory, tables and data clusters, every host cluster backing the guest
+    /// ranges (all host clusters touched by compressed data included), and every free
+    /// (refcount 0) cluster below the end of the file, where qemu allocates first.
+    ///
+    /// Ranges past the file length are not listed: the engine restores them by truncating
+    /// to [`Inventory::file_len`]. For a dirty image (refcounts may be stale) every cluster
+    /// below the end of the file is listed.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidArgument`] for a guest range past the virtual size; the
+    /// errors of [`Image::map`].
+    pub fn inventory(&self, guest_ranges: &[(GuestOffset, u64)]) -> Result<Inventory> {
+        let cs = self.header.cluster_size();
+        let file_len = self.file_len;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        if self.header.dirty {
+            ranges.push((0, file_len));
+        }
+        for r in &self.layout.regions {
+            ranges.push((r.start, r.end));
+        }
+        let mut buf = Vec::new();
+        for &(off, entries) in &self.layout.bitmap_tables {
+            let mut done = 0u64;
+            while done < entries {
+                let n = (entries - done).min(8192);
+                buf.resize((n * 8) as usize, 0);
+                read_clamped(&self.source, &mut buf, off + done * 8, file_len)?;
+                for e in buf.chunks_exact(8) {
+                    let host = u64::from_be_bytes(e.try_into().unwrap_or([0; 8])) & BME_OFFSET_MASK;
+                    if host != 0 {
+                        ranges.push((host, host.saturating_add(cs)));
+                    }
+                }
+                done += n;
+            }
+        }
+        for &(g, len) in guest_ranges {
+            let end = self.check_range(g.0, len)?;
+            self.walk(g.0, end, |_, _, cl| {
+                if let Some(r) = cl.host_range(cs) {
+                    ranges.push(r);
+                }
+                Ok(())
+            })?;
+        }
+        if !self.header.dirty {
+            self.free_clusters(&mut ranges)?;
+        }
+
+        ranges.sort_unstable();
+        let mut out: Vec<HostRange> = Vec::new();
+        for (s, e) in ranges {
+            let e = e.min(file_len);
+            if s >= e {
+                continue;
+            }
+            if let Some(last) = out.last_mut() {
+                let last_end = last.offset.0 + last.len;
+                if s <= last_end {
+                    last.len = last.len.max(e - last.offset.0);
+                    continue;
+                }
+            }
+            out.push(HostRange {
+                offset: HostOffset(s),
+                len: e - s,
+            });
+        }
+        Ok(Inventory {
+            ranges: out,
+            file_len,
+        })
+    }
+
+    /// Appends the clusters below the end of the file whose refcount is 0, streaming one
+    /// refcount block at a time.
+    fn free_clusters(&self, ranges: &mut Vec<(u64, u64)>) -> Result<()> {
+        let cs = self.header.cluster_size();
+        let bits = self.header.refcount_bits();
+        let per_block = cs * 8 / bits;
+        let nclusters = self.file_len.div_ceil(cs);
+        let mut block = vec![0u8; cs as usize];
+        let push = |c: u64, ranges: &mut Vec<(u64, u64)>| {
+            let s = c * cs;
+            match ranges.last_mut() {
+                Some(last) if last.1 == s => last.1 = s + cs,
+                _ => ranges.push((s, s + cs)),
+            }
+        };
+        let mut c = 0u64;
+        while c < nclusters {
+            let bi = c / per_block;
+            let block_end = ((bi + 1) * per_block).min(nclusters);
+            let off = usize::try_from(bi)
+                .ok()
+                .and_then(|i| self.layout.refblocks.get(i))
+                .copied()
+                .unwrap_or(0);
+            if off == 0 {
+                for cc in c..block_end {
+                    push(cc, ranges);
+                }
+                c = block_end;
+                continue;
+            }
+            read_clamped(&self.source, &mut block, off, self.file_len)?;
+            for cc in c..block_end {
+                let j = cc % per_block;
+                if refcount(&block, j, bits) == 0 {
+                    push(cc, ranges);
+                }
+            }
+            c = block_end;
+        }
+        Ok(())
+    }
+}
+
+/// Entry `j` of a refcount block of `bits`-wide entries (sub-byte widths LSB-first, wider
+/// ones big-endian).
+fn refcount(block: &[u8], j: u64, bits: u64) -> u64 {
+    if bits < 8 {
+        let bit = j * bits;
+        let byte = block[(bit / 8) as usize];
+        u64::from(byte >> (bit % 8)) & ((1 << bits) - 1)
+    } else {
+        let w = (bits / 8) as usize;
+        let at = j as usize * w;
+        block[at..at + w]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refcount;
+
+    #[test]
+    fn refcount_decodes_packed_and_wide_entries() {
+        let block = [0b1011_0001u8, 0x12, 0x34, 0, 0, 0, 0, 0];
+        assert_eq!(refcount(&block, 0, 1), 1);
+        assert_eq!(refcount(&block, 1, 1), 0);
+        assert_eq!(refcount(&block, 3, 2), 0b10);
+        assert_eq!(refcount(&block, 1, 4), 0b1011);
+        assert_eq!(refcount(&block, 1, 8), 0x12);
+        assert_eq!(refcount(&block, 0, 16), 0xb112);
+        assert_eq!(refcount(&block, 0, 64), 0xb112_3400_0000_0000);
+    }
+}

@@ -1,0 +1,167 @@
+//! The allocation map: L1/L2 walking into sorted, coalesced extents.
+
+use crate::error::{Error, Result};
+use crate::l2::{self, Cluster, PieceKind};
+use crate::{read_clamped, Extent, ExtentKind, GuestOffset, HostOffset, Image, ReadAt};
+
+/// L2 entries decoded per read: a bounded buffer however large the range.
+const ENTRIES_PER_READ: u64 = 8192;
+
+impl<R: ReadAt> Image<R> {
+    /// Checks that `[guest, guest + len)` lies inside the virtual disk; returns its end.
+    pub(crate) fn check_range(&self, guest: u64, len: u64) -> Result<u64> {
+        guest
+            .checked_add(len)
+            .filter(|e| *e <= self.header.virtual_size)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "guest range of {len:#x} bytes at {guest:#x} ends past the virtual size {:#x}",
+                    self.header.virtual_size
+                ))
+            })
+    }
+
+    /// Calls `f(guest, len, cluster)` for every guest cluster overlapping `[start, end)`, in
+    /// order. `guest` is cluster-aligned and `len` is one cluster, except for ranges whose L1
+    /// entry is empty, which come as one `Unallocated` call of many clusters. L2 entries are
+    /// read in bounded chunks, never whole tables at once beyond one cluster.
+    pub(crate) fn walk(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64, Cluster) -> Result<()>,
+    ) -> Result<()> {
+        let h = &self.header;
+        let cs = h.cluster_size();
+        let cov = h.l2_coverage();
+        let esz = h.l2_entry_size();
+        let end_aligned = end.div_ceil(cs) * cs;
+        let mut buf = Vec::new();
+        let mut g = start / cs * cs;
+        while g < end_aligned {
+            let l1i = g / cov;
+            let table_end = ((l1i + 1) * cov).min(end_aligned);
+            // Header validation guarantees the L1 covers the virtual size.
+            let l2_off = usize::try_from(l1i)
+                .ok()
+                .and_then(|i| self.layout.l1.get(i))
+                .copied()
+                .unwrap_or(0);
+            if l2_off == 0 {
+                f(g, table_end - g, Cluster::Unallocated)?;
+                g = table_end;
+                continue;
+            }
+            while g < table_end {
+                let first = (g % cov) / cs;
+                let count = ((table_end - g) / cs).min(ENTRIES_PER_READ);
+                let at = l2_off + first * esz;
+                buf.resize((count * esz) as usize, 0);
+                read_clamped(&self.source, &mut buf, at, self.file_len)?;
+                for (i, e) in buf.chunks_exact(esz as usize).enumerate() {
+                    let entry = u64::from_be_bytes(e[..8].try_into().unwrap_or([0; 8]));
+                    let bitmap = if esz == 16 {
+                        u64::from_be_bytes(e[8..].try_into().unwrap_or([0; 8]))
+                    } else {
+                        0
+                    };
+                    let cl = l2::decode(
+                        h,
+                        &self.layout,
+                        self.file_len,
+                        at + i as u64 * esz,
+                        entry,
+                        bitmap,
+                    )?;
+                    f(g + i as u64 * cs, cs, cl)?;
+                }
+                g += count * cs;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorted, coalesced extents covering `[0, virtual_size)`.
+    ///
+    /// Adjacent extents of the same kind are merged; data extents only when they are
+    /// contiguous in both guest and host space. L2 tables are streamed, so memory is bounded
+    /// by the number of extents.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] for any invalid L2 entry (reserved bits, unaligned offsets, host
+    /// offsets past the end of the file or inside metadata, invalid subcluster bitmaps);
+    /// [`Error::Io`].
+    pub fn map(&self) -> Result<Vec<Extent>> {
+        self.map_range(GuestOffset(0), self.header.virtual_size)
+    }
+
+    /// Sorted, coalesced extents covering `[guest, guest + len)`, clipped to it.
+    ///
+    /// # Errors
+    /// As [`Image::map`], and [`Error::InvalidArgument`] when the range ends past the
+    /// virtual size.
+    pub fn map_range(&self, guest: GuestOffset, len: u64) -> Result<Vec<Extent>> {
+        let start = guest.0;
+        let end = self.check_range(start, len)?;
+        let cs = self.header.cluster_size();
+        let mut out = Coalescer::default();
+        self.walk(start, end, |g, l, cl| {
+            if l > cs {
+                out.push_clipped(g, l, PieceKind::Unallocated, start, end);
+            } else {
+                cl.pieces(cs, |off, pl, kind| {
+                    out.push_clipped(g + off, pl, kind, start, end);
+                });
+            }
+            Ok(())
+        })?;
+        Ok(out.extents)
+    }
+}
+
+/// Builds sorted, coalesced extents from pieces pushed in guest order.
+#[derive(Default)]
+pub(crate) struct Coalescer {
+    pub extents: Vec<Extent>,
+}
+
+impl Coalescer {
+    fn push_clipped(&mut self, g: u64, len: u64, kind: PieceKind, start: u64, end: u64) {
+        let s = g.max(start);
+        let e = (g + len).min(end);
+        if s >= e {
+            return;
+        }
+        let kind = match kind {
+            PieceKind::Unallocated => ExtentKind::Unallocated,
+            PieceKind::Zero => ExtentKind::Zero,
+            PieceKind::Compressed => ExtentKind::Compressed,
+            PieceKind::Data { host } => ExtentKind::Data {
+                host: HostOffset(host + (s - g)),
+            },
+        };
+        self.push(Extent {
+            guest: GuestOffset(s),
+            len: e - s,
+            kind,
+        });
+    }
+
+    pub fn push(&mut self, x: Extent) {
+        if let Some(last) = self.extents.last_mut() {
+            if last.guest.0 + last.len == x.guest.0 {
+                let merge = match (last.kind, x.kind) {
+                    (ExtentKind::Data { host: a }, ExtentKind::Data { host: b }) => {
+                        a.0 + last.len == b.0
+                    }
+                    (a, b) => a == b,
+                };
+                if merge {
+                    last.len += x.len;
+                    return;
+                }
+            }
+        }
+        self.extents.push(x);
+    }
+}

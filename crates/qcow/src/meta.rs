@@ -1,0 +1,381 @@
+//! The metadata layout of an opened image: active L1, refcount table, snapshot and bitmap
+//! tables, and the sorted list of host regions they occupy, against which every host offset
+//! read from an L2 entry is checked before it is believed.
+
+use std::fmt;
+
+use crate::error::{corrupt, Result};
+use crate::header::{Header, MAX_L1_BYTES};
+use crate::{read_exact, ReadAt};
+
+/// L1 entry bits that must be zero (qemu `L1E_RESERVED_MASK`).
+pub(crate) const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+/// L1 entry bits holding the L2 table offset (qemu `L1E_OFFSET_MASK`).
+pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// Refcount table entry bits holding the refblock offset (qemu `REFT_OFFSET_MASK`).
+pub(crate) const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
+/// qemu's `QCOW_MAX_SNAPSHOTS_SIZE`.
+const MAX_SNAPSHOT_TABLE_BYTES: u64 = 64 << 20;
+/// qemu's limit on unknown extra data per snapshot entry, plus the 24 known bytes.
+const MAX_SNAPSHOT_EXTRA: u64 = 1024 + 24;
+/// qemu's `BME_MAX_TABLE_SIZE` (entries of one bitmap table).
+const MAX_BITMAP_TABLE_ENTRIES: u64 = 0x0800_0000;
+
+/// What a metadata region holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Meta {
+    Header,
+    L1,
+    L2 { l1_index: u64 },
+    RefcountTable,
+    RefcountBlock { index: u64 },
+    SnapshotTable,
+    SnapshotL1 { snapshot: u32 },
+    BitmapDirectory,
+    BitmapTable { bitmap: u32 },
+}
+
+impl fmt::Display for Meta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Meta::Header => write!(f, "header cluster"),
+            Meta::L1 => write!(f, "active L1 table"),
+            Meta::L2 { l1_index } => write!(f, "L2 table of L1 entry {l1_index}"),
+            Meta::RefcountTable => write!(f, "refcount table"),
+            Meta::RefcountBlock { index } => write!(f, "refcount block {index}"),
+            Meta::SnapshotTable => write!(f, "snapshot table"),
+            Meta::SnapshotL1 { snapshot } => write!(f, "L1 table of snapshot {snapshot}"),
+            Meta::BitmapDirectory => write!(f, "bitmap directory"),
+            Meta::BitmapTable { bitmap } => write!(f, "table of bitmap {bitmap}"),
+        }
+    }
+}
+
+/// A host byte range `[start, end)` holding metadata, rounded out to whole clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Region {
+    pub start: u64,
+    pub end: u64,
+    pub what: Meta,
+}
+
+/// Everything learnt about the image's metadata at open.
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// Sorted, non-overlapping metadata regions.
+    pub regions: Vec<Region>,
+    /// L2 table offset of each active L1 entry (0 = unallocated).
+    pub l1: Vec<u64>,
+    /// Refcount block offset of each refcount table entry (0 = none).
+    pub refblocks: Vec<u64>,
+    /// (offset, entries) of each bitmap table.
+    pub bitmap_tables: Vec<(u64, u64)>,
+}
+
+impl Layout {
+    /// The metadata region overlapping `[start, end)`, if any.
+    pub fn overlapping(&self, start: u64, end: u64) -> Option<&Region> {
+        let i = self.regions.partition_point(|r| r.start < end);
+        // Regions do not overlap, so their ends are sorted too: only the last region starting
+        // before `end` can reach into the range.
+        i.checked_sub(1)
+            .map(|j| &self.regions[j])
+            .filter(|r| r.end > start)
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_be_bytes(a)
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+/// Reads a table of big-endian u64 entries. The caller has checked that it lies in the file,
+/// so the allocation is bounded by the file length.
+fn read_u64_table<R: ReadAt + ?Sized>(src: &R, offset: u64, entries: u64) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(usize::try_from(entries).unwrap_or(0));
+    // Read in bounded chunks so a large table never needs a second full-size buffer.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut done = 0u64;
+    while done < entries {
+        let n = (entries - done).min(8 * 1024);
+        let bytes = &mut buf[..(n * 8) as usize];
+        read_exact(src, bytes, offset + done * 8)?;
+        out.extend(bytes.chunks_exact(8).map(|c| be64(c, 0)));
+        done += n;
+    }
+    Ok(out)
+}
+
+fn round_up(v: u64, to: u64) -> u64 {
+    v.div_ceil(to).saturating_mul(to)
+}
+
+/// Loads and cross-checks the metadata of an image whose header is valid.
+pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Result<Layout> {
+    let cs = h.cluster_size();
+    let mut regions = vec![Region {
+        start: 0,
+        end: cs,
+        what: Meta::Header,
+    }];
+    let l1_off = h.l1_table_offset.0;
+    let l1_len = u64::from(h.l1_size) * 8;
+    if l1_len > 0 {
+        regions.push(Region {
+            start: l1_off,
+            end: round_up(l1_off + l1_len, cs),
+            what: Meta::L1,
+        });
+    }
+    let rt_off = h.refcount_table_offset.0;
+    let rt_len = u64::from(h.refcount_table_clusters) * cs;
+    regions.push(Region {
+        start: rt_off,
+        end: rt_off + rt_len,
+        what: Meta::RefcountTable,
+    });
+
+    // Active L1: header validation already bounded it by the file length.
+    let raw_l1 = read_u64_table(src, l1_off, u64::from(h.l1_size))?;
+    let mut l1 = Vec::with_capacity(raw_l1.len());
+    for (i, e) in raw_l1.iter().enumerate() {
+        let at = l1_off + i as u64 * 8;
+        if e & L1E_RESERVED_MASK != 0 {
+            return Err(corrupt(
+                at,
+                format!("L1 entry {i} ({e:#018x}) has reserved bits set"),
+            ));
+        }
+        let off = e & L1E_OFFSET_MASK;
+        if off != 0 {
+            if !off.is_multiple_of(cs) {
+                return Err(corrupt(
+                    at,
+                    format!("L1 entry {i} points to an unaligned L2 table at {off:#x}"),
+                ));
+            }
+            if off >= file_len {
+                return Err(corrupt(
+                    at,
+                    format!(
+                        "L1 entry {i} points to an L2 table at {off:#x}, past the end of the file ({file_len:#x})"
+                    ),
+                ));
+            }
+            regions.push(Region {
+                start: off,
+                end: off + cs,
+                what: Meta::L2 { l1_index: i as u64 },
+            });
+        }
+        l1.push(off);
+    }
+
+    // Refcount table and blocks.
+    let raw_rt = read_u64_table(src, rt_off, rt_len / 8)?;
+    let mut refblocks = Vec::with_capacity(raw_rt.len());
+    for (i, e) in raw_rt.iter().enumerate() {
+        let at = rt_off + i as u64 * 8;
+        let off = e & REFT_OFFSET_MASK;
+        if e & !REFT_OFFSET_MASK != 0 {
+            return Err(corrupt(
+                at,
+                format!("refcount table entry {i} ({e:#018x}) has reserved bits set"),
+            ));
+        }
+        if off != 0 {
+            if !off.is_multiple_of(cs) {
+                return Err(corrupt(
+                    at,
+                    format!("refcount block {i} at {off:#x} is not cluster-aligned"),
+                ));
+            }
+            if off >= file_len {
+                return Err(corrupt(
+                    at,
+                    format!("refcount block {i} at {off:#x} is past the end of the file ({file_len:#x})"),
+                ));
+            }
+            regions.push(Region {
+                start: off,
+                end: off + cs,
+                what: Meta::RefcountBlock { index: i as u64 },
+            });
+        }
+        refblocks.push(off);
+    }
+
+    load_snapshots(src, h, file_len, &mut regions)?;
+    let bitmap_tables = load_bitmaps(src, h, file_len, &mut regions)?;
+
+    regions.sort_by_key(|r| (r.start, r.end));
+    for w in regions.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a.end > b.start {
+            let reason = match (a.what, b.what) {
+                (Meta::L2 { l1_index: i }, Meta::L2 { l1_index: j }) if a.start == b.start => {
+                    format!(
+                        "L1 entries {i} and {j} both point to the L2 table at {:#x} (an L2 loop)",
+                        a.start
+                    )
+                }
+                _ => format!(
+                    "the {} at {:#x} overlaps the {} at {:#x}",
+                    b.what, b.start, a.what, a.start
+                ),
+            };
+            return Err(corrupt(b.start, reason));
+        }
+    }
+    Ok(Layout {
+        regions,
+        l1,
+        refblocks,
+        bitmap_tables,
+    })
+}
+
+fn load_snapshots<R: ReadAt + ?Sized>(
+    src: &R,
+    h: &Header,
+    file_len: u64,
+    regions: &mut Vec<Region>,
+) -> Result<()> {
+    let cs = h.cluster_size();
+    let start = h.snapshots_offset.0;
+    let mut pos = start;
+    for i in 0..h.nb_snapshots {
+        let end = pos
+            .checked_add(40)
+            .filter(|e| *e <= file_len)
+            .ok_or_else(|| {
+                corrupt(
+                    pos,
+                    format!("snapshot entry {i} runs past the end of the file"),
+                )
+            })?;
+        let mut e = [0u8; 40];
+        read_exact(src, &mut e, pos)?;
+        let l1_off = be64(&e, 0);
+        let l1_size = u64::from(be32(&e, 8));
+        let id_len = u64::from(be16(&e, 12));
+        let name_len = u64::from(be16(&e, 14));
+        let extra = u64::from(be32(&e, 36));
+        if extra > MAX_SNAPSHOT_EXTRA {
+            return Err(corrupt(
+                pos,
+                format!("snapshot entry {i} claims {extra} bytes of extra data"),
+            ));
+        }
+        let entry_end = end + extra + id_len + name_len;
+        let next = round_up(entry_end, 8);
+        if next - start > MAX_SNAPSHOT_TABLE_BYTES || next > file_len.saturating_add(8) {
+            return Err(corrupt(
+                pos,
+                format!(
+                    "snapshot entry {i} runs past the end of the file or the 64 MiB table limit"
+                ),
+            ));
+        }
+        if l1_size * 8 > MAX_L1_BYTES
+            || !l1_off.is_multiple_of(cs)
+            || l1_off.checked_add(l1_size * 8).is_none_or(|e| e > file_len)
+        {
+            return Err(corrupt(
+                pos,
+                format!("snapshot {i} has an invalid L1 table ({l1_size} entries at {l1_off:#x})"),
+            ));
+        }
+        if l1_size > 0 {
+            regions.push(Region {
+                start: l1_off,
+                end: round_up(l1_off + l1_size * 8, cs),
+                what: Meta::SnapshotL1 { snapshot: i },
+            });
+        }
+        pos = next;
+    }
+    if pos > start {
+        regions.push(Region {
+            start,
+            end: round_up(pos, cs),
+            what: Meta::SnapshotTable,
+        });
+    }
+    Ok(())
+}
+
+fn load_bitmaps<R: ReadAt + ?Sized>(
+    src: &R,
+    h: &Header,
+    file_len: u64,
+    regions: &mut Vec<Region>,
+) -> Result<Vec<(u64, u64)>> {
+    let Some(ext) = h.bitmaps else {
+        return Ok(Vec::new());
+    };
+    let cs = h.cluster_size();
+    let off = ext.directory_offset.0;
+    let len = ext.directory_size;
+    if !off.is_multiple_of(cs) || off.checked_add(len).is_none_or(|e| e > file_len) {
+        return Err(corrupt(
+            off,
+            format!("the bitmap directory ({len:#x} bytes at {off:#x}) is unaligned or past the end of the file"),
+        ));
+    }
+    regions.push(Region {
+        start: off,
+        end: round_up(off + len, cs),
+        what: Meta::BitmapDirectory,
+    });
+    let mut dir = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    read_exact(src, &mut dir, off)?;
+    let mut tables = Vec::new();
+    let mut pos = 0usize;
+    for i in 0..ext.nb_bitmaps {
+        if dir.len() < pos + 24 {
+            return Err(corrupt(
+                off + pos as u64,
+                format!("bitmap directory entry {i} runs past the directory"),
+            ));
+        }
+        let t_off = be64(&dir, pos);
+        let t_size = u64::from(be32(&dir, pos + 8));
+        let name_size = be16(&dir, pos + 18) as usize;
+        let extra = be32(&dir, pos + 20) as usize;
+        if t_size > MAX_BITMAP_TABLE_ENTRIES
+            || !t_off.is_multiple_of(cs)
+            || t_off.checked_add(t_size * 8).is_none_or(|e| e > file_len)
+        {
+            return Err(corrupt(
+                off + pos as u64,
+                format!("bitmap {i} has an invalid table ({t_size} entries at {t_off:#x})"),
+            ));
+        }
+        if t_size > 0 {
+            regions.push(Region {
+                start: t_off,
+                end: round_up(t_off + t_size * 8, cs),
+                what: Meta::BitmapTable { bitmap: i },
+            });
+            tables.push((t_off, t_size));
+        }
+        pos = (pos + 24)
+            .saturating_add(extra)
+            .saturating_add(name_size)
+            .div_ceil(8)
+            .saturating_mul(8);
+    }
+    Ok(tables)
+}

@@ -1,0 +1,198 @@
+//! Images made by qemu-img and qemu-io: our map must equal `qemu-img map`, our bytes must
+//! equal `qemu-img convert -O raw`. Skips (with a message) when qemu is not installed.
+#![allow(missing_docs)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{assert_matches_qemu, qemu_available, qemu_img, qemu_io};
+use qcow::{Compression, ExtentKind, Image};
+
+fn create(dir: &Path, name: &str, size: &str, opts: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    let ps = p.to_str().unwrap().to_owned();
+    args.push(&ps);
+    args.push(size);
+    qemu_img(&args);
+    p
+}
+
+/// A mix of every kind of write, scaled to the cluster size.
+fn mixed_writes(cs: u64) -> Vec<String> {
+    vec![
+        format!("write -P 0x11 0 {}", cs * 3 + 512),
+        format!("write -P 0x22 {} {}", cs * 10 + 1024, cs / 2),
+        format!("write -z {} {}", cs * 12, cs * 2),
+        format!("write -z -u {} {}", cs * 16, cs * 3),
+        format!("write -c -P 0x33 {} {}", cs * 20, cs),
+        format!("write -c -P 0x44 {} {}", cs * 21, cs),
+        format!("write -P 0x55 {} {}", cs * 40, cs * 4),
+        format!("write -z {} {}", cs * 41, cs),
+        format!("write -P 0x66 {} 4096", cs * 50 + cs / 4),
+    ]
+}
+
+#[test]
+fn maps_and_reads_match_qemu_for_every_cluster_size() {
+    if !qemu_available() {
+        return;
+    }
+    for bits in [12u32, 13, 14, 16, 18, 20, 21] {
+        // Arrange
+        let cs = 1u64 << bits;
+        let d = tempfile::tempdir().unwrap();
+        let p = create(
+            d.path(),
+            "a.qcow2",
+            &(cs * 64 + 4096).to_string(),
+            &format!("cluster_size={cs}"),
+        );
+        qemu_io(&p, &mixed_writes(cs));
+        // Act + Assert
+        assert_matches_qemu(&p, d.path(), true);
+    }
+}
+
+#[test]
+fn maps_and_reads_match_qemu_with_extended_l2() {
+    if !qemu_available() {
+        return;
+    }
+    for bits in [14u32, 16, 21] {
+        let cs = 1u64 << bits;
+        let d = tempfile::tempdir().unwrap();
+        let p = create(
+            d.path(),
+            "a.qcow2",
+            &(cs * 64).to_string(),
+            &format!("cluster_size={cs},extended_l2=on"),
+        );
+        let sc = cs / 32;
+        let mut w = mixed_writes(cs);
+        w.extend([
+            format!("write -P 0x77 {} {}", cs * 30 + sc * 3, sc * 2),
+            format!("write -z {} {}", cs * 30 + sc * 7, sc),
+            format!("write -P 0x78 {} {}", cs * 31 + sc * 31, sc * 2),
+        ]);
+        qemu_io(&p, &w);
+        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(image.header().extended_l2);
+        assert_matches_qemu(&p, d.path(), true);
+    }
+}
+
+#[test]
+fn maps_and_reads_match_qemu_for_compat_0_10() {
+    if !qemu_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let p = create(d.path(), "a.qcow2", "16M", "compat=0.10");
+    qemu_io(&p, &mixed_writes(65536));
+    let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+    assert_eq!(image.header().version, 2);
+    assert_matches_qemu(&p, d.path(), true);
+}
+
+#[test]
+fn maps_and_reads_match_qemu_with_zstd_compression() {
+    if !qemu_available() {
+        return;
+    }
+    for bits in [12u32, 16, 21] {
+        let cs = 1u64 << bits;
+        let d = tempfile::tempdir().unwrap();
+        let p = create(
+            d.path(),
+            "a.qcow2",
+            &(cs * 64).to_string(),
+            &format!("cluster_size={cs},compression_type=zstd"),
+        );
+        qemu_io(&p, &mixed_writes(cs));
+        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(image.header().compression, Compression::Zstd);
+        assert_matches_qemu(&p, d.path(), true);
+    }
+}
+
+#[test]
+fn convert_compressed_image_matches_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    for ty in ["zlib", "zstd"] {
+        // Arrange: a raw file with varied content, compressed by qemu-img convert -c.
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("src.raw");
+        let mut bytes = vec![0u8; 4 << 20];
+        let mut x = 0x1234_5678u32;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = if (i / 65536) % 3 == 0 {
+                (x >> 24) as u8
+            } else {
+                (i / 512) as u8
+            };
+        }
+        std::fs::write(&raw, &bytes).unwrap();
+        let p = d.path().join("c.qcow2");
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-c",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            &format!("compression_type={ty}"),
+            raw.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ]);
+        // Act + Assert
+        assert_matches_qemu(&p, d.path(), true);
+        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+        assert!(image
+            .map()
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == ExtentKind::Compressed));
+    }
+}
+
+#[test]
+fn overlays_over_raw_and_qcow2_backing_files_match_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    for fmt in ["raw", "qcow2"] {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.img");
+        qemu_img(&["create", "-q", "-f", fmt, base.to_str().unwrap(), "32M"]);
+        let mut c = std::process::Command::new("qemu-io");
+        c.args(["-f", fmt, "-c", "write -P 0xaa 0 32M"]).arg(&base);
+        assert!(c.output().unwrap().status.success());
+        let p = d.path().join("top.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.img",
+            "-F",
+            fmt,
+            p.to_str().unwrap(),
+        ]);
+        qemu_io(&p, &mixed_writes(65536));
+        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+        assert_eq!(image.header().backing_file.as_deref(), Some("base.img"));
+        assert_eq!(image.header().backing_format.as_deref(), Some(fmt));
+        assert_matches_qemu(&p, d.path(), false);
+    }
+}
