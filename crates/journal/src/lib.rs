@@ -5,8 +5,7 @@
 //! length, sequence number and CRC-32 bound to a random per-log nonce) and makes them durable
 //! ([`Journal::sync`]). [`read`] replays a log without touching it; [`Journal::open`] replays it
 //! for appending and truncates a torn tail. What counts as a torn tail and what as corruption is
-//! one explicit policy, [`RecoveryMode`], described in [`replay`](crate::RecoveryMode) and in
-//! `docs/journal-format.md`.
+//! one explicit policy, [`RecoveryMode`], described in `docs/journal-format.md`.
 //!
 //! It is not a database: no compaction, no concurrent writers (the caller locks), no random
 //! access, and records are held in memory on replay.
@@ -90,11 +89,8 @@ pub fn read_with<S: Fs, T: DeserializeOwned>(
     path: &Path,
     mode: RecoveryMode,
 ) -> Result<Replay<T>> {
-    use storage::File as _;
     let file = fs.open(path, false).map_err(io_err(path))?;
     let s = replay::scan::<S::File, T>(&file, path, mode)?;
-    // Reading never changes the file; only check the handle is still sane.
-    let _ = file.len();
     Ok(Replay {
         identity: s.header.identity,
         records: s.records,

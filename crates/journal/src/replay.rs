@@ -33,6 +33,14 @@ pub enum RecoveryMode {
     /// A damaged tail is an append that never completed: it is reported as [`Tail::Torn`]
     /// (and truncated when opening for append). A damaged record that later records prove
     /// was durable is [`Error::Corrupt`].
+    ///
+    /// The proof: every frame carries `synced`, the count of records known durable when it was
+    /// written. After a damaged record `n`, every later 8-byte-aligned offset is tried; a frame
+    /// there that validates with this log's nonce and has `synced > n` (or `seq <= n`) makes
+    /// the damage corruption. Valid frames with `synced <= n` were in the same unsynced batch,
+    /// which a crash may persist in any order, so they are part of the torn tail. Limit:
+    /// damage inside the last synced batch, with nothing appended after its sync, is read as
+    /// a torn tail.
     #[default]
     TolerateTornTail,
     /// Any damaged record, even at the tail, is [`Error::Corrupt`]. For checking a journal
