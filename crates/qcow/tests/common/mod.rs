@@ -170,3 +170,5 @@ pub fn assert_matches_qemu(path: &Path, dir: &Path, whole: bool) {
         }
     }
 }
+
+pub mod synth;
