@@ -329,7 +329,6 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
     };
     let l1 = b.l1_offset;
     let l2 = b.l2_offsets[0].1;
-    let e0 = b.l2_entry_offset(0);
     let e2 = b.l2_entry_offset(2);
     let data0 = b.data[0].1;
     let rt = b.reftable_offset;
