@@ -1,0 +1,354 @@
+//! `commit`: the crash-safe copy of every overlay into its base, with one commit point for
+//! the whole transaction. Every step below is journaled; `docs/commit-protocol.md` explains
+//! what recovery does after a crash at each of them.
+
+use std::path::{Path, PathBuf};
+
+use storage::{File, Fs};
+
+use crate::error::{Error, Result};
+use crate::history::{HistoryEntry, HistoryImage, Outcome};
+use crate::overlay::{open_checked, Reader};
+use crate::plan::{chunks, Action, Plan};
+use crate::record::{Direction, Intent, Record};
+use crate::state::{FileId, Format, Manifest, TxState};
+use crate::undo::CHUNK;
+use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Progress};
+
+pub(crate) type TxJournal<S> = journal::Journal<<S as Fs>::File, Record>;
+
+/// The identity bound into a transaction journal's header.
+pub(crate) fn journal_identity(tx: &str, index: usize) -> Vec<u8> {
+    format!("imgtx {tx} image {index}").into_bytes()
+}
+
+impl<S: Fs, H: Host> Engine<S, H> {
+    /// Loads the manifest of an open transaction.
+    pub(crate) fn load_open(&self, id: &str) -> Result<Manifest> {
+        let m = self.state.load(&self.fs, id)?.ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
+        match m.state {
+            TxState::Open => Ok(m),
+            TxState::Beginning => Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" }),
+            TxState::RollingBack => Err(Error::Interrupted { tx: id.to_owned(), doing: "rolling back" }),
+        }
+    }
+
+    /// Commits transaction `id`; `progress` hears about the data copied.
+    pub fn commit(&self, id: &str, opts: CommitOptions, progress: &mut dyn FnMut(Progress)) -> Result<CommitReport> {
+        let _guard = self.lock_tx(id)?;
+        let m = self.load_open(id)?;
+        for img in &m.images {
+            self.check_no_interrupted(&img.base)?;
+        }
+        // Keep every qemu out of bases and overlays until the commit is over.
+        let mut fences = Vec::new();
+        for img in &m.images {
+            fences.push(self.host.fence_image(&img.base)?);
+            fences.push(self.host.fence_image(&img.overlay)?);
+        }
+        let mut overlays = Vec::new();
+        let mut plans = Vec::new();
+        for img in &m.images {
+            let meta = self.fs.metadata(&img.base).map_err(Error::io("stat", &img.base))?;
+            let now = meta.map(|x| FileId::of(&x));
+            let changed = match now {
+                None => Some("it no longer exists".to_owned()),
+                Some(now) => img.base_id.difference(&now),
+            };
+            if let Some(what) = changed {
+                return Err(Error::BaseChanged { path: img.base.clone(), tx: m.id.clone(), what });
+            }
+            let ov = open_checked(&self.fs, &m.id, &img.overlay, img.overlay_dev_ino, &img.base, img.base_format)?;
+            let plan = self.plan_of(&m.id, &ov, &img.overlay, img.base_id.size, img.base_format, &img.base)?;
+            // Barrier: whatever qemu wrote to the overlay must be durable before the journal
+            // relies on it, since after the commit point recovery redoes from the overlay.
+            ov.sync_data().map_err(Error::io("sync", &img.overlay))?;
+            overlays.push(ov);
+            plans.push(plan);
+        }
+        let journals: Vec<PathBuf> =
+            m.images.iter().map(|i| layout::journal(&i.base, &m.id)).collect::<Result<_>>()?;
+        let mut js: Vec<TxJournal<S>> = Vec::new();
+        let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js);
+        if let Err(e) = before {
+            // Nothing of any base was touched yet: drop what the attempt wrote.
+            drop(js);
+            if let Err(clean) = self.discard_uncommitted(&m.id, &journals) {
+                tracing::warn!(tx = %m.id, error = %clean, "could not clean up a failed commit");
+            }
+            return Err(e);
+        }
+        let after = |e: Error| Error::CommitInterrupted { tx: m.id.clone(), source: Box::new(e) };
+        js[0].append(&Record::Commit).map_err(Error::journal(&journals[0])).map_err(after)?;
+        // Barrier — THE COMMIT POINT: once this record is durable the transaction is
+        // committed; before it, recovery leaves every base untouched.
+        js[0].sync().map_err(Error::journal(&journals[0])).map_err(after)?;
+        self.host.step("commit-point");
+        for (i, img) in m.images.iter().enumerate() {
+            self.apply_forward(i, &overlays[i], &img.overlay, &img.base, img.base_format, &plans[i], progress)
+                .map_err(after)?;
+            js[i].append(&Record::Applied(Direction::Forward)).map_err(Error::journal(&journals[i])).map_err(after)?;
+            // Barrier: the base was synced by apply_forward; recording it lets recovery skip it.
+            js[i].sync().map_err(Error::journal(&journals[i])).map_err(after)?;
+        }
+        self.host.step("applied");
+        drop(overlays);
+        let images: Vec<HistoryImage> = m
+            .images
+            .iter()
+            .zip(&plans)
+            .map(|(img, p)| HistoryImage { base: img.base.clone(), changed_bytes: p.changed_bytes() })
+            .collect();
+        self.log_outcome(Some(&m), &m.id, Outcome::Committed, images.clone()).map_err(after)?;
+        js[0].append(&Record::Logged).map_err(Error::journal(&journals[0])).map_err(after)?;
+        js[0].sync().map_err(Error::journal(&journals[0])).map_err(after)?;
+        self.host.step("logged");
+        drop(js);
+        let cleanup: Vec<(PathBuf, PathBuf, (u64, u64))> = m
+            .images
+            .iter()
+            .map(|i| (i.base.clone(), i.overlay.clone(), i.overlay_dev_ino.unwrap_or_default()))
+            .collect();
+        self.cleanup_commit(&m.id, &cleanup, &journals).map_err(after)?;
+        drop(fences);
+        Ok(CommitReport { id: m.id.clone(), images })
+    }
+
+    /// Journals the intent of every image and saves the pre-images: everything before the
+    /// commit point. Pushes the open journals into `js`, coordinator first.
+    fn commit_prepare(
+        &self,
+        m: &Manifest,
+        opts: CommitOptions,
+        plans: &[Plan],
+        journals: &[PathBuf],
+        js: &mut Vec<TxJournal<S>>,
+    ) -> Result<()> {
+        for (i, img) in m.images.iter().enumerate() {
+            let intent = Intent {
+                tx: m.id.clone(),
+                index: u32::try_from(i).unwrap_or(u32::MAX),
+                journals: journals.to_vec(),
+                base: img.base.clone(),
+                base_format: img.base_format,
+                base_dev_ino: (img.base_id.dev, img.base_id.ino),
+                overlay: img.overlay.clone(),
+                overlay_dev_ino: img.overlay_dev_ino.unwrap_or_default(),
+                undo: !opts.no_undo,
+                plan: plans[i].clone(),
+            };
+            // `create` syncs the new journal and its directory. The coordinator (index 0) is
+            // created first and removed last, so a participant journal never exists without it.
+            let mut j = TxJournal::<S>::create(&self.fs, &journals[i], &journal_identity(&m.id, i))
+                .map_err(Error::journal(&journals[i]))?;
+            j.append(&Record::Intent(intent)).map_err(Error::journal(&journals[i]))?;
+            // Barrier: the intent is durable before any pre-image or base write.
+            j.sync().map_err(Error::journal(&journals[i]))?;
+            js.push(j);
+        }
+        self.host.step("intent");
+        if !opts.no_undo {
+            for (i, img) in m.images.iter().enumerate() {
+                let base = self.fs.open(&img.base, false).map_err(Error::io("open", &img.base))?;
+                let (old_len, ranges) = self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
+                let undo_path = layout::undo(&img.base, &m.id)?;
+                let summary = undo::save(&self.fs, &base, &img.base, &undo_path, &m.id, old_len, &ranges)?;
+                js[i].append(&Record::Undo(summary)).map_err(Error::journal(&journals[i]))?;
+                // Barrier: the journal vouches for the pre-images only once they are durable
+                // (undo::save synced them); this sync makes the voucher itself durable.
+                js[i].sync().map_err(Error::journal(&journals[i]))?;
+            }
+            self.host.step("undo");
+        }
+        Ok(())
+    }
+
+    /// Removes pre-images and journals of a commit that never reached its commit point.
+    /// The bases were not touched; the transaction stays open.
+    pub(crate) fn discard_uncommitted(&self, tx: &str, journals: &[PathBuf]) -> Result<()> {
+        for j in journals {
+            let base_name = j.file_name().and_then(|n| n.to_str()).and_then(|n| {
+                n.strip_prefix('.').and_then(|n| n.strip_suffix(&format!(".{tx}.imgtx.journal")))
+            });
+            if let (Some(name), Ok(dir)) = (base_name, layout::dir_of(j)) {
+                if crate::state::remove_if_exists(&self.fs, &layout::undo(&dir.join(name), tx)?)? {
+                    self.fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
+                }
+            }
+        }
+        // Participants first, coordinator last.
+        for j in journals.iter().skip(1).chain(journals.first()) {
+            if self.fs.metadata(j).map_err(Error::io("stat", j))?.is_some() {
+                journal::remove(&self.fs, j).map_err(Error::journal(j))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan for one overlay over a base whose length (raw) is `base_len`.
+    pub(crate) fn plan_of(
+        &self,
+        tx: &str,
+        ov: &S::File,
+        ov_path: &Path,
+        base_len: u64,
+        format: Format,
+        base: &Path,
+    ) -> Result<Plan> {
+        let bad = |e: qcow::Error| Error::OverlayInvalid {
+            path: ov_path.to_path_buf(),
+            tx: tx.to_owned(),
+            reason: format!("its cluster map cannot be read ({e})"),
+        };
+        let img = qcow::Image::open(Reader(ov)).map_err(bad)?;
+        let map = img.map().map_err(bad)?;
+        let old_len = match format {
+            Format::Raw => base_len,
+            Format::Qcow2 => {
+                let b = self.fs.open(base, false).map_err(Error::io("open", base))?;
+                let base_img = qcow::Image::open(Reader(&b)).map_err(Error::qcow(base))?;
+                base_img.header().virtual_size
+            }
+        };
+        Ok(Plan::from_map(old_len, img.header().virtual_size, &map))
+    }
+
+    /// The base byte ranges a commit can overwrite, and the base's current length.
+    fn preimage_ranges(&self, base: &S::File, path: &Path, format: Format, plan: &Plan) -> Result<(u64, Vec<(u64, u64)>)> {
+        let len = base.len().map_err(Error::io("stat", path))?;
+        let ranges = match format {
+            Format::Raw => plan.raw_preimage_ranges(),
+            Format::Qcow2 => {
+                let img = qcow::Image::open(Reader(base)).map_err(Error::qcow(path))?;
+                let guest: Vec<(qcow::GuestOffset, u64)> =
+                    plan.ranges().into_iter().map(|(o, l)| (qcow::GuestOffset(o), l)).collect();
+                let inv = img.inventory(&guest).map_err(Error::qcow(path))?;
+                // Bytes past the current end need no pre-image: restoring the length drops them.
+                inv.ranges
+                    .iter()
+                    .filter(|r| r.offset.0 < len)
+                    .map(|r| (r.offset.0, r.len.min(len - r.offset.0)))
+                    .collect()
+            }
+        };
+        Ok((len, ranges))
+    }
+
+    /// Writes the overlay's changes into the base and syncs it. Idempotent: it only ever
+    /// writes the overlay's content, which a commit never changes.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn apply_forward(
+        &self,
+        index: usize,
+        ov: &S::File,
+        ov_path: &Path,
+        base_path: &Path,
+        format: Format,
+        plan: &Plan,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<()> {
+        let total = plan.changed_bytes();
+        let mut done = 0u64;
+        progress(Progress { image: index, done, total });
+        if format == Format::Qcow2 {
+            self.host.qemu_img_commit(ov_path, base_path, format)?;
+            let base = self.fs.open(base_path, false).map_err(Error::io("open", base_path))?;
+            // Barrier: the committed base must be durable before the journal says applied.
+            base.sync_data().map_err(Error::io("sync", base_path))?;
+            progress(Progress { image: index, done: total, total });
+            return Ok(());
+        }
+        let img = qcow::Image::open(Reader(ov)).map_err(Error::qcow(ov_path))?;
+        let base = self.fs.open(base_path, true).map_err(Error::io("open for writing", base_path))?;
+        let len = base.len().map_err(Error::io("stat", base_path))?;
+        if plan.new_len() > len {
+            // Grow first: the undo record holds the old length, so a crash leaves a base
+            // that undo truncates back and redo fills in.
+            base.set_len(plan.new_len()).map_err(Error::io("grow", base_path))?;
+        }
+        let mut buf = Vec::new();
+        for step in &plan.steps {
+            match step.action {
+                Action::Zero => {
+                    base.zero_range(step.offset, step.len).map_err(Error::io("zero a range of", base_path))?;
+                    done += step.len;
+                    progress(Progress { image: index, done, total });
+                }
+                Action::Copy => {
+                    for (offset, len) in chunks(&[(step.offset, step.len)], CHUNK) {
+                        buf.resize(usize::try_from(len).unwrap_or(0), 0);
+                        img.read_at(&mut buf, qcow::GuestOffset(offset)).map_err(Error::qcow(ov_path))?;
+                        base.write_all_at(&buf, offset).map_err(Error::io("write", base_path))?;
+                        done += len;
+                        progress(Progress { image: index, done, total });
+                    }
+                }
+            }
+        }
+        // Barrier: every new byte of the base is durable before the journal says applied.
+        base.sync_data().map_err(Error::io("sync", base_path))
+    }
+
+    /// Appends the history entry of a finished transaction.
+    pub(crate) fn log_outcome(
+        &self,
+        m: Option<&Manifest>,
+        tx: &str,
+        outcome: Outcome,
+        images: Vec<HistoryImage>,
+    ) -> Result<()> {
+        let (user, uid) = self.host.user();
+        let ended = self.now();
+        let entry = HistoryEntry {
+            id: tx.to_owned(),
+            name: m.and_then(|m| m.name.clone()),
+            outcome,
+            user,
+            uid,
+            host: self.host.hostname(),
+            started: m.map_or_else(|| ended.clone(), |m| m.created.clone()),
+            ended,
+            images,
+            command: m.and_then(|m| m.command.clone()),
+        };
+        crate::history::append(&self.fs, &self.state.history(), &entry)
+    }
+
+    /// Removes overlays, pre-images and journals of a finished commit, then its registration.
+    /// Each (base, overlay, overlay dev/ino) names one image; `journals` lists coordinator first.
+    pub(crate) fn cleanup_commit(
+        &self,
+        tx: &str,
+        images: &[(PathBuf, PathBuf, (u64, u64))],
+        journals: &[PathBuf],
+    ) -> Result<()> {
+        for (base, overlay, dev_ino) in images {
+            let meta = self.fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
+            // Only remove the file begin created; a stranger under that name is left alone.
+            if meta.is_some_and(|x| (x.dev, x.ino) == *dev_ino || *dev_ino == (0, 0)) {
+                crate::state::remove_if_exists(&self.fs, overlay)?;
+            }
+            crate::state::remove_if_exists(&self.fs, &layout::undo(base, tx)?)?;
+            let dir = layout::dir_of(base)?;
+            // Barrier: overlays and pre-images are gone for good before the journals that
+            // explain them are removed.
+            self.fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
+        }
+        self.host.step("files-removed");
+        // Participants first, coordinator last: a participant journal never outlives it.
+        for j in journals.iter().skip(1).chain(journals.first()) {
+            if self.fs.metadata(j).map_err(Error::io("stat", j))?.is_some() {
+                journal::remove(&self.fs, j).map_err(Error::journal(j))?;
+            }
+        }
+        self.host.step("journals-removed");
+        if let Some(m) = self.state.load(&self.fs, tx)? {
+            for img in &m.images {
+                self.state.release_base(&self.fs, img.base_id.dev, img.base_id.ino, tx)?;
+            }
+            self.state.remove_manifest(&self.fs, tx)?;
+        }
+        self.drop_lock_file(tx);
+        Ok(())
+    }
+}

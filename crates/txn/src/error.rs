@@ -1,0 +1,223 @@
+//! The one error type of the engine, and the class each error belongs to.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a transaction operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file operation failed.
+    #[error("could not {action} {}", path.display())]
+    Io {
+        /// What was being done, as a verb phrase ("read the manifest").
+        action: &'static str,
+        /// The file involved.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: io::Error,
+    },
+    /// A journal could not be read or written.
+    #[error("journal {} could not be used", path.display())]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What the journal reported.
+        #[source]
+        source: journal::Error,
+    },
+    /// A qcow2 image could not be read or is not acceptable.
+    #[error("image {} is not a usable qcow2 image", path.display())]
+    Qcow {
+        /// The image file.
+        path: PathBuf,
+        /// What the qcow2 reader reported.
+        #[source]
+        source: qcow::Error,
+    },
+    /// The base is claimed by another open transaction.
+    #[error("base {} is held by transaction {holder}; commit or roll it back first, or pass --wait", path.display())]
+    Busy {
+        /// The base as the user named it.
+        path: PathBuf,
+        /// The transaction holding it.
+        holder: String,
+    },
+    /// Waiting for a base timed out.
+    #[error("gave up waiting for base {} held by transaction {holder}", path.display())]
+    WaitTimedOut {
+        /// The base.
+        path: PathBuf,
+        /// The transaction still holding it.
+        holder: String,
+    },
+    /// A qemu process (or anything speaking qemu's lock protocol) uses the image.
+    #[error("image {} is in use by a qemu process; stop it first", path.display())]
+    InUse {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// The base was modified since the transaction began.
+    #[error("base {} changed since transaction {tx} began ({what}); roll the transaction back", path.display())]
+    BaseChanged {
+        /// The base.
+        path: PathBuf,
+        /// The transaction.
+        tx: String,
+        /// What differs.
+        what: String,
+    },
+    /// An overlay is missing or not the one `begin` created.
+    #[error("overlay {} of transaction {tx} is not usable: {reason}", path.display())]
+    OverlayInvalid {
+        /// The overlay.
+        path: PathBuf,
+        /// The transaction.
+        tx: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A base has an interrupted commit that must be finished first.
+    #[error("base {} has an interrupted commit (transaction {tx}); run `imgtx recover {}`", path.display(), path.display())]
+    RecoveryNeeded {
+        /// The base.
+        path: PathBuf,
+        /// The interrupted transaction.
+        tx: String,
+    },
+    /// A transaction was interrupted during begin or rollback and must be cleaned up first.
+    #[error("transaction {tx} was interrupted while {doing}; run `imgtx recover`")]
+    Interrupted {
+        /// The transaction.
+        tx: String,
+        /// What it was doing ("beginning", "rolling back").
+        doing: &'static str,
+    },
+    /// No open transaction has this id.
+    #[error("no open transaction {tx}; `imgtx status` lists them")]
+    NotFound {
+        /// The id asked for.
+        tx: String,
+    },
+    /// Another imgtx process works on this transaction right now.
+    #[error("transaction {tx} is being worked on by another imgtx process; try again when it finishes")]
+    Locked {
+        /// The transaction.
+        tx: String,
+    },
+    /// The base's format cannot be decided safely.
+    #[error("base {} starts like a qcow2 image but is not a plain qcow2 image without a backing file; say what it is with --base-format raw|qcow2", path.display())]
+    AmbiguousFormat {
+        /// The base.
+        path: PathBuf,
+    },
+    /// A base is not acceptable for a transaction.
+    #[error("base {} cannot be used: {reason}", path.display())]
+    InvalidBase {
+        /// The base.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// `qemu-img commit` failed.
+    #[error("qemu-img commit of {} into {} failed: {detail}", overlay.display(), base.display())]
+    QemuImg {
+        /// The overlay.
+        overlay: PathBuf,
+        /// The base.
+        base: PathBuf,
+        /// Exit status and what qemu-img said.
+        detail: String,
+    },
+    /// A commit failed after its commit point; recovery finishes it.
+    #[error("commit of transaction {tx} stopped after its commit point; run `imgtx recover` to finish it")]
+    CommitInterrupted {
+        /// The transaction.
+        tx: String,
+        /// What stopped it.
+        #[source]
+        source: Box<Error>,
+    },
+    /// Recovery cannot proceed in any safe direction.
+    #[error("cannot recover transaction {tx}: {reason}; nothing was changed")]
+    Unrecoverable {
+        /// The transaction.
+        tx: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file imgtx wrote is damaged.
+    #[error("{} is damaged: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// What kind of failure an [`Error`] is, so a front end can pick an exit status without
+/// matching on messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Another transaction or process holds what was asked for.
+    Busy,
+    /// The world changed under the transaction (base modified since begin).
+    Conflict,
+    /// An interrupted operation must be recovered first.
+    RecoveryNeeded,
+    /// The request or an input file is not acceptable.
+    Invalid,
+    /// No such transaction.
+    NotFound,
+    /// The operating system or an external tool failed.
+    Io,
+    /// A file imgtx relies on is damaged.
+    Corrupt,
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Busy { .. } | Self::WaitTimedOut { .. } | Self::InUse { .. } | Self::Locked { .. } => {
+                ErrorClass::Busy
+            }
+            Self::BaseChanged { .. } => ErrorClass::Conflict,
+            Self::RecoveryNeeded { .. } | Self::Interrupted { .. } | Self::CommitInterrupted { .. } => {
+                ErrorClass::RecoveryNeeded
+            }
+            Self::NotFound { .. } => ErrorClass::NotFound,
+            Self::AmbiguousFormat { .. }
+            | Self::InvalidBase { .. }
+            | Self::Invalid(_)
+            | Self::OverlayInvalid { .. }
+            | Self::Qcow { .. } => ErrorClass::Invalid,
+            Self::Io { .. } | Self::QemuImg { .. } => ErrorClass::Io,
+            Self::Journal { .. } | Self::Corrupt { .. } | Self::Unrecoverable { .. } => ErrorClass::Corrupt,
+        }
+    }
+
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { action, path, source }
+    }
+
+    pub(crate) fn journal(path: impl Into<PathBuf>) -> impl FnOnce(journal::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Journal { path, source }
+    }
+
+    pub(crate) fn qcow(path: impl Into<PathBuf>) -> impl FnOnce(qcow::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Qcow { path, source }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,137 @@
+//! What the engine needs from the machine beyond the [`storage::Fs`] seam: process locks,
+//! qemu's lock protocol, running `qemu-img`, identity and time, and the test crash hook.
+//!
+//! [`OsHost`] is the real machine. Simulation tests supply their own [`Host`] whose locks are
+//! no-ops, because a simulated disk has no file descriptors to lock.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Result;
+use crate::state::Format;
+
+/// The machine-dependent services of the engine.
+pub trait Host: Send + Sync {
+    /// Proof that a lock is held; dropping it releases the lock.
+    type Guard: Send;
+
+    /// Takes the exclusive lock that serializes imgtx processes working on one transaction,
+    /// creating `path` if needed. `Ok(None)` when another process holds it and `wait` is false.
+    fn lock_exclusive(&self, path: &Path, wait: bool) -> Result<Option<Self::Guard>>;
+
+    /// True when some process holds qemu's "I use this image" locks on `path`.
+    fn image_in_use(&self, path: &Path) -> Result<bool>;
+
+    /// Holds shared locks on qemu's lock bytes of `path` so no qemu can open it until the
+    /// guard drops. Fails with [`crate::Error::InUse`] when a qemu already has it open.
+    fn fence_image(&self, path: &Path) -> Result<Self::Guard>;
+
+    /// Runs `qemu-img commit` of `overlay` into `base` (a qcow2 image), naming the backing
+    /// explicitly and with qemu's own locking off (the caller holds the fences).
+    fn qemu_img_commit(&self, overlay: &Path, base: &Path, base_format: Format) -> Result<()>;
+
+    /// The user name and uid running the operation.
+    fn user(&self) -> (String, u32);
+
+    /// The host name.
+    fn hostname(&self) -> String;
+
+    /// The current time.
+    fn now(&self) -> SystemTime;
+
+    /// A fresh random transaction id such as `tx-3f9a2c1d7e`.
+    fn new_id(&self) -> Result<String>;
+
+    /// Sleeps while waiting for a busy base.
+    fn sleep(&self, d: Duration);
+
+    /// Called right after each journaled step; the test hook may end the process here.
+    fn step(&self, name: &str);
+}
+
+/// The real machine.
+#[derive(Debug, Default, Clone)]
+pub struct OsHost {
+    crash_after: Option<String>,
+}
+
+impl OsHost {
+    /// The real machine, with the test-only crash hook read from `IMGTX_TEST_CRASH_AFTER`.
+    ///
+    /// When that variable names a step (see `docs/commit-protocol.md`), the process exits with
+    /// status 137 right after that step, as if killed. It exists for the kill tests only.
+    pub fn from_env() -> Self {
+        Self {
+            crash_after: std::env::var("IMGTX_TEST_CRASH_AFTER").ok().filter(|s| !s.is_empty()),
+        }
+    }
+}
+
+/// A held lock of [`OsHost`]: the open file whose lock it is.
+#[derive(Debug)]
+pub struct OsGuard {
+    _file: std::fs::File,
+}
+
+impl Host for OsHost {
+    type Guard = OsGuard;
+
+    fn lock_exclusive(&self, path: &Path, wait: bool) -> Result<Option<OsGuard>> {
+        crate::lock::lock_exclusive(path, wait).map(|f| f.map(|f| OsGuard { _file: f }))
+    }
+
+    fn image_in_use(&self, path: &Path) -> Result<bool> {
+        crate::lock::image_in_use(path)
+    }
+
+    fn fence_image(&self, path: &Path) -> Result<OsGuard> {
+        crate::lock::fence_image(path).map(|f| OsGuard { _file: f })
+    }
+
+    fn qemu_img_commit(&self, overlay: &Path, base: &Path, base_format: Format) -> Result<()> {
+        crate::qemu::commit(overlay, base, base_format)
+    }
+
+    fn user(&self) -> (String, u32) {
+        let uid = nix::unistd::getuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        (name, uid.as_raw())
+    }
+
+    fn hostname(&self) -> String {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_owned())
+    }
+
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+
+    fn new_id(&self) -> Result<String> {
+        let mut bytes = [0u8; 5];
+        getrandom::fill(&mut bytes).map_err(|e| crate::Error::Io {
+            action: "get random bytes for",
+            path: "the transaction id".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("tx-{hex}"))
+    }
+
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    fn step(&self, name: &str) {
+        tracing::debug!(step = name, "journaled step done");
+        if self.crash_after.as_deref() == Some(name) {
+            // Test hook only: die like a killed process, without unwinding or cleanup.
+            std::process::exit(137);
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Locks on the real machine: the exclusive lock serializing imgtx processes on one
+//! transaction, and qemu's OFD byte-range lock protocol (see `docs/commit-protocol.md`).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+
+use crate::error::{Error, Result};
+
+/// The bytes qemu locks to say "I use permission P" (100 + P) for P in 0..=4.
+const USE_BYTES: (i64, i64) = (100, 5);
+/// The bytes imgtx holds shared while it writes an image: consistent-read, write and resize,
+/// both "in use" (10x) and "not shared" (20x), so that every qemu open fails.
+const FENCE_BYTES: [i64; 6] = [100, 101, 103, 200, 201, 203];
+
+/// Takes an exclusive `flock`-style lock on `path` (created 0600 if missing).
+///
+/// The lock file may be unlinked by the holder when the transaction ends, so after locking
+/// we check that the path still names the locked file, and retry otherwise.
+pub(crate) fn lock_exclusive(path: &Path, wait: bool) -> Result<Option<File>> {
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(Error::io("open the lock file", path))?;
+        if wait {
+            file.lock().map_err(Error::io("lock", path))?;
+        } else {
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
+            }
+        }
+        let held = file.metadata().map_err(Error::io("stat the lock file", path))?;
+        match std::fs::metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("stat the lock file", path)(e)),
+        }
+    }
+}
+
+fn flock(l_type: i32, start: i64, len: i64) -> libc::flock {
+    libc::flock {
+        l_type: l_type as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    }
+}
+
+fn open_read(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(Error::io("open for lock probing", path))
+}
+
+/// True when any process holds a lock on qemu's "in use" bytes of `path`.
+pub(crate) fn image_in_use(path: &Path) -> Result<bool> {
+    let file = open_read(path)?;
+    // A write-type probe conflicts with every shared lock qemu holds there.
+    let mut probe = flock(libc::F_WRLCK, USE_BYTES.0, USE_BYTES.1);
+    fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe))
+        .map_err(|e| Error::io("probe the qemu locks of", path)(e.into()))?;
+    Ok(i32::from(probe.l_type) != libc::F_UNLCK)
+}
+
+/// Holds shared locks on the fence bytes of `path` through a new open file description.
+pub(crate) fn fence_image(path: &Path) -> Result<File> {
+    if image_in_use(path)? {
+        return Err(Error::InUse { path: path.to_path_buf() });
+    }
+    let file = open_read(path)?;
+    for byte in FENCE_BYTES {
+        let lock = flock(libc::F_RDLCK, byte, 1);
+        match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                return Err(Error::InUse { path: path.to_path_buf() })
+            }
+            Err(e) => return Err(Error::io("lock qemu's lock bytes of", path)(e.into())),
+        }
+    }
+    Ok(file)
+}

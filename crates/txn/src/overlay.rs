@@ -1,0 +1,56 @@
+//! Checking that an overlay is exactly the one `begin` created, before trusting its content.
+
+use std::path::Path;
+
+use storage::{File, FileKind, Fs};
+
+use crate::error::{Error, Result};
+use crate::state::Format;
+
+/// Positional reads of a seam file, for the qcow2 reader.
+pub struct Reader<'a, F>(pub &'a F);
+
+impl<F: File> qcow::ReadAt for Reader<'_, F> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+}
+
+/// Opens the overlay of `base` read-only after checking it is the regular file with the
+/// recorded (device, inode), and that its header names exactly `base` and `base_format` as
+/// written at begin. The header check is what stops a tampered overlay from pointing the
+/// commit at another file.
+pub fn open_checked<S: Fs>(
+    fs: &S,
+    tx: &str,
+    overlay: &Path,
+    dev_ino: Option<(u64, u64)>,
+    base: &Path,
+    base_format: Format,
+) -> Result<S::File> {
+    let bad = |reason: String| Error::OverlayInvalid { path: overlay.to_path_buf(), tx: tx.to_owned(), reason };
+    let meta = fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
+    let meta = meta.ok_or_else(|| bad("it does not exist".into()))?;
+    if meta.kind != FileKind::File {
+        return Err(bad("it is not a regular file".into()));
+    }
+    if dev_ino.is_some_and(|di| di != (meta.dev, meta.ino)) {
+        return Err(bad("it was replaced by another file".into()));
+    }
+    let file = fs.open(overlay, false).map_err(Error::io("open", overlay))?;
+    {
+        let img = qcow::Image::open(Reader(&file)).map_err(|e| bad(format!("it is not a valid qcow2 image ({e})")))?;
+        let h = img.header();
+        if h.backing_file.as_deref() != base.to_str() {
+            return Err(bad("its backing file is not the base it was created over".into()));
+        }
+        if h.backing_format.as_deref() != Some(base_format.as_str()) {
+            return Err(bad(format!("its backing format is not {}", base_format.as_str())));
+        }
+    }
+    Ok(file)
+}

@@ -1,0 +1,206 @@
+//! The pre-image file: every base byte range a commit can overwrite, saved before the
+//! commit point so recovery can put the base back bit for bit.
+//!
+//! Layout (all integers little-endian): an 16-byte header `IMGTXUN1` + old base length, then
+//! entries of `offset u64, len u64, data crc32 u32, header crc32 u32` followed by `len` bytes.
+//! The header crc also covers the transaction id, so an entry from another transaction's
+//! file can never validate. Each entry holds at most [`CHUNK`] bytes.
+
+use std::path::Path;
+
+use storage::{File, Fs};
+
+use crate::error::{Error, Result};
+use crate::plan::chunks;
+use crate::record::UndoSummary;
+
+const MAGIC: &[u8; 8] = b"IMGTXUN1";
+const HEADER: u64 = 16;
+const ENTRY_HEADER: u64 = 24;
+/// The largest piece of data read or written at once.
+pub const CHUNK: u64 = 8 << 20;
+
+fn entry_crc(head: &[u8], tx: &str) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(head);
+    h.update(tx.as_bytes());
+    h.finalize()
+}
+
+/// Saves `ranges` of `base` (whose length is `old_len`) into a new file at `path`, durably.
+pub fn save<S: Fs>(
+    fs: &S,
+    base: &S::File,
+    base_path: &Path,
+    path: &Path,
+    tx: &str,
+    old_len: u64,
+    ranges: &[(u64, u64)],
+) -> Result<UndoSummary> {
+    // A leftover from an attempt that died before its summary was journaled is worthless.
+    crate::state::remove_if_exists(fs, path)?;
+    let out = fs.create_new(path).map_err(Error::io("create the pre-image file", path))?;
+    let mut header = Vec::with_capacity(16);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&old_len.to_le_bytes());
+    out.write_all_at(&header, 0).map_err(Error::io("write", path))?;
+    let mut pos = HEADER;
+    let mut summary = UndoSummary { old_len, entries: 0, bytes: 0, file_len: 0 };
+    let mut buf = Vec::new();
+    for (offset, len) in chunks(ranges, CHUNK) {
+        buf.resize(usize::try_from(len).unwrap_or(0), 0);
+        base.read_exact_at(&mut buf, offset).map_err(Error::io("read the old content of", base_path))?;
+        let mut head = Vec::with_capacity(24);
+        head.extend_from_slice(&offset.to_le_bytes());
+        head.extend_from_slice(&len.to_le_bytes());
+        head.extend_from_slice(&crc32fast::hash(&buf).to_le_bytes());
+        let c = entry_crc(&head, tx);
+        head.extend_from_slice(&c.to_le_bytes());
+        out.write_all_at(&head, pos).map_err(Error::io("write", path))?;
+        out.write_all_at(&buf, pos + ENTRY_HEADER).map_err(Error::io("write", path))?;
+        pos += ENTRY_HEADER + len;
+        summary.entries += 1;
+        summary.bytes += len;
+    }
+    summary.file_len = pos;
+    // Barrier: the pre-images must be durable (data and directory entry) before the journal
+    // says they are, and that must precede the commit point and any write to the base.
+    out.sync_data().map_err(Error::io("sync", path))?;
+    let dir = crate::layout::dir_of(path)?;
+    fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
+    Ok(summary)
+}
+
+struct Entry {
+    offset: u64,
+    len: u64,
+    crc: u32,
+    data_at: u64,
+}
+
+fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result<Vec<Entry>> {
+    let bad = |reason: String| Error::Corrupt { path: path.to_path_buf(), reason };
+    let len = f.len().map_err(Error::io("stat", path))?;
+    if len != s.file_len {
+        return Err(bad(format!("its length is {len:#x}, the journal says {:#x}", s.file_len)));
+    }
+    let mut header = [0u8; 16];
+    f.read_exact_at(&mut header, 0).map_err(Error::io("read", path))?;
+    if &header[..8] != MAGIC || header[8..] != s.old_len.to_le_bytes() {
+        return Err(bad("its header does not match the journal".into()));
+    }
+    let mut out = Vec::new();
+    let mut pos = HEADER;
+    let mut bytes = 0u64;
+    while pos < len {
+        let mut head = [0u8; 24];
+        f.read_exact_at(&mut head, pos).map_err(Error::io("read", path))?;
+        let field = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
+        let (offset, n) = (field(0), field(8));
+        let crc = u32::from_le_bytes(head[16..20].try_into().unwrap_or([0; 4]));
+        let hcrc = u32::from_le_bytes(head[20..24].try_into().unwrap_or([0; 4]));
+        if entry_crc(&head[..20], tx) != hcrc {
+            return Err(bad(format!("the entry at {pos:#x} fails its checksum")));
+        }
+        let end = pos.checked_add(ENTRY_HEADER).and_then(|p| p.checked_add(n));
+        let fits = offset.checked_add(n).is_some_and(|e| e <= s.old_len);
+        match end {
+            Some(end) if end <= len && n <= CHUNK && fits => {
+                out.push(Entry { offset, len: n, crc, data_at: pos + ENTRY_HEADER });
+                bytes += n;
+                pos = end;
+            }
+            _ => return Err(bad(format!("the entry at {pos:#x} has impossible bounds"))),
+        }
+    }
+    if out.len() as u64 != s.entries || bytes != s.bytes {
+        return Err(bad("it does not hold what the journal says".into()));
+    }
+    Ok(out)
+}
+
+/// Checks that the pre-image file is whole and matches `summary`, reading it all.
+pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Result<()> {
+    let f = fs.open(path, false).map_err(Error::io("open the pre-image file", path))?;
+    let mut buf = Vec::new();
+    for e in entries::<S>(&f, path, tx, summary)? {
+        buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
+        f.read_exact_at(&mut buf, e.data_at).map_err(Error::io("read", path))?;
+        if crc32fast::hash(&buf) != e.crc {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("the data at {:#x} fails its checksum", e.data_at),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Puts the saved ranges back into `base`, restores its old length and syncs it.
+/// Verifies everything first, so a damaged file changes nothing. Idempotent.
+pub fn restore<S: Fs>(
+    fs: &S,
+    path: &Path,
+    base: &S::File,
+    base_path: &Path,
+    tx: &str,
+    summary: &UndoSummary,
+) -> Result<()> {
+    verify(fs, path, tx, summary)?;
+    let f = fs.open(path, false).map_err(Error::io("open the pre-image file", path))?;
+    let mut buf = Vec::new();
+    for e in entries::<S>(&f, path, tx, summary)? {
+        buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
+        f.read_exact_at(&mut buf, e.data_at).map_err(Error::io("read", path))?;
+        if crc32fast::hash(&buf) != e.crc {
+            return Err(Error::Corrupt { path: path.to_path_buf(), reason: "it changed while being read".into() });
+        }
+        base.write_all_at(&buf, e.offset).map_err(Error::io("write the old content back into", base_path))?;
+    }
+    base.set_len(summary.old_len).map_err(Error::io("restore the length of", base_path))?;
+    // Barrier: the restored base must be durable before the journal records it as applied.
+    base.sync_data().map_err(Error::io("sync", base_path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::OsFs;
+
+    #[test]
+    fn saved_ranges_restore_the_base_bit_for_bit_including_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        let old: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        base.write_all_at(&old, 0).unwrap();
+        let s = save(&fs, &base, &base_path, &undo_path, "tx-0123456789", 100_000, &[(10, 500), (90_000, 10_000)])
+            .unwrap();
+
+        base.write_all_at(&[0xab; 20_000], 85_000).unwrap();
+        base.write_all_at(&[0xcd; 100], 0).unwrap();
+        restore(&fs, &undo_path, &base, &base_path, "tx-0123456789", &s).unwrap();
+
+        let mut now = vec![0u8; usize::try_from(base.len().unwrap()).unwrap()];
+        base.read_exact_at(&mut now, 0).unwrap();
+        assert_eq!(now.len(), old.len());
+        assert_eq!(&now[..10], &[0xcd; 10]);
+        assert_eq!(&now[10..510], &old[10..510]);
+        assert_eq!(&now[90_000..], &old[90_000..]);
+    }
+
+    #[test]
+    fn a_file_of_another_transaction_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        base.write_all_at(&[7; 4096], 0).unwrap();
+        let s = save(&fs, &base, &base_path, &undo_path, "tx-0123456789", 4096, &[(0, 4096)]).unwrap();
+        assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s).is_err());
+        assert!(verify(&fs, &undo_path, "tx-0123456789", &s).is_ok());
+    }
+}
