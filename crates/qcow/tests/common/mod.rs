@@ -41,7 +41,7 @@ pub fn qemu_img(args: &[&str]) -> Vec<u8> {
 /// Runs qemu-io commands against a qcow2 image.
 pub fn qemu_io(path: &Path, cmds: &[String]) {
     let mut c = Command::new("qemu-io");
-    c.arg("-f").arg("qcow2");
+    c.args(["-f", "qcow2", "-t", "unsafe"]);
     for cmd in cmds {
         c.arg("-c").arg(cmd);
     }
