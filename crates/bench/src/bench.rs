@@ -214,7 +214,9 @@ impl Layout {
 }
 
 fn progress(msg: &str) {
-    eprintln!("imgtx-bench: {msg}");
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let secs = START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+    eprintln!("imgtx-bench [{secs:7.1}s]: {msg}");
 }
 
 fn commit_plan(size: u64, changed: u64, seed: u64) -> Plan {
