@@ -1,4 +1,11 @@
 //! End-to-end tests: the real `imgtx` binary against real files, qemu-img, qemu-io and guestfish.
+//!
+//! One test binary (`cargo test -p imgtx --test e2e`) so cargo links once. Shared helpers live
+//! in `util.rs`; each scenario family is a module below.
+
+mod util;
+
+mod guestfish;
 
 #[test]
 fn binary_prints_help() {
