@@ -24,7 +24,8 @@ fn put64(b: &mut [u8], at: usize, v: u64) {
     b[at..at + 8].copy_from_slice(&v.to_be_bytes());
 }
 
-/// The bytes of a minimal, valid, empty qcow2 v3 image of `virtual_size` bytes over
+/// The bytes of a minimal, valid, empty qcow2 v3 image of `virtual_size` bytes (rounded up
+/// to a multiple of 512, as `qemu-img create` does) over
 /// `backing_file` (format `backing_format`, `"raw"` or `"qcow2"`), with 64 KiB clusters and
 /// 16-bit refcounts. `qemu-img check` finds it clean; every guest cluster is unallocated,
 /// so the guest sees the backing file.
@@ -32,8 +33,8 @@ fn put64(b: &mut [u8], at: usize, v: u64) {
 /// The caller writes the bytes itself (and syncs them); nothing here touches a file.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when `virtual_size` is not a multiple of 512 or needs an L1
-/// table larger than qemu's 32 MiB limit (about 2 PiB), when `backing_file` is empty,
+/// [`Error::InvalidArgument`] when `virtual_size` needs an L1 table larger than qemu's
+/// 32 MiB limit (about 2 PiB), when `backing_file` is empty,
 /// longer than 1023 bytes or contains a NUL, or when `backing_format` is not `raw` or
 /// `qcow2`.
 pub fn create_overlay(
@@ -41,11 +42,11 @@ pub fn create_overlay(
     backing_file: &str,
     backing_format: &str,
 ) -> Result<Vec<u8>> {
-    if !virtual_size.is_multiple_of(512) {
-        return Err(Error::InvalidArgument(format!(
-            "the virtual size {virtual_size:#x} is not a multiple of 512 bytes"
-        )));
-    }
+    // Like qemu-img create, round the size up to whole 512-byte sectors: qemu reads the
+    // size field in sectors, so an unaligned size would lose its tail.
+    let virtual_size = virtual_size.checked_next_multiple_of(512).ok_or_else(|| {
+        Error::InvalidArgument(format!("the virtual size {virtual_size:#x} is too large"))
+    })?;
     if backing_file.is_empty()
         || backing_file.len() > MAX_BACKING_NAME
         || backing_file.contains('\0')

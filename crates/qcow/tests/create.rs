@@ -80,7 +80,6 @@ fn created_overlay_opens_and_maps_as_unallocated() {
 #[test]
 fn create_overlay_rejects_bad_arguments() {
     for (size, name, fmt) in [
-        (1000u64, "b", "raw"),
         (1 << 30, "", "raw"),
         (1 << 30, "a\0b", "raw"),
         (1 << 30, &"x".repeat(1024) as &str, "raw"),
@@ -96,4 +95,11 @@ fn create_overlay_rejects_bad_arguments() {
         );
     }
     assert!(create_overlay(1 << 30, &"x".repeat(1023), "raw").is_ok());
+}
+
+#[test]
+fn create_overlay_rounds_the_size_up_to_sectors_like_qemu() {
+    let bytes = create_overlay(1000, "b", "raw").unwrap();
+    let image = Image::open(&bytes[..]).unwrap();
+    assert_eq!(image.header().virtual_size, 1024);
 }

@@ -554,3 +554,20 @@ fn read_past_the_virtual_size_is_refused() {
         .unwrap();
     assert!(matches!(err, Error::InvalidArgument(_)));
 }
+
+/// Writes every malformed case into the fuzz corpus (run by hand when cases change:
+/// `cargo test -p imgtx-qcow --test malformed -- --ignored dump`).
+#[test]
+#[ignore = "writes the fuzz seed corpus; run by hand"]
+fn dump_malformed_cases_into_the_fuzz_corpus() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes, _) in header_cases().into_iter().chain(structure_cases()) {
+        let file: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        std::fs::write(dir.join(format!("malformed-{file}")), bytes).unwrap();
+    }
+    std::fs::write(dir.join("valid-synth-4k"), base().1).unwrap();
+}
