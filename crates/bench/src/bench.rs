@@ -215,7 +215,10 @@ impl Layout {
 
 fn progress(msg: &str) {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let secs = START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+    let secs = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64();
     eprintln!("imgtx-bench [{secs:7.1}s]: {msg}");
 }
 
@@ -296,7 +299,11 @@ fn run_commit(
                         .as_deref()
                         .ok_or("imgtx contestant without --imgtx")?;
                     let no_undo = contestant == Contestant::ImgtxNoUndo;
-                    run_imgtx(imgtx, &layout, &plan, no_undo, &mut result.begin, &mut cold)
+                    let log = ImgtxLog {
+                        begins: &mut result.begin,
+                        notes: &mut result.notes,
+                    };
+                    run_imgtx(imgtx, &layout, &plan, no_undo, log, &mut cold)
                 }
             };
             let outcome =
@@ -417,20 +424,49 @@ fn imgtx_args(layout: &Layout, rest: &[&str]) -> Vec<OsString> {
     args
 }
 
+/// Where an imgtx round records what it sees besides the commit time.
+struct ImgtxLog<'a> {
+    begins: &'a mut Vec<Sample>,
+    notes: &'a mut Vec<String>,
+}
+
+/// The qcow2 options that decide an overlay's layout, to show that imgtx's overlays and the
+/// pristine one qemu-img commits are alike.
+fn overlay_options(overlay: &Path) -> BoxResult<String> {
+    let info = sys::run(
+        std::process::Command::new("qemu-img")
+            .args(["info", "-U", "--output=json"])
+            .arg(overlay),
+    )?;
+    let info: serde_json::Value = serde_json::from_str(&info)?;
+    let data = &info["format-specific"]["data"];
+    Ok(format!(
+        "cluster size {}, compat {}, extended L2 {}, lazy refcounts {}",
+        info["cluster-size"], data["compat"], data["extended-l2"], data["lazy-refcounts"]
+    ))
+}
+
 fn run_imgtx(
     imgtx: &Path,
     layout: &Layout,
     plan: &Plan,
     no_undo: bool,
-    begins: &mut Vec<Sample>,
+    log: ImgtxLog<'_>,
     cold: &mut bool,
 ) -> BoxResult<Sample> {
     sys::copy(&layout.pristine_base, &layout.base)?;
     sys::remove_dir_if_exists(&layout.state)?;
     *cold &= sys::drop_caches();
     let (begin_sample, id, overlay) = begin(imgtx, layout, &layout.base)?;
-    begins.push(begin_sample);
+    log.begins.push(begin_sample);
     sys::replay(&overlay, &plan.ops)?;
+    if !log.notes.iter().any(|n| n.starts_with("overlays:")) {
+        log.notes.push(format!(
+            "overlays: qemu-img's: {}; imgtx's: {}",
+            overlay_options(&layout.pristine_overlay)?,
+            overlay_options(&overlay)?
+        ));
+    }
     *cold &= sys::drop_caches();
     let commit = if no_undo {
         vec!["commit", "--no-undo", &id]
