@@ -196,3 +196,69 @@ fn overlays_over_raw_and_qcow2_backing_files_match_qemu() {
         assert_matches_qemu(&p, d.path(), false);
     }
 }
+
+#[test]
+fn images_with_snapshots_bitmaps_and_preallocation_match_qemu() {
+    if !qemu_available() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // Internal snapshot, then writes that COW shared clusters.
+    let p = create(d.path(), "snap.qcow2", "16M", "");
+    qemu_io(&p, &mixed_writes(65536));
+    qemu_img(&["snapshot", "-c", "s1", p.to_str().unwrap()]);
+    qemu_io(
+        &p,
+        &["write -P 0x99 0 256k".into(), "write -z 1M 64k".into()],
+    );
+    let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+    assert_eq!(image.header().nb_snapshots, 1);
+    assert_matches_qemu(&p, d.path(), true);
+    // A persistent dirty bitmap: its directory and table become metadata.
+    let p = create(d.path(), "bitmap.qcow2", "16M", "");
+    qemu_img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
+    qemu_io(&p, &mixed_writes(65536));
+    let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+    assert!(image.header().bitmaps.is_some());
+    assert_matches_qemu(&p, d.path(), true);
+    // Preallocated metadata: every cluster has a host offset.
+    for prealloc in ["metadata", "falloc"] {
+        let p = create(
+            d.path(),
+            "pre.qcow2",
+            "8M",
+            &format!("preallocation={prealloc}"),
+        );
+        // qemu writes compressed clusters only into unallocated ones.
+        let w: Vec<String> = mixed_writes(65536)
+            .into_iter()
+            .filter(|c| !c.contains(" -c "))
+            .collect();
+        qemu_io(&p, &w);
+        assert_matches_qemu(&p, d.path(), true);
+    }
+}
+
+#[test]
+fn dirty_image_left_by_a_crash_with_lazy_refcounts_is_reported() {
+    if !qemu_available() {
+        return;
+    }
+    // Arrange: qemu-io aborts after a write, leaving the dirty bit set.
+    let d = tempfile::tempdir().unwrap();
+    let p = create(d.path(), "lazy.qcow2", "16M", "lazy_refcounts=on");
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x12 0 64k", "-c", "abort"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // Act
+    let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
+    // Assert
+    assert!(image.header().dirty);
+    assert!(matches!(
+        image.map().unwrap()[0].kind,
+        ExtentKind::Data { .. }
+    ));
+}
