@@ -299,11 +299,11 @@ fn run_commit(
                         .as_deref()
                         .ok_or("imgtx contestant without --imgtx")?;
                     let no_undo = contestant == Contestant::ImgtxNoUndo;
-                    let log = ImgtxLog {
+                    let mut log = ImgtxLog {
                         begins: &mut result.begin,
                         notes: &mut result.notes,
                     };
-                    run_imgtx(imgtx, &layout, &plan, no_undo, log, &mut cold)
+                    run_imgtx(imgtx, &layout, &plan, no_undo, &mut log, &mut cold)
                 }
             };
             let outcome =
@@ -451,7 +451,7 @@ fn run_imgtx(
     layout: &Layout,
     plan: &Plan,
     no_undo: bool,
-    log: ImgtxLog<'_>,
+    log: &mut ImgtxLog<'_>,
     cold: &mut bool,
 ) -> BoxResult<Sample> {
     sys::copy(&layout.pristine_base, &layout.base)?;
