@@ -7,7 +7,12 @@ mod common;
 use common::{qemu_available, qemu_img, qemu_io};
 use qcow::{ExtentKind, Image};
 
-fn commit_and_check(base_opts: &str, base_writes: &[String], top_writes: &[String]) {
+fn commit_and_check(
+    base_opts: &str,
+    snapshot: bool,
+    base_writes: &[String],
+    top_writes: &[String],
+) {
     // Arrange: a base with history (data, zeros, compressed, discarded clusters) and an
     // overlay over it.
     let d = tempfile::tempdir().unwrap();
@@ -24,6 +29,11 @@ fn commit_and_check(base_opts: &str, base_writes: &[String], top_writes: &[Strin
         "64M",
     ]);
     qemu_io(&base, base_writes);
+    if snapshot {
+        // Shared clusters (refcount 2) make qemu copy on write into free clusters or EOF.
+        qemu_img(&["snapshot", "-c", "s1", base.to_str().unwrap()]);
+        qemu_io(&base, &["discard 30M 2M".to_owned()]);
+    }
     qemu_img(&[
         "create",
         "-q",
@@ -95,6 +105,7 @@ fn inventory_covers_every_byte_qemu_img_commit_changes() {
         "write -P 0x33 8M 2M".into(),
         "discard 8M 1M".into(),
         "write -P 0x44 40M 64k".into(),
+        "write -P 0x45 30M 2M".into(),
     ];
     let top_writes: Vec<String> = vec![
         "write -P 0xaa 1M 128k".into(),
@@ -110,6 +121,9 @@ fn inventory_covers_every_byte_qemu_img_commit_changes() {
         "cluster_size=65536,extended_l2=on",
         "compat=0.10",
     ] {
-        commit_and_check(opts, &base_writes, &top_writes);
+        commit_and_check(opts, false, &base_writes, &top_writes);
+    }
+    for opts in ["cluster_size=65536", "cluster_size=65536,extended_l2=on"] {
+        commit_and_check(opts, true, &base_writes, &top_writes);
     }
 }
