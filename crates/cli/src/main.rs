@@ -1,7 +1,277 @@
 //! The `imgtx` command: ACID transactions for VM disk images.
+//!
+//! A thin shell over the `txn` engine: parse the command line, turn it into engine options,
+//! run, print human or JSON output, and map the engine's error class to the exit status.
 
-fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--help") {
-        println!("imgtx: ACID transactions for VM disk images");
+mod args;
+mod demo;
+mod generate;
+mod output;
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+use storage::OsFs;
+use txn::{BeginOptions, CommitOptions, Engine, ErrorClass, Format, OsHost, RecoverOptions, Wait};
+
+use args::{BaseFormat, BeginArgs, Cli, Command};
+
+/// Exit status of a usage error (clap's own).
+const EXIT_USAGE: u8 = 2;
+
+/// A failure of the command, with the exit status it maps to.
+struct Failure {
+    error: anyhow::Error,
+    code: u8,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error: anyhow::Error = e.into();
+        let code = error.downcast_ref::<txn::Error>().map_or(1, exit_code);
+        Self { error, code }
+    }
+}
+
+fn exit_code(e: &txn::Error) -> u8 {
+    match e.class() {
+        ErrorClass::Busy | ErrorClass::Conflict => 3,
+        ErrorClass::RecoveryNeeded => 4,
+        _ => 1,
+    }
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&raw) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let wants_json = raw.iter().any(|a| a == "--json");
+            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let msg = e.kind().as_str().map_or_else(|| e.to_string(), str::to_owned);
+                let text = json!({ "error": format!("usage: {}", msg), "exit_code": EXIT_USAGE });
+                let _ = writeln!(io::stderr(), "{text}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
+        }
+    };
+    init_tracing(&cli);
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            if is_broken_pipe(&f.error) {
+                return ExitCode::SUCCESS;
+            }
+            let chain: Vec<String> = f.error.chain().map(ToString::to_string).collect();
+            let message = chain.join(": ");
+            if json {
+                let text = json!({ "error": message, "exit_code": f.code });
+                let _ = writeln!(io::stderr(), "{text}");
+            } else {
+                let _ = writeln!(io::stderr(), "imgtx: error: {message}");
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn init_tracing(cli: &Cli) {
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else
+/// `$XDG_STATE_HOME/imgtx` (default `~/.local/state/imgtx`).
+fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let dir = if let Some(d) = given.or_else(|| env("IMGTX_STATE_DIR")) {
+        d
+    } else if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/lib/imgtx")
+    } else if let Some(x) = env("XDG_STATE_HOME") {
+        x.join("imgtx")
+    } else if let Some(h) = env("HOME") {
+        h.join(".local/state/imgtx")
+    } else {
+        return Err(anyhow::anyhow!("no state directory: set --state-dir, IMGTX_STATE_DIR or HOME").into());
+    };
+    let dir = std::path::absolute(&dir)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("could not create {}: {e}", parent.display()))?;
+    }
+    Ok(dir)
+}
+
+/// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
+/// the overlay names the real file by absolute path.
+fn resolve(path: &Path) -> Result<PathBuf, Failure> {
+    std::fs::canonicalize(path).map_err(|e| {
+        Failure::from(txn::Error::InvalidBase { path: path.to_path_buf(), reason: format!("it cannot be opened ({e})") })
+    })
+}
+
+fn begin_options(opts: &BeginArgs, bases: &[PathBuf], command: Option<Vec<String>>) -> Result<BeginOptions, Failure> {
+    let wait = match opts.wait.as_deref() {
+        None => Wait::No,
+        Some("forever") => Wait::Forever,
+        Some(secs) => {
+            let s: f64 = secs
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| anyhow::anyhow!("--wait takes a number of seconds, not {secs:?}"))
+                .map_err(|error| Failure { error, code: EXIT_USAGE })?;
+            Wait::For(Duration::from_secs_f64(s.min(1e9)))
+        }
+    };
+    Ok(BeginOptions {
+        bases: bases.iter().map(|b| resolve(b)).collect::<Result<_, _>>()?,
+        name: opts.name.clone(),
+        base_format: opts.base_format.map(|f| match f {
+            BaseFormat::Raw => Format::Raw,
+            BaseFormat::Qcow2 => Format::Qcow2,
+        }),
+        wait,
+        command,
+    })
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    // These need no engine: they must not create a state directory.
+    match &cli.command {
+        Command::Demo(args) => return Ok(demo::run(args)?),
+        Command::Generate(args) => return Ok(generate::run(args)?),
+        _ => {}
+    }
+    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir)?)?;
+    let out = output::Out { json: cli.json, quiet: cli.quiet };
+    match cli.command {
+        Command::Begin { opts, bases } => {
+            let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
+            out.begin(&m)?;
+        }
+        Command::Commit { no_undo, tx } => {
+            let r = engine.commit(&tx, CommitOptions { no_undo }, &mut |_| {})?;
+            out.commit(&r)?;
+        }
+        Command::Rollback { tx } => {
+            engine.rollback(&tx)?;
+            out.rollback(&tx)?;
+        }
+        Command::Recover { undo, dry_run, paths } => {
+            let paths = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
+            let r = engine.recover(&RecoverOptions { paths, undo, dry_run })?;
+            out.recover(&r)?;
+        }
+        Command::Run { opts, no_undo, bases, command } => {
+            return run_command(&engine, &out, &opts, no_undo, &bases, command);
+        }
+        Command::Status { tx } => out.status(&engine.status(tx.as_deref())?)?,
+        Command::Diff { tx } => out.diff(&tx, &engine.diff(&tx)?)?,
+        Command::Log { base } => {
+            let base = base.map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b))).transpose()?;
+            out.log(&engine.log(base.as_deref())?)?;
+        }
+        Command::Demo(_) | Command::Generate(_) => unreachable!("handled before the engine is made"),
+    }
+    Ok(0)
+}
+
+/// `run`: begin, run the command on the overlays, commit on exit 0, else roll back.
+fn run_command(
+    engine: &Engine<OsFs, OsHost>,
+    out: &output::Out,
+    opts: &BeginArgs,
+    no_undo: bool,
+    bases: &[PathBuf],
+    command: Vec<String>,
+) -> Result<u8, Failure> {
+    let m = engine.begin(&begin_options(opts, bases, Some(command.clone()))?)?;
+    let overlays: Vec<String> = m.images.iter().map(|i| i.overlay.display().to_string()).collect();
+    let argv: Vec<String> = command.iter().map(|a| substitute(a, &overlays)).collect();
+    let mut child = std::process::Command::new(&argv[0]);
+    child.args(&argv[1..]).env("IMGTX_TX", &m.id).env("IMGTX_OVERLAY", &overlays[0]);
+    for (i, o) in overlays.iter().enumerate() {
+        child.env(format!("IMGTX_OVERLAY_{i}"), o);
+    }
+    tracing::info!(tx = %m.id, command = ?argv, "running");
+    let status = match child.status() {
+        Ok(s) => s,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            return Err(anyhow::anyhow!("could not run {:?}: {e}; transaction {} rolled back", argv[0], m.id).into());
+        }
+    };
+    if status.success() {
+        let r = engine.commit(&m.id, CommitOptions { no_undo }, &mut |_| {})?;
+        out.run(&m.id, true, 0, Some(&r))?;
+        return Ok(0);
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    engine.rollback(&m.id)?;
+    out.run(&m.id, false, code, None)?;
+    Ok(u8::try_from(code).unwrap_or(1).max(1))
+}
+
+/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.
+fn substitute(arg: &str, overlays: &[String]) -> String {
+    let mut s = arg.replace("{}", &overlays[0]);
+    for (i, o) in overlays.iter().enumerate() {
+        s = s.replace(&format!("{{{i}}}"), o);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_name_the_overlays() {
+        let ov = vec!["/a.q".to_owned(), "/b.q".to_owned()];
+        assert_eq!(substitute("{}", &ov), "/a.q");
+        assert_eq!(substitute("x={1},y={0}", &ov), "x=/b.q,y=/a.q");
+        assert_eq!(substitute("{2}", &ov), "{2}");
+    }
+
+    #[test]
+    fn error_classes_map_to_the_documented_exit_codes() {
+        let busy = txn::Error::Busy { path: "/x".into(), holder: "tx-0123456789".into() };
+        assert_eq!(exit_code(&busy), 3);
+        let rec = txn::Error::RecoveryNeeded { path: "/x".into(), tx: "tx-0123456789".into() };
+        assert_eq!(exit_code(&rec), 4);
+        assert_eq!(exit_code(&txn::Error::Invalid("x".into())), 1);
     }
 }

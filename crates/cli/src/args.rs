@@ -1,0 +1,212 @@
+//! The command line as clap parses it ("low" arguments), before any file is touched.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  # Try a change on a raw image, keep it if it works:
+  TX=$(imgtx begin /vm/disk.img)
+  qemu-io -f qcow2 -c 'write -P 0xab 0 1M' /vm/disk.img.$TX.imgtx.qcow2
+  imgtx diff $TX
+  imgtx commit $TX            # or: imgtx rollback $TX
+
+  # One step: commit if the command succeeds, roll back otherwise:
+  imgtx run /vm/disk.img -- guestfish -a {} -i write /etc/motd hello
+
+  # Two images, one atomic commit:
+  imgtx run /vm/sys.img /vm/data.img -- ./upgrade.sh {0} {1}
+
+  # After a crash or power loss (e.g. at boot):
+  imgtx recover
+
+Exit status: 0 ok, 1 error, 2 usage, 3 busy or conflict, 4 recovery needed.
+Documentation: docs/cli.md and docs/commit-protocol.md.";
+
+/// ACID transactions for VM disk images: changes go to a qcow2 overlay per image, and
+/// `commit` copies them into the images crash-safely, or `rollback` drops them.
+#[derive(Debug, Parser)]
+#[command(name = "imgtx", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Where open transactions and the history are registered
+    /// [default: $IMGTX_STATE_DIR, else /var/lib/imgtx for root, else $XDG_STATE_HOME/imgtx]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// More logging on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// Machine-readable output on stdout (and errors as JSON on stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The base format as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BaseFormat {
+    /// A raw image.
+    Raw,
+    /// A qcow2 image without a backing file.
+    Qcow2,
+}
+
+/// Options shared by `begin` and `run`.
+#[derive(Debug, Args)]
+pub struct BeginArgs {
+    /// A name to remember the transaction by
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// The format of the base images (decided safely when omitted: see docs/cli.md)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub base_format: Option<BaseFormat>,
+
+    /// Wait for bases held by another transaction (at most SECS seconds if given)
+    #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true, default_missing_value = "forever")]
+    pub wait: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Begin a transaction over one or more base images; prints its id
+    #[command(after_help = "Example:\n  TX=$(imgtx begin --name upgrade /vm/disk.img)")]
+    Begin {
+        #[command(flatten)]
+        opts: BeginArgs,
+        /// The base images
+        #[arg(required = true, value_name = "BASE")]
+        bases: Vec<PathBuf>,
+    },
+    /// Commit a transaction into its bases, crash-safely
+    #[command(after_help = "Example:\n  imgtx commit tx-3f9a2c1d7e")]
+    Commit {
+        /// Do not save pre-images: faster, but an interrupted commit can only be finished
+        #[arg(long)]
+        no_undo: bool,
+        /// The transaction id
+        tx: String,
+    },
+    /// Roll a transaction back: drop its overlays, leave the bases as they are
+    Rollback {
+        /// The transaction id
+        tx: String,
+    },
+    /// Finish or undo every interrupted commit, begin or rollback
+    #[command(after_help = "Examples:\n  imgtx recover                 # everything registered here\n  imgtx recover /vm/disk.img    # what lies beside this image\n  imgtx recover --undo --dry-run")]
+    Recover {
+        /// Undo interrupted commits instead of finishing them (needs their pre-images)
+        #[arg(long)]
+        undo: bool,
+        /// Only say what would be done
+        #[arg(long)]
+        dry_run: bool,
+        /// Bases to look beside (default: every registered transaction)
+        #[arg(value_name = "PATH")]
+        paths: Vec<PathBuf>,
+    },
+    /// Run a command on the overlays; commit if it exits 0, else roll back
+    #[command(after_help = "In the command, {} is the overlay of the first image and {0}, {1}, ... the overlay of each;\n\
+IMGTX_TX, IMGTX_OVERLAY and IMGTX_OVERLAY_0, IMGTX_OVERLAY_1, ... are set in its environment.\n\n\
+Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {}")]
+    Run {
+        #[command(flatten)]
+        opts: BeginArgs,
+        /// Do not save pre-images when committing
+        #[arg(long)]
+        no_undo: bool,
+        /// The base images
+        #[arg(required = true, value_name = "BASE")]
+        bases: Vec<PathBuf>,
+        /// The command and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Show open and interrupted transactions
+    Status {
+        /// Only this transaction
+        tx: Option<String>,
+    },
+    /// Show what a transaction changes: extents and bytes per image
+    Diff {
+        /// The transaction id
+        tx: String,
+    },
+    /// Show the history of finished transactions
+    Log {
+        /// Only entries touching this base
+        base: Option<PathBuf>,
+    },
+    /// Show the whole story on a scratch image: begin, edit, diff, commit, a commit killed
+    /// partway, recover, log
+    #[command(after_help = crate::demo::AFTER_HELP)]
+    Demo(crate::demo::DemoArgs),
+    /// Write man pages or shell completions (for packagers: scripts/gen-docs runs it)
+    #[command(hide = true, after_help = "Examples:\n  imgtx generate man target/man\n  imgtx generate completions bash > imgtx.bash")]
+    Generate(crate::generate::GenerateArgs),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("imgtx").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn json_is_accepted_after_the_command_name() {
+        let cli = parse(&["status", "--json"]).unwrap();
+        assert!(cli.json);
+    }
+
+    #[test]
+    fn wait_takes_an_optional_value_after_an_equals_sign() {
+        let Command::Begin { opts, bases } = parse(&["begin", "--wait", "a.img"]).unwrap().command else {
+            panic!("not begin")
+        };
+        assert_eq!(opts.wait.as_deref(), Some("forever"));
+        assert_eq!(bases, vec![PathBuf::from("a.img")]);
+        let Command::Begin { opts, .. } = parse(&["begin", "--wait=5", "a.img"]).unwrap().command else {
+            panic!("not begin")
+        };
+        assert_eq!(opts.wait.as_deref(), Some("5"));
+    }
+
+    #[test]
+    fn run_splits_bases_from_the_command_at_the_double_dash() {
+        let Command::Run { bases, command, .. } =
+            parse(&["run", "a.img", "b.img", "--", "echo", "{0}", "--json"]).unwrap().command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(bases.len(), 2);
+        assert_eq!(command, vec!["echo", "{0}", "--json"]);
+    }
+
+    #[test]
+    fn run_without_a_command_is_a_usage_error() {
+        assert!(parse(&["run", "a.img"]).is_err());
+    }
+
+    #[test]
+    fn begin_without_a_base_is_a_usage_error() {
+        assert!(parse(&["begin"]).is_err());
+    }
+
+    #[test]
+    fn base_format_accepts_only_raw_and_qcow2() {
+        assert!(parse(&["begin", "--base-format", "vmdk", "a.img"]).is_err());
+        assert!(parse(&["begin", "--base-format", "qcow2", "a.img"]).is_ok());
+    }
+}

@@ -1,0 +1,197 @@
+//! `imgtx generate` (hidden): man pages and shell completions, made from the same clap
+//! definitions that parse the command line, so they cannot drift from it.
+//!
+//! Packagers run it through `scripts/gen-docs`; it is hidden from `--help` because users
+//! get its output from their package, not by running it.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::{Args, CommandFactory, Subcommand};
+use clap_complete::Shell;
+
+use crate::args::Cli;
+
+/// What to generate.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Man pages or completions.
+    #[command(subcommand)]
+    pub what: What,
+}
+
+/// The kinds of generated files.
+#[derive(Debug, Subcommand)]
+pub enum What {
+    /// Write imgtx.1 and one page per command (imgtx-begin.1, ...) into DIR
+    Man {
+        /// The directory to write into (created if missing)
+        dir: PathBuf,
+    },
+    /// Print the completion script for SHELL, or write it into DIR (bash: imgtx.bash,
+    /// zsh: _imgtx, fish: imgtx.fish)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: Shell,
+        /// The directory to write into (created if missing); stdout when omitted
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Runs `imgtx generate`.
+pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
+    match &args.what {
+        What::Man { dir } => {
+            for path in man_pages(dir)? {
+                tracing::info!(path = %path.display(), "wrote man page");
+            }
+        }
+        What::Completions { shell, dir: None } => {
+            let mut out = io::stdout().lock();
+            clap_complete::generate(*shell, &mut Cli::command(), "imgtx", &mut out);
+            out.flush()?;
+        }
+        What::Completions { shell, dir: Some(dir) } => {
+            fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+            let path = clap_complete::generate_to(*shell, &mut Cli::command(), "imgtx", dir)
+                .with_context(|| format!("could not write the {shell} completions into {}", dir.display()))?;
+            tracing::info!(path = %path.display(), "wrote completions");
+        }
+    }
+    Ok(0)
+}
+
+/// Writes the page of `imgtx` and of each visible command into `dir`; returns their paths.
+fn man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let mut top = Cli::command().disable_help_subcommand(true);
+    // Building sets each command's display name ("imgtx-begin"), which names its page.
+    top.build();
+    let mut pages = vec![top.clone()];
+    pages.extend(top.get_subcommands().filter(|c| !c.is_hide_set()).cloned());
+    let mut written = Vec::new();
+    for (i, cmd) in pages.into_iter().enumerate() {
+        let see_also = if i == 0 { "" } else { "imgtx(1)" };
+        let man = clap_mangen::Man::new(cmd.clone());
+        let path = dir.join(man.get_filename());
+        let mut text = Vec::new();
+        render(&man, &cmd, see_also, &mut text)?;
+        fs::write(&path, text).with_context(|| format!("could not write {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// One page: clap_mangen's sections, then the after-help text (examples, exit status) as
+/// sections of its own in no-fill mode, because clap_mangen would run its lines together.
+fn render(man: &clap_mangen::Man, cmd: &clap::Command, see_also: &str, w: &mut dyn Write) -> io::Result<()> {
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    if cmd.get_arguments().any(|a| !a.is_hide_set()) {
+        man.render_options_section(w)?;
+    }
+    if cmd.get_subcommands().any(|c| !c.is_hide_set()) {
+        man.render_subcommands_section(w)?;
+    }
+    if let Some(after) = cmd.get_after_long_help().or_else(|| cmd.get_after_help()) {
+        for (title, body) in sections(&after.to_string()) {
+            writeln!(w, ".SH {title}\n.nf")?;
+            for line in body.lines() {
+                writeln!(w, "{}", roff_line(line))?;
+            }
+            writeln!(w, ".fi")?;
+        }
+    }
+    if !see_also.is_empty() {
+        writeln!(w, ".SH \"SEE ALSO\"\n{see_also}")?;
+    }
+    if cmd.get_version().is_some() {
+        man.render_version_section(w)?;
+    }
+    Ok(())
+}
+
+/// Splits help text into (TITLE, body) at lines such as `Examples:` or `Exit status: ...`
+/// (a short capitalised phrase and a colon at the start of a line); text before the first
+/// such line is titled NOTES.
+fn sections(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.trim_matches('\n').lines() {
+        if let Some((title, rest)) = heading(line) {
+            out.push((title, rest.trim().to_owned()));
+        } else {
+            if out.is_empty() {
+                out.push(("NOTES".to_owned(), String::new()));
+            }
+            if let Some((_, body)) = out.last_mut() {
+                if !body.is_empty() {
+                    body.push('\n');
+                }
+                body.push_str(line);
+            }
+        }
+    }
+    for (_, body) in &mut out {
+        *body = body.trim_end().to_owned();
+    }
+    out.retain(|(_, body)| !body.is_empty());
+    out
+}
+
+fn heading(line: &str) -> Option<(String, &str)> {
+    let (head, rest) = line.split_once(':')?;
+    let words = head.split(' ').count();
+    let plain = head.chars().all(|c| c.is_ascii_alphabetic() || c == ' ');
+    let capital = head.chars().next().is_some_and(|c| c.is_ascii_uppercase());
+    (plain && capital && words <= 3).then(|| (head.to_ascii_uppercase(), rest))
+}
+
+/// Escapes one line of text for roff: backslashes, and a leading `.` or `'` that would
+/// otherwise be read as a request.
+fn roff_line(line: &str) -> String {
+    let escaped = line.replace('\\', "\\e");
+    if escaped.starts_with('.') || escaped.starts_with('\'') {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_text_splits_into_titled_sections() {
+        let text = "In the command, {} is X.\n\nExamples:\n  imgtx a\n  imgtx b\n\nExit status: 0 ok, 1 error.";
+        let s = sections(text);
+        assert_eq!(s[0], ("NOTES".to_owned(), "In the command, {} is X.".to_owned()));
+        assert_eq!(s[1], ("EXAMPLES".to_owned(), "  imgtx a\n  imgtx b".to_owned()));
+        assert_eq!(s[2], ("EXIT STATUS".to_owned(), "0 ok, 1 error.".to_owned()));
+    }
+
+    #[test]
+    fn roff_requests_and_backslashes_are_escaped() {
+        assert_eq!(roff_line(".hidden"), "\\&.hidden");
+        assert_eq!(roff_line("a\\nb"), "a\\enb");
+        assert_eq!(roff_line("  imgtx recover"), "  imgtx recover");
+    }
+
+    #[test]
+    fn a_page_is_written_per_visible_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = man_pages(dir.path()).unwrap();
+        let names: Vec<String> =
+            pages.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert!(names.contains(&"imgtx.1".to_owned()), "{names:?}");
+        assert!(names.contains(&"imgtx-commit.1".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
+        let top = fs::read_to_string(dir.path().join("imgtx.1")).unwrap();
+        assert!(top.contains(".SH EXAMPLES"), "{top}");
+    }
+}

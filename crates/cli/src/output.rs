@@ -1,0 +1,187 @@
+//! Human and JSON output of each command.
+
+use std::io::{self, Write};
+
+use serde_json::{json, Value};
+use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, TxStatus};
+
+/// How to print.
+pub struct Out {
+    /// JSON on stdout.
+    pub json: bool,
+    /// Nothing but errors.
+    pub quiet: bool,
+}
+
+fn print_json(v: &Value) -> io::Result<()> {
+    let mut o = io::stdout().lock();
+    writeln!(o, "{v}")?;
+    o.flush()
+}
+
+fn human(lines: &[String]) -> io::Result<()> {
+    let mut o = io::stdout().lock();
+    for l in lines {
+        writeln!(o, "{l}")?;
+    }
+    o.flush()
+}
+
+fn images_json(m: &Manifest) -> Value {
+    m.images
+        .iter()
+        .map(|i| json!({"base": i.base, "base_format": i.base_format, "overlay": i.overlay}))
+        .collect()
+}
+
+impl Out {
+    pub fn begin(&self, m: &Manifest) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!({"id": m.id, "name": m.name, "images": images_json(m)}));
+        }
+        // The id alone on stdout, so `TX=$(imgtx begin ...)` works; the overlays on stderr.
+        human(&[m.id.clone()])?;
+        if !self.quiet {
+            for i in &m.images {
+                eprintln!("overlay {} over {} ({})", i.overlay.display(), i.base.display(), i.base_format.as_str());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn commit(&self, r: &CommitReport) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!({"id": r.id, "outcome": "committed", "images": r.images}));
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        let mut lines = vec![format!("committed {}", r.id)];
+        lines.extend(r.images.iter().map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)));
+        human(&lines)
+    }
+
+    pub fn rollback(&self, tx: &str) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!({"id": tx, "outcome": "rolled_back"}));
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        human(&[format!("rolled back {tx}")])
+    }
+
+    pub fn run(&self, tx: &str, committed: bool, exit_code: i32, r: Option<&CommitReport>) -> io::Result<()> {
+        let outcome = if committed { "committed" } else { "rolled_back" };
+        if self.json {
+            let images = r.map_or(Value::Array(Vec::new()), |r| json!(r.images));
+            return print_json(&json!({"id": tx, "outcome": outcome, "exit_code": exit_code, "images": images}));
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        if committed {
+            eprintln!("command succeeded; committed {tx}");
+        } else {
+            eprintln!("command exited with status {exit_code}; rolled back {tx}");
+        }
+        Ok(())
+    }
+
+    pub fn recover(&self, r: &RecoverReport) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!(r));
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        if r.actions.is_empty() {
+            return human(&["nothing to recover".to_owned()]);
+        }
+        let prefix = if r.dry_run { "would do: " } else { "" };
+        let lines: Vec<String> = r
+            .actions
+            .iter()
+            .map(|a| {
+                let bases: Vec<String> = a.bases.iter().map(|b| b.display().to_string()).collect();
+                format!("{prefix}{} {} {}", a.tx, a.action, bases.join(" "))
+            })
+            .collect();
+        human(&lines)
+    }
+
+    pub fn status(&self, list: &[TxStatus]) -> io::Result<()> {
+        if self.json {
+            let txs: Vec<Value> = list
+                .iter()
+                .map(|s| {
+                    let m = &s.manifest;
+                    json!({
+                        "id": m.id, "name": m.name, "state": s.condition, "created": m.created,
+                        "user": m.user, "uid": m.uid, "host": m.host, "command": m.command,
+                        "images": images_json(m),
+                    })
+                })
+                .collect();
+            return print_json(&json!({ "transactions": txs }));
+        }
+        if list.is_empty() {
+            return if self.quiet { Ok(()) } else { human(&["no transactions".to_owned()]) };
+        }
+        let mut lines = Vec::new();
+        for s in list {
+            let m = &s.manifest;
+            let state = serde_json::to_value(s.condition).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let name = m.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+            lines.push(format!("{}{name} {} since {} by {}@{}", m.id, state.unwrap_or_default(), m.created, m.user, m.host));
+            for i in &m.images {
+                lines.push(format!("  {} [{}] -> {}", i.base.display(), i.base_format.as_str(), i.overlay.display()));
+            }
+        }
+        human(&lines)
+    }
+
+    pub fn diff(&self, tx: &str, images: &[ImageDiff]) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!({"id": tx, "images": images}));
+        }
+        let mut lines = Vec::new();
+        for d in images {
+            lines.push(format!(
+                "{}: {} bytes changed in {} extents (size {} -> {})",
+                d.base.display(),
+                d.changed_bytes,
+                d.extents.len(),
+                d.old_size,
+                d.new_size.max(d.old_size)
+            ));
+            for e in &d.extents {
+                let what = serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned));
+                lines.push(format!("  {:#x} +{:#x} {}", e.offset, e.len, what.unwrap_or_default()));
+            }
+        }
+        human(&lines)
+    }
+
+    pub fn log(&self, h: &History) -> io::Result<()> {
+        if let Some(torn) = h.torn_bytes {
+            tracing::warn!(bytes = torn, "the history ends with a torn entry, ignored");
+        }
+        if self.json {
+            return print_json(&json!({"entries": h.entries, "torn_bytes": h.torn_bytes}));
+        }
+        let mut lines = Vec::new();
+        for e in &h.entries {
+            let outcome = serde_json::to_value(e.outcome).ok().and_then(|v| v.as_str().map(str::to_owned));
+            let name = e.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+            lines.push(format!("{} {}{name} {} by {}@{}", e.ended, e.id, outcome.unwrap_or_default(), e.user, e.host));
+            for i in &e.images {
+                lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
+            }
+            if let Some(c) = &e.command {
+                lines.push(format!("  command: {}", c.join(" ")));
+            }
+        }
+        human(&lines)
+    }
+}
