@@ -15,3 +15,4 @@ fn binary_prints_help() {
         .expect("run imgtx");
     assert!(out.status.success());
 }
+mod txn_raw;

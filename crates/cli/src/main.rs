@@ -225,6 +225,12 @@ fn run_command(
     for (i, o) in overlays.iter().enumerate() {
         child.env(format!("IMGTX_OVERLAY_{i}"), o);
     }
+    if out.json {
+        // Keep stdout pure JSON: the command's own output goes to stderr.
+        use std::os::fd::AsFd;
+        let err = io::stderr().as_fd().try_clone_to_owned()?;
+        child.stdout(std::process::Stdio::from(err));
+    }
     tracing::info!(tx = %m.id, command = ?argv, "running");
     let status = match child.status() {
         Ok(s) => s,

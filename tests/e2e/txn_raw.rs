@@ -1,0 +1,280 @@
+//! Transactions over raw bases through the real binary: commit, rollback, run, busy, qemu locks.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::util::{exit, qemu_img, qemu_io, require_tools, stderr_of, TestDir};
+
+const MIB: u64 = 1 << 20;
+
+/// The raw content the overlay stands for, as qemu-img sees it.
+fn converted(t: &TestDir, overlay: &Path) -> Vec<u8> {
+    let out = t.path().join("expected.raw");
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        overlay.as_os_str(),
+        out.as_os_str(),
+    ]);
+    let bytes = fs::read(&out).expect("read converted image");
+    fs::remove_file(&out).expect("remove converted image");
+    bytes
+}
+
+fn io(overlay: &Path, cmd: &str) {
+    qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), cmd.as_ref(), overlay.as_os_str()]);
+}
+
+#[test]
+fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 8 * MIB, 1);
+    let tx = t.begin(&[&base]);
+    assert_eq!(tx.images[0].base_format, "raw");
+    io(tx.overlay(), "write -P 0xab 1M 2M");
+    io(tx.overlay(), "write -z 5M 1M");
+    let expected = converted(&t, tx.overlay());
+
+    let out = t.imgtx_json(&["commit", &tx.id]);
+
+    assert_eq!(out["outcome"], "committed");
+    assert_eq!(out["images"][0]["changed_bytes"], 3 * MIB);
+    assert!(fs::read(&base).unwrap() == expected, "base differs from the overlay's content");
+    assert_eq!(t.image_listing(), vec!["disk.img"]);
+    t.assert_no_transactions();
+    let log = t.imgtx_json(&["log"]);
+    assert_eq!(log["entries"][0]["outcome"], "committed");
+    assert_eq!(log["entries"][0]["id"], tx.id.as_str());
+}
+
+#[test]
+fn commit_grows_the_base_when_the_overlay_was_resized() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 4 * MIB, 2);
+    let tx = t.begin(&[&base]);
+    qemu_img(&["resize".as_ref(), "-q".as_ref(), tx.overlay().as_os_str(), "6M".as_ref()]);
+    io(tx.overlay(), "write -P 0xcd 5M 4k");
+    let expected = converted(&t, tx.overlay());
+
+    t.imgtx_ok(&["commit", &tx.id]);
+
+    let now = fs::read(&base).unwrap();
+    assert_eq!(now.len() as u64, 6 * MIB);
+    assert!(now == expected);
+}
+
+#[test]
+fn rollback_leaves_the_base_untouched_and_removes_the_overlay() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 2 * MIB, 3);
+    let before = fs::read(&base).unwrap();
+    let tx = t.begin(&[&base]);
+    io(tx.overlay(), "write -P 0xab 0 1M");
+
+    t.imgtx_ok(&["rollback", &tx.id]);
+
+    assert!(fs::read(&base).unwrap() == before);
+    assert_eq!(t.image_listing(), vec!["disk.img"]);
+    t.assert_no_transactions();
+    assert_eq!(t.imgtx_json(&["log"])["entries"][0]["outcome"], "rolled_back");
+    t.imgtx_code(&["commit", &tx.id], exit::ERROR);
+}
+
+#[test]
+fn recover_with_nothing_to_do_succeeds() {
+    let t = TestDir::new();
+    let out = t.imgtx_json(&["recover"]);
+    assert_eq!(out["actions"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn a_base_named_through_a_hard_link_symlink_or_relative_path_is_busy() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 4);
+    let tx = t.begin(&[&base]);
+    let hard = t.path().join("hard.img");
+    fs::hard_link(&base, &hard).unwrap();
+    let soft = t.path().join("soft.img");
+    std::os::unix::fs::symlink(&base, &soft).unwrap();
+
+    for name in [hard.as_os_str(), soft.as_os_str(), "images/disk.img".as_ref()] {
+        let out = t.imgtx_code(&["begin".as_ref(), name], exit::BUSY);
+        assert!(stderr_of(&out).contains(&tx.id), "the error names the holder");
+    }
+    let out = t.imgtx_code(&["begin".as_ref(), "--json".as_ref(), hard.as_os_str()], exit::BUSY);
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON error");
+    assert_eq!(err["exit_code"], 3);
+}
+
+#[test]
+fn wait_with_a_timeout_gives_up_and_wait_succeeds_once_the_base_is_free() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 5);
+    let tx = t.begin(&[&base]);
+    t.imgtx_code(&["begin".as_ref(), "--wait=0.5".as_ref(), base.as_os_str()], exit::BUSY);
+
+    let mut waiter = t.command();
+    waiter.args(["begin", "--json", "--wait"]).arg(&base).stdout(Stdio::piped());
+    let child = waiter.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    t.imgtx_ok(&["rollback", &tx.id]);
+    let out = child.wait_with_output().unwrap();
+
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(v["id"], tx.id.as_str());
+}
+
+#[test]
+fn a_base_held_open_by_qemu_is_refused_as_busy() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 6);
+    // qemu-io idles holding its locks while its stdin stays open.
+    let mut qemu = Command::new("qemu-io")
+        .args(["-f", "raw"])
+        .arg(&base)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    let out = t.imgtx_code(&["begin".as_ref(), base.as_os_str()], exit::BUSY);
+
+    assert!(stderr_of(&out).contains("qemu"));
+    let _ = qemu.stdin.take().map(|mut s| s.write_all(b"quit\n"));
+    let _ = qemu.wait();
+    t.assert_no_transactions();
+}
+
+#[test]
+fn commit_refuses_an_overlay_in_use_by_qemu_and_a_changed_base() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 7);
+    let tx = t.begin(&[&base]);
+    let mut qemu = Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(tx.overlay())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    t.imgtx_code(&["commit", &tx.id], exit::BUSY);
+    let _ = qemu.stdin.take().map(|mut s| s.write_all(b"quit\n"));
+    let _ = qemu.wait();
+
+    fs::OpenOptions::new().append(true).open(&base).unwrap().write_all(b"x").unwrap();
+    let out = t.imgtx_code(&["commit", &tx.id], exit::BUSY);
+    assert!(stderr_of(&out).contains("changed since"));
+}
+
+#[test]
+fn run_commits_when_the_command_succeeds() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 2 * MIB, 8);
+    let out = t.imgtx_json(&[
+        "run".as_ref(),
+        base.as_os_str(),
+        "--".as_ref(),
+        "qemu-io".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x5a 4k 8k".as_ref(),
+        "{}".as_ref(),
+    ]);
+    assert_eq!(out["outcome"], "committed");
+    let now = fs::read(&base).unwrap();
+    assert!(now[4096..12288].iter().all(|&b| b == 0x5a));
+    let log = t.imgtx_json(&["log"]);
+    assert_eq!(log["entries"][0]["command"][0], "qemu-io");
+}
+
+#[test]
+fn run_rolls_back_and_passes_on_the_exit_code_when_the_command_fails() {
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 9);
+    let before = fs::read(&base).unwrap();
+    let out = t.imgtx_code(
+        &["run".as_ref(), base.as_os_str(), "--".as_ref(), "sh".as_ref(), "-c".as_ref(), "test -f \"$IMGTX_OVERLAY\" && exit 7".as_ref()],
+        7,
+    );
+    let _ = out;
+    assert!(fs::read(&base).unwrap() == before);
+    assert_eq!(t.image_listing(), vec!["disk.img"]);
+    assert_eq!(t.imgtx_json(&["log"])["entries"][0]["outcome"], "rolled_back");
+}
+
+#[test]
+fn two_images_commit_together() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let a = t.raw_image("a.img", 2 * MIB, 10);
+    let b = t.raw_image("b.img", 3 * MIB, 11);
+    let tx = t.begin(&[&a, &b]);
+    io(&tx.images[0].overlay, "write -P 0x01 0 64k");
+    io(&tx.images[1].overlay, "write -P 0x02 1M 64k");
+    let (ea, eb) = (converted(&t, &tx.images[0].overlay), converted(&t, &tx.images[1].overlay));
+
+    t.imgtx_ok(&["commit", &tx.id]);
+
+    assert!(fs::read(&a).unwrap() == ea);
+    assert!(fs::read(&b).unwrap() == eb);
+    assert_eq!(t.image_listing(), vec!["a.img", "b.img"]);
+}
+
+#[test]
+fn a_raw_base_that_looks_like_qcow2_needs_an_explicit_format() {
+    let t = TestDir::new();
+    let base = t.image("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..4].copy_from_slice(b"QFI\xfb");
+    fs::write(&base, &bytes).unwrap();
+
+    let out = t.imgtx_code(&["begin".as_ref(), base.as_os_str()], exit::ERROR);
+    assert!(stderr_of(&out).contains("--base-format"));
+
+    let tx = t.imgtx_json(&["begin".as_ref(), "--base-format".as_ref(), "raw".as_ref(), base.as_os_str()]);
+    assert_eq!(tx["images"][0]["base_format"], "raw");
+}
+
+#[test]
+fn usage_errors_exit_2_and_unknown_transactions_exit_1() {
+    let t = TestDir::new();
+    t.imgtx_code(&["begin"], exit::USAGE);
+    t.imgtx_code(&["frobnicate"], exit::USAGE);
+    t.imgtx_code(&["commit", "tx-0000000000"], exit::ERROR);
+    t.imgtx_code(&["commit", "../../etc/passwd"], exit::ERROR);
+}
