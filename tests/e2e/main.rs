@@ -6,6 +6,7 @@
 mod util;
 
 mod guestfish;
+mod txn_raw;
 
 #[test]
 fn binary_prints_help() {
@@ -15,4 +16,3 @@ fn binary_prints_help() {
         .expect("run imgtx");
     assert!(out.status.success());
 }
-mod txn_raw;
