@@ -30,6 +30,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             TxState::Open => Ok(m),
             TxState::Beginning => Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" }),
             TxState::RollingBack => Err(Error::Interrupted { tx: id.to_owned(), doing: "rolling back" }),
+            TxState::Finished => Err(Error::Interrupted { tx: id.to_owned(), doing: "cleaning up after its commit" }),
         }
     }
 
@@ -322,6 +323,14 @@ impl<S: Fs, H: Host> Engine<S, H> {
         images: &[(PathBuf, PathBuf, (u64, u64))],
         journals: &[PathBuf],
     ) -> Result<()> {
+        if let Some(mut m) = self.state.load(&self.fs, tx)? {
+            if m.state != TxState::Finished {
+                m.state = TxState::Finished;
+                // Recorded before the journals go, so a crash during cleanup still leaves
+                // `recover` a trace of what to finish.
+                self.state.save(&self.fs, &m)?;
+            }
+        }
         for (base, overlay, dev_ino) in images {
             let meta = self.fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
             // Only remove the file begin created; a stranger under that name is left alone.

@@ -26,6 +26,8 @@ pub enum Condition {
     BeginInterrupted,
     /// A rollback was interrupted: run `imgtx recover`.
     RollbackInterrupted,
+    /// A commit finished but its cleanup was interrupted: run `imgtx recover`.
+    CleanupInterrupted,
 }
 
 /// One transaction as `status` shows it.
@@ -74,6 +76,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 TxState::Open => Condition::Open,
                 TxState::Beginning => Condition::BeginInterrupted,
                 TxState::RollingBack => Condition::RollbackInterrupted,
+                TxState::Finished => Condition::CleanupInterrupted,
             };
             for img in &manifest.images {
                 if self.journals_beside(&img.base)?.contains(&id) {

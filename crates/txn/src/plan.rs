@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// How one changed guest range reaches the base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Copy the overlay's guest data (stored or compressed clusters).
     Copy,

@@ -155,13 +155,24 @@ impl<S: Fs, H: Host> Engine<S, H> {
             let action = match m.state {
                 TxState::Beginning => "cleaned_begin",
                 TxState::RollingBack => "finished_rollback",
+                TxState::Finished => "finished_cleanup",
                 TxState::Open => continue,
             };
             if !opts.dry_run {
-                if m.state == TxState::Beginning {
-                    self.undo_begin(&m)?;
-                } else {
-                    self.finish_rollback(&m)?;
+                match m.state {
+                    TxState::Beginning => self.undo_begin(&m)?,
+                    TxState::RollingBack => self.finish_rollback(&m)?,
+                    TxState::Finished => {
+                        let images: Vec<_> = m
+                            .images
+                            .iter()
+                            .map(|i| (i.base.clone(), i.overlay.clone(), i.overlay_dev_ino.unwrap_or_default()))
+                            .collect();
+                        let journals =
+                            m.images.iter().map(|i| layout::journal(&i.base, &m.id)).collect::<Result<Vec<_>>>()?;
+                        self.cleanup_commit(&m.id, &images, &journals)?;
+                    }
+                    TxState::Open => {}
                 }
                 self.drop_lock_file(&m.id);
             }

@@ -12,8 +12,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
     pub fn rollback(&self, id: &str) -> Result<()> {
         let _guard = self.lock_tx(id)?;
         let mut m = self.state.load(&self.fs, id)?.ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
-        if m.state == TxState::Beginning {
-            return Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" });
+        match m.state {
+            TxState::Beginning => return Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" }),
+            TxState::Finished => {
+                return Err(Error::Interrupted { tx: id.to_owned(), doing: "cleaning up after its commit" })
+            }
+            TxState::Open | TxState::RollingBack => {}
         }
         for img in &m.images {
             if self.journals_beside(&img.base)?.iter().any(|t| t == id) {

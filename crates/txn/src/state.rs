@@ -38,6 +38,8 @@ pub enum TxState {
     Open,
     /// Overlays being removed.
     RollingBack,
+    /// Committed (or recovered) and logged; only cleanup remains.
+    Finished,
 }
 
 /// What identifies a file and its content version: device, inode, size, modification time.
