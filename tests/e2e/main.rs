@@ -17,3 +17,4 @@ fn binary_prints_help() {
     assert!(out.status.success());
 }
 mod kill;
+mod txn_qcow2;
