@@ -156,7 +156,8 @@ pub struct PartResult {
 
 /// Runs one part.
 pub fn run_part(cfg: &Config, part: Part) -> BoxResult<PartResult> {
-    match part {
+    let load_before = load_average();
+    let mut result = match part {
         Part::Commit {
             name,
             size,
@@ -168,7 +169,19 @@ pub fn run_part(cfg: &Config, part: Part) -> BoxResult<PartResult> {
             size,
             clusters,
         } => run_meta(cfg, name, size, clusters),
-    }
+    }?;
+    // On a shared machine the load explains much of the spread, so the report carries it.
+    result.notes.push(format!(
+        "load average (1, 5, 15 min) before: {load_before}; after: {}",
+        load_average()
+    ));
+    Ok(result)
+}
+
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 /// Paths of a part's working directory.
