@@ -54,9 +54,16 @@ pub const ALIGN: u64 = 8;
 /// Length of the per-log nonce.
 pub const NONCE_LEN: usize = 16;
 
-/// Rounds `n` up to [`ALIGN`]; `None` on overflow.
-pub fn align_up(n: u64) -> Option<u64> {
-    n.checked_add(ALIGN - 1).map(|v| v & !(ALIGN - 1))
+/// Length of a header carrying `identity_len` identity bytes, padding included. Cannot
+/// overflow: callers bound `identity_len` by [`MAX_IDENTITY_LEN`] first.
+pub fn header_len(identity_len: u32) -> u64 {
+    (HEADER_FIXED_LEN + u64::from(identity_len)).div_ceil(ALIGN) * ALIGN
+}
+
+/// Length of a frame carrying `payload_len` bytes, padding included. Cannot overflow for any
+/// `u32`; callers bound `payload_len` by [`MAX_RECORD_LEN`] first anyway.
+pub fn frame_len(payload_len: u32) -> u64 {
+    (FRAME_HEADER_LEN + u64::from(payload_len)).div_ceil(ALIGN) * ALIGN
 }
 
 /// The validated file header.
@@ -70,9 +77,18 @@ pub struct Header {
 
 impl Header {
     /// Offset of the first record: the header length rounded up to [`ALIGN`].
+    ///
+    /// # Panics
+    /// If the identity is longer than [`MAX_IDENTITY_LEN`] (`create` refuses that first).
     pub fn records_start(&self) -> u64 {
-        // The identity is bounded by MAX_IDENTITY_LEN, so this cannot overflow.
-        (HEADER_FIXED_LEN + self.identity.len() as u64).div_ceil(ALIGN) * ALIGN
+        header_len(self.identity_len())
+    }
+
+    fn identity_len(&self) -> u32 {
+        u32::try_from(self.identity.len())
+            .ok()
+            .filter(|&n| n <= MAX_IDENTITY_LEN)
+            .expect("identity length checked by the caller")
     }
 
     /// The header bytes, padded to [`ALIGN`].
@@ -82,8 +98,7 @@ impl Header {
         out.extend_from_slice(&VERSION.to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&self.nonce);
-        let id_len = u32::try_from(self.identity.len()).expect("identity length checked by caller");
-        out.extend_from_slice(&id_len.to_le_bytes());
+        out.extend_from_slice(&self.identity_len().to_le_bytes());
         let crc = header_crc(&out, &self.identity);
         out.extend_from_slice(&crc.to_le_bytes());
         out.extend_from_slice(&self.identity);
@@ -179,8 +194,7 @@ pub fn encode_frame(
             len: payload.len(),
             max: MAX_RECORD_LEN,
         })?;
-    // Bounded by MAX_RECORD_LEN, so no overflow.
-    let total = (FRAME_HEADER_LEN + u64::from(len)).div_ceil(ALIGN) * ALIGN;
+    let total = frame_len(len);
     let mut out = Vec::with_capacity(total as usize);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&frame_crc(nonce, seq, synced, len, payload).to_le_bytes());

@@ -20,9 +20,9 @@ use storage::File;
 
 use crate::error::{io_err, Error, Result};
 use crate::format::{
-    decode_payload, frame_crc, header_crc, parse_fixed_header, parse_frame_header, FrameHeader,
-    Header, HeaderProblem, ALIGN, FRAME_HEADER_LEN, HEADER_FIXED_LEN, MAX_RECORD_LEN, NONCE_LEN,
-    VERSION,
+    decode_payload, frame_crc, frame_len, header_crc, header_len, parse_fixed_header,
+    parse_frame_header, FrameHeader, Header, HeaderProblem, ALIGN, FRAME_HEADER_LEN,
+    HEADER_FIXED_LEN, MAX_RECORD_LEN, NONCE_LEN, VERSION,
 };
 use crate::Tail;
 
@@ -87,10 +87,9 @@ pub(crate) fn read_header<F: File>(file: &F, path: &Path, file_len: u64) -> Resu
             supported: VERSION,
         },
     })?;
-    let id_len = u64::from(raw.identity_len);
     // The header and its padding are written in one call and synced before `create` returns:
     // a file shorter than that was never a journal anyone appended to.
-    if (HEADER_FIXED_LEN + id_len).div_ceil(ALIGN) * ALIGN > file_len {
+    if header_len(raw.identity_len) > file_len {
         return Err(Error::HeaderIncomplete {
             path: pstr(),
             len: file_len,
@@ -184,7 +183,7 @@ fn read_frame<F: File>(
             head.len
         )));
     }
-    let total = (FRAME_HEADER_LEN + u64::from(head.len)).div_ceil(ALIGN) * ALIGN;
+    let total = frame_len(head.len);
     if total > remaining {
         return Ok(Err(format!(
             "record of {total} bytes runs past the end of the file ({remaining} bytes left)"
