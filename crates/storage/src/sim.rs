@@ -292,6 +292,14 @@ impl Default for SimFs {
     }
 }
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock leaves the state consistent enough for the test that is
+    // already failing; don't turn it into a second panic.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn norm(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
     for c in path.components() {
@@ -409,6 +417,15 @@ impl State {
             outcome,
         });
         Ok(go)
+    }
+
+    /// [`State::begin`] for operations that do nothing when they crash or fail.
+    fn start(&mut self, op: Op) -> io::Result<()> {
+        match self.begin(op)? {
+            Go::Run => Ok(()),
+            Go::Fail(f) => Err(fault_error(f)),
+            Go::Crash => Err(crash_error()),
+        }
     }
 
     fn path_of(&self, ino: u64) -> Option<PathBuf> {
@@ -607,11 +624,7 @@ impl SimFs {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the state consistent enough for the test that
-        // is already failing; don't turn it into a second panic.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     /// Creates (or replaces) `path` with `bytes`, already durable, creating missing parent
@@ -812,12 +825,7 @@ impl Fs for SimFs {
     fn create_new(&self, path: &Path) -> io::Result<SimFile> {
         let path = norm(path);
         let mut st = self.lock();
-        let go = st.begin(Op::CreateNew { path: path.clone() })?;
-        match go {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        st.start(Op::CreateNew { path: path.clone() })?;
         let parent = parent_of(&path);
         st.need_dir(&parent)?;
         if st.live.contains_key(&path) {
@@ -881,11 +889,7 @@ impl Fs for SimFs {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let path = norm(path);
         let mut st = self.lock();
-        match st.begin(Op::RemoveFile { path: path.clone() })? {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        st.start(Op::RemoveFile { path: path.clone() })?;
         let ino = *st
             .live
             .get(&path)
@@ -901,14 +905,10 @@ impl Fs for SimFs {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (from, to) = (norm(from), norm(to));
         let mut st = self.lock();
-        match st.begin(Op::Rename {
+        st.start(Op::Rename {
             from: from.clone(),
             to: to.clone(),
-        })? {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        })?;
         let ino = *st
             .live
             .get(&from)
@@ -938,11 +938,7 @@ impl Fs for SimFs {
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         let path = norm(path);
         let mut st = self.lock();
-        match st.begin(Op::CreateDir { path: path.clone() })? {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        st.start(Op::CreateDir { path: path.clone() })?;
         match st.kind_at(&path) {
             Some(Kind::Dir) => return Ok(()),
             Some(Kind::File) => return Err(io::Error::from(io::ErrorKind::AlreadyExists)),
@@ -991,9 +987,7 @@ impl Fs for SimFs {
 
 impl SimFile {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.state)
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -1071,11 +1065,7 @@ impl File for SimFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut st = self.lock();
         let path = st.path_of(self.ino);
-        match st.begin(Op::SetLen { path, len })? {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        st.start(Op::SetLen { path, len })?;
         self.check_writable()?;
         st.data_op(self.ino, DataOp::SetLen(len));
         Ok(())
@@ -1108,11 +1098,7 @@ impl File for SimFile {
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         let mut st = self.lock();
         let path = st.path_of(self.ino);
-        match st.begin(Op::ZeroRange { path, offset, len })? {
-            Go::Crash => return Err(crash_error()),
-            Go::Fail(f) => return Err(fault_error(f)),
-            Go::Run => {}
-        }
+        st.start(Op::ZeroRange { path, offset, len })?;
         self.check_writable()?;
         // Zeroing never changes the length: clip to the live file.
         let cur = st.inodes[&self.ino].live.len() as u64;
