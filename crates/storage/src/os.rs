@@ -58,7 +58,10 @@ impl File for OsFile {
             return Ok(());
         }
         let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "range too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
         };
         // A punched hole reads as zeros and frees the blocks, as qemu does for zero clusters.
         // File systems without hole punching (or block devices) get explicit zeros instead.
