@@ -16,42 +16,79 @@ fn crash<S: AsRef<OsStr>>(t: &TestDir, step: &str, args: &[S]) -> Output {
     let mut cmd = t.command();
     cmd.env("IMGTX_TEST_CRASH_AFTER", step).args(args);
     let out = run(&mut cmd);
-    assert_eq!(out.status.code(), Some(KILLED), "expected a crash after {step}: {}", stderr_of(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(KILLED),
+        "expected a crash after {step}: {}",
+        stderr_of(&out)
+    );
     out
 }
 
 fn converted(t: &TestDir, overlay: &Path) -> Vec<u8> {
     let out = t.path().join("expected.raw");
-    qemu_img(&["convert".as_ref(), "-O".as_ref(), "raw".as_ref(), overlay.as_os_str(), out.as_os_str()]);
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        overlay.as_os_str(),
+        out.as_os_str(),
+    ]);
     let bytes = fs::read(&out).unwrap();
     fs::remove_file(&out).unwrap();
     bytes
 }
 
+/// Every base's content, in order.
+type Contents = Vec<Vec<u8>>;
+
 /// Two bases with changes in their overlays; returns (tx id, bases, old contents, new contents).
-fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Contents, Contents) {
     let a = t.raw_image("a.img", 2 * MIB, 1);
     let b = t.raw_image("b.img", 2 * MIB, 2);
     let old = vec![fs::read(&a).unwrap(), fs::read(&b).unwrap()];
     let tx = t.begin(&[&a, &b]);
     for (i, img) in tx.images.iter().enumerate() {
         if grow {
-            qemu_img(&["resize".as_ref(), "-q".as_ref(), img.overlay.as_os_str(), "3M".as_ref()]);
+            qemu_img(&[
+                "resize".as_ref(),
+                "-q".as_ref(),
+                img.overlay.as_os_str(),
+                "3M".as_ref(),
+            ]);
         }
         let cmd = format!("write -P 0x{:x}0 {}k 600k", i + 1, 64 * (i + 1));
-        qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), cmd.as_ref(), img.overlay.as_os_str()]);
-        qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), "write -z 1M 64k".as_ref(), img.overlay.as_os_str()]);
+        qemu_io(&[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            cmd.as_ref(),
+            img.overlay.as_os_str(),
+        ]);
+        qemu_io(&[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            "write -z 1M 64k".as_ref(),
+            img.overlay.as_os_str(),
+        ]);
     }
     let new = tx.images.iter().map(|i| converted(t, &i.overlay)).collect();
     (tx.id, vec![a, b], old, new)
 }
 
-fn contents(bases: &[PathBuf]) -> Vec<Vec<u8>> {
+fn contents(bases: &[PathBuf]) -> Contents {
     bases.iter().map(|b| fs::read(b).unwrap()).collect()
 }
 
 const BEFORE_COMMIT_POINT: &[&str] = &["intent", "undo"];
-const AFTER_COMMIT_POINT: &[&str] = &["commit-point", "applied", "logged", "files-removed", "journals-removed"];
+const AFTER_COMMIT_POINT: &[&str] = &[
+    "commit-point",
+    "applied",
+    "logged",
+    "files-removed",
+    "journals-removed",
+];
 
 #[test]
 fn a_commit_killed_before_its_commit_point_recovers_to_the_old_content_and_stays_open() {
@@ -66,7 +103,10 @@ fn a_commit_killed_before_its_commit_point_recovers_to_the_old_content_and_stays
 
         t.imgtx_ok(&["recover"]);
 
-        assert!(contents(&bases) == old, "after a crash at {step} the bases must be unchanged");
+        assert!(
+            contents(&bases) == old,
+            "after a crash at {step} the bases must be unchanged"
+        );
         assert_eq!(t.transactions().len(), 1, "the transaction stays open");
         t.imgtx_ok(&["commit", &tx]);
         assert!(contents(&bases) == new);
@@ -84,15 +124,25 @@ fn a_commit_killed_after_its_commit_point_recovers_forward() {
         let (tx, bases, _old, new) = prepared(&t, true);
         crash(&t, step, &["commit", &tx]);
         if *step != "journals-removed" {
-            t.imgtx_code(&["begin".as_ref(), bases[1].as_os_str()], exit::RECOVERY_NEEDED);
+            t.imgtx_code(
+                &["begin".as_ref(), bases[1].as_os_str()],
+                exit::RECOVERY_NEEDED,
+            );
         }
 
         t.imgtx_ok(&["recover"]);
         t.imgtx_ok(&["recover"]);
 
-        assert!(contents(&bases) == new, "after a crash at {step} the bases must hold the new content");
+        assert!(
+            contents(&bases) == new,
+            "after a crash at {step} the bases must hold the new content"
+        );
         t.assert_no_transactions();
-        assert_eq!(t.image_listing(), vec!["a.img", "b.img"], "after a crash at {step}");
+        assert_eq!(
+            t.image_listing(),
+            vec!["a.img", "b.img"],
+            "after a crash at {step}"
+        );
     }
 }
 
@@ -110,10 +160,16 @@ fn a_commit_killed_after_its_commit_point_can_be_undone_bit_for_bit() {
         assert_eq!(dry["actions"][0]["action"], "recovered_back");
         t.imgtx_ok(&["recover", "--undo"]);
 
-        assert!(contents(&bases) == old, "undo after a crash at {step} restores content and length");
+        assert!(
+            contents(&bases) == old,
+            "undo after a crash at {step} restores content and length"
+        );
         t.assert_no_transactions();
         assert_eq!(t.image_listing(), vec!["a.img", "b.img"]);
-        assert_eq!(t.imgtx_json(&["log"])["entries"][0]["outcome"], "recovered_back");
+        assert_eq!(
+            t.imgtx_json(&["log"])["entries"][0]["outcome"],
+            "recovered_back"
+        );
     }
 }
 
@@ -122,7 +178,13 @@ fn a_recovery_killed_at_any_step_converges_when_rerun() {
     if !require_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
-    let steps = ["recover-direction", "recover-applied", "recover-logged", "files-removed", "journals-removed"];
+    let steps = [
+        "recover-direction",
+        "recover-applied",
+        "recover-logged",
+        "files-removed",
+        "journals-removed",
+    ];
     for undo in [false, true] {
         for step in steps {
             let t = TestDir::new();
@@ -137,7 +199,10 @@ fn a_recovery_killed_at_any_step_converges_when_rerun() {
             t.imgtx_ok(&args);
 
             let want = if undo { &old } else { &new };
-            assert!(contents(&bases) == *want, "recovery (undo={undo}) killed at {step}");
+            assert!(
+                contents(&bases) == *want,
+                "recovery (undo={undo}) killed at {step}"
+            );
             t.assert_no_transactions();
             assert_eq!(t.image_listing(), vec!["a.img", "b.img"]);
         }
@@ -189,7 +254,11 @@ fn interrupted_begins_and_rollbacks_are_cleaned_up() {
         crash(&t, step, &["begin".as_ref(), base.as_os_str()]);
         t.imgtx_ok(&["recover"]);
         t.assert_no_transactions();
-        assert_eq!(t.image_listing(), vec!["disk.img"], "after a begin killed at {step}");
+        assert_eq!(
+            t.image_listing(),
+            vec!["disk.img"],
+            "after a begin killed at {step}"
+        );
         t.begin(&[&base]);
     }
     for step in ["rollback-marked", "rollback-overlays"] {
@@ -201,7 +270,11 @@ fn interrupted_begins_and_rollbacks_are_cleaned_up() {
         t.imgtx_code(&["commit", &tx.id], exit::RECOVERY_NEEDED);
         t.imgtx_ok(&["recover"]);
         t.assert_no_transactions();
-        assert_eq!(t.image_listing(), vec!["disk.img"], "after a rollback killed at {step}");
+        assert_eq!(
+            t.image_listing(),
+            vec!["disk.img"],
+            "after a rollback killed at {step}"
+        );
         assert!(fs::read(&base).unwrap() == before);
     }
 }
@@ -215,7 +288,13 @@ fn sigkill_in_the_middle_of_a_large_copy_recovers_to_old_or_new() {
     let base = t.raw_image("big.img", 160 * MIB, 4);
     let old = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), "write -P 0xee 0 150M".as_ref(), tx.overlay().as_os_str()]);
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0xee 0 150M".as_ref(),
+        tx.overlay().as_os_str(),
+    ]);
     let new = converted(&t, tx.overlay());
     let mut cmd = t.command();
     cmd.args(["commit", &tx.id]);

@@ -8,28 +8,59 @@ use crate::util::{exit, expect_code, qemu_img, qemu_io, require_tools, run, Test
 
 fn qcow2_base(t: &TestDir, name: &str) -> PathBuf {
     let base = t.image(name);
-    qemu_img(&["create".as_ref(), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), base.as_os_str(), "8M".as_ref()]);
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        base.as_os_str(),
+        "8M".as_ref(),
+    ]);
     for cmd in ["write -P 0x11 0 3M", "write -P 0x22 6M 1M"] {
-        qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), cmd.as_ref(), base.as_os_str()]);
+        qemu_io(&[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            cmd.as_ref(),
+            base.as_os_str(),
+        ]);
     }
     base
 }
 
 fn edit(overlay: &Path) {
-    for cmd in ["write -P 0xab 1M 2M", "write -z 6M 512k", "write -P 0xcd 7M 64k"] {
-        qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), cmd.as_ref(), overlay.as_os_str()]);
+    for cmd in [
+        "write -P 0xab 1M 2M",
+        "write -z 6M 512k",
+        "write -P 0xcd 7M 64k",
+    ] {
+        qemu_io(&[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            cmd.as_ref(),
+            overlay.as_os_str(),
+        ]);
     }
 }
 
 fn to_raw(t: &TestDir, image: &Path, name: &str) -> PathBuf {
     let out = t.path().join(name);
-    qemu_img(&["convert".as_ref(), "-O".as_ref(), "raw".as_ref(), image.as_os_str(), out.as_os_str()]);
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        image.as_os_str(),
+        out.as_os_str(),
+    ]);
     out
 }
 
 fn same_content(base: &Path, expected_raw: &Path) {
     let mut cmd = Command::new("qemu-img");
-    cmd.args(["compare", "-q", "-f", "qcow2", "-F", "raw"]).arg(base).arg(expected_raw);
+    cmd.args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(base)
+        .arg(expected_raw);
     expect_code(&mut cmd, exit::OK);
 }
 
@@ -67,12 +98,16 @@ fn an_interrupted_qcow2_commit_undoes_to_the_identical_file_or_finishes() {
         edit(tx.overlay());
         let expected = to_raw(&t, tx.overlay(), "expected.raw");
         let mut cmd = t.command();
-        cmd.env("IMGTX_TEST_CRASH_AFTER", "applied").args(["commit", &tx.id]);
+        cmd.env("IMGTX_TEST_CRASH_AFTER", "applied")
+            .args(["commit", &tx.id]);
         assert_eq!(run(&mut cmd).status.code(), Some(137));
 
         if undo {
             t.imgtx_ok(&["recover", "--undo"]);
-            assert!(fs::read(&base).unwrap() == before, "undo restores the qcow2 file bit for bit");
+            assert!(
+                fs::read(&base).unwrap() == before,
+                "undo restores the qcow2 file bit for bit"
+            );
         } else {
             t.imgtx_ok(&["recover"]);
             same_content(&base, &expected);
@@ -92,5 +127,12 @@ fn a_qcow2_base_with_a_backing_file_is_refused() {
     let base = t.image("upper.qcow2");
     crate::util::qemu_overlay(&lower, "raw", &base);
     t.imgtx_code(&["begin".as_ref(), base.as_os_str()], exit::ERROR);
-    t.imgtx_code(&["begin".as_ref(), "--base-format=qcow2".as_ref(), base.as_os_str()], exit::ERROR);
+    t.imgtx_code(
+        &[
+            "begin".as_ref(),
+            "--base-format=qcow2".as_ref(),
+            base.as_os_str(),
+        ],
+        exit::ERROR,
+    );
 }

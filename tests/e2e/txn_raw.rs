@@ -25,7 +25,13 @@ fn converted(t: &TestDir, overlay: &Path) -> Vec<u8> {
 }
 
 fn io(overlay: &Path, cmd: &str) {
-    qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), cmd.as_ref(), overlay.as_os_str()]);
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        cmd.as_ref(),
+        overlay.as_os_str(),
+    ]);
 }
 
 #[test]
@@ -45,7 +51,10 @@ fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
 
     assert_eq!(out["outcome"], "committed");
     assert_eq!(out["images"][0]["changed_bytes"], 3 * MIB);
-    assert!(fs::read(&base).unwrap() == expected, "base differs from the overlay's content");
+    assert!(
+        fs::read(&base).unwrap() == expected,
+        "base differs from the overlay's content"
+    );
     assert_eq!(t.image_listing(), vec!["disk.img"]);
     t.assert_no_transactions();
     let log = t.imgtx_json(&["log"]);
@@ -61,7 +70,12 @@ fn commit_grows_the_base_when_the_overlay_was_resized() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 4 * MIB, 2);
     let tx = t.begin(&[&base]);
-    qemu_img(&["resize".as_ref(), "-q".as_ref(), tx.overlay().as_os_str(), "6M".as_ref()]);
+    qemu_img(&[
+        "resize".as_ref(),
+        "-q".as_ref(),
+        tx.overlay().as_os_str(),
+        "6M".as_ref(),
+    ]);
     io(tx.overlay(), "write -P 0xcd 5M 4k");
     let expected = converted(&t, tx.overlay());
 
@@ -88,7 +102,10 @@ fn rollback_leaves_the_base_untouched_and_removes_the_overlay() {
     assert!(fs::read(&base).unwrap() == before);
     assert_eq!(t.image_listing(), vec!["disk.img"]);
     t.assert_no_transactions();
-    assert_eq!(t.imgtx_json(&["log"])["entries"][0]["outcome"], "rolled_back");
+    assert_eq!(
+        t.imgtx_json(&["log"])["entries"][0]["outcome"],
+        "rolled_back"
+    );
     t.imgtx_code(&["commit", &tx.id], exit::ERROR);
 }
 
@@ -112,11 +129,21 @@ fn a_base_named_through_a_hard_link_symlink_or_relative_path_is_busy() {
     let soft = t.path().join("soft.img");
     std::os::unix::fs::symlink(&base, &soft).unwrap();
 
-    for name in [hard.as_os_str(), soft.as_os_str(), "images/disk.img".as_ref()] {
+    for name in [
+        hard.as_os_str(),
+        soft.as_os_str(),
+        "images/disk.img".as_ref(),
+    ] {
         let out = t.imgtx_code(&["begin".as_ref(), name], exit::BUSY);
-        assert!(stderr_of(&out).contains(&tx.id), "the error names the holder");
+        assert!(
+            stderr_of(&out).contains(&tx.id),
+            "the error names the holder"
+        );
     }
-    let out = t.imgtx_code(&["begin".as_ref(), "--json".as_ref(), hard.as_os_str()], exit::BUSY);
+    let out = t.imgtx_code(
+        &["begin".as_ref(), "--json".as_ref(), hard.as_os_str()],
+        exit::BUSY,
+    );
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).expect("JSON error");
     assert_eq!(err["exit_code"], 3);
 }
@@ -129,16 +156,26 @@ fn wait_with_a_timeout_gives_up_and_wait_succeeds_once_the_base_is_free() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", MIB, 5);
     let tx = t.begin(&[&base]);
-    t.imgtx_code(&["begin".as_ref(), "--wait=0.5".as_ref(), base.as_os_str()], exit::BUSY);
+    t.imgtx_code(
+        &["begin".as_ref(), "--wait=0.5".as_ref(), base.as_os_str()],
+        exit::BUSY,
+    );
 
     let mut waiter = t.command();
-    waiter.args(["begin", "--json", "--wait"]).arg(&base).stdout(Stdio::piped());
+    waiter
+        .args(["begin", "--json", "--wait"])
+        .arg(&base)
+        .stdout(Stdio::piped());
     let child = waiter.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     t.imgtx_ok(&["rollback", &tx.id]);
     let out = child.wait_with_output().unwrap();
 
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(v["id"], tx.id.as_str());
 }
@@ -190,7 +227,12 @@ fn commit_refuses_an_overlay_in_use_by_qemu_and_a_changed_base() {
     let _ = qemu.stdin.take().map(|mut s| s.write_all(b"quit\n"));
     let _ = qemu.wait();
 
-    fs::OpenOptions::new().append(true).open(&base).unwrap().write_all(b"x").unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&base)
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
     let out = t.imgtx_code(&["commit", &tx.id], exit::BUSY);
     assert!(stderr_of(&out).contains("changed since"));
 }
@@ -226,13 +268,23 @@ fn run_rolls_back_and_passes_on_the_exit_code_when_the_command_fails() {
     let base = t.raw_image("disk.img", MIB, 9);
     let before = fs::read(&base).unwrap();
     let out = t.imgtx_code(
-        &["run".as_ref(), base.as_os_str(), "--".as_ref(), "sh".as_ref(), "-c".as_ref(), "test -f \"$IMGTX_OVERLAY\" && exit 7".as_ref()],
+        &[
+            "run".as_ref(),
+            base.as_os_str(),
+            "--".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            "test -f \"$IMGTX_OVERLAY\" && exit 7".as_ref(),
+        ],
         7,
     );
     let _ = out;
     assert!(fs::read(&base).unwrap() == before);
     assert_eq!(t.image_listing(), vec!["disk.img"]);
-    assert_eq!(t.imgtx_json(&["log"])["entries"][0]["outcome"], "rolled_back");
+    assert_eq!(
+        t.imgtx_json(&["log"])["entries"][0]["outcome"],
+        "rolled_back"
+    );
 }
 
 #[test]
@@ -246,7 +298,10 @@ fn two_images_commit_together() {
     let tx = t.begin(&[&a, &b]);
     io(&tx.images[0].overlay, "write -P 0x01 0 64k");
     io(&tx.images[1].overlay, "write -P 0x02 1M 64k");
-    let (ea, eb) = (converted(&t, &tx.images[0].overlay), converted(&t, &tx.images[1].overlay));
+    let (ea, eb) = (
+        converted(&t, &tx.images[0].overlay),
+        converted(&t, &tx.images[1].overlay),
+    );
 
     t.imgtx_ok(&["commit", &tx.id]);
 
@@ -266,7 +321,12 @@ fn a_raw_base_that_looks_like_qcow2_needs_an_explicit_format() {
     let out = t.imgtx_code(&["begin".as_ref(), base.as_os_str()], exit::ERROR);
     assert!(stderr_of(&out).contains("--base-format"));
 
-    let tx = t.imgtx_json(&["begin".as_ref(), "--base-format".as_ref(), "raw".as_ref(), base.as_os_str()]);
+    let tx = t.imgtx_json(&[
+        "begin".as_ref(),
+        "--base-format".as_ref(),
+        "raw".as_ref(),
+        base.as_os_str(),
+    ]);
     assert_eq!(tx["images"][0]["base_format"], "raw");
 }
 

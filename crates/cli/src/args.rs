@@ -103,7 +103,9 @@ pub enum Command {
         tx: String,
     },
     /// Finish or undo every interrupted commit, begin or rollback
-    #[command(after_help = "Examples:\n  imgtx recover                 # everything registered here\n  imgtx recover /vm/disk.img    # what lies beside this image\n  imgtx recover --undo --dry-run")]
+    #[command(
+        after_help = "Examples:\n  imgtx recover                 # everything registered here\n  imgtx recover /vm/disk.img    # what lies beside this image\n  imgtx recover --undo --dry-run"
+    )]
     Recover {
         /// Undo interrupted commits instead of finishing them (needs their pre-images)
         #[arg(long)]
@@ -116,9 +118,11 @@ pub enum Command {
         paths: Vec<PathBuf>,
     },
     /// Run a command on the overlays; commit if it exits 0, else roll back
-    #[command(after_help = "In the command, {} is the overlay of the first image and {0}, {1}, ... the overlay of each;\n\
+    #[command(
+        after_help = "In the command, {} is the overlay of the first image and {0}, {1}, ... the overlay of each;\n\
 IMGTX_TX, IMGTX_OVERLAY and IMGTX_OVERLAY_0, IMGTX_OVERLAY_1, ... are set in its environment.\n\n\
-Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {}")]
+Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {}"
+    )]
     Run {
         #[command(flatten)]
         opts: BeginArgs,
@@ -152,7 +156,10 @@ Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {
     #[command(after_help = crate::demo::AFTER_HELP)]
     Demo(crate::demo::DemoArgs),
     /// Write man pages or shell completions (for packagers: scripts/gen-docs runs it)
-    #[command(hide = true, after_help = "Examples:\n  imgtx generate man target/man\n  imgtx generate completions bash > imgtx.bash")]
+    #[command(
+        hide = true,
+        after_help = "Examples:\n  imgtx generate man target/man\n  imgtx generate completions bash > imgtx.bash"
+    )]
     Generate(crate::generate::GenerateArgs),
 }
 
@@ -172,12 +179,14 @@ mod tests {
 
     #[test]
     fn wait_takes_an_optional_value_after_an_equals_sign() {
-        let Command::Begin { opts, bases } = parse(&["begin", "--wait", "a.img"]).unwrap().command else {
+        let Command::Begin { opts, bases } = parse(&["begin", "--wait", "a.img"]).unwrap().command
+        else {
             panic!("not begin")
         };
         assert_eq!(opts.wait.as_deref(), Some("forever"));
         assert_eq!(bases, vec![PathBuf::from("a.img")]);
-        let Command::Begin { opts, .. } = parse(&["begin", "--wait=5", "a.img"]).unwrap().command else {
+        let Command::Begin { opts, .. } = parse(&["begin", "--wait=5", "a.img"]).unwrap().command
+        else {
             panic!("not begin")
         };
         assert_eq!(opts.wait.as_deref(), Some("5"));
@@ -186,7 +195,9 @@ mod tests {
     #[test]
     fn run_splits_bases_from_the_command_at_the_double_dash() {
         let Command::Run { bases, command, .. } =
-            parse(&["run", "a.img", "b.img", "--", "echo", "{0}", "--json"]).unwrap().command
+            parse(&["run", "a.img", "b.img", "--", "echo", "{0}", "--json"])
+                .unwrap()
+                .command
         else {
             panic!("not run")
         };

@@ -53,8 +53,12 @@ fn main() -> ExitCode {
         Err(e) => {
             use clap::error::ErrorKind;
             let wants_json = raw.iter().any(|a| a == "--json");
-            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                let msg = e.kind().as_str().map_or_else(|| e.to_string(), str::to_owned);
+            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            {
+                let msg = e
+                    .kind()
+                    .as_str()
+                    .map_or_else(|| e.to_string(), str::to_owned);
                 let text = json!({ "error": format!("usage: {}", msg), "exit_code": EXIT_USAGE });
                 let _ = writeln!(io::stderr(), "{text}");
                 return ExitCode::from(EXIT_USAGE);
@@ -113,7 +117,11 @@ fn init_tracing(cli: &Cli) {
 /// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else
 /// `$XDG_STATE_HOME/imgtx` (default `~/.local/state/imgtx`).
 fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
-    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     let dir = if let Some(d) = given.or_else(|| env("IMGTX_STATE_DIR")) {
         d
     } else if nix::unistd::geteuid().is_root() {
@@ -123,7 +131,10 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
     } else if let Some(h) = env("HOME") {
         h.join(".local/state/imgtx")
     } else {
-        return Err(anyhow::anyhow!("no state directory: set --state-dir, IMGTX_STATE_DIR or HOME").into());
+        return Err(anyhow::anyhow!(
+            "no state directory: set --state-dir, IMGTX_STATE_DIR or HOME"
+        )
+        .into());
     };
     let dir = std::path::absolute(&dir)?;
     if let Some(parent) = dir.parent() {
@@ -137,11 +148,18 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
 /// the overlay names the real file by absolute path.
 fn resolve(path: &Path) -> Result<PathBuf, Failure> {
     std::fs::canonicalize(path).map_err(|e| {
-        Failure::from(txn::Error::InvalidBase { path: path.to_path_buf(), reason: format!("it cannot be opened ({e})") })
+        Failure::from(txn::Error::InvalidBase {
+            path: path.to_path_buf(),
+            reason: format!("it cannot be opened ({e})"),
+        })
     })
 }
 
-fn begin_options(opts: &BeginArgs, bases: &[PathBuf], command: Option<Vec<String>>) -> Result<BeginOptions, Failure> {
+fn begin_options(
+    opts: &BeginArgs,
+    bases: &[PathBuf],
+    command: Option<Vec<String>>,
+) -> Result<BeginOptions, Failure> {
     let wait = match opts.wait.as_deref() {
         None => Wait::No,
         Some("forever") => Wait::Forever,
@@ -151,7 +169,10 @@ fn begin_options(opts: &BeginArgs, bases: &[PathBuf], command: Option<Vec<String
                 .ok()
                 .filter(|s: &f64| s.is_finite() && *s >= 0.0)
                 .ok_or_else(|| anyhow::anyhow!("--wait takes a number of seconds, not {secs:?}"))
-                .map_err(|error| Failure { error, code: EXIT_USAGE })?;
+                .map_err(|error| Failure {
+                    error,
+                    code: EXIT_USAGE,
+                })?;
             Wait::For(Duration::from_secs_f64(s.min(1e9)))
         }
     };
@@ -175,7 +196,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         _ => {}
     }
     let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir)?)?;
-    let out = output::Out { json: cli.json, quiet: cli.quiet };
+    let out = output::Out {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
     match cli.command {
         Command::Begin { opts, bases } => {
             let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
@@ -189,21 +213,38 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             engine.rollback(&tx)?;
             out.rollback(&tx)?;
         }
-        Command::Recover { undo, dry_run, paths } => {
+        Command::Recover {
+            undo,
+            dry_run,
+            paths,
+        } => {
             let paths = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
-            let r = engine.recover(&RecoverOptions { paths, undo, dry_run })?;
+            let r = engine.recover(&RecoverOptions {
+                paths,
+                undo,
+                dry_run,
+            })?;
             out.recover(&r)?;
         }
-        Command::Run { opts, no_undo, bases, command } => {
+        Command::Run {
+            opts,
+            no_undo,
+            bases,
+            command,
+        } => {
             return run_command(&engine, &out, &opts, no_undo, &bases, command);
         }
         Command::Status { tx } => out.status(&engine.status(tx.as_deref())?)?,
         Command::Diff { tx } => out.diff(&tx, &engine.diff(&tx)?)?,
         Command::Log { base } => {
-            let base = base.map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b))).transpose()?;
+            let base = base
+                .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
+                .transpose()?;
             out.log(&engine.log(base.as_deref())?)?;
         }
-        Command::Demo(_) | Command::Generate(_) => unreachable!("handled before the engine is made"),
+        Command::Demo(_) | Command::Generate(_) => {
+            unreachable!("handled before the engine is made")
+        }
     }
     Ok(0)
 }
@@ -217,11 +258,22 @@ fn run_command(
     bases: &[PathBuf],
     command: Vec<String>,
 ) -> Result<u8, Failure> {
-    let m = engine.begin(&begin_options(opts, bases, Some(command.clone()))?)?;
-    let overlays: Vec<String> = m.images.iter().map(|i| i.overlay.display().to_string()).collect();
-    let argv: Vec<String> = command.iter().map(|a| substitute(a, &overlays)).collect();
+    let argv_template = command.clone();
+    let m = engine.begin(&begin_options(opts, bases, Some(command))?)?;
+    let overlays: Vec<String> = m
+        .images
+        .iter()
+        .map(|i| i.overlay.display().to_string())
+        .collect();
+    let argv: Vec<String> = argv_template
+        .iter()
+        .map(|a| substitute(a, &overlays))
+        .collect();
     let mut child = std::process::Command::new(&argv[0]);
-    child.args(&argv[1..]).env("IMGTX_TX", &m.id).env("IMGTX_OVERLAY", &overlays[0]);
+    child
+        .args(&argv[1..])
+        .env("IMGTX_TX", &m.id)
+        .env("IMGTX_OVERLAY", &overlays[0]);
     for (i, o) in overlays.iter().enumerate() {
         child.env(format!("IMGTX_OVERLAY_{i}"), o);
     }
@@ -236,7 +288,12 @@ fn run_command(
         Ok(s) => s,
         Err(e) => {
             engine.rollback(&m.id)?;
-            return Err(anyhow::anyhow!("could not run {:?}: {e}; transaction {} rolled back", argv[0], m.id).into());
+            return Err(anyhow::anyhow!(
+                "could not run {:?}: {e}; transaction {} rolled back",
+                argv[0],
+                m.id
+            )
+            .into());
         }
     };
     if status.success() {
@@ -245,7 +302,9 @@ fn run_command(
         return Ok(0);
     }
     use std::os::unix::process::ExitStatusExt;
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     engine.rollback(&m.id)?;
     out.run(&m.id, false, code, None)?;
     Ok(u8::try_from(code).unwrap_or(1).max(1))
@@ -274,9 +333,15 @@ mod tests {
 
     #[test]
     fn error_classes_map_to_the_documented_exit_codes() {
-        let busy = txn::Error::Busy { path: "/x".into(), holder: "tx-0123456789".into() };
+        let busy = txn::Error::Busy {
+            path: "/x".into(),
+            holder: "tx-0123456789".into(),
+        };
         assert_eq!(exit_code(&busy), 3);
-        let rec = txn::Error::RecoveryNeeded { path: "/x".into(), tx: "tx-0123456789".into() };
+        let rec = txn::Error::RecoveryNeeded {
+            path: "/x".into(),
+            tx: "tx-0123456789".into(),
+        };
         assert_eq!(exit_code(&rec), 4);
         assert_eq!(exit_code(&txn::Error::Invalid("x".into())), 1);
     }

@@ -40,10 +40,15 @@ impl Out {
             return print_json(&json!({"id": m.id, "name": m.name, "images": images_json(m)}));
         }
         // The id alone on stdout, so `TX=$(imgtx begin ...)` works; the overlays on stderr.
-        human(&[m.id.clone()])?;
+        human(std::slice::from_ref(&m.id))?;
         if !self.quiet {
             for i in &m.images {
-                eprintln!("overlay {} over {} ({})", i.overlay.display(), i.base.display(), i.base_format.as_str());
+                eprintln!(
+                    "overlay {} over {} ({})",
+                    i.overlay.display(),
+                    i.base.display(),
+                    i.base_format.as_str()
+                );
             }
         }
         Ok(())
@@ -57,7 +62,11 @@ impl Out {
             return Ok(());
         }
         let mut lines = vec![format!("committed {}", r.id)];
-        lines.extend(r.images.iter().map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)));
+        lines.extend(
+            r.images
+                .iter()
+                .map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)),
+        );
         human(&lines)
     }
 
@@ -71,11 +80,23 @@ impl Out {
         human(&[format!("rolled back {tx}")])
     }
 
-    pub fn run(&self, tx: &str, committed: bool, exit_code: i32, r: Option<&CommitReport>) -> io::Result<()> {
-        let outcome = if committed { "committed" } else { "rolled_back" };
+    pub fn run(
+        &self,
+        tx: &str,
+        committed: bool,
+        exit_code: i32,
+        r: Option<&CommitReport>,
+    ) -> io::Result<()> {
+        let outcome = if committed {
+            "committed"
+        } else {
+            "rolled_back"
+        };
         if self.json {
             let images = r.map_or(Value::Array(Vec::new()), |r| json!(r.images));
-            return print_json(&json!({"id": tx, "outcome": outcome, "exit_code": exit_code, "images": images}));
+            return print_json(
+                &json!({"id": tx, "outcome": outcome, "exit_code": exit_code, "images": images}),
+            );
         }
         if self.quiet {
             return Ok(());
@@ -126,16 +147,38 @@ impl Out {
             return print_json(&json!({ "transactions": txs }));
         }
         if list.is_empty() {
-            return if self.quiet { Ok(()) } else { human(&["no transactions".to_owned()]) };
+            return if self.quiet {
+                Ok(())
+            } else {
+                human(&["no transactions".to_owned()])
+            };
         }
         let mut lines = Vec::new();
         for s in list {
             let m = &s.manifest;
-            let state = serde_json::to_value(s.condition).ok().and_then(|v| v.as_str().map(str::to_owned));
-            let name = m.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-            lines.push(format!("{}{name} {} since {} by {}@{}", m.id, state.unwrap_or_default(), m.created, m.user, m.host));
+            let state = serde_json::to_value(s.condition)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let name = m
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "{}{name} {} since {} by {}@{}",
+                m.id,
+                state.unwrap_or_default(),
+                m.created,
+                m.user,
+                m.host
+            ));
             for i in &m.images {
-                lines.push(format!("  {} [{}] -> {}", i.base.display(), i.base_format.as_str(), i.overlay.display()));
+                lines.push(format!(
+                    "  {} [{}] -> {}",
+                    i.base.display(),
+                    i.base_format.as_str(),
+                    i.overlay.display()
+                ));
             }
         }
         human(&lines)
@@ -156,8 +199,15 @@ impl Out {
                 d.new_size.max(d.old_size)
             ));
             for e in &d.extents {
-                let what = serde_json::to_value(e.action).ok().and_then(|v| v.as_str().map(str::to_owned));
-                lines.push(format!("  {:#x} +{:#x} {}", e.offset, e.len, what.unwrap_or_default()));
+                let what = serde_json::to_value(e.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                lines.push(format!(
+                    "  {:#x} +{:#x} {}",
+                    e.offset,
+                    e.len,
+                    what.unwrap_or_default()
+                ));
             }
         }
         human(&lines)
@@ -172,9 +222,22 @@ impl Out {
         }
         let mut lines = Vec::new();
         for e in &h.entries {
-            let outcome = serde_json::to_value(e.outcome).ok().and_then(|v| v.as_str().map(str::to_owned));
-            let name = e.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
-            lines.push(format!("{} {}{name} {} by {}@{}", e.ended, e.id, outcome.unwrap_or_default(), e.user, e.host));
+            let outcome = serde_json::to_value(e.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let name = e
+                .name
+                .as_deref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "{} {}{name} {} by {}@{}",
+                e.ended,
+                e.id,
+                outcome.unwrap_or_default(),
+                e.user,
+                e.host
+            ));
             for i in &e.images {
                 lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
             }

@@ -22,13 +22,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let mut sizes = Vec::new();
         for base in &opts.bases {
             let meta = self.fs.metadata(base).map_err(Error::io("stat", base))?;
-            let invalid = |reason: &str| Error::InvalidBase { path: base.clone(), reason: reason.into() };
+            let invalid = |reason: &str| Error::InvalidBase {
+                path: base.clone(),
+                reason: reason.into(),
+            };
             let meta = meta.ok_or_else(|| invalid("it does not exist"))?;
             if meta.kind != FileKind::File {
                 return Err(invalid("it is not a regular file"));
             }
             layout::dir_of(base)?;
-            if images.iter().any(|i: &ImageEntry| (i.base_id.dev, i.base_id.ino) == (meta.dev, meta.ino)) {
+            if images
+                .iter()
+                .any(|i: &ImageEntry| (i.base_id.dev, i.base_id.ino) == (meta.dev, meta.ino))
+            {
                 return Err(invalid("it is named twice in this transaction"));
             }
             self.check_no_interrupted(base)?;
@@ -88,15 +94,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 path: img.base.clone(),
                 reason: "its path is not UTF-8".into(),
             })?;
-            let bytes = qcow::create_overlay(size, base, img.base_format.as_str()).map_err(Error::qcow(&img.overlay))?;
-            let f = self.fs.create_new(&img.overlay).map_err(Error::io("create the overlay", &img.overlay))?;
-            f.write_all_at(&bytes, 0).map_err(Error::io("write", &img.overlay))?;
+            let bytes = qcow::create_overlay(size, base, img.base_format.as_str())
+                .map_err(Error::qcow(&img.overlay))?;
+            let f = self
+                .fs
+                .create_new(&img.overlay)
+                .map_err(Error::io("create the overlay", &img.overlay))?;
+            f.write_all_at(&bytes, 0)
+                .map_err(Error::io("write", &img.overlay))?;
             // Barrier: the overlay header must be durable before the manifest says the
             // transaction is open, or a crash could leave an open transaction over garbage.
             f.sync_data().map_err(Error::io("sync", &img.overlay))?;
             let dir = layout::dir_of(&img.overlay)?;
             self.fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
-            let meta = self.fs.metadata(&img.overlay).map_err(Error::io("stat", &img.overlay))?;
+            let meta = self
+                .fs
+                .metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?;
             img.overlay_dev_ino = meta.map(|x| (x.dev, x.ino));
         }
         self.host.step("begin-overlays");
@@ -113,12 +127,20 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 Ok(()) => return Ok(()),
                 Err(holder) => {
                     let out_of_time = match wait {
-                        Wait::No => return Err(Error::Busy { path: base.to_path_buf(), holder }),
+                        Wait::No => {
+                            return Err(Error::Busy {
+                                path: base.to_path_buf(),
+                                holder,
+                            })
+                        }
                         Wait::Forever => false,
                         Wait::For(limit) => waited >= limit,
                     };
                     if out_of_time {
-                        return Err(Error::WaitTimedOut { path: base.to_path_buf(), holder });
+                        return Err(Error::WaitTimedOut {
+                            path: base.to_path_buf(),
+                            holder,
+                        });
                     }
                     tracing::debug!(base = %base.display(), %holder, "waiting for a busy base");
                     self.host.sleep(POLL);
@@ -139,7 +161,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
         }
         for img in &m.images {
-            self.state.release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
+            self.state
+                .release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
         }
         self.state.remove_manifest(&self.fs, &m.id)
     }
@@ -151,7 +174,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let f = self.fs.open(base, false).map_err(Error::io("open", base))?;
         let len = f.len().map_err(Error::io("stat", base))?;
         let mut magic = [0u8; 4];
-        let has_magic = len >= 4 && f.read_exact_at(&mut magic, 0).is_ok() && qcow::has_qcow2_magic(&magic);
+        let has_magic =
+            len >= 4 && f.read_exact_at(&mut magic, 0).is_ok() && qcow::has_qcow2_magic(&magic);
         let as_qcow2 = || -> Result<u64, String> {
             let img = qcow::Image::open(Reader(&f)).map_err(|e| e.to_string())?;
             if img.header().backing_file.is_some() {
@@ -163,11 +187,16 @@ impl<S: Fs, H: Host> Engine<S, H> {
             Some(Format::Raw) => Ok((Format::Raw, len)),
             Some(Format::Qcow2) => as_qcow2()
                 .map(|size| (Format::Qcow2, size))
-                .map_err(|reason| Error::InvalidBase { path: base.to_path_buf(), reason }),
+                .map_err(|reason| Error::InvalidBase {
+                    path: base.to_path_buf(),
+                    reason,
+                }),
             None if !has_magic => Ok((Format::Raw, len)),
             None => match as_qcow2() {
                 Ok(size) => Ok((Format::Qcow2, size)),
-                Err(_) => Err(Error::AmbiguousFormat { path: base.to_path_buf() }),
+                Err(_) => Err(Error::AmbiguousFormat {
+                    path: base.to_path_buf(),
+                }),
             },
         }
     }

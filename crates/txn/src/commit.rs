@@ -25,17 +25,34 @@ pub(crate) fn journal_identity(tx: &str, index: usize) -> Vec<u8> {
 impl<S: Fs, H: Host> Engine<S, H> {
     /// Loads the manifest of an open transaction.
     pub(crate) fn load_open(&self, id: &str) -> Result<Manifest> {
-        let m = self.state.load(&self.fs, id)?.ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
+        let m = self
+            .state
+            .load(&self.fs, id)?
+            .ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
         match m.state {
             TxState::Open => Ok(m),
-            TxState::Beginning => Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" }),
-            TxState::RollingBack => Err(Error::Interrupted { tx: id.to_owned(), doing: "rolling back" }),
-            TxState::Finished => Err(Error::Interrupted { tx: id.to_owned(), doing: "cleaning up after its commit" }),
+            TxState::Beginning => Err(Error::Interrupted {
+                tx: id.to_owned(),
+                doing: "beginning",
+            }),
+            TxState::RollingBack => Err(Error::Interrupted {
+                tx: id.to_owned(),
+                doing: "rolling back",
+            }),
+            TxState::Finished => Err(Error::Interrupted {
+                tx: id.to_owned(),
+                doing: "cleaning up after its commit",
+            }),
         }
     }
 
     /// Commits transaction `id`; `progress` hears about the data copied.
-    pub fn commit(&self, id: &str, opts: CommitOptions, progress: &mut dyn FnMut(Progress)) -> Result<CommitReport> {
+    pub fn commit(
+        &self,
+        id: &str,
+        opts: CommitOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<CommitReport> {
         let _guard = self.lock_tx(id)?;
         let m = self.load_open(id)?;
         for img in &m.images {
@@ -50,25 +67,49 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let mut overlays = Vec::new();
         let mut plans = Vec::new();
         for img in &m.images {
-            let meta = self.fs.metadata(&img.base).map_err(Error::io("stat", &img.base))?;
+            let meta = self
+                .fs
+                .metadata(&img.base)
+                .map_err(Error::io("stat", &img.base))?;
             let now = meta.map(|x| FileId::of(&x));
             let changed = match now {
                 None => Some("it no longer exists".to_owned()),
                 Some(now) => img.base_id.difference(&now),
             };
             if let Some(what) = changed {
-                return Err(Error::BaseChanged { path: img.base.clone(), tx: m.id.clone(), what });
+                return Err(Error::BaseChanged {
+                    path: img.base.clone(),
+                    tx: m.id.clone(),
+                    what,
+                });
             }
-            let ov = open_checked(&self.fs, &m.id, &img.overlay, img.overlay_dev_ino, &img.base, img.base_format)?;
-            let plan = self.plan_of(&m.id, &ov, &img.overlay, img.base_id.size, img.base_format, &img.base)?;
+            let ov = open_checked(
+                &self.fs,
+                &m.id,
+                &img.overlay,
+                img.overlay_dev_ino,
+                &img.base,
+                img.base_format,
+            )?;
+            let plan = self.plan_of(
+                &m.id,
+                &ov,
+                &img.overlay,
+                img.base_id.size,
+                img.base_format,
+                &img.base,
+            )?;
             // Barrier: whatever qemu wrote to the overlay must be durable before the journal
             // relies on it, since after the commit point recovery redoes from the overlay.
             ov.sync_data().map_err(Error::io("sync", &img.overlay))?;
             overlays.push(ov);
             plans.push(plan);
         }
-        let journals: Vec<PathBuf> =
-            m.images.iter().map(|i| layout::journal(&i.base, &m.id)).collect::<Result<_>>()?;
+        let journals: Vec<PathBuf> = m
+            .images
+            .iter()
+            .map(|i| layout::journal(&i.base, &m.id))
+            .collect::<Result<_>>()?;
         let mut js: Vec<TxJournal<S>> = Vec::new();
         let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js);
         if let Err(e) = before {
@@ -79,18 +120,41 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
             return Err(e);
         }
-        let after = |e: Error| Error::CommitInterrupted { tx: m.id.clone(), source: Box::new(e) };
-        js[0].append(&Record::Commit).map_err(Error::journal(&journals[0])).map_err(after)?;
+        let after = |e: Error| Error::CommitInterrupted {
+            tx: m.id.clone(),
+            source: Box::new(e),
+        };
+        js[0]
+            .append(&Record::Commit)
+            .map_err(Error::journal(&journals[0]))
+            .map_err(after)?;
         // Barrier — THE COMMIT POINT: once this record is durable the transaction is
         // committed; before it, recovery leaves every base untouched.
-        js[0].sync().map_err(Error::journal(&journals[0])).map_err(after)?;
+        js[0]
+            .sync()
+            .map_err(Error::journal(&journals[0]))
+            .map_err(after)?;
         self.host.step("commit-point");
         for (i, img) in m.images.iter().enumerate() {
-            self.apply_forward(i, &overlays[i], &img.overlay, &img.base, img.base_format, &plans[i], progress)
+            self.apply_forward(
+                i,
+                &overlays[i],
+                &img.overlay,
+                &img.base,
+                img.base_format,
+                &plans[i],
+                progress,
+            )
+            .map_err(after)?;
+            js[i]
+                .append(&Record::Applied(Direction::Forward))
+                .map_err(Error::journal(&journals[i]))
                 .map_err(after)?;
-            js[i].append(&Record::Applied(Direction::Forward)).map_err(Error::journal(&journals[i])).map_err(after)?;
             // Barrier: the base was synced by apply_forward; recording it lets recovery skip it.
-            js[i].sync().map_err(Error::journal(&journals[i])).map_err(after)?;
+            js[i]
+                .sync()
+                .map_err(Error::journal(&journals[i]))
+                .map_err(after)?;
         }
         self.host.step("applied");
         drop(overlays);
@@ -98,21 +162,41 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .images
             .iter()
             .zip(&plans)
-            .map(|(img, p)| HistoryImage { base: img.base.clone(), changed_bytes: p.changed_bytes() })
+            .map(|(img, p)| HistoryImage {
+                base: img.base.clone(),
+                changed_bytes: p.changed_bytes(),
+            })
             .collect();
-        self.log_outcome(Some(&m), &m.id, Outcome::Committed, images.clone()).map_err(after)?;
-        js[0].append(&Record::Logged).map_err(Error::journal(&journals[0])).map_err(after)?;
-        js[0].sync().map_err(Error::journal(&journals[0])).map_err(after)?;
+        self.log_outcome(Some(&m), &m.id, Outcome::Committed, images.clone())
+            .map_err(after)?;
+        js[0]
+            .append(&Record::Logged)
+            .map_err(Error::journal(&journals[0]))
+            .map_err(after)?;
+        js[0]
+            .sync()
+            .map_err(Error::journal(&journals[0]))
+            .map_err(after)?;
         self.host.step("logged");
         drop(js);
         let cleanup: Vec<(PathBuf, PathBuf, (u64, u64))> = m
             .images
             .iter()
-            .map(|i| (i.base.clone(), i.overlay.clone(), i.overlay_dev_ino.unwrap_or_default()))
+            .map(|i| {
+                (
+                    i.base.clone(),
+                    i.overlay.clone(),
+                    i.overlay_dev_ino.unwrap_or_default(),
+                )
+            })
             .collect();
-        self.cleanup_commit(&m.id, &cleanup, &journals).map_err(after)?;
+        self.cleanup_commit(&m.id, &cleanup, &journals)
+            .map_err(after)?;
         drop(fences);
-        Ok(CommitReport { id: m.id.clone(), images })
+        Ok(CommitReport {
+            id: m.id.clone(),
+            images,
+        })
     }
 
     /// Journals the intent of every image and saves the pre-images: everything before the
@@ -142,7 +226,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
             // created first and removed last, so a participant journal never exists without it.
             let mut j = TxJournal::<S>::create(&self.fs, &journals[i], &journal_identity(&m.id, i))
                 .map_err(Error::journal(&journals[i]))?;
-            j.append(&Record::Intent(intent)).map_err(Error::journal(&journals[i]))?;
+            j.append(&Record::Intent(intent))
+                .map_err(Error::journal(&journals[i]))?;
             // Barrier: the intent is durable before any pre-image or base write.
             j.sync().map_err(Error::journal(&journals[i]))?;
             js.push(j);
@@ -150,11 +235,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("intent");
         if !opts.no_undo {
             for (i, img) in m.images.iter().enumerate() {
-                let base = self.fs.open(&img.base, false).map_err(Error::io("open", &img.base))?;
-                let (old_len, ranges) = self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
+                let base = self
+                    .fs
+                    .open(&img.base, false)
+                    .map_err(Error::io("open", &img.base))?;
+                let (old_len, ranges) =
+                    self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
                 let undo_path = layout::undo(&img.base, &m.id)?;
-                let summary = undo::save(&self.fs, &base, &img.base, &undo_path, &m.id, old_len, &ranges)?;
-                js[i].append(&Record::Undo(summary)).map_err(Error::journal(&journals[i]))?;
+                let summary = undo::save(
+                    &self.fs, &base, &img.base, &undo_path, &m.id, old_len, &ranges,
+                )?;
+                js[i]
+                    .append(&Record::Undo(summary))
+                    .map_err(Error::journal(&journals[i]))?;
                 // Barrier: the journal vouches for the pre-images only once they are durable
                 // (undo::save synced them); this sync makes the voucher itself durable.
                 js[i].sync().map_err(Error::journal(&journals[i]))?;
@@ -169,7 +262,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
     pub(crate) fn discard_uncommitted(&self, tx: &str, journals: &[PathBuf]) -> Result<()> {
         for j in journals {
             let base_name = j.file_name().and_then(|n| n.to_str()).and_then(|n| {
-                n.strip_prefix('.').and_then(|n| n.strip_suffix(&format!(".{tx}.imgtx.journal")))
+                n.strip_prefix('.')
+                    .and_then(|n| n.strip_suffix(&format!(".{tx}.imgtx.journal")))
             });
             if let (Some(name), Ok(dir)) = (base_name, layout::dir_of(j)) {
                 if crate::state::remove_if_exists(&self.fs, &layout::undo(&dir.join(name), tx)?)? {
@@ -215,14 +309,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
     }
 
     /// The base byte ranges a commit can overwrite, and the base's current length.
-    fn preimage_ranges(&self, base: &S::File, path: &Path, format: Format, plan: &Plan) -> Result<(u64, Vec<(u64, u64)>)> {
+    fn preimage_ranges(
+        &self,
+        base: &S::File,
+        path: &Path,
+        format: Format,
+        plan: &Plan,
+    ) -> Result<(u64, Vec<(u64, u64)>)> {
         let len = base.len().map_err(Error::io("stat", path))?;
         let ranges = match format {
             Format::Raw => plan.raw_preimage_ranges(),
             Format::Qcow2 => {
                 let img = qcow::Image::open(Reader(base)).map_err(Error::qcow(path))?;
-                let guest: Vec<(qcow::GuestOffset, u64)> =
-                    plan.ranges().into_iter().map(|(o, l)| (qcow::GuestOffset(o), l)).collect();
+                let guest: Vec<(qcow::GuestOffset, u64)> = plan
+                    .ranges()
+                    .into_iter()
+                    .map(|(o, l)| (qcow::GuestOffset(o), l))
+                    .collect();
                 let inv = img.inventory(&guest).map_err(Error::qcow(path))?;
                 // Bytes past the current end need no pre-image: restoring the length drops them.
                 inv.ranges
@@ -250,38 +353,64 @@ impl<S: Fs, H: Host> Engine<S, H> {
     ) -> Result<()> {
         let total = plan.changed_bytes();
         let mut done = 0u64;
-        progress(Progress { image: index, done, total });
+        progress(Progress {
+            image: index,
+            done,
+            total,
+        });
         if format == Format::Qcow2 {
             self.host.qemu_img_commit(ov_path, base_path, format)?;
-            let base = self.fs.open(base_path, false).map_err(Error::io("open", base_path))?;
+            let base = self
+                .fs
+                .open(base_path, false)
+                .map_err(Error::io("open", base_path))?;
             // Barrier: the committed base must be durable before the journal says applied.
             base.sync_data().map_err(Error::io("sync", base_path))?;
-            progress(Progress { image: index, done: total, total });
+            progress(Progress {
+                image: index,
+                done: total,
+                total,
+            });
             return Ok(());
         }
         let img = qcow::Image::open(Reader(ov)).map_err(Error::qcow(ov_path))?;
-        let base = self.fs.open(base_path, true).map_err(Error::io("open for writing", base_path))?;
+        let base = self
+            .fs
+            .open(base_path, true)
+            .map_err(Error::io("open for writing", base_path))?;
         let len = base.len().map_err(Error::io("stat", base_path))?;
         if plan.new_len() > len {
             // Grow first: the undo record holds the old length, so a crash leaves a base
             // that undo truncates back and redo fills in.
-            base.set_len(plan.new_len()).map_err(Error::io("grow", base_path))?;
+            base.set_len(plan.new_len())
+                .map_err(Error::io("grow", base_path))?;
         }
         let mut buf = Vec::new();
         for step in &plan.steps {
             match step.action {
                 Action::Zero => {
-                    base.zero_range(step.offset, step.len).map_err(Error::io("zero a range of", base_path))?;
+                    base.zero_range(step.offset, step.len)
+                        .map_err(Error::io("zero a range of", base_path))?;
                     done += step.len;
-                    progress(Progress { image: index, done, total });
+                    progress(Progress {
+                        image: index,
+                        done,
+                        total,
+                    });
                 }
                 Action::Copy => {
                     for (offset, len) in chunks(&[(step.offset, step.len)], CHUNK) {
                         buf.resize(usize::try_from(len).unwrap_or(0), 0);
-                        img.read_at(&mut buf, qcow::GuestOffset(offset)).map_err(Error::qcow(ov_path))?;
-                        base.write_all_at(&buf, offset).map_err(Error::io("write", base_path))?;
+                        img.read_at(&mut buf, qcow::GuestOffset(offset))
+                            .map_err(Error::qcow(ov_path))?;
+                        base.write_all_at(&buf, offset)
+                            .map_err(Error::io("write", base_path))?;
                         done += len;
-                        progress(Progress { image: index, done, total });
+                        progress(Progress {
+                            image: index,
+                            done,
+                            total,
+                        });
                     }
                 }
             }
@@ -332,7 +461,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
         }
         for (base, overlay, dev_ino) in images {
-            let meta = self.fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
+            let meta = self
+                .fs
+                .metadata(overlay)
+                .map_err(Error::io("stat", overlay))?;
             // Only remove the file begin created; a stranger under that name is left alone.
             if meta.is_some_and(|x| (x.dev, x.ino) == *dev_ino || *dev_ino == (0, 0)) {
                 crate::state::remove_if_exists(&self.fs, overlay)?;
@@ -353,7 +485,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("journals-removed");
         if let Some(m) = self.state.load(&self.fs, tx)? {
             for img in &m.images {
-                self.state.release_base(&self.fs, img.base_id.dev, img.base_id.ino, tx)?;
+                self.state
+                    .release_base(&self.fs, img.base_id.dev, img.base_id.ino, tx)?;
             }
             self.state.remove_manifest(&self.fs, tx)?;
         }

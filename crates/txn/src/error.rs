@@ -101,7 +101,9 @@ pub enum Error {
         tx: String,
     },
     /// Another imgtx process works on this transaction right now.
-    #[error("transaction {tx} is being worked on by another imgtx process; try again when it finishes")]
+    #[error(
+        "transaction {tx} is being worked on by another imgtx process; try again when it finishes"
+    )]
     Locked {
         /// The transaction.
         tx: String,
@@ -185,13 +187,14 @@ impl Error {
     /// The class of this error.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Busy { .. } | Self::WaitTimedOut { .. } | Self::InUse { .. } | Self::Locked { .. } => {
-                ErrorClass::Busy
-            }
+            Self::Busy { .. }
+            | Self::WaitTimedOut { .. }
+            | Self::InUse { .. }
+            | Self::Locked { .. } => ErrorClass::Busy,
             Self::BaseChanged { .. } => ErrorClass::Conflict,
-            Self::RecoveryNeeded { .. } | Self::Interrupted { .. } | Self::CommitInterrupted { .. } => {
-                ErrorClass::RecoveryNeeded
-            }
+            Self::RecoveryNeeded { .. }
+            | Self::Interrupted { .. }
+            | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
             Self::NotFound { .. } => ErrorClass::NotFound,
             Self::AmbiguousFormat { .. }
             | Self::InvalidBase { .. }
@@ -199,13 +202,22 @@ impl Error {
             | Self::OverlayInvalid { .. }
             | Self::Qcow { .. } => ErrorClass::Invalid,
             Self::Io { .. } | Self::QemuImg { .. } => ErrorClass::Io,
-            Self::Journal { .. } | Self::Corrupt { .. } | Self::Unrecoverable { .. } => ErrorClass::Corrupt,
+            Self::Journal { .. } | Self::Corrupt { .. } | Self::Unrecoverable { .. } => {
+                ErrorClass::Corrupt
+            }
         }
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { action, path, source }
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
     }
 
     pub(crate) fn journal(path: impl Into<PathBuf>) -> impl FnOnce(journal::Error) -> Self {

@@ -68,8 +68,14 @@ pub struct History {
 
 /// Appends `entry` durably.
 pub fn append<S: Fs>(fs: &S, path: &Path, entry: &HistoryEntry) -> Result<()> {
-    let mut j = if fs.metadata(path).map_err(Error::io("stat", path))?.is_some() {
-        journal::Journal::<S::File, HistoryEntry>::open(fs, path).map_err(Error::journal(path))?.0
+    let mut j = if fs
+        .metadata(path)
+        .map_err(Error::io("stat", path))?
+        .is_some()
+    {
+        journal::Journal::<S::File, HistoryEntry>::open(fs, path)
+            .map_err(Error::journal(path))?
+            .0
     } else {
         journal::Journal::create(fs, path, IDENTITY).map_err(Error::journal(path))?
     };
@@ -80,13 +86,23 @@ pub fn append<S: Fs>(fs: &S, path: &Path, entry: &HistoryEntry) -> Result<()> {
 
 /// Reads the whole history; a torn tail is reported, not an error.
 pub fn read<S: Fs>(fs: &S, path: &Path) -> Result<History> {
-    if fs.metadata(path).map_err(Error::io("stat", path))?.is_none() {
-        return Ok(History { entries: Vec::new(), torn_bytes: None });
+    if fs
+        .metadata(path)
+        .map_err(Error::io("stat", path))?
+        .is_none()
+    {
+        return Ok(History {
+            entries: Vec::new(),
+            torn_bytes: None,
+        });
     }
     let replay = journal::read::<S, HistoryEntry>(fs, path).map_err(Error::journal(path))?;
     let torn_bytes = match replay.tail {
         journal::Tail::Clean => None,
         journal::Tail::Torn { discarded, .. } => Some(discarded),
     };
-    Ok(History { entries: replay.records, torn_bytes })
+    Ok(History {
+        entries: replay.records,
+        torn_bytes,
+    })
 }

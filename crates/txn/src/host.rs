@@ -62,7 +62,9 @@ impl OsHost {
     /// status 137 right after that step, as if killed. It exists for the kill tests only.
     pub fn from_env() -> Self {
         Self {
-            crash_after: std::env::var("IMGTX_TEST_CRASH_AFTER").ok().filter(|s| !s.is_empty()),
+            crash_after: std::env::var("IMGTX_TEST_CRASH_AFTER")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 }

@@ -87,7 +87,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 None => condition = Condition::InProgress,
                 Some(_guard) => {}
             }
-            out.push(TxStatus { condition, manifest });
+            out.push(TxStatus {
+                condition,
+                manifest,
+            });
         }
         Ok(out)
     }
@@ -97,8 +100,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let m = self.load_open(id)?;
         let mut out = Vec::new();
         for img in &m.images {
-            let ov = open_checked(&self.fs, id, &img.overlay, img.overlay_dev_ino, &img.base, img.base_format)?;
-            let meta = self.fs.metadata(&img.base).map_err(Error::io("stat", &img.base))?;
+            let ov = open_checked(
+                &self.fs,
+                id,
+                &img.overlay,
+                img.overlay_dev_ino,
+                &img.base,
+                img.base_format,
+            )?;
+            let meta = self
+                .fs
+                .metadata(&img.base)
+                .map_err(Error::io("stat", &img.base))?;
             let len = meta.map_or(img.base_id.size, |x| x.len);
             let plan = self.plan_of(id, &ov, &img.overlay, len, img.base_format, &img.base)?;
             out.push(ImageDiff {
@@ -117,7 +130,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
     pub fn log(&self, base: Option<&Path>) -> Result<History> {
         let mut h = crate::history::read(&self.fs, &self.state.history())?;
         if let Some(base) = base {
-            h.entries.retain(|e| e.images.iter().any(|i| i.base == base));
+            h.entries
+                .retain(|e| e.images.iter().any(|i| i.base == base));
         }
         Ok(h)
     }

@@ -48,7 +48,10 @@ pub fn undo(base: &Path, id: &str) -> Result<PathBuf> {
 
 /// The transaction id in a journal file name of `base`, if `file_name` is one.
 pub fn journal_id<'a>(base_name: &str, file_name: &'a str) -> Option<&'a str> {
-    let rest = file_name.strip_prefix('.')?.strip_prefix(base_name)?.strip_prefix('.')?;
+    let rest = file_name
+        .strip_prefix('.')?
+        .strip_prefix(base_name)?
+        .strip_prefix('.')?;
     let id = rest.strip_suffix(SUFFIX_JOURNAL)?;
     crate::state::valid_id(id).then_some(id)
 }
@@ -65,15 +68,30 @@ mod tests {
     #[test]
     fn files_sit_beside_the_base_and_name_the_transaction() {
         let b = Path::new("/d/b.img");
-        assert_eq!(overlay(b, "tx-0123456789").unwrap(), Path::new("/d/b.img.tx-0123456789.imgtx.qcow2"));
-        assert_eq!(journal(b, "tx-0123456789").unwrap(), Path::new("/d/.b.img.tx-0123456789.imgtx.journal"));
-        assert_eq!(undo(b, "tx-0123456789").unwrap(), Path::new("/d/.b.img.tx-0123456789.imgtx.undo"));
+        assert_eq!(
+            overlay(b, "tx-0123456789").unwrap(),
+            Path::new("/d/b.img.tx-0123456789.imgtx.qcow2")
+        );
+        assert_eq!(
+            journal(b, "tx-0123456789").unwrap(),
+            Path::new("/d/.b.img.tx-0123456789.imgtx.journal")
+        );
+        assert_eq!(
+            undo(b, "tx-0123456789").unwrap(),
+            Path::new("/d/.b.img.tx-0123456789.imgtx.undo")
+        );
     }
 
     #[test]
     fn journal_names_are_recognised_only_for_their_base() {
-        assert_eq!(journal_id("b.img", ".b.img.tx-0123456789.imgtx.journal"), Some("tx-0123456789"));
-        assert_eq!(journal_id("a.img", ".b.img.tx-0123456789.imgtx.journal"), None);
+        assert_eq!(
+            journal_id("b.img", ".b.img.tx-0123456789.imgtx.journal"),
+            Some("tx-0123456789")
+        );
+        assert_eq!(
+            journal_id("a.img", ".b.img.tx-0123456789.imgtx.journal"),
+            None
+        );
         assert_eq!(journal_id("b.img", ".b.img.tx-bad.imgtx.journal"), None);
     }
 

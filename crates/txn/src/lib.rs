@@ -39,8 +39,8 @@ pub use error::{Error, ErrorClass, Result};
 pub use history::{History, HistoryEntry, HistoryImage, Outcome};
 pub use host::{Host, OsGuard, OsHost};
 pub use inspect::{Condition, ImageDiff, TxStatus};
-pub use recover::{RecoverAction, RecoverOptions, RecoverReport};
 pub use record::Direction;
+pub use recover::{RecoverAction, RecoverOptions, RecoverReport};
 pub use state::{FileId, Format, ImageEntry, Manifest, TxState};
 
 /// How long `begin` waits for a base another transaction holds.
@@ -136,7 +136,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Refuses `base` when a journal of an interrupted commit lies beside it.
     fn check_no_interrupted(&self, base: &Path) -> Result<()> {
         if let Some(tx) = self.journals_beside(base)?.into_iter().next() {
-            return Err(Error::RecoveryNeeded { path: base.to_path_buf(), tx });
+            return Err(Error::RecoveryNeeded {
+                path: base.to_path_buf(),
+                tx,
+            });
         }
         Ok(())
     }
@@ -148,7 +151,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let entries = self.fs.read_dir(dir).map_err(Error::io("list", dir))?;
         let mut ids: Vec<String> = entries
             .iter()
-            .filter_map(|n| n.to_str().and_then(|n| layout::journal_id(name, n)).map(str::to_owned))
+            .filter_map(|n| {
+                n.to_str()
+                    .and_then(|n| layout::journal_id(name, n))
+                    .map(str::to_owned)
+            })
             .collect();
         ids.sort();
         Ok(ids)

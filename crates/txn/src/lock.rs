@@ -40,7 +40,9 @@ pub(crate) fn lock_exclusive(path: &Path, wait: bool) -> Result<Option<File>> {
                 Err(std::fs::TryLockError::Error(e)) => return Err(Error::io("lock", path)(e)),
             }
         }
-        let held = file.metadata().map_err(Error::io("stat the lock file", path))?;
+        let held = file
+            .metadata()
+            .map_err(Error::io("stat the lock file", path))?;
         match std::fs::metadata(path) {
             Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
             Ok(_) => {}
@@ -81,7 +83,9 @@ pub(crate) fn image_in_use(path: &Path) -> Result<bool> {
 /// Holds shared locks on the fence bytes of `path` through a new open file description.
 pub(crate) fn fence_image(path: &Path) -> Result<File> {
     if image_in_use(path)? {
-        return Err(Error::InUse { path: path.to_path_buf() });
+        return Err(Error::InUse {
+            path: path.to_path_buf(),
+        });
     }
     let file = open_read(path)?;
     for byte in FENCE_BYTES {
@@ -89,7 +93,9 @@ pub(crate) fn fence_image(path: &Path) -> Result<File> {
         match fcntl(&file, FcntlArg::F_OFD_SETLK(&lock)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
-                return Err(Error::InUse { path: path.to_path_buf() })
+                return Err(Error::InUse {
+                    path: path.to_path_buf(),
+                })
             }
             Err(e) => return Err(Error::io("lock qemu's lock bytes of", path)(e.into())),
         }

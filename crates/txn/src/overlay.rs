@@ -32,7 +32,11 @@ pub fn open_checked<S: Fs>(
     base: &Path,
     base_format: Format,
 ) -> Result<S::File> {
-    let bad = |reason: String| Error::OverlayInvalid { path: overlay.to_path_buf(), tx: tx.to_owned(), reason };
+    let bad = |reason: String| Error::OverlayInvalid {
+        path: overlay.to_path_buf(),
+        tx: tx.to_owned(),
+        reason,
+    };
     let meta = fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
     let meta = meta.ok_or_else(|| bad("it does not exist".into()))?;
     if meta.kind != FileKind::File {
@@ -41,15 +45,23 @@ pub fn open_checked<S: Fs>(
     if dev_ino.is_some_and(|di| di != (meta.dev, meta.ino)) {
         return Err(bad("it was replaced by another file".into()));
     }
-    let file = fs.open(overlay, false).map_err(Error::io("open", overlay))?;
+    let file = fs
+        .open(overlay, false)
+        .map_err(Error::io("open", overlay))?;
     {
-        let img = qcow::Image::open(Reader(&file)).map_err(|e| bad(format!("it is not a valid qcow2 image ({e})")))?;
+        let img = qcow::Image::open(Reader(&file))
+            .map_err(|e| bad(format!("it is not a valid qcow2 image ({e})")))?;
         let h = img.header();
         if h.backing_file.as_deref() != base.to_str() {
-            return Err(bad("its backing file is not the base it was created over".into()));
+            return Err(bad(
+                "its backing file is not the base it was created over".into()
+            ));
         }
         if h.backing_format.as_deref() != Some(base_format.as_str()) {
-            return Err(bad(format!("its backing format is not {}", base_format.as_str())));
+            return Err(bad(format!(
+                "its backing format is not {}",
+                base_format.as_str()
+            )));
         }
     }
     Ok(file)

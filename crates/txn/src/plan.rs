@@ -50,13 +50,24 @@ impl Plan {
             }
             let offset = e.guest.0;
             match steps.last_mut() {
-                Some(last) if last.action == action && last.offset.checked_add(last.len) == Some(offset) => {
+                Some(last)
+                    if last.action == action
+                        && last.offset.checked_add(last.len) == Some(offset) =>
+                {
                     last.len += e.len;
                 }
-                _ => steps.push(Step { offset, len: e.len, action }),
+                _ => steps.push(Step {
+                    offset,
+                    len: e.len,
+                    action,
+                }),
             }
         }
-        Self { old_len, virtual_size, steps }
+        Self {
+            old_len,
+            virtual_size,
+            steps,
+        }
     }
 
     /// The base length after a raw commit: a base grows to the overlay's size, never shrinks.
@@ -66,7 +77,10 @@ impl Plan {
 
     /// Total changed bytes.
     pub fn changed_bytes(&self) -> u64 {
-        self.steps.iter().map(|s| s.len).fold(0, u64::saturating_add)
+        self.steps
+            .iter()
+            .map(|s| s.len)
+            .fold(0, u64::saturating_add)
     }
 
     /// Guest ranges the commit writes, as (offset, len).
@@ -105,14 +119,30 @@ mod tests {
     use qcow::{Extent, ExtentKind, GuestOffset, HostOffset};
 
     fn ext(guest: u64, len: u64, kind: ExtentKind) -> Extent {
-        Extent { guest: GuestOffset(guest), len, kind }
+        Extent {
+            guest: GuestOffset(guest),
+            len,
+            kind,
+        }
     }
 
     #[test]
     fn unallocated_ranges_are_left_out_and_neighbours_merge() {
         let map = [
-            ext(0, 10, ExtentKind::Data { host: HostOffset(100) }),
-            ext(10, 10, ExtentKind::Data { host: HostOffset(500) }),
+            ext(
+                0,
+                10,
+                ExtentKind::Data {
+                    host: HostOffset(100),
+                },
+            ),
+            ext(
+                10,
+                10,
+                ExtentKind::Data {
+                    host: HostOffset(500),
+                },
+            ),
             ext(20, 10, ExtentKind::Unallocated),
             ext(30, 5, ExtentKind::Zero),
             ext(35, 5, ExtentKind::Zero),
@@ -121,8 +151,16 @@ mod tests {
         assert_eq!(
             plan.steps,
             vec![
-                Step { offset: 0, len: 20, action: Action::Copy },
-                Step { offset: 30, len: 10, action: Action::Zero },
+                Step {
+                    offset: 0,
+                    len: 20,
+                    action: Action::Copy
+                },
+                Step {
+                    offset: 30,
+                    len: 10,
+                    action: Action::Zero
+                },
             ]
         );
         assert_eq!(plan.changed_bytes(), 30);
@@ -130,7 +168,16 @@ mod tests {
 
     #[test]
     fn preimages_are_clipped_to_the_old_length() {
-        let map = [ext(0, 10, ExtentKind::Unallocated), ext(10, 30, ExtentKind::Data { host: HostOffset(0) })];
+        let map = [
+            ext(0, 10, ExtentKind::Unallocated),
+            ext(
+                10,
+                30,
+                ExtentKind::Data {
+                    host: HostOffset(0),
+                },
+            ),
+        ];
         let plan = Plan::from_map(20, 40, &map);
         assert_eq!(plan.raw_preimage_ranges(), vec![(10, 10)]);
         assert_eq!(plan.new_len(), 40);

@@ -117,7 +117,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Finishes or undoes every interrupted operation found beside `opts.paths` (or of every
     /// registered transaction when empty). Running it again does nothing more.
     pub fn recover(&self, opts: &RecoverOptions) -> Result<RecoverReport> {
-        let mut report = RecoverReport { dry_run: opts.dry_run, actions: Vec::new() };
+        let mut report = RecoverReport {
+            dry_run: opts.dry_run,
+            actions: Vec::new(),
+        };
         let ids = self.state.list(&self.fs)?;
         let mut manifests = Vec::new();
         for id in &ids {
@@ -126,7 +129,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
         }
         let bases: Vec<PathBuf> = if opts.paths.is_empty() {
-            manifests.iter().flat_map(|m| m.images.iter().map(|i| i.base.clone())).collect()
+            manifests
+                .iter()
+                .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
+                .collect()
         } else {
             opts.paths.clone()
         };
@@ -134,7 +140,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let mut commits: BTreeMap<String, PathBuf> = BTreeMap::new();
         for base in &bases {
             for tx in self.journals_beside(base)? {
-                commits.entry(tx.clone()).or_insert(layout::journal(base, &tx)?);
+                commits
+                    .entry(tx.clone())
+                    .or_insert(layout::journal(base, &tx)?);
             }
         }
         for (tx, journal) in &commits {
@@ -144,14 +152,22 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
         }
         let wanted = |m: &Manifest| {
-            opts.paths.is_empty() || m.images.iter().any(|i| opts.paths.iter().any(|p| self.same_file(p, &i.base)))
+            opts.paths.is_empty()
+                || m.images
+                    .iter()
+                    .any(|i| opts.paths.iter().any(|p| self.same_file(p, &i.base)))
         };
-        for m in manifests.iter().filter(|m| m.state != TxState::Open && wanted(m)) {
+        for m in manifests
+            .iter()
+            .filter(|m| m.state != TxState::Open && wanted(m))
+        {
             // A live begin or rollback holds the lock; only a dead one is cleaned up.
             let Some(_guard) = self.host.lock_exclusive(&self.state.lock(&m.id), false)? else {
                 continue;
             };
-            let Some(m) = self.state.load(&self.fs, &m.id)? else { continue };
+            let Some(m) = self.state.load(&self.fs, &m.id)? else {
+                continue;
+            };
             let action = match m.state {
                 TxState::Beginning => "cleaned_begin",
                 TxState::RollingBack => "finished_rollback",
@@ -166,10 +182,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         let images: Vec<_> = m
                             .images
                             .iter()
-                            .map(|i| (i.base.clone(), i.overlay.clone(), i.overlay_dev_ino.unwrap_or_default()))
+                            .map(|i| {
+                                (
+                                    i.base.clone(),
+                                    i.overlay.clone(),
+                                    i.overlay_dev_ino.unwrap_or_default(),
+                                )
+                            })
                             .collect();
-                        let journals =
-                            m.images.iter().map(|i| layout::journal(&i.base, &m.id)).collect::<Result<Vec<_>>>()?;
+                        let journals = m
+                            .images
+                            .iter()
+                            .map(|i| layout::journal(&i.base, &m.id))
+                            .collect::<Result<Vec<_>>>()?;
                         self.cleanup_commit(&m.id, &images, &journals)?;
                     }
                     TxState::Open => {}
@@ -188,7 +213,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     if !opts.dry_run {
                         self.state.remove_claim(&self.fs, &path)?;
                     }
-                    report.actions.push(RecoverAction { tx: holder, action: "removed_orphan_claim", bases: Vec::new() });
+                    report.actions.push(RecoverAction {
+                        tx: holder,
+                        action: "removed_orphan_claim",
+                        bases: Vec::new(),
+                    });
                 }
             }
         }
@@ -206,7 +235,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
     }
 
     fn read_image_journal(&self, path: &Path, tx: &str) -> Result<Option<ImageJournal>> {
-        if self.fs.metadata(path).map_err(Error::io("stat", path))?.is_none() {
+        if self
+            .fs
+            .metadata(path)
+            .map_err(Error::io("stat", path))?
+            .is_none()
+        {
             return Ok(None);
         }
         let replay = journal::read::<S, Record>(&self.fs, path).map_err(Error::journal(path))?;
@@ -222,7 +256,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }));
         };
         if intent.tx != tx {
-            return Err(Error::Corrupt { path: path.to_path_buf(), reason: format!("it belongs to {}", intent.tx) });
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("it belongs to {}", intent.tx),
+            });
         }
         let mut undo = None;
         let mut applied = Vec::new();
@@ -233,25 +270,38 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 _ => {}
             }
         }
-        Ok(Some(ImageJournal { path: path.to_path_buf(), intent, undo, applied }))
+        Ok(Some(ImageJournal {
+            path: path.to_path_buf(),
+            intent,
+            undo,
+            applied,
+        }))
     }
 
     fn load_commit_state(&self, tx: &str, some_journal: &Path) -> Result<CommitState> {
-        let first = self
-            .read_image_journal(some_journal, tx)?
-            .ok_or_else(|| Error::Invalid(format!("journal {} vanished", some_journal.display())))?;
+        let first = self.read_image_journal(some_journal, tx)?.ok_or_else(|| {
+            Error::Invalid(format!("journal {} vanished", some_journal.display()))
+        })?;
         let journals = if first.intent.journals.is_empty() {
             vec![some_journal.to_path_buf()]
         } else {
             first.intent.journals.clone()
         };
         let coordinator = &journals[0];
-        let replay = match self.fs.metadata(coordinator).map_err(Error::io("stat", coordinator))? {
-            Some(_) => journal::read::<S, Record>(&self.fs, coordinator).map_err(Error::journal(coordinator))?,
+        let replay = match self
+            .fs
+            .metadata(coordinator)
+            .map_err(Error::io("stat", coordinator))?
+        {
+            Some(_) => journal::read::<S, Record>(&self.fs, coordinator)
+                .map_err(Error::journal(coordinator))?,
             None => {
                 return Err(Error::Unrecoverable {
                     tx: tx.to_owned(),
-                    reason: format!("its coordinator journal {} is missing", coordinator.display()),
+                    reason: format!(
+                        "its coordinator journal {} is missing",
+                        coordinator.display()
+                    ),
                 })
             }
         };
@@ -261,21 +311,43 @@ impl<S: Fs, H: Host> Engine<S, H> {
             Record::Recovering(d) => Some(*d),
             _ => None,
         });
-        let images = journals.iter().map(|j| self.read_image_journal(j, tx)).collect::<Result<Vec<_>>>()?;
-        Ok(CommitState { tx: tx.to_owned(), journals, images, committed, logged, recorded })
+        let images = journals
+            .iter()
+            .map(|j| self.read_image_journal(j, tx))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CommitState {
+            tx: tx.to_owned(),
+            journals,
+            images,
+            committed,
+            logged,
+            recorded,
+        })
     }
 
-    fn recover_commit(&self, tx: &str, some_journal: &Path, opts: &RecoverOptions) -> Result<Option<RecoverAction>> {
+    fn recover_commit(
+        &self,
+        tx: &str,
+        some_journal: &Path,
+        opts: &RecoverOptions,
+    ) -> Result<Option<RecoverAction>> {
         let st = self.load_commit_state(tx, some_journal)?;
         let present: Vec<&ImageJournal> = st.images.iter().flatten().collect();
         let bases: Vec<PathBuf> = present.iter().map(|i| i.intent.base.clone()).collect();
-        let all_present = present.len() == st.journals.len() && present.iter().all(|i| !i.intent.journals.is_empty());
+        let all_present = present.len() == st.journals.len()
+            && present.iter().all(|i| !i.intent.journals.is_empty());
         let overlays_ok = all_present && present.iter().all(|i| self.overlay_still_good(&i.intent));
         let undo_available = all_present
             && present.iter().all(|i| {
                 i.intent.undo
                     && i.undo.as_ref().is_some_and(|s| {
-                        undo::verify(&self.fs, &layout::undo(&i.intent.base, tx).unwrap_or_default(), tx, s).is_ok()
+                        undo::verify(
+                            &self.fs,
+                            &layout::undo(&i.intent.base, tx).unwrap_or_default(),
+                            tx,
+                            s,
+                        )
+                        .is_ok()
                     })
             });
         if st.committed && !st.logged && !all_present {
@@ -300,10 +372,17 @@ impl<S: Fs, H: Host> Engine<S, H> {
             Decision::Go(Direction::Forward) => "recovered_forward",
             Decision::Go(Direction::Back) => "recovered_back",
             Decision::Refuse(reason) => {
-                return Err(Error::Unrecoverable { tx: tx.to_owned(), reason: reason.to_owned() })
+                return Err(Error::Unrecoverable {
+                    tx: tx.to_owned(),
+                    reason: reason.to_owned(),
+                })
             }
         };
-        let result = Some(RecoverAction { tx: tx.to_owned(), action, bases });
+        let result = Some(RecoverAction {
+            tx: tx.to_owned(),
+            action,
+            bases,
+        });
         if opts.dry_run {
             return Ok(result);
         }
@@ -326,8 +405,14 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 &intent.base,
                 intent.base_format,
             )?;
-            let plan =
-                self.plan_of(&intent.tx, &ov, &intent.overlay, intent.plan.old_len, intent.base_format, &intent.base)?;
+            let plan = self.plan_of(
+                &intent.tx,
+                &ov,
+                &intent.overlay,
+                intent.plan.old_len,
+                intent.base_format,
+                &intent.base,
+            )?;
             Ok(plan.steps == intent.plan.steps && plan.virtual_size == intent.plan.virtual_size)
         };
         match check() {
@@ -339,11 +424,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
         }
     }
 
-    fn recover_direction(&self, st: &CommitState, present: &[&ImageJournal], dir: Direction) -> Result<()> {
+    fn recover_direction(
+        &self,
+        st: &CommitState,
+        present: &[&ImageJournal],
+        dir: Direction,
+    ) -> Result<()> {
         let coordinator = &st.journals[0];
         if st.recorded != Some(dir) {
-            let (mut j, _) = TxJournal::<S>::open(&self.fs, coordinator).map_err(Error::journal(coordinator))?;
-            j.append(&Record::Recovering(dir)).map_err(Error::journal(coordinator))?;
+            let (mut j, _) =
+                TxJournal::<S>::open(&self.fs, coordinator).map_err(Error::journal(coordinator))?;
+            j.append(&Record::Recovering(dir))
+                .map_err(Error::journal(coordinator))?;
             // Barrier: the chosen direction is durable before any base write, so a rerun after
             // a crash continues the same way.
             j.sync().map_err(Error::journal(coordinator))?;
@@ -354,7 +446,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 continue;
             }
             let i = &img.intent;
-            let meta = self.fs.metadata(&i.base).map_err(Error::io("stat", &i.base))?;
+            let meta = self
+                .fs
+                .metadata(&i.base)
+                .map_err(Error::io("stat", &i.base))?;
             if meta.is_none_or(|m| (m.dev, m.ino) != i.base_dev_ino) {
                 return Err(Error::Unrecoverable {
                     tx: st.tx.clone(),
@@ -365,20 +460,47 @@ impl<S: Fs, H: Host> Engine<S, H> {
             match dir {
                 Direction::Forward => {
                     let _ov_fence = self.host.fence_image(&i.overlay)?;
-                    let ov = open_checked(&self.fs, &st.tx, &i.overlay, Some(i.overlay_dev_ino), &i.base, i.base_format)?;
-                    self.apply_forward(index, &ov, &i.overlay, &i.base, i.base_format, &i.plan, &mut |_| {})?;
+                    let ov = open_checked(
+                        &self.fs,
+                        &st.tx,
+                        &i.overlay,
+                        Some(i.overlay_dev_ino),
+                        &i.base,
+                        i.base_format,
+                    )?;
+                    self.apply_forward(
+                        index,
+                        &ov,
+                        &i.overlay,
+                        &i.base,
+                        i.base_format,
+                        &i.plan,
+                        &mut |_| {},
+                    )?;
                 }
                 Direction::Back => {
                     let summary = img.undo.as_ref().ok_or_else(|| Error::Unrecoverable {
                         tx: st.tx.clone(),
                         reason: "pre-images are missing".into(),
                     })?;
-                    let base = self.fs.open(&i.base, true).map_err(Error::io("open for writing", &i.base))?;
-                    undo::restore(&self.fs, &layout::undo(&i.base, &st.tx)?, &base, &i.base, &st.tx, summary)?;
+                    let base = self
+                        .fs
+                        .open(&i.base, true)
+                        .map_err(Error::io("open for writing", &i.base))?;
+                    undo::restore(
+                        &self.fs,
+                        &layout::undo(&i.base, &st.tx)?,
+                        &base,
+                        &i.base,
+                        &st.tx,
+                        summary,
+                    )?;
                 }
             }
-            let (mut j, _) = TxJournal::<S>::open(&self.fs, &img.path).map_err(Error::journal(&img.path))?;
-            j.append(&Record::Applied(dir)).map_err(Error::journal(&img.path))?;
+            let (mut j, _) =
+                TxJournal::<S>::open(&self.fs, &img.path).map_err(Error::journal(&img.path))?;
+            j.append(&Record::Applied(dir))
+                .map_err(Error::journal(&img.path))?;
             // Barrier: the base was synced; recording it lets a rerun skip this image.
             j.sync().map_err(Error::journal(&img.path))?;
             self.host.step("recover-applied");
@@ -389,17 +511,28 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 Outcome::RecoveredForward,
                 present
                     .iter()
-                    .map(|i| HistoryImage { base: i.intent.base.clone(), changed_bytes: i.intent.plan.changed_bytes() })
+                    .map(|i| HistoryImage {
+                        base: i.intent.base.clone(),
+                        changed_bytes: i.intent.plan.changed_bytes(),
+                    })
                     .collect(),
             ),
             Direction::Back => (
                 Outcome::RecoveredBack,
-                present.iter().map(|i| HistoryImage { base: i.intent.base.clone(), changed_bytes: 0 }).collect(),
+                present
+                    .iter()
+                    .map(|i| HistoryImage {
+                        base: i.intent.base.clone(),
+                        changed_bytes: 0,
+                    })
+                    .collect(),
             ),
         };
         self.log_outcome(manifest.as_ref(), &st.tx, outcome, images)?;
-        let (mut j, _) = TxJournal::<S>::open(&self.fs, coordinator).map_err(Error::journal(coordinator))?;
-        j.append(&Record::Logged).map_err(Error::journal(coordinator))?;
+        let (mut j, _) =
+            TxJournal::<S>::open(&self.fs, coordinator).map_err(Error::journal(coordinator))?;
+        j.append(&Record::Logged)
+            .map_err(Error::journal(coordinator))?;
         j.sync().map_err(Error::journal(coordinator))?;
         drop(j);
         self.host.step("recover-logged");
@@ -412,7 +545,13 @@ fn cleanup_list(present: &[&ImageJournal]) -> Vec<(PathBuf, PathBuf, (u64, u64))
     present
         .iter()
         .filter(|i| !i.intent.journals.is_empty())
-        .map(|i| (i.intent.base.clone(), i.intent.overlay.clone(), i.intent.overlay_dev_ino))
+        .map(|i| {
+            (
+                i.intent.base.clone(),
+                i.intent.overlay.clone(),
+                i.intent.overlay_dev_ino,
+            )
+        })
         .collect()
 }
 
@@ -429,7 +568,11 @@ impl Intent {
             overlay: PathBuf::new(),
             overlay_dev_ino: (0, 0),
             undo: false,
-            plan: crate::plan::Plan { old_len: 0, virtual_size: 0, steps: Vec::new() },
+            plan: crate::plan::Plan {
+                old_len: 0,
+                virtual_size: 0,
+                steps: Vec::new(),
+            },
         }
     }
 }
@@ -451,7 +594,14 @@ mod tests {
 
     #[test]
     fn an_uncommitted_commit_is_discarded_whatever_was_asked() {
-        assert_eq!(decide(Facts { committed: false, want_undo: true, ..facts() }), Decision::Discard);
+        assert_eq!(
+            decide(Facts {
+                committed: false,
+                want_undo: true,
+                ..facts()
+            }),
+            Decision::Discard
+        );
     }
 
     #[test]
@@ -461,25 +611,58 @@ mod tests {
 
     #[test]
     fn undo_is_chosen_when_asked_or_when_an_overlay_is_bad() {
-        assert_eq!(decide(Facts { want_undo: true, ..facts() }), Decision::Go(Direction::Back));
-        assert_eq!(decide(Facts { overlays_ok: false, ..facts() }), Decision::Go(Direction::Back));
+        assert_eq!(
+            decide(Facts {
+                want_undo: true,
+                ..facts()
+            }),
+            Decision::Go(Direction::Back)
+        );
+        assert_eq!(
+            decide(Facts {
+                overlays_ok: false,
+                ..facts()
+            }),
+            Decision::Go(Direction::Back)
+        );
     }
 
     #[test]
     fn a_recorded_undo_is_continued_even_without_asking() {
-        assert_eq!(decide(Facts { recorded: Some(Direction::Back), ..facts() }), Decision::Go(Direction::Back));
+        assert_eq!(
+            decide(Facts {
+                recorded: Some(Direction::Back),
+                ..facts()
+            }),
+            Decision::Go(Direction::Back)
+        );
     }
 
     #[test]
     fn no_pre_images_and_a_bad_overlay_refuse_to_touch_anything() {
-        let f = Facts { overlays_ok: false, undo_available: false, ..facts() };
+        let f = Facts {
+            overlays_ok: false,
+            undo_available: false,
+            ..facts()
+        };
         assert!(matches!(decide(f), Decision::Refuse(_)));
-        let f = Facts { want_undo: true, undo_available: false, ..facts() };
+        let f = Facts {
+            want_undo: true,
+            undo_available: false,
+            ..facts()
+        };
         assert!(matches!(decide(f), Decision::Refuse(_)));
     }
 
     #[test]
     fn a_logged_outcome_only_needs_cleanup() {
-        assert_eq!(decide(Facts { logged: true, overlays_ok: false, ..facts() }), Decision::Cleanup);
+        assert_eq!(
+            decide(Facts {
+                logged: true,
+                overlays_ok: false,
+                ..facts()
+            }),
+            Decision::Cleanup
+        );
     }
 }

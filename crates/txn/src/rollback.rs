@@ -11,22 +11,42 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Rolls transaction `id` back: removes its overlays, claims and registration.
     pub fn rollback(&self, id: &str) -> Result<()> {
         let _guard = self.lock_tx(id)?;
-        let mut m = self.state.load(&self.fs, id)?.ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
+        let mut m = self
+            .state
+            .load(&self.fs, id)?
+            .ok_or_else(|| Error::NotFound { tx: id.to_owned() })?;
         match m.state {
-            TxState::Beginning => return Err(Error::Interrupted { tx: id.to_owned(), doing: "beginning" }),
+            TxState::Beginning => {
+                return Err(Error::Interrupted {
+                    tx: id.to_owned(),
+                    doing: "beginning",
+                })
+            }
             TxState::Finished => {
-                return Err(Error::Interrupted { tx: id.to_owned(), doing: "cleaning up after its commit" })
+                return Err(Error::Interrupted {
+                    tx: id.to_owned(),
+                    doing: "cleaning up after its commit",
+                })
             }
             TxState::Open | TxState::RollingBack => {}
         }
         for img in &m.images {
             if self.journals_beside(&img.base)?.iter().any(|t| t == id) {
-                return Err(Error::RecoveryNeeded { path: img.base.clone(), tx: id.to_owned() });
+                return Err(Error::RecoveryNeeded {
+                    path: img.base.clone(),
+                    tx: id.to_owned(),
+                });
             }
-            if self.fs.metadata(&img.overlay).map_err(Error::io("stat", &img.overlay))?.is_some()
+            if self
+                .fs
+                .metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?
+                .is_some()
                 && self.host.image_in_use(&img.overlay)?
             {
-                return Err(Error::InUse { path: img.overlay.clone() });
+                return Err(Error::InUse {
+                    path: img.overlay.clone(),
+                });
             }
         }
         if m.state != TxState::RollingBack {
@@ -44,7 +64,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Removes the overlays of a transaction marked rolling back, logs it, and unregisters it.
     pub(crate) fn finish_rollback(&self, m: &Manifest) -> Result<()> {
         for img in &m.images {
-            let meta = self.fs.metadata(&img.overlay).map_err(Error::io("stat", &img.overlay))?;
+            let meta = self
+                .fs
+                .metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?;
             if meta.is_some_and(|x| img.overlay_dev_ino.is_none_or(|di| di == (x.dev, x.ino))) {
                 crate::state::remove_if_exists(&self.fs, &img.overlay)?;
                 let dir = layout::dir_of(&img.overlay)?;
@@ -53,10 +76,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
             }
         }
         self.host.step("rollback-overlays");
-        let images = m.images.iter().map(|i| HistoryImage { base: i.base.clone(), changed_bytes: 0 }).collect();
+        let images = m
+            .images
+            .iter()
+            .map(|i| HistoryImage {
+                base: i.base.clone(),
+                changed_bytes: 0,
+            })
+            .collect();
         self.log_outcome(Some(m), &m.id, Outcome::RolledBack, images)?;
         for img in &m.images {
-            self.state.release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
+            self.state
+                .release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
         }
         self.state.remove_manifest(&self.fs, &m.id)
     }

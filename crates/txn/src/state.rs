@@ -140,7 +140,8 @@ impl StateDir {
     /// Creates the directory tree (0700) if missing.
     pub fn create<S: Fs>(&self, fs: &S) -> Result<()> {
         for dir in [self.root.clone(), self.txns(), self.claims(), self.locks()] {
-            fs.create_dir(&dir).map_err(Error::io("create the state directory", &dir))?;
+            fs.create_dir(&dir)
+                .map_err(Error::io("create the state directory", &dir))?;
         }
         Ok(())
     }
@@ -184,7 +185,11 @@ impl StateDir {
             .read_dir(&dir)
             .map_err(Error::io("list", &dir))?
             .into_iter()
-            .filter_map(|n| n.to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+            .filter_map(|n| {
+                n.to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .map(str::to_owned)
+            })
             .filter(|id| valid_id(id))
             .collect();
         ids.sort();
@@ -219,7 +224,10 @@ impl StateDir {
             reason: format!("not a transaction manifest ({e})"),
         })?;
         if m.id != id || m.images.is_empty() {
-            return Err(Error::Corrupt { path, reason: "the manifest does not match its name".into() });
+            return Err(Error::Corrupt {
+                path,
+                reason: "the manifest does not match its name".into(),
+            });
         }
         Ok(Some(m))
     }
@@ -236,33 +244,45 @@ impl StateDir {
             _ => {}
         }
         let f = fs.create_new(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all_at(&bytes, 0).map_err(Error::io("write", &tmp))?;
+        f.write_all_at(&bytes, 0)
+            .map_err(Error::io("write", &tmp))?;
         // Barrier: the new content must be durable before the rename can make it visible,
         // or a crash could leave the manifest name pointing at an empty file.
         f.sync_data().map_err(Error::io("sync", &tmp))?;
         drop(f);
-        fs.rename(&tmp, &path).map_err(Error::io("rename into place", &path))?;
+        fs.rename(&tmp, &path)
+            .map_err(Error::io("rename into place", &path))?;
         // Barrier: the rename itself is durable only once the directory is synced.
-        fs.sync_dir(&self.txns()).map_err(Error::io("sync", self.txns()))
+        fs.sync_dir(&self.txns())
+            .map_err(Error::io("sync", self.txns()))
     }
 
     /// Removes the manifest durably.
     pub fn remove_manifest<S: Fs>(&self, fs: &S, id: &str) -> Result<()> {
         remove_if_exists(fs, &self.manifest(id))?;
         // Barrier: the transaction is gone only once its manifest's removal is durable.
-        fs.sync_dir(&self.txns()).map_err(Error::io("sync", self.txns()))
+        fs.sync_dir(&self.txns())
+            .map_err(Error::io("sync", self.txns()))
     }
 
     /// Claims the base with `(dev, ino)` for `id`. `Ok(Err(holder))` when it is claimed already.
-    pub fn claim_base<S: Fs>(&self, fs: &S, dev: u64, ino: u64, id: &str) -> Result<Result<(), String>> {
+    pub fn claim_base<S: Fs>(
+        &self,
+        fs: &S,
+        dev: u64,
+        ino: u64,
+        id: &str,
+    ) -> Result<Result<(), String>> {
         let path = self.claim(dev, ino);
         match fs.create_new(&path) {
             Ok(f) => {
-                f.write_all_at(id.as_bytes(), 0).map_err(Error::io("write", &path))?;
+                f.write_all_at(id.as_bytes(), 0)
+                    .map_err(Error::io("write", &path))?;
                 // Barrier: a claim must survive a crash, or a second transaction could take
                 // the same base while the first still has an overlay over it.
                 f.sync_data().map_err(Error::io("sync", &path))?;
-                fs.sync_dir(&self.claims()).map_err(Error::io("sync", self.claims()))?;
+                fs.sync_dir(&self.claims())
+                    .map_err(Error::io("sync", self.claims()))?;
                 Ok(Ok(()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -281,7 +301,8 @@ impl StateDir {
                 remove_if_exists(fs, &path)?;
                 // Barrier: the release must be durable before the manifest goes, so a claim
                 // never outlives the manifest that explains it.
-                fs.sync_dir(&self.claims()).map_err(Error::io("sync", self.claims()))?;
+                fs.sync_dir(&self.claims())
+                    .map_err(Error::io("sync", self.claims()))?;
             }
         }
         Ok(())
@@ -290,14 +311,18 @@ impl StateDir {
     /// Removes a claim whatever holds it (used by recover for orphans).
     pub fn remove_claim<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
         remove_if_exists(fs, path)?;
-        fs.sync_dir(&self.claims()).map_err(Error::io("sync", self.claims()))
+        fs.sync_dir(&self.claims())
+            .map_err(Error::io("sync", self.claims()))
     }
 }
 
 /// True for ids imgtx generates: `tx-` and ten lowercase hex digits.
 pub fn valid_id(id: &str) -> bool {
-    id.strip_prefix("tx-")
-        .is_some_and(|h| h.len() == 10 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    id.strip_prefix("tx-").is_some_and(|h| {
+        h.len() == 10
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 /// Reads a small regular file whole; `Ok(None)` when missing.
@@ -307,7 +332,10 @@ pub(crate) fn read_small<S: Fs>(fs: &S, path: &Path) -> Result<Option<Vec<u8>>> 
         return Ok(None);
     };
     if meta.kind != FileKind::File || meta.len > MAX {
-        return Err(Error::Corrupt { path: path.to_path_buf(), reason: "not a small regular file".into() });
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: "not a small regular file".into(),
+        });
     }
     let f = match fs.open(path, false) {
         Ok(f) => f,
@@ -316,7 +344,8 @@ pub(crate) fn read_small<S: Fs>(fs: &S, path: &Path) -> Result<Option<Vec<u8>>> 
     };
     let len = f.len().map_err(Error::io("stat", path))?.min(MAX);
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    f.read_exact_at(&mut buf, 0).map_err(Error::io("read", path))?;
+    f.read_exact_at(&mut buf, 0)
+        .map_err(Error::io("read", path))?;
     Ok(Some(buf))
 }
 
@@ -348,7 +377,12 @@ mod tests {
                 base: "/d/b.img".into(),
                 base_format: Format::Raw,
                 overlay: "/d/b.img.tx-0123456789.imgtx.qcow2".into(),
-                base_id: FileId { dev: 1, ino: 2, size: 3, mtime_ns: 4 },
+                base_id: FileId {
+                    dev: 1,
+                    ino: 2,
+                    size: 3,
+                    mtime_ns: 4,
+                },
                 overlay_dev_ino: Some((1, 5)),
             }],
         }
@@ -369,8 +403,14 @@ mod tests {
         let sd = StateDir::new(dir.path().join("state"));
         sd.create(&storage::OsFs).unwrap();
         sd.save(&storage::OsFs, &sample()).unwrap();
-        assert_eq!(sd.load(&storage::OsFs, "tx-0123456789").unwrap(), Some(sample()));
-        assert_eq!(sd.list(&storage::OsFs).unwrap(), vec!["tx-0123456789".to_owned()]);
+        assert_eq!(
+            sd.load(&storage::OsFs, "tx-0123456789").unwrap(),
+            Some(sample())
+        );
+        assert_eq!(
+            sd.list(&storage::OsFs).unwrap(),
+            vec!["tx-0123456789".to_owned()]
+        );
     }
 
     #[test]
@@ -382,8 +422,16 @@ mod tests {
 
     #[test]
     fn identity_difference_names_what_changed() {
-        let a = FileId { dev: 1, ino: 2, size: 3, mtime_ns: 4 };
+        let a = FileId {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime_ns: 4,
+        };
         assert_eq!(a.difference(&a), None);
-        assert!(a.difference(&FileId { size: 9, ..a }).unwrap().contains("size"));
+        assert!(a
+            .difference(&FileId { size: 9, ..a })
+            .unwrap()
+            .contains("size"));
     }
 }

@@ -39,25 +39,36 @@ pub fn save<S: Fs>(
 ) -> Result<UndoSummary> {
     // A leftover from an attempt that died before its summary was journaled is worthless.
     crate::state::remove_if_exists(fs, path)?;
-    let out = fs.create_new(path).map_err(Error::io("create the pre-image file", path))?;
+    let out = fs
+        .create_new(path)
+        .map_err(Error::io("create the pre-image file", path))?;
     let mut header = Vec::with_capacity(16);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&old_len.to_le_bytes());
-    out.write_all_at(&header, 0).map_err(Error::io("write", path))?;
+    out.write_all_at(&header, 0)
+        .map_err(Error::io("write", path))?;
     let mut pos = HEADER;
-    let mut summary = UndoSummary { old_len, entries: 0, bytes: 0, file_len: 0 };
+    let mut summary = UndoSummary {
+        old_len,
+        entries: 0,
+        bytes: 0,
+        file_len: 0,
+    };
     let mut buf = Vec::new();
     for (offset, len) in chunks(ranges, CHUNK) {
         buf.resize(usize::try_from(len).unwrap_or(0), 0);
-        base.read_exact_at(&mut buf, offset).map_err(Error::io("read the old content of", base_path))?;
+        base.read_exact_at(&mut buf, offset)
+            .map_err(Error::io("read the old content of", base_path))?;
         let mut head = Vec::with_capacity(24);
         head.extend_from_slice(&offset.to_le_bytes());
         head.extend_from_slice(&len.to_le_bytes());
         head.extend_from_slice(&crc32fast::hash(&buf).to_le_bytes());
         let c = entry_crc(&head, tx);
         head.extend_from_slice(&c.to_le_bytes());
-        out.write_all_at(&head, pos).map_err(Error::io("write", path))?;
-        out.write_all_at(&buf, pos + ENTRY_HEADER).map_err(Error::io("write", path))?;
+        out.write_all_at(&head, pos)
+            .map_err(Error::io("write", path))?;
+        out.write_all_at(&buf, pos + ENTRY_HEADER)
+            .map_err(Error::io("write", path))?;
         pos += ENTRY_HEADER + len;
         summary.entries += 1;
         summary.bytes += len;
@@ -79,13 +90,20 @@ struct Entry {
 }
 
 fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result<Vec<Entry>> {
-    let bad = |reason: String| Error::Corrupt { path: path.to_path_buf(), reason };
+    let bad = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
     let len = f.len().map_err(Error::io("stat", path))?;
     if len != s.file_len {
-        return Err(bad(format!("its length is {len:#x}, the journal says {:#x}", s.file_len)));
+        return Err(bad(format!(
+            "its length is {len:#x}, the journal says {:#x}",
+            s.file_len
+        )));
     }
     let mut header = [0u8; 16];
-    f.read_exact_at(&mut header, 0).map_err(Error::io("read", path))?;
+    f.read_exact_at(&mut header, 0)
+        .map_err(Error::io("read", path))?;
     if &header[..8] != MAGIC || header[8..] != s.old_len.to_le_bytes() {
         return Err(bad("its header does not match the journal".into()));
     }
@@ -94,7 +112,8 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
     let mut bytes = 0u64;
     while pos < len {
         let mut head = [0u8; 24];
-        f.read_exact_at(&mut head, pos).map_err(Error::io("read", path))?;
+        f.read_exact_at(&mut head, pos)
+            .map_err(Error::io("read", path))?;
         let field = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
         let (offset, n) = (field(0), field(8));
         let crc = u32::from_le_bytes(head[16..20].try_into().unwrap_or([0; 4]));
@@ -106,7 +125,12 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
         let fits = offset.checked_add(n).is_some_and(|e| e <= s.old_len);
         match end {
             Some(end) if end <= len && n <= CHUNK && fits => {
-                out.push(Entry { offset, len: n, crc, data_at: pos + ENTRY_HEADER });
+                out.push(Entry {
+                    offset,
+                    len: n,
+                    crc,
+                    data_at: pos + ENTRY_HEADER,
+                });
                 bytes += n;
                 pos = end;
             }
@@ -121,11 +145,14 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
 
 /// Checks that the pre-image file is whole and matches `summary`, reading it all.
 pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Result<()> {
-    let f = fs.open(path, false).map_err(Error::io("open the pre-image file", path))?;
+    let f = fs
+        .open(path, false)
+        .map_err(Error::io("open the pre-image file", path))?;
     let mut buf = Vec::new();
     for e in entries::<S>(&f, path, tx, summary)? {
         buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
-        f.read_exact_at(&mut buf, e.data_at).map_err(Error::io("read", path))?;
+        f.read_exact_at(&mut buf, e.data_at)
+            .map_err(Error::io("read", path))?;
         if crc32fast::hash(&buf) != e.crc {
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
@@ -147,17 +174,25 @@ pub fn restore<S: Fs>(
     summary: &UndoSummary,
 ) -> Result<()> {
     verify(fs, path, tx, summary)?;
-    let f = fs.open(path, false).map_err(Error::io("open the pre-image file", path))?;
+    let f = fs
+        .open(path, false)
+        .map_err(Error::io("open the pre-image file", path))?;
     let mut buf = Vec::new();
     for e in entries::<S>(&f, path, tx, summary)? {
         buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
-        f.read_exact_at(&mut buf, e.data_at).map_err(Error::io("read", path))?;
+        f.read_exact_at(&mut buf, e.data_at)
+            .map_err(Error::io("read", path))?;
         if crc32fast::hash(&buf) != e.crc {
-            return Err(Error::Corrupt { path: path.to_path_buf(), reason: "it changed while being read".into() });
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: "it changed while being read".into(),
+            });
         }
-        base.write_all_at(&buf, e.offset).map_err(Error::io("write the old content back into", base_path))?;
+        base.write_all_at(&buf, e.offset)
+            .map_err(Error::io("write the old content back into", base_path))?;
     }
-    base.set_len(summary.old_len).map_err(Error::io("restore the length of", base_path))?;
+    base.set_len(summary.old_len)
+        .map_err(Error::io("restore the length of", base_path))?;
     // Barrier: the restored base must be durable before the journal records it as applied.
     base.sync_data().map_err(Error::io("sync", base_path))
 }
@@ -176,8 +211,16 @@ mod tests {
         let base = fs.create_new(&base_path).unwrap();
         let old: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         base.write_all_at(&old, 0).unwrap();
-        let s = save(&fs, &base, &base_path, &undo_path, "tx-0123456789", 100_000, &[(10, 500), (90_000, 10_000)])
-            .unwrap();
+        let s = save(
+            &fs,
+            &base,
+            &base_path,
+            &undo_path,
+            "tx-0123456789",
+            100_000,
+            &[(10, 500), (90_000, 10_000)],
+        )
+        .unwrap();
 
         base.write_all_at(&[0xab; 20_000], 85_000).unwrap();
         base.write_all_at(&[0xcd; 100], 0).unwrap();
@@ -199,7 +242,16 @@ mod tests {
         let fs = OsFs;
         let base = fs.create_new(&base_path).unwrap();
         base.write_all_at(&[7; 4096], 0).unwrap();
-        let s = save(&fs, &base, &base_path, &undo_path, "tx-0123456789", 4096, &[(0, 4096)]).unwrap();
+        let s = save(
+            &fs,
+            &base,
+            &base_path,
+            &undo_path,
+            "tx-0123456789",
+            4096,
+            &[(0, 4096)],
+        )
+        .unwrap();
         assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s).is_err());
         assert!(verify(&fs, &undo_path, "tx-0123456789", &s).is_ok());
     }
