@@ -9,6 +9,9 @@
 //! valid frame belongs to the same unsynced batch as `n` (the disk may persist unsynced writes
 //! in any order), so the whole tail from `X` is "never written": a torn tail.
 //!
+//! The scan checksums at most twice the tail's length (plus 1 MiB) of candidate payloads, so it
+//! stays linear on a crafted tail; past that budget it refuses (corruption), never truncates.
+//!
 //! Limits: damage inside the last synced batch, when nothing was appended after its sync, looks
 //! exactly like a torn tail and is treated as one (no later record exists to testify that the
 //! batch was synced). Stale frames of an earlier log never validate (their nonce differs).
@@ -121,6 +124,9 @@ struct Reader<'a, F> {
 }
 
 const CHUNK: u64 = 256 * 1024;
+
+/// Payload bytes the damage scan may checksum beyond twice the tail's length.
+const SCAN_SLACK: u64 = 1 << 20;
 
 impl<'a, F: File> Reader<'a, F> {
     fn new(file: &'a F, file_len: u64) -> Self {
@@ -307,11 +313,40 @@ fn classify_damage<F: File>(
 ) -> std::io::Result<Option<String>> {
     // No log holds more records than frames fit in its tail, which bounds a plausible sequence
     // number; together with the CRC this makes garbage that happens to validate vanishingly rare.
-    let max_seq = next.saturating_add((r.file_len - bad_off) / FRAME_HEADER_LEN);
+    let tail = r.file_len - bad_off;
+    let max_seq = next.saturating_add(tail / FRAME_HEADER_LEN);
+    // Checksumming a candidate's payload is the expensive step. Genuine frames of an unsynced
+    // batch do not overlap, so their payloads add up to less than the tail; a budget of twice
+    // that keeps the scan linear even when a crafted tail makes every offset look plausible.
+    let budget = std::cell::Cell::new(tail.saturating_mul(2).saturating_add(SCAN_SLACK));
+    let exhausted = std::cell::Cell::new(false);
     let mut y = bad_off + ALIGN;
     while y + FRAME_HEADER_LEN <= r.file_len {
-        let plausible = |h: &FrameHeader| h.seq <= max_seq && h.synced <= h.seq;
-        if let Ok(f) = read_frame(r, nonce, y, plausible)? {
+        let plausible = |h: &FrameHeader| {
+            if h.seq > max_seq || h.synced > h.seq {
+                return false;
+            }
+            match budget.get().checked_sub(u64::from(h.len)) {
+                Some(left) => {
+                    budget.set(left);
+                    true
+                }
+                None => {
+                    exhausted.set(true);
+                    false
+                }
+            }
+        };
+        let frame = read_frame(r, nonce, y, plausible)?;
+        if exhausted.get() {
+            // Fail closed: refusing keeps the file for a human; truncating might drop
+            // durable records.
+            return Ok(Some(format!(
+                "the {tail} bytes after it hold too many plausible record headers to tell a \
+                 torn tail from corruption"
+            )));
+        }
+        if let Ok(f) = frame {
             if f.head.seq <= next {
                 return Ok(Some(format!(
                     "a valid record {} at {y:#x} repeats or precedes it",

@@ -348,3 +348,23 @@ fn remove_is_durable() {
 
     assert_eq!(fs.read_durable(PATH), None);
 }
+
+#[test]
+fn a_tail_crafted_to_make_the_scan_quadratic_is_refused_in_linear_time() {
+    // Arrange: after one record, 2 MiB where every aligned offset reads as a plausible frame
+    // header (length 60000, seq = synced = 60000) whose checksum fails.
+    let (mut bytes, _) = build(&records(1, 8), true);
+    let mut pattern = [0u8; 8];
+    pattern[..4].copy_from_slice(&60_000u32.to_le_bytes());
+    for _ in 0..(2 << 20) / 8 {
+        bytes.extend_from_slice(&pattern);
+    }
+    let started = std::time::Instant::now();
+
+    // Act
+    let err = read(&disk(&bytes)).unwrap_err();
+
+    // Assert: fail closed, without checksumming 60 KB at each of 262,144 offsets.
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
