@@ -441,6 +441,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             images,
             command: m.and_then(|m| m.command.clone()),
         };
+        let _lock = self.host.lock_exclusive(&self.state.history_lock(), true)?;
         crate::history::append(&self.fs, &self.state.history(), &entry)
     }
 

@@ -66,18 +66,18 @@ pub struct History {
     pub torn_bytes: Option<u64>,
 }
 
-/// Appends `entry` durably.
+/// Appends `entry` durably. The caller holds the history lock.
 pub fn append<S: Fs>(fs: &S, path: &Path, entry: &HistoryEntry) -> Result<()> {
-    let mut j = if fs
-        .metadata(path)
-        .map_err(Error::io("stat", path))?
-        .is_some()
-    {
-        journal::Journal::<S::File, HistoryEntry>::open(fs, path)
-            .map_err(Error::journal(path))?
-            .0
-    } else {
-        journal::Journal::create(fs, path, IDENTITY).map_err(Error::journal(path))?
+    type J<F> = journal::Journal<F, HistoryEntry>;
+    let mut j = match J::<S::File>::open_or_create(fs, path, IDENTITY) {
+        Ok((j, _)) => j,
+        Err(e) if never_written(fs, path, &e) => {
+            // Its creation was interrupted, so it never held an entry; under the history
+            // lock nobody else is creating it now.
+            crate::state::remove_if_exists(fs, path)?;
+            J::<S::File>::create(fs, path, IDENTITY).map_err(Error::journal(path))?
+        }
+        Err(e) => return Err(Error::journal(path)(e)),
     };
     j.append(entry).map_err(Error::journal(path))?;
     // Barrier: the entry is durable before the operation reports success.
@@ -96,7 +96,16 @@ pub fn read<S: Fs>(fs: &S, path: &Path) -> Result<History> {
             torn_bytes: None,
         });
     }
-    let replay = journal::read::<S, HistoryEntry>(fs, path).map_err(Error::journal(path))?;
+    let replay = match journal::read::<S, HistoryEntry>(fs, path) {
+        Ok(r) => r,
+        Err(e) if never_written(fs, path, &e) => {
+            return Ok(History {
+                entries: Vec::new(),
+                torn_bytes: None,
+            })
+        }
+        Err(e) => return Err(Error::journal(path)(e)),
+    };
     let torn_bytes = match replay.tail {
         journal::Tail::Clean => None,
         journal::Tail::Torn { discarded, .. } => Some(discarded),
@@ -105,4 +114,21 @@ pub fn read<S: Fs>(fs: &S, path: &Path) -> Result<History> {
         entries: replay.records,
         torn_bytes,
     })
+}
+
+/// Longest history file that has room for a header but no entry.
+const EMPTY_HISTORY_MAX: u64 = 64;
+
+/// True when `e` says the history's creation was interrupted before its header was durable:
+/// the header is incomplete, or damaged with no room for any entry after it.
+fn never_written<S: Fs>(fs: &S, path: &Path, e: &journal::Error) -> bool {
+    match e {
+        journal::Error::HeaderIncomplete { .. } => true,
+        journal::Error::BadHeader { .. } => fs
+            .metadata(path)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.len <= EMPTY_HISTORY_MAX),
+        _ => false,
+    }
 }

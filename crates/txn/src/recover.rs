@@ -243,8 +243,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         {
             return Ok(None);
         }
-        let replay = journal::read::<S, Record>(&self.fs, path).map_err(Error::journal(path))?;
-        let mut records = replay.records.into_iter();
+        let mut records = read_records::<S>(&self.fs, path)?.into_iter();
         let Some(Record::Intent(intent)) = records.next() else {
             // The intent is appended and synced right after creation; a journal without it
             // is one whose creator died before that, so it describes no change at all.
@@ -288,13 +287,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
             first.intent.journals.clone()
         };
         let coordinator = &journals[0];
-        let replay = match self
+        let records = match self
             .fs
             .metadata(coordinator)
             .map_err(Error::io("stat", coordinator))?
         {
-            Some(_) => journal::read::<S, Record>(&self.fs, coordinator)
-                .map_err(Error::journal(coordinator))?,
+            Some(_) => read_records::<S>(&self.fs, coordinator)?,
             None => {
                 return Err(Error::Unrecoverable {
                     tx: tx.to_owned(),
@@ -305,9 +303,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 })
             }
         };
-        let committed = replay.records.contains(&Record::Commit);
-        let logged = replay.records.contains(&Record::Logged);
-        let recorded = replay.records.iter().rev().find_map(|r| match r {
+        let committed = records.contains(&Record::Commit);
+        let logged = records.contains(&Record::Logged);
+        let recorded = records.iter().rev().find_map(|r| match r {
             Record::Recovering(d) => Some(*d),
             _ => None,
         });
@@ -538,6 +536,32 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("recover-logged");
         // Undone or finished, the transaction is over: its overlays go too.
         self.cleanup_commit(&st.tx, &cleanup_list(present), &st.journals)
+    }
+}
+
+/// Longest journal that can hold a header but no intent record: every intent names two
+/// absolute paths and a plan, so it alone is longer than this.
+const EMPTY_JOURNAL_MAX: u64 = 128;
+
+/// The records of a transaction journal. A journal whose creation was interrupted (no
+/// complete header, or a header torn before its first sync and no room for any record after
+/// it) never held a record, so it reads as empty; any other damage is refused.
+fn read_records<S: Fs>(fs: &S, path: &Path) -> Result<Vec<Record>> {
+    match journal::read::<S, Record>(fs, path) {
+        Ok(replay) => Ok(replay.records),
+        Err(journal::Error::HeaderIncomplete { .. }) => Ok(Vec::new()),
+        Err(e @ journal::Error::BadHeader { .. }) => {
+            let len = fs
+                .metadata(path)
+                .map_err(Error::io("stat", path))?
+                .map_or(0, |m| m.len);
+            if len <= EMPTY_JOURNAL_MAX {
+                Ok(Vec::new())
+            } else {
+                Err(Error::journal(path)(e))
+            }
+        }
+        Err(e) => Err(Error::journal(path)(e)),
     }
 }
 

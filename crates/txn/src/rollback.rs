@@ -1,6 +1,6 @@
 //! `rollback`: drop the overlays; the bases were never touched.
 
-use storage::Fs;
+use storage::{FileKind, Fs};
 
 use crate::error::{Error, Result};
 use crate::history::{HistoryImage, Outcome};
@@ -68,7 +68,14 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 .fs
                 .metadata(&img.overlay)
                 .map_err(Error::io("stat", &img.overlay))?;
-            if meta.is_some_and(|x| img.overlay_dev_ino.is_none_or(|di| di == (x.dev, x.ino))) {
+            // Only the file begin created is removed, plus a symlink planted in its place:
+            // unlinking a link never touches its target, and keeping it would leave a name
+            // that points the next tool at someone else's file.
+            let ours = |x: &storage::Metadata| {
+                x.kind == FileKind::Symlink
+                    || img.overlay_dev_ino.is_none_or(|di| di == (x.dev, x.ino))
+            };
+            if meta.is_some_and(|x| ours(&x)) {
                 crate::state::remove_if_exists(&self.fs, &img.overlay)?;
                 let dir = layout::dir_of(&img.overlay)?;
                 // Barrier: the overlay's removal is durable before the transaction is forgotten.

@@ -163,6 +163,11 @@ impl StateDir {
         self.root.join("history")
     }
 
+    /// The lock serializing appends to the history.
+    pub fn history_lock(&self) -> PathBuf {
+        self.locks().join("history.lock")
+    }
+
     /// The manifest of transaction `id`.
     pub fn manifest(&self, id: &str) -> PathBuf {
         self.txns().join(format!("{id}.json"))
