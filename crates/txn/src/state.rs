@@ -143,6 +143,14 @@ impl StateDir {
             fs.create_dir(&dir)
                 .map_err(Error::io("create the state directory", &dir))?;
         }
+        // Barrier: a new directory's entry is durable only once its parent is synced; without
+        // this a power cut after the first begin can take the whole registry (manifest and
+        // claims) while the overlays beside the bases survive, unexplained. Synced every time,
+        // since an earlier process may have died between creating and syncing.
+        let parent = self.root.parent().unwrap_or(Path::new("/"));
+        for dir in [parent, self.root.as_path()] {
+            fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
+        }
         Ok(())
     }
 
