@@ -220,6 +220,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     });
                 }
             }
+            for (id, path) in self.state.list_tmp(&self.fs)? {
+                // A live save holds the transaction's lock; only a dead one's leftover goes.
+                let Some(_guard) = self.host.lock_exclusive(&self.state.lock(&id), false)? else {
+                    continue;
+                };
+                if !opts.dry_run {
+                    tracing::debug!(path = %path.display(), "removing a manifest save that never finished");
+                    self.state.remove_tmp(&self.fs, &path)?;
+                    if self.state.load(&self.fs, &id)?.is_none() {
+                        self.drop_lock_file(&id);
+                    }
+                }
+            }
         }
         Ok(report)
     }

@@ -209,6 +209,29 @@ impl StateDir {
         Ok(ids)
     }
 
+    /// Leftover temporary manifests (`ID.json.tmp`) as (id, path): saves that died before
+    /// their rename.
+    pub fn list_tmp<S: Fs>(&self, fs: &S) -> Result<Vec<(String, PathBuf)>> {
+        let dir = self.txns();
+        let mut out = Vec::new();
+        for name in fs.read_dir(&dir).map_err(Error::io("list", &dir))? {
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json.tmp")) {
+                if valid_id(id) {
+                    out.push((id.to_owned(), dir.join(&name)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a leftover temporary manifest durably.
+    pub fn remove_tmp<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
+        if remove_if_exists(fs, path)? {
+            fs.sync_dir(&self.txns()).map_err(Error::io("sync", self.txns()))?;
+        }
+        Ok(())
+    }
+
     /// All claim files as (path, holder id).
     pub fn list_claims<S: Fs>(&self, fs: &S) -> Result<Vec<(PathBuf, String)>> {
         let dir = self.claims();
