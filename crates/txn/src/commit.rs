@@ -379,7 +379,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .open(base_path, true)
             .map_err(Error::io("open for writing", base_path))?;
         let len = base.len().map_err(Error::io("stat", base_path))?;
-        if plan.new_len() > len {
+        // A redo sets the length again even when the live length already shows it: after a
+        // failed sync the growth may never reach the disk, whatever reads say (crash_faults:
+        // commit with EIO on the base sync, then recover).
+        if plan.new_len() > len || plan.new_len() > plan.old_len {
             // Grow first: the undo record holds the old length, so a crash leaves a base
             // that undo truncates back and redo fills in.
             base.set_len(plan.new_len())
