@@ -521,6 +521,8 @@ pub struct Stats {
     pub ended_old: u64,
     /// Images whose bases ended new.
     pub ended_new: u64,
+    /// Fault runs whose live recover left files a lost unlink brought back (counted only).
+    pub leftovers: u64,
 }
 
 /// What a base holds.
@@ -540,6 +542,7 @@ impl Stats {
         self.recoveries += o.recoveries;
         self.ended_old += o.ended_old;
         self.ended_new += o.ended_new;
+        self.leftovers += o.leftovers;
     }
 }
 
@@ -617,7 +620,7 @@ pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
         .collect()
 }
 
-fn manifest_state(fs: &SimFs) -> Option<String> {
+pub fn manifest_state(fs: &SimFs) -> Option<String> {
     let bytes = fs.read_durable(PathBuf::from(STATE).join("txns").join(format!("{TX}.json")))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     v.get("state")?.as_str().map(str::to_owned)
