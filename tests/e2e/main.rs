@@ -17,4 +17,5 @@ fn binary_prints_help() {
     assert!(out.status.success());
 }
 mod kill;
+mod ops;
 mod txn_qcow2;

@@ -98,6 +98,7 @@ pub enum Command {
         tx: String,
     },
     /// Roll a transaction back: drop its overlays, leave the bases as they are
+    #[command(after_help = "Example:\n  imgtx rollback tx-3f9a2c1d7e")]
     Rollback {
         /// The transaction id
         tx: String,
@@ -137,16 +138,23 @@ Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {
         command: Vec<String>,
     },
     /// Show open and interrupted transactions
+    #[command(
+        after_help = "Examples:\n  imgtx status                  # every transaction, open or interrupted\n  imgtx status tx-3f9a2c1d7e --json"
+    )]
     Status {
         /// Only this transaction
         tx: Option<String>,
     },
     /// Show what a transaction changes: extents and bytes per image
+    #[command(after_help = "Example:\n  imgtx diff tx-3f9a2c1d7e")]
     Diff {
         /// The transaction id
         tx: String,
     },
     /// Show the history of finished transactions
+    #[command(
+        after_help = "Examples:\n  imgtx log                     # every finished transaction\n  imgtx log /vm/disk.img --json # only those touching this image"
+    )]
     Log {
         /// Only entries touching this base
         base: Option<PathBuf>,

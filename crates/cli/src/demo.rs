@@ -58,17 +58,25 @@ const EDIT_LINE: &str = "edited inside an imgtx transaction\n";
 
 /// Runs the demo; `Ok(0)` when every proof held.
 pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
-    let dir = tempfile::Builder::new().prefix("imgtx-demo-").tempdir().context("could not create a temporary directory")?;
+    let dir = tempfile::Builder::new()
+        .prefix("imgtx-demo-")
+        .tempdir()
+        .context("could not create a temporary directory")?;
     let mut demo = Demo::new(dir.path().to_path_buf(), args)?;
     let result = demo.story();
     let keep = args.keep || result.is_err();
-    let path = if keep { dir.keep() } else { dir.path().to_path_buf() };
+    let path = if keep {
+        dir.keep()
+    } else {
+        dir.path().to_path_buf()
+    };
     match &result {
         Ok(()) => {
             let secs = demo.start.elapsed().as_secs_f64();
             demo.say(&format!("\nDone in {secs:.1} s: every proof held."))?;
         }
-        Err(_) => demo.say("\nA proof failed or a command did not do what the demo expected (see below).")?,
+        Err(_) => demo
+            .say("\nA proof failed or a command did not do what the demo expected (see below).")?,
     }
     if keep {
         demo.say(&format!(
@@ -92,7 +100,11 @@ struct Tools {
 /// The result of trying to crash a commit.
 enum Crash {
     /// The commit was stopped partway, with the base hashes before and after it.
-    Interrupted { tx: String, old: String, new: String },
+    Interrupted {
+        tx: String,
+        old: String,
+        new: String,
+    },
     /// The commit finished before the kill landed.
     Finished,
 }
@@ -122,7 +134,15 @@ impl Demo {
             guestfish: on_path("guestfish"),
         };
         let use_guestfish = tools.guestfish && tools.mke2fs && !args.no_guestfish;
-        Ok(Self { dir, exe, start: Instant::now(), step: 0, tools, use_guestfish, no_guestfish_flag: args.no_guestfish })
+        Ok(Self {
+            dir,
+            exe,
+            start: Instant::now(),
+            step: 0,
+            tools,
+            use_guestfish,
+            no_guestfish_flag: args.no_guestfish,
+        })
     }
 
     /// The story, step by step. Any error ends it: a failed proof or an unexpected result.
@@ -148,7 +168,10 @@ impl Demo {
 
         self.heading("The base is untouched while the transaction is open")?;
         let now = self.hash("disk.img")?;
-        self.prove(now == old, "disk.img has the same hash as before: every change so far is in the overlay.")?;
+        self.prove(
+            now == old,
+            "disk.img has the same hash as before: every change so far is in the overlay.",
+        )?;
         self.imgtx(&["diff", &tx])?;
 
         self.heading("Commit")?;
@@ -156,10 +179,17 @@ impl Demo {
         let new = self.expected(&overlay)?;
         self.imgtx(&["commit", &tx])?;
         let now = self.hash("disk.img")?;
-        self.prove(now == new, "disk.img now has the expected hash: the commit copied exactly the overlay's changes.")?;
+        self.prove(
+            now == new,
+            "disk.img now has the expected hash: the commit copied exactly the overlay's changes.",
+        )?;
         if self.use_guestfish && self.tools.debugfs {
-            let out = self.shown(self.tool("debugfs", &["-R", "cat /etc/issue.net", "disk.img"]))?;
-            self.prove(text(&out.stdout).contains(EDIT_LINE.trim_end()), "The edited file is in the image.")?;
+            let out =
+                self.shown(self.tool("debugfs", &["-R", "cat /etc/issue.net", "disk.img"]))?;
+            self.prove(
+                text(&out.stdout).contains(EDIT_LINE.trim_end()),
+                "The edited file is in the image.",
+            )?;
         }
         self.prove(!self.dir.join(&overlay).exists(), "The overlay is gone.")?;
 
@@ -202,9 +232,15 @@ impl Demo {
         self.say(&format!("A {IMAGE_MIB} MiB ext4 file system holding /etc/issue.net, made from a directory tree."))?;
         let etc = self.dir.join("tree/etc");
         fs::create_dir_all(&etc).context("could not create the file tree")?;
-        fs::write(etc.join("issue.net"), "Welcome to the imgtx demo disk\n").context("could not write issue.net")?;
+        fs::write(etc.join("issue.net"), "Welcome to the imgtx demo disk\n")
+            .context("could not write issue.net")?;
         let size = format!("{IMAGE_MIB}M");
-        self.shown(self.tool("mke2fs", &["-q", "-F", "-t", "ext4", "-b", "4096", "-d", "tree", "disk.img", &size]))?;
+        self.shown(self.tool(
+            "mke2fs",
+            &[
+                "-q", "-F", "-t", "ext4", "-b", "4096", "-d", "tree", "disk.img", &size,
+            ],
+        ))?;
         fs::remove_dir_all(self.dir.join("tree")).context("could not remove the file tree")?;
         if self.tools.debugfs {
             self.shown(self.tool("debugfs", &["-R", "cat /etc/issue.net", "disk.img"]))?;
@@ -219,8 +255,22 @@ impl Demo {
                 "guestfish mounts the overlay's file system in a small appliance VM and appends a line to \
                  /etc/issue.net (seconds with KVM, a minute or more without).",
             )?;
-            let mut cmd = self.tool("guestfish", &["-a", overlay, "-m", "/dev/sda", "write-append", "/etc/issue.net", EDIT_LINE]);
-            for (key, value) in [("LIBGUESTFS_BACKEND", "direct"), ("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")] {
+            let mut cmd = self.tool(
+                "guestfish",
+                &[
+                    "-a",
+                    overlay,
+                    "-m",
+                    "/dev/sda",
+                    "write-append",
+                    "/etc/issue.net",
+                    EDIT_LINE,
+                ],
+            );
+            for (key, value) in [
+                ("LIBGUESTFS_BACKEND", "direct"),
+                ("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg"),
+            ] {
                 if std::env::var_os(key).is_none() {
                     cmd.env(key, value);
                 }
@@ -235,9 +285,18 @@ impl Demo {
         } else {
             "there is no file system to mount"
         };
-        let place = if fs { ", in the file system's free space" } else { "" };
-        self.say(&format!("{why}, so qemu-io writes 1 MiB of 0x5a bytes at 16 MiB into the overlay{place}."))?;
-        self.shown(self.tool("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 16M 1M", overlay]))?;
+        let place = if fs {
+            ", in the file system's free space"
+        } else {
+            ""
+        };
+        self.say(&format!(
+            "{why}, so qemu-io writes 1 MiB of 0x5a bytes at 16 MiB into the overlay{place}."
+        ))?;
+        self.shown(self.tool(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0x5a 16M 1M", overlay],
+        ))?;
         Ok(())
     }
 
@@ -248,7 +307,7 @@ impl Demo {
         let old = self.hash("disk.img")?;
         let tx = self.begin(name)?;
         let overlay = overlay_of(&tx);
-        self.say(&format!("A big change this time: {BIG_CHANGE} of {byte:#04x} bytes, so the commit takes a while to copy."))?;
+        self.say(&format!("A big change this time: {BIG_CHANGE}iB of {byte:#04x} bytes, so the commit takes a while to copy."))?;
         let write = format!("write -P {byte:#04x} {BIG_OFFSET} {BIG_CHANGE}");
         self.shown(self.tool("qemu-io", &["-f", "qcow2", "-c", &write, &overlay]))?;
         let new = self.expected(&overlay)?;
@@ -256,7 +315,10 @@ impl Demo {
         let mut cmd = self.imgtx_command(&["commit", &tx]);
         if hook {
             cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point");
-            self.say(&format!("$ IMGTX_TEST_CRASH_AFTER=commit-point {}", display(&cmd)))?;
+            self.say(&format!(
+                "$ IMGTX_TEST_CRASH_AFTER=commit-point {}",
+                display(&cmd)
+            ))?;
         } else {
             self.say("Start the commit, and kill it with SIGKILL as soon as it starts writing into disk.img:")?;
             self.say(&format!("$ {} &", display(&cmd)))?;
@@ -264,7 +326,11 @@ impl Demo {
         let base = self.dir.join("disk.img");
         let before = mtime(&base)?;
         let started = Instant::now();
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("could not start imgtx commit")?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("could not start imgtx commit")?;
         let mut killed = false;
         if !hook {
             // The image's mtime moves at the first write, which comes only after the commit
@@ -278,7 +344,9 @@ impl Demo {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
-        let out = child.wait_with_output().context("could not wait for imgtx commit")?;
+        let out = child
+            .wait_with_output()
+            .context("could not wait for imgtx commit")?;
         let ms = started.elapsed().as_millis();
         self.output(&out)?;
         if out.status.success() {
@@ -289,8 +357,13 @@ impl Demo {
             (Some(9), _) if killed => {
                 self.say(&format!("Killed imgtx commit with SIGKILL {ms} ms after it started, while it was writing into disk.img."))?;
             }
-            (_, Some(137)) if hook => self.say(&format!("imgtx commit died at its commit point after {ms} ms (exit 137, as if killed)."))?,
-            _ => bail!("imgtx commit ended with {} instead of being stopped partway", out.status),
+            (_, Some(137)) if hook => self.say(&format!(
+                "imgtx commit died at its commit point after {ms} ms (exit 137, as if killed)."
+            ))?,
+            _ => bail!(
+                "imgtx commit ended with {} instead of being stopped partway",
+                out.status
+            ),
         }
         Ok(Crash::Interrupted { tx, old, new })
     }
@@ -319,9 +392,15 @@ impl Demo {
         self.imgtx(&["recover"])?;
         let now = self.hash("disk.img")?;
         if now == new {
-            self.prove(true, "disk.img is wholly NEW: its hash is the expected one computed before the commit.")?;
+            self.prove(
+                true,
+                "disk.img is wholly NEW: its hash is the expected one computed before the commit.",
+            )?;
         } else if now == old {
-            self.prove(true, "disk.img is wholly OLD: its hash is the one from before the commit.")?;
+            self.prove(
+                true,
+                "disk.img is wholly OLD: its hash is the one from before the commit.",
+            )?;
         } else {
             self.prove(false, "disk.img is neither old nor new after recovery.")?;
         }
@@ -329,7 +408,10 @@ impl Demo {
             self.shown(self.tool("e2fsck", &["-fn", "disk.img"]))?;
             self.prove(true, "e2fsck finds the file system clean.")?;
         }
-        let out = self.imgtx_command(&["--json", "status"]).output().context("could not run imgtx status")?;
+        let out = self
+            .imgtx_command(&["--json", "status"])
+            .output()
+            .context("could not run imgtx status")?;
         if text(&out.stdout).contains(tx) {
             self.say("The transaction was not committed, so it is still open; roll it back to finish tidily.")?;
             self.imgtx(&["rollback", tx])?;
@@ -351,7 +433,18 @@ impl Demo {
     /// The hash of the overlay's whole content read as raw: what the base must hold after
     /// committing it, computed without imgtx.
     fn expected(&mut self, overlay: &str) -> anyhow::Result<String> {
-        self.shown(self.tool("qemu-img", &["convert", "-f", "qcow2", "-O", "raw", overlay, "expected.raw"]))?;
+        self.shown(self.tool(
+            "qemu-img",
+            &[
+                "convert",
+                "-f",
+                "qcow2",
+                "-O",
+                "raw",
+                overlay,
+                "expected.raw",
+            ],
+        ))?;
         let hash = self.hash("expected.raw")?;
         fs::remove_file(self.dir.join("expected.raw")).context("could not remove expected.raw")?;
         Ok(hash)
@@ -361,7 +454,11 @@ impl Demo {
     fn hash(&mut self, file: &str) -> anyhow::Result<String> {
         let out = self.shown(self.tool("sha256sum", &[file]))?;
         let stdout = text(&out.stdout);
-        stdout.split_whitespace().next().map(str::to_owned).context("sha256sum printed no hash")
+        stdout
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .context("sha256sum printed no hash")
     }
 
     /// Runs `imgtx --state-dir state ARGS...`, shown, and requires success.
@@ -375,7 +472,8 @@ impl Demo {
         cmd.args(["--state-dir", "state"]).args(args);
         self.prepare(&mut cmd);
         // The children must not inherit a crash hook or another state directory.
-        cmd.env_remove("IMGTX_TEST_CRASH_AFTER").env_remove("IMGTX_STATE_DIR");
+        cmd.env_remove("IMGTX_TEST_CRASH_AFTER")
+            .env_remove("IMGTX_STATE_DIR");
         cmd
     }
 
@@ -393,7 +491,9 @@ impl Demo {
     /// Prints `$ COMMAND`, runs it, prints its output indented, and requires success.
     fn shown(&mut self, mut cmd: Command) -> anyhow::Result<Output> {
         self.say(&format!("$ {}", display(&cmd)))?;
-        let out = cmd.output().with_context(|| format!("could not run {}", display(&cmd)))?;
+        let out = cmd
+            .output()
+            .with_context(|| format!("could not run {}", display(&cmd)))?;
         self.output(&out)?;
         if !out.status.success() {
             bail!("{} failed ({})", display(&cmd), out.status);
@@ -454,7 +554,9 @@ fn mtime(path: &Path) -> anyhow::Result<SystemTime> {
 
 fn on_path(tool: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let Some(path) = std::env::var_os("PATH") else { return false };
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
     std::env::split_paths(&path)
         .map(|dir| dir.join(tool))
         .any(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
@@ -466,11 +568,19 @@ fn display(cmd: &Command) -> String {
     let mut words: Vec<String> = Vec::new();
     for (key, value) in cmd.get_envs() {
         if let Some(value) = value {
-            words.push(format!("{}={}", key.to_string_lossy(), quote(&value.to_string_lossy())));
+            words.push(format!(
+                "{}={}",
+                key.to_string_lossy(),
+                quote(&value.to_string_lossy())
+            ));
         }
     }
     let program = Path::new(cmd.get_program());
-    let name: OsString = if program.is_absolute() { "imgtx".into() } else { program.as_os_str().to_owned() };
+    let name: OsString = if program.is_absolute() {
+        "imgtx".into()
+    } else {
+        program.as_os_str().to_owned()
+    };
     words.push(name.to_string_lossy().into_owned());
     words.extend(cmd.get_args().map(|a| quote(&a.to_string_lossy())));
     words.join(" ")
@@ -483,7 +593,10 @@ fn quote(word: &str) -> String {
         return word.to_owned();
     }
     if word.contains('\n') {
-        let inner = word.replace('\\', "\\\\").replace('\'', "\\'").replace('\n', "\\n");
+        let inner = word
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'")
+            .replace('\n', "\\n");
         return format!("$'{inner}'");
     }
     format!("'{}'", word.replace('\'', "'\\''"))
@@ -506,6 +619,9 @@ mod tests {
     fn commands_are_shown_with_their_environment() {
         let mut cmd = Command::new("guestfish");
         cmd.env("LIBGUESTFS_BACKEND", "direct").args(["-a", "x y"]);
-        assert_eq!(display(&cmd), "LIBGUESTFS_BACKEND=direct guestfish -a 'x y'");
+        assert_eq!(
+            display(&cmd),
+            "LIBGUESTFS_BACKEND=direct guestfish -a 'x y'"
+        );
     }
 }

@@ -54,10 +54,19 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
             clap_complete::generate(*shell, &mut Cli::command(), "imgtx", &mut out);
             out.flush()?;
         }
-        What::Completions { shell, dir: Some(dir) } => {
-            fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+        What::Completions {
+            shell,
+            dir: Some(dir),
+        } => {
+            fs::create_dir_all(dir)
+                .with_context(|| format!("could not create {}", dir.display()))?;
             let path = clap_complete::generate_to(*shell, &mut Cli::command(), "imgtx", dir)
-                .with_context(|| format!("could not write the {shell} completions into {}", dir.display()))?;
+                .with_context(|| {
+                    format!(
+                        "could not write the {shell} completions into {}",
+                        dir.display()
+                    )
+                })?;
             tracing::info!(path = %path.display(), "wrote completions");
         }
     }
@@ -87,7 +96,12 @@ fn man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// One page: clap_mangen's sections, then the after-help text (examples, exit status) as
 /// sections of its own in no-fill mode, because clap_mangen would run its lines together.
-fn render(man: &clap_mangen::Man, cmd: &clap::Command, see_also: &str, w: &mut dyn Write) -> io::Result<()> {
+fn render(
+    man: &clap_mangen::Man,
+    cmd: &clap::Command,
+    see_also: &str,
+    w: &mut dyn Write,
+) -> io::Result<()> {
     man.render_title(w)?;
     man.render_name_section(w)?;
     man.render_synopsis_section(w)?;
@@ -170,9 +184,18 @@ mod tests {
     fn help_text_splits_into_titled_sections() {
         let text = "In the command, {} is X.\n\nExamples:\n  imgtx a\n  imgtx b\n\nExit status: 0 ok, 1 error.";
         let s = sections(text);
-        assert_eq!(s[0], ("NOTES".to_owned(), "In the command, {} is X.".to_owned()));
-        assert_eq!(s[1], ("EXAMPLES".to_owned(), "  imgtx a\n  imgtx b".to_owned()));
-        assert_eq!(s[2], ("EXIT STATUS".to_owned(), "0 ok, 1 error.".to_owned()));
+        assert_eq!(
+            s[0],
+            ("NOTES".to_owned(), "In the command, {} is X.".to_owned())
+        );
+        assert_eq!(
+            s[1],
+            ("EXAMPLES".to_owned(), "  imgtx a\n  imgtx b".to_owned())
+        );
+        assert_eq!(
+            s[2],
+            ("EXIT STATUS".to_owned(), "0 ok, 1 error.".to_owned())
+        );
     }
 
     #[test]
@@ -186,8 +209,10 @@ mod tests {
     fn a_page_is_written_per_visible_command() {
         let dir = tempfile::tempdir().unwrap();
         let pages = man_pages(dir.path()).unwrap();
-        let names: Vec<String> =
-            pages.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = pages
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
         assert!(names.contains(&"imgtx.1".to_owned()), "{names:?}");
         assert!(names.contains(&"imgtx-commit.1".to_owned()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
