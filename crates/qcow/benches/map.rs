@@ -21,7 +21,10 @@ fn main() {
         x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         picks.insert((x >> 11) % clusters_total);
     }
-    let clusters: Vec<_> = picks.into_iter().map(|g| (g, synth::Kind::Data(0))).collect();
+    let clusters: Vec<_> = picks
+        .into_iter()
+        .map(|g| (g, synth::Kind::Data(0)))
+        .collect();
     let built = synth::build(16, virtual_size, &clusters, false);
     built.write_to(&path);
     println!(

@@ -105,7 +105,6 @@ impl Cluster {
 
 /// Checks that a host cluster is aligned, starts inside the file and holds no metadata.
 fn check_host(
-    h: &Header,
     layout: &Layout,
     file_len: u64,
     at: u64,
@@ -130,7 +129,6 @@ fn check_host(
             ),
         ));
     }
-    let _ = h;
     Ok(())
 }
 
@@ -171,7 +169,6 @@ pub(crate) fn decode(
         let len = nsect * 512 - (offset & 511);
         let sector_start = offset & !511;
         check_host(
-            h,
             layout,
             file_len,
             at,
@@ -209,7 +206,7 @@ pub(crate) fn decode(
     }
     let host_opt = (host != 0).then_some(host);
     if let Some(host) = host_opt {
-        check_host(h, layout, file_len, at, host, host + cs, "a data cluster")?;
+        check_host(layout, file_len, at, host, host + cs, "a data cluster")?;
     }
     if h.extended_l2 {
         let alloc = (bitmap & 0xffff_ffff) as u32;

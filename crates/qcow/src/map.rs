@@ -22,8 +22,8 @@ impl<R: ReadAt> Image<R> {
     }
 
     /// Calls `f(guest, len, cluster)` for every guest cluster overlapping `[start, end)`, in
-    /// order. `guest` is cluster-aligned and `len` is one cluster, except for ranges whose L1
-    /// entry is empty, which come as one `Unallocated` call of many clusters. L2 entries are
+    /// order. `guest` is cluster-aligned and `len` is one cluster, except for runs of empty
+    /// L1 or L2 entries, which come as one `Unallocated` call of many clusters. L2 entries are
     /// read in bounded chunks, never whole tables at once beyond one cluster.
     pub(crate) fn walk(
         &self,
@@ -58,7 +58,18 @@ impl<R: ReadAt> Image<R> {
                 let at = l2_off + first * esz;
                 buf.resize((count * esz) as usize, 0);
                 read_clamped(&self.source, &mut buf, at, self.file_len)?;
+                // Runs of empty entries (the common case in sparse overlays) become one
+                // call instead of one per cluster.
+                let mut run: Option<u64> = None;
                 for (i, e) in buf.chunks_exact(esz as usize).enumerate() {
+                    let cg = g + i as u64 * cs;
+                    if e.iter().all(|b| *b == 0) {
+                        run.get_or_insert(cg);
+                        continue;
+                    }
+                    if let Some(r) = run.take() {
+                        f(r, cg - r, Cluster::Unallocated)?;
+                    }
                     let entry = u64::from_be_bytes(e[..8].try_into().unwrap_or([0; 8]));
                     let bitmap = if esz == 16 {
                         u64::from_be_bytes(e[8..].try_into().unwrap_or([0; 8]))
@@ -73,7 +84,10 @@ impl<R: ReadAt> Image<R> {
                         entry,
                         bitmap,
                     )?;
-                    f(g + i as u64 * cs, cs, cl)?;
+                    f(cg, cs, cl)?;
+                }
+                if let Some(r) = run {
+                    f(r, g + count * cs - r, Cluster::Unallocated)?;
                 }
                 g += count * cs;
             }
