@@ -124,13 +124,20 @@ pub struct RawHeader {
     pub padding: [u8; 7],
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+/// The big-endian u16 at `at` (the caller has checked the bounds).
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// The big-endian u32 at `at` (the caller has checked the bounds).
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
     u32::from_be_bytes(a)
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+/// The big-endian u64 at `at` (the caller has checked the bounds).
+pub(crate) fn be64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(a)

@@ -1,6 +1,7 @@
 //! The inventory of a qcow2 base: every host byte range a commit into it may overwrite.
 
 use crate::error::Result;
+use crate::meta::for_each_u64;
 use crate::{read_clamped, GuestOffset, HostOffset, HostRange, Image, Inventory, ReadAt};
 
 /// Bitmap table entry bits holding a data cluster offset.
@@ -31,21 +32,14 @@ impl<R: ReadAt> Image<R> {
         for r in &self.layout.regions {
             ranges.push((r.start, r.end));
         }
-        let mut buf = Vec::new();
         for &(off, entries) in &self.layout.bitmap_tables {
-            let mut done = 0u64;
-            while done < entries {
-                let n = (entries - done).min(8192);
-                buf.resize((n * 8) as usize, 0);
-                read_clamped(&self.source, &mut buf, off + done * 8, file_len)?;
-                for e in buf.chunks_exact(8) {
-                    let host = u64::from_be_bytes(e.try_into().unwrap_or([0; 8])) & BME_OFFSET_MASK;
-                    if host != 0 {
-                        ranges.push((host, host.saturating_add(cs)));
-                    }
+            for_each_u64(&self.source, off, entries, |_, e| {
+                let host = e & BME_OFFSET_MASK;
+                if host != 0 {
+                    ranges.push((host, host.saturating_add(cs)));
                 }
-                done += n;
-            }
+                Ok(())
+            })?;
         }
         for &(g, len) in guest_ranges {
             let end = self.check_range(g.0, len)?;

@@ -1,6 +1,7 @@
 //! The allocation map: L1/L2 walking into sorted, coalesced extents.
 
 use crate::error::{Error, Result};
+use crate::header::be64;
 use crate::l2::{self, Cluster, PieceKind};
 use crate::{read_clamped, Extent, ExtentKind, GuestOffset, HostOffset, Image, ReadAt};
 
@@ -70,12 +71,8 @@ impl<R: ReadAt> Image<R> {
                     if let Some(r) = run.take() {
                         f(r, cg - r, Cluster::Unallocated)?;
                     }
-                    let entry = u64::from_be_bytes(e[..8].try_into().unwrap_or([0; 8]));
-                    let bitmap = if esz == 16 {
-                        u64::from_be_bytes(e[8..].try_into().unwrap_or([0; 8]))
-                    } else {
-                        0
-                    };
+                    let entry = be64(e, 0);
+                    let bitmap = if esz == 16 { be64(e, 8) } else { 0 };
                     let cl = l2::decode(
                         h,
                         &self.layout,

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::error::{corrupt, Result};
-use crate::header::{Header, MAX_L1_BYTES};
+use crate::header::{be16, be32, be64, Header, MAX_L1_BYTES};
 use crate::{read_exact, ReadAt};
 
 /// L1 entry bits that must be zero (qemu `L1E_RESERVED_MASK`).
@@ -84,36 +84,36 @@ impl Layout {
     }
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[at..at + 4]);
-    u32::from_be_bytes(a)
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(a)
-}
-
-/// Reads a table of big-endian u64 entries. The caller has checked that it lies in the file,
-/// so the allocation is bounded by the file length.
-fn read_u64_table<R: ReadAt + ?Sized>(src: &R, offset: u64, entries: u64) -> Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(usize::try_from(entries).unwrap_or(0));
-    // Read in bounded chunks so a large table never needs a second full-size buffer.
-    let mut buf = vec![0u8; 64 * 1024];
+/// Calls `f(index, entry)` for each big-endian u64 of a table, reading it in 64 KiB chunks.
+/// The caller has checked that the table lies in the file.
+pub(crate) fn for_each_u64<R: ReadAt + ?Sized>(
+    src: &R,
+    offset: u64,
+    entries: u64,
+    mut f: impl FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    let mut buf = vec![0u8; (entries.min(8 * 1024) * 8) as usize];
     let mut done = 0u64;
     while done < entries {
         let n = (entries - done).min(8 * 1024);
         let bytes = &mut buf[..(n * 8) as usize];
         read_exact(src, bytes, offset + done * 8)?;
-        out.extend(bytes.chunks_exact(8).map(|c| be64(c, 0)));
+        for (i, c) in bytes.chunks_exact(8).enumerate() {
+            f(done + i as u64, be64(c, 0))?;
+        }
         done += n;
     }
+    Ok(())
+}
+
+/// Reads a whole table of big-endian u64 entries (bounded by the file length, which the
+/// caller has checked).
+fn read_u64_table<R: ReadAt + ?Sized>(src: &R, offset: u64, entries: u64) -> Result<Vec<u64>> {
+    let mut out = Vec::with_capacity(usize::try_from(entries).unwrap_or(0));
+    for_each_u64(src, offset, entries, |_, e| {
+        out.push(e);
+        Ok(())
+    })?;
     Ok(out)
 }
 

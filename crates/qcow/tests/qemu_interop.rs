@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_matches_qemu, qemu_available, qemu_img, qemu_io};
-use qcow::{Compression, ExtentKind, Image};
+use qcow::{Compression, ExtentKind, Header, Image};
 
 fn create(dir: &Path, name: &str, size: &str, opts: &str) -> PathBuf {
     let p = dir.join(name);
@@ -37,24 +37,32 @@ fn mixed_writes(cs: u64) -> Vec<String> {
     ]
 }
 
+/// Makes an image with qemu-img and qemu-io, asserts that it maps and reads like qemu, and
+/// returns its header for further checks.
+fn qemu_made_image_matches(size: u64, opts: &str, writes: &[String]) -> Header {
+    let d = tempfile::tempdir().unwrap();
+    let p = create(d.path(), "a.qcow2", &size.to_string(), opts);
+    qemu_io(&p, writes);
+    assert_matches_qemu(&p, d.path(), true);
+    Image::open(std::fs::File::open(&p).unwrap())
+        .unwrap()
+        .header()
+        .clone()
+}
+
 #[test]
 fn maps_and_reads_match_qemu_for_every_cluster_size() {
     if !qemu_available() {
         return;
     }
     for bits in [12u32, 13, 14, 16, 18, 20, 21] {
-        // Arrange
         let cs = 1u64 << bits;
-        let d = tempfile::tempdir().unwrap();
-        let p = create(
-            d.path(),
-            "a.qcow2",
-            &(cs * 64 + 4096).to_string(),
+        let h = qemu_made_image_matches(
+            cs * 64 + 4096,
             &format!("cluster_size={cs}"),
+            &mixed_writes(cs),
         );
-        qemu_io(&p, &mixed_writes(cs));
-        // Act + Assert
-        assert_matches_qemu(&p, d.path(), true);
+        assert_eq!(h.cluster_bits, bits);
     }
 }
 
@@ -65,13 +73,6 @@ fn maps_and_reads_match_qemu_with_extended_l2() {
     }
     for bits in [14u32, 16, 21] {
         let cs = 1u64 << bits;
-        let d = tempfile::tempdir().unwrap();
-        let p = create(
-            d.path(),
-            "a.qcow2",
-            &(cs * 64).to_string(),
-            &format!("cluster_size={cs},extended_l2=on"),
-        );
         let sc = cs / 32;
         let mut w = mixed_writes(cs);
         w.extend([
@@ -79,10 +80,8 @@ fn maps_and_reads_match_qemu_with_extended_l2() {
             format!("write -z {} {}", cs * 30 + sc * 7, sc),
             format!("write -P 0x78 {} {}", cs * 31 + sc * 31, sc * 2),
         ]);
-        qemu_io(&p, &w);
-        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
-        assert!(image.header().extended_l2);
-        assert_matches_qemu(&p, d.path(), true);
+        let h = qemu_made_image_matches(cs * 64, &format!("cluster_size={cs},extended_l2=on"), &w);
+        assert!(h.extended_l2);
     }
 }
 
@@ -91,12 +90,8 @@ fn maps_and_reads_match_qemu_for_compat_0_10() {
     if !qemu_available() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let p = create(d.path(), "a.qcow2", "16M", "compat=0.10");
-    qemu_io(&p, &mixed_writes(65536));
-    let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
-    assert_eq!(image.header().version, 2);
-    assert_matches_qemu(&p, d.path(), true);
+    let h = qemu_made_image_matches(16 << 20, "compat=0.10", &mixed_writes(65536));
+    assert_eq!(h.version, 2);
 }
 
 #[test]
@@ -106,17 +101,12 @@ fn maps_and_reads_match_qemu_with_zstd_compression() {
     }
     for bits in [12u32, 16, 21] {
         let cs = 1u64 << bits;
-        let d = tempfile::tempdir().unwrap();
-        let p = create(
-            d.path(),
-            "a.qcow2",
-            &(cs * 64).to_string(),
+        let h = qemu_made_image_matches(
+            cs * 64,
             &format!("cluster_size={cs},compression_type=zstd"),
+            &mixed_writes(cs),
         );
-        qemu_io(&p, &mixed_writes(cs));
-        let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
-        assert_eq!(image.header().compression, Compression::Zstd);
-        assert_matches_qemu(&p, d.path(), true);
+        assert_eq!(h.compression, Compression::Zstd);
     }
 }
 
