@@ -108,3 +108,93 @@ fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::write::DeflateEncoder;
+    use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+
+    use super::decompress;
+    use crate::header::Compression;
+
+    fn cluster() -> Vec<u8> {
+        (0..65536u32)
+            .map(|i| (i / 300) as u8 ^ (i % 7) as u8)
+            .collect()
+    }
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut e = DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn deflate_accepts_trailing_sector_padding() {
+        let c = cluster();
+        let mut input = deflate(&c);
+        input.extend([0xa5; 300]);
+        let mut out = vec![0u8; c.len()];
+        decompress(Compression::Deflate, &input, &mut out).unwrap();
+        assert_eq!(out, c);
+    }
+
+    #[test]
+    fn deflate_accepts_a_full_cluster_when_the_input_ends_early() {
+        // qemu only knows the compressed length to the sector: a stream whose end marker is
+        // cut off still counts once it produced one whole cluster.
+        let c = cluster();
+        let input = deflate(&c);
+        let mut out = vec![0u8; c.len()];
+        decompress(Compression::Deflate, &input[..input.len() - 1], &mut out).unwrap();
+        assert_eq!(out, c);
+    }
+
+    #[test]
+    fn deflate_refuses_short_output() {
+        let c = cluster();
+        let input = deflate(&c[..1000]);
+        let mut out = vec![0u8; c.len()];
+        assert!(decompress(Compression::Deflate, &input, &mut out).is_err());
+    }
+
+    #[test]
+    fn zstd_accepts_several_frames_up_to_one_cluster() {
+        let c = cluster();
+        let mut input = compress_to_vec(&c[..20000], CompressionLevel::Fastest);
+        input.extend(compress_to_vec(&c[20000..], CompressionLevel::Fastest));
+        input.extend([0; 100]);
+        let mut out = vec![0u8; c.len()];
+        decompress(Compression::Zstd, &input, &mut out).unwrap();
+        assert_eq!(out, c);
+    }
+
+    #[test]
+    fn zstd_refuses_a_frame_longer_than_one_cluster() {
+        let c = cluster();
+        let input = compress_to_vec(&c[..], CompressionLevel::Fastest);
+        let mut out = vec![0u8; c.len() / 2];
+        assert!(decompress(Compression::Zstd, &input, &mut out).is_err());
+    }
+
+    #[test]
+    fn zstd_refuses_short_output_and_garbage() {
+        let c = cluster();
+        let input = compress_to_vec(&c[..1000], CompressionLevel::Fastest);
+        let mut out = vec![0u8; c.len()];
+        assert!(decompress(Compression::Zstd, &input, &mut out).is_err());
+        assert!(decompress(Compression::Zstd, &[0x11; 64], &mut out).is_err());
+    }
+
+    #[test]
+    fn zstd_refuses_a_huge_window_before_allocating_it() {
+        // Frame header: magic, descriptor without single-segment, window descriptor with
+        // exponent 20 (1 GiB).
+        let input = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 20 << 3, 0, 0, 0];
+        let mut out = vec![0u8; 4096];
+        let err = decompress(Compression::Zstd, &input, &mut out).unwrap_err();
+        assert!(err.contains("window"), "{err}");
+    }
+}
