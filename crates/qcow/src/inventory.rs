@@ -19,9 +19,11 @@ impl<R: ReadAt> Image<R> {
     /// to [`Inventory::file_len`]. For a dirty image (refcounts may be stale) every cluster
     /// below the end of the file is listed.
     ///
+    /// Guest ranges may reach past this image's virtual size (an overlay larger than its
+    /// base): the part beyond it maps no host cluster yet.
+    ///
     /// # Errors
-    /// [`crate::Error::InvalidArgument`] for a guest range past the virtual size; the
-    /// errors of [`Image::map`].
+    /// The errors of [`Image::map`].
     pub fn inventory(&self, guest_ranges: &[(GuestOffset, u64)]) -> Result<Inventory> {
         let cs = self.header.cluster_size();
         let file_len = self.file_len;
@@ -42,7 +44,12 @@ impl<R: ReadAt> Image<R> {
             })?;
         }
         for &(g, len) in guest_ranges {
-            let end = self.check_range(g.0, len)?;
+            // Past the virtual size the base maps nothing yet: growing it rewrites the header
+            // and puts a new L1 in free clusters or past EOF, both covered already.
+            let end = g.0.saturating_add(len).min(self.header.virtual_size);
+            if g.0 >= end {
+                continue;
+            }
             self.walk(g.0, end, |_, _, cl| {
                 if let Some(r) = cl.host_range(cs) {
                     ranges.push(r);

@@ -72,3 +72,23 @@ fn synthesized_image_is_clean_for_qemu() {
     );
     assert_matches_qemu(&p, d.path(), true);
 }
+
+#[test]
+fn inventory_accepts_guest_ranges_past_the_virtual_size() {
+    // Arrange: a base smaller than the overlay that will be committed into it.
+    let b = build(12, 1 << 20, &[(3, Kind::Data(7))], true);
+    let bytes = b.to_vec();
+    let image = Image::open(&bytes[..]).unwrap();
+    // Act
+    let inv = image.inventory(&[(GuestOffset(0), 8 << 20)]).unwrap();
+    // Assert: the data cluster is listed, nothing past the file.
+    let host = b.data[0].1;
+    assert!(inv
+        .ranges
+        .iter()
+        .any(|r| r.offset.0 <= host && host + 4096 <= r.offset.0 + r.len));
+    assert!(inv
+        .ranges
+        .iter()
+        .all(|r| r.offset.0 + r.len <= inv.file_len));
+}
