@@ -167,28 +167,21 @@ pub(crate) fn decode(
         }
         let nsect = ((entry >> x) & ((1u64 << (h.cluster_bits - 8)) - 1)) + 1;
         let len = nsect * 512 - (offset & 511);
-        let sector_start = offset & !511;
+        if offset >= file_len {
+            return Err(corrupt(
+                at,
+                format!("L2 entry points to compressed data at {offset:#x}, past the end of the file ({file_len:#x})"),
+            ));
+        }
+        // The whole sectors holding the data may not share a metadata cluster either.
         check_host(
             layout,
             file_len,
             at,
-            offset,
+            offset & !511,
             offset + len,
             "compressed data",
-        )
-        .and_then(|()| {
-            // The sectors holding compressed data may not share a metadata cluster either.
-            match layout.overlapping(sector_start, offset + len) {
-                Some(r) => Err(corrupt(
-                    at,
-                    format!(
-                        "compressed data at {offset:#x} reaches into the {} at {:#x}",
-                        r.what, r.start
-                    ),
-                )),
-                None => Ok(()),
-            }
-        })?;
+        )?;
         return Ok(Cluster::Compressed { offset, len });
     }
     if entry & L2E_STD_RESERVED_MASK != 0 {
