@@ -603,3 +603,26 @@ fn status_diff_rounds(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_runs_small_large_and_meta_in_that_order() {
+        let names: Vec<&str> = parts("all")
+            .unwrap()
+            .iter()
+            .map(|p| match p {
+                Part::Commit { name, .. } | Part::Meta { name, .. } => *name,
+            })
+            .collect();
+
+        assert_eq!(names, ["small", "large", "meta"]);
+    }
+
+    #[test]
+    fn unknown_scenario_is_refused() {
+        assert!(parts("huge").is_none());
+    }
+}
