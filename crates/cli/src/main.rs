@@ -55,11 +55,10 @@ fn main() -> ExitCode {
             let wants_json = raw.iter().any(|a| a == "--json");
             if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
             {
-                let msg = e
-                    .kind()
-                    .as_str()
-                    .map_or_else(|| e.to_string(), str::to_owned);
-                let text = json!({ "error": format!("usage: {}", msg), "exit_code": EXIT_USAGE });
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or("invalid usage");
+                let msg = first.strip_prefix("error: ").unwrap_or(first);
+                let text = json!({ "error": format!("usage: {msg}"), "exit_code": EXIT_USAGE });
                 let _ = writeln!(io::stderr(), "{text}");
                 return ExitCode::from(EXIT_USAGE);
             }

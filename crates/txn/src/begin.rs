@@ -126,6 +126,45 @@ impl<S: Fs, H: Host> Engine<S, H> {
             match self.state.claim_base(&self.fs, dev, ino, id)? {
                 Ok(()) => return Ok(()),
                 Err(holder) => {
+                    // A holder that is not simply open will never let go by itself.
+                    match self
+                        .state
+                        .load(&self.fs, &holder)
+                        .ok()
+                        .flatten()
+                        .map(|m| m.state)
+                    {
+                        Some(TxState::Open) => {}
+                        Some(TxState::Beginning)
+                            if self
+                                .host
+                                .lock_exclusive(&self.state.lock(&holder), false)?
+                                .is_none() => {}
+                        Some(TxState::Beginning) => {
+                            return Err(Error::Interrupted {
+                                tx: holder,
+                                doing: "beginning",
+                            })
+                        }
+                        Some(TxState::RollingBack) => {
+                            return Err(Error::Interrupted {
+                                tx: holder,
+                                doing: "rolling back",
+                            })
+                        }
+                        Some(TxState::Finished) => {
+                            return Err(Error::Interrupted {
+                                tx: holder,
+                                doing: "cleaning up after its commit",
+                            })
+                        }
+                        None => {
+                            return Err(Error::Interrupted {
+                                tx: holder,
+                                doing: "releasing its claim",
+                            })
+                        }
+                    }
                     let out_of_time = match wait {
                         Wait::No => {
                             return Err(Error::Busy {
