@@ -39,6 +39,7 @@ status, recover, and log. Hashes prove each step: the base is untouched until co
 after the crash and recovery it is wholly old or wholly new. It needs qemu-img and qemu-io
 (Debian: qemu-utils); mke2fs and debugfs (e2fsprogs) and guestfish (guestfish) are used when
 installed. It exits 0 when every proof holds, 1 otherwise. Takes about 15 s without guestfish.
+It always uses its own state directory, so --state-dir does not apply; nor does --json.
 
 Examples:
   imgtx demo                   # the whole story, then clean up
@@ -315,10 +316,7 @@ impl Demo {
         let mut cmd = self.imgtx_command(&["commit", &tx]);
         if hook {
             cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point");
-            self.say(&format!(
-                "$ IMGTX_TEST_CRASH_AFTER=commit-point {}",
-                display(&cmd)
-            ))?;
+            self.say(&format!("$ {}", display(&cmd)))?;
         } else {
             self.say("Start the commit, and kill it with SIGKILL as soon as it starts writing into disk.img:")?;
             self.say(&format!("$ {} &", display(&cmd)))?;
