@@ -19,3 +19,4 @@ fn binary_prints_help() {
 mod kill;
 mod ops;
 mod txn_qcow2;
+mod kill_strace;
