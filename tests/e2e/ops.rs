@@ -35,10 +35,12 @@ fn demo_without_guestfish_proves_the_base_old_or_new_and_cleans_up() {
         describe(&cmd, &out)
     );
     assert!(!text.contains("FAILED"), "{}", describe(&cmd, &out));
+    // Under a minute on an idle machine (about 15 s); the bound is looser because CI shares
+    // two cores with other builds, and it is here to catch a demo that hangs or crawls.
     let secs = started.elapsed().as_secs();
     assert!(
-        secs < 60,
-        "the demo took {secs} s; it should take under a minute"
+        secs < 120,
+        "the demo took {secs} s; it should take well under a minute"
     );
     let removed = text
         .lines()
