@@ -235,10 +235,6 @@ fn progress(msg: &str) {
     eprintln!("imgtx-bench [{secs:7.1}s]: {msg}");
 }
 
-fn commit_plan(size: u64, changed: u64, seed: u64) -> Plan {
-    plan::scattered(size, changed, seed)
-}
-
 fn run_commit(
     cfg: &Config,
     name: &str,
@@ -247,7 +243,7 @@ fn run_commit(
     sparse_extra: Option<u64>,
 ) -> BoxResult<PartResult> {
     let layout = Layout::new(&cfg.workdir, name)?;
-    let plan = commit_plan(size, changed, cfg.seed);
+    let plan = plan::scattered(size, changed, cfg.seed);
     let key = serde_json::json!({
         "format": SCENARIO_FORMAT, "size": size, "changed": changed,
         "sparse_extra": sparse_extra, "seed": cfg.seed,
@@ -412,9 +408,7 @@ fn run_qemu_img(layout: &Layout, cold: &mut bool) -> BoxResult<Sample> {
 
 /// `imgtx --state-dir S begin --json BASE`: returns the transaction id and the overlay path.
 fn begin(imgtx: &Path, layout: &Layout, base: &Path) -> BoxResult<(Sample, String, PathBuf)> {
-    let mut args = vec![layout.state.clone().into_os_string()];
-    args.splice(0..0, os(&["--state-dir"]));
-    args.extend(os(&["begin", "--json"]));
+    let mut args = imgtx_args(layout, &["begin", "--json"]);
     args.push(base.as_os_str().to_owned());
     let (sample, stdout) = measure(&layout.dir, None, imgtx, &args)?;
     let json: serde_json::Value = serde_json::from_str(stdout.trim())

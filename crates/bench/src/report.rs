@@ -24,43 +24,36 @@ pub struct Summary {
 pub fn summarize(samples: &[Sample]) -> Option<Summary> {
     let mut secs: Vec<f64> = samples.iter().map(|s| s.secs).collect();
     secs.sort_by(f64::total_cmp);
-    let n = secs.len();
-    let median = match n {
-        0 => return None,
-        _ if n % 2 == 1 => secs[n / 2],
-        _ => (secs[n / 2 - 1] + secs[n / 2]) / 2.0,
-    };
     Some(Summary {
-        median,
+        median: median_of_sorted(&secs)?,
         min: secs[0],
-        max: secs[n - 1],
+        max: secs[secs.len() - 1],
         max_rss_kib: samples.iter().map(|s| s.max_rss_kib).max().unwrap_or(0),
     })
 }
 
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    summarize(
-        &xs.drain(..)
-            .map(|secs| Sample {
-                secs,
-                max_rss_kib: 0,
-            })
-            .collect::<Vec<_>>(),
-    )
-    .map(|s| s.median)
+/// Median of values sorted ascending (mean of the middle two for an even count).
+fn median_of_sorted(xs: &[f64]) -> Option<f64> {
+    let n = xs.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(xs[n / 2]),
+        _ => Some((xs[n / 2 - 1] + xs[n / 2]) / 2.0),
+    }
 }
 
 /// Ratio of a contestant to qemu-img: of the medians, and the median of per-round ratios
 /// (runs of the same round were made back to back on identical copies).
 pub fn ratios(runs: &Runs, qemu: &Runs) -> Option<(f64, f64)> {
     let (a, b) = (summarize(&runs.samples)?, summarize(&qemu.samples)?);
-    let per_round = runs
+    let mut per_round: Vec<f64> = runs
         .samples
         .iter()
         .zip(&qemu.samples)
         .map(|(x, q)| x.secs / q.secs)
         .collect();
-    Some((a.median / b.median, median(per_round)?))
+    per_round.sort_by(f64::total_cmp);
+    Some((a.median / b.median, median_of_sorted(&per_round)?))
 }
 
 fn qemu(part: &PartResult) -> Option<&Runs> {
