@@ -315,3 +315,29 @@ fn sigkill_in_the_middle_of_a_large_copy_recovers_to_old_or_new() {
     }
     assert_eq!(t.image_listing(), vec!["big.img"]);
 }
+
+#[test]
+fn status_shows_an_interrupted_commit_and_recover_by_path_finishes_it() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (tx, bases, _old, new) = prepared(&t, false);
+    crash(&t, "commit-point", &["commit", &tx]);
+    let status = t.transactions();
+    assert_eq!(status[0]["state"], "commit_interrupted");
+    let out = t.imgtx_code(&["rollback", &tx], exit::RECOVERY_NEEDED);
+    assert!(stderr_of(&out).contains("imgtx recover"));
+
+    // The second base's journal names the coordinator beside the first.
+    let r = t.imgtx_json(&["recover".as_ref(), bases[1].as_os_str()]);
+
+    assert_eq!(r["actions"][0]["action"], "recovered_forward");
+    assert!(contents(&bases) == new);
+    let log = t.imgtx_json(&["log".as_ref(), bases[0].as_os_str()]);
+    assert_eq!(log["entries"].as_array().map(Vec::len), Some(1));
+    assert_eq!(log["entries"][0]["outcome"], "recovered_forward");
+    let other = t.raw_image("other.img", MIB, 9);
+    let none = t.imgtx_json(&["log".as_ref(), other.as_os_str()]);
+    assert_eq!(none["entries"].as_array().map(Vec::len), Some(0));
+}
