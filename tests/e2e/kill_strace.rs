@@ -31,23 +31,38 @@ fn under_strace(t: &TestDir, filter: &[String], args: &[&str]) -> Command {
     let mut cmd = Command::new("strace");
     cmd.current_dir(t.path()).arg("-f").arg("-qq");
     cmd.args(filter);
-    cmd.arg(imgtx_bin()).arg("--state-dir").arg(t.state_dir()).args(args);
+    cmd.arg(imgtx_bin())
+        .arg("--state-dir")
+        .arg(t.state_dir())
+        .args(args);
     cmd
 }
 
 /// Mutating syscall counts of `imgtx ARGS` (largest per process), from a clean traced run.
 fn count_calls(t: &TestDir, args: &[&str]) -> BTreeMap<String, u32> {
     let log = t.path().join("strace.log");
-    let filter = vec!["-o".into(), log.display().to_string(), "-e".into(), format!("trace={MUTATING}")];
+    let filter = vec![
+        "-o".into(),
+        log.display().to_string(),
+        "-e".into(),
+        format!("trace={MUTATING}"),
+    ];
     let mut cmd = under_strace(t, &filter, args);
     let out = run(&mut cmd);
-    assert_eq!(out.status.code(), Some(exit::OK), "{}", describe(&cmd, &out));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::OK),
+        "{}",
+        describe(&cmd, &out)
+    );
     let text = fs::read_to_string(&log).expect("strace log");
     fs::remove_file(&log).expect("remove strace log");
     let mut per: BTreeMap<(String, String), u32> = BTreeMap::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        let (Some(pid), Some(call)) = (words.next(), words.next()) else { continue };
+        let (Some(pid), Some(call)) = (words.next(), words.next()) else {
+            continue;
+        };
         if call.starts_with("<...") || call.starts_with("+++") || call.starts_with("---") {
             continue;
         }
@@ -94,8 +109,23 @@ fn prepare(qcow2: bool) -> Prepared {
     let t = TestDir::new();
     let base = if qcow2 {
         let b = t.image("base.qcow2");
-        qemu_img(&["create".as_ref(), "-q".as_ref(), "-f".as_ref(), "qcow2".as_ref(), b.as_os_str(), "1M".as_ref()]);
-        let io = |c: &str| qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), c.as_ref(), b.as_os_str()]);
+        qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            b.as_os_str(),
+            "1M".as_ref(),
+        ]);
+        let io = |c: &str| {
+            qemu_io(&[
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                "-c".as_ref(),
+                c.as_ref(),
+                b.as_os_str(),
+            ])
+        };
         io("write -P 0x61 0 256k");
         io("write -P 0x62 640k 64k");
         b
@@ -105,43 +135,94 @@ fn prepare(qcow2: bool) -> Prepared {
     let old = fs::read(&base).expect("base");
     let tx = t.begin(&[&base]);
     let overlay = tx.images[0].overlay.clone();
-    qemu_img(&["resize".as_ref(), "-q".as_ref(), overlay.as_os_str(), "1536K".as_ref()]);
-    for c in ["write -P 0x71 4k 100k", "write -z 512k 64k", "write -c -P 0x72 768k 64k", "write -P 0x73 1200k 8k"] {
-        qemu_io(&["-f".as_ref(), "qcow2".as_ref(), "-c".as_ref(), c.as_ref(), overlay.as_os_str()]);
+    qemu_img(&[
+        "resize".as_ref(),
+        "-q".as_ref(),
+        overlay.as_os_str(),
+        "1536K".as_ref(),
+    ]);
+    for c in [
+        "write -P 0x71 4k 100k",
+        "write -z 512k 64k",
+        "write -c -P 0x72 768k 64k",
+        "write -P 0x73 1200k 8k",
+    ] {
+        qemu_io(&[
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-c".as_ref(),
+            c.as_ref(),
+            overlay.as_os_str(),
+        ]);
     }
     let new_guest = guest_content(&t, &overlay, "qcow2");
-    Prepared { t, tx: tx.id, base, overlay, old, new_guest, qcow2 }
+    Prepared {
+        t,
+        tx: tx.id,
+        base,
+        overlay,
+        old,
+        new_guest,
+        qcow2,
+    }
 }
 
 /// Checks the directory after a kill and a recover; returns whether the base ended new.
 fn check(p: &Prepared, told_success: bool, ctx: &str) -> bool {
     let t = &p.t;
     let out = t.imgtx(&["recover"]);
-    assert_eq!(out.status.code(), Some(exit::OK), "{ctx}: recover failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::OK),
+        "{ctx}: recover failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     t.imgtx_ok(&["recover"]);
     let now = fs::read(&p.base).expect("base");
     let is_old = now == p.old;
     let format = if p.qcow2 { "qcow2" } else { "raw" };
     let is_new = !is_old && guest_content(t, &p.base, format) == p.new_guest;
-    assert!(is_old || is_new, "{ctx}: the base is neither bit-identical to its old content nor new");
+    assert!(
+        is_old || is_new,
+        "{ctx}: the base is neither bit-identical to its old content nor new"
+    );
     if p.qcow2 && is_new {
         qemu_img(&["check".as_ref(), "-q".as_ref(), p.base.as_os_str()]);
     }
-    assert!(!(told_success && is_old), "{ctx}: commit reported success, recover went back to old");
+    assert!(
+        !(told_success && is_old),
+        "{ctx}: commit reported success, recover went back to old"
+    );
     let open = t.transactions().len();
     let base_name = p.base.file_name().unwrap().to_string_lossy().into_owned();
-    let overlay_name = p.overlay.file_name().unwrap().to_string_lossy().into_owned();
+    let overlay_name = p
+        .overlay
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let mut want = vec![base_name];
     if open == 1 {
-        assert!(is_old, "{ctx}: the transaction is still open over a new base");
+        assert!(
+            is_old,
+            "{ctx}: the transaction is still open over a new base"
+        );
         want.push(overlay_name);
         want.sort();
     }
-    assert_eq!(listing(&t.images()), want, "{ctx}: stray files beside the base");
+    assert_eq!(
+        listing(&t.images()),
+        want,
+        "{ctx}: stray files beside the base"
+    );
     if open == 1 {
         // The transaction survived whole: it still commits to the new content.
         t.imgtx_ok(&["commit", &p.tx]);
-        assert_eq!(guest_content(t, &p.base, format), p.new_guest, "{ctx}: re-commit");
+        assert_eq!(
+            guest_content(t, &p.base, format),
+            p.new_guest,
+            "{ctx}: re-commit"
+        );
     }
     is_new
 }
@@ -162,18 +243,26 @@ fn sweep(qcow2: bool, extra: &[&str]) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         count_calls(&p.t, &args)
     };
-    let points: Vec<(String, u32)> =
-        counts.iter().flat_map(|(name, &n)| (1..=n).map(move |i| (name.clone(), i))).collect();
+    let points: Vec<(String, u32)> = counts
+        .iter()
+        .flat_map(|(name, &n)| (1..=n).map(move |i| (name.clone(), i)))
+        .collect();
     let chosen: Vec<&(String, u32)> = if full() || points.len() <= SAMPLE {
         points.iter().collect()
     } else {
         let step = points.len() as f64 / SAMPLE as f64;
-        (0..SAMPLE).map(|i| &points[(i as f64 * step) as usize]).collect()
+        (0..SAMPLE)
+            .map(|i| &points[(i as f64 * step) as usize])
+            .collect()
     };
     let (mut killed, mut old, mut new) = (0, 0, 0);
     for (name, n) in chosen {
         let p = prepare(qcow2);
-        let ctx = format!("commit{} of a {} base killed at {name} #{n}", extra.join(" "), if qcow2 { "qcow2" } else { "raw" });
+        let ctx = format!(
+            "commit{} of a {} base killed at {name} #{n}",
+            extra.join(" "),
+            if qcow2 { "qcow2" } else { "raw" }
+        );
         let filter: Vec<String> = vec![
             "-o".into(),
             "/dev/null".into(),
@@ -216,4 +305,3 @@ fn a_raw_commit_without_undo_killed_before_any_mutating_syscall_recovers_old_or_
 fn a_qcow2_commit_killed_in_imgtx_or_qemu_img_recovers_old_or_new() {
     sweep(true, &[]);
 }
-

@@ -16,10 +16,14 @@ const FAULTS: [Fault; 2] = [Fault::Eio, Fault::Enospc];
 /// The path a logged operation works on, and whether it is a sync.
 fn target(op: &Op) -> (Option<PathBuf>, bool) {
     match op {
-        Op::Write { path, .. } | Op::SetLen { path, .. } | Op::ZeroRange { path, .. } => (path.clone(), false),
+        Op::Write { path, .. } | Op::SetLen { path, .. } | Op::ZeroRange { path, .. } => {
+            (path.clone(), false)
+        }
         Op::SyncData { path } => (path.clone(), true),
         Op::SyncDir { path } => (Some(path.clone()), true),
-        Op::CreateNew { path } | Op::RemoveFile { path } | Op::CreateDir { path } => (Some(path.clone()), false),
+        Op::CreateNew { path } | Op::RemoveFile { path } | Op::CreateDir { path } => {
+            (Some(path.clone()), false)
+        }
         Op::Rename { to, .. } => (Some(to.clone()), false),
     }
 }
@@ -29,8 +33,14 @@ fn target(op: &Op) -> (Option<PathBuf>, bool) {
 fn assert_no_sync_retry(log: &[LoggedOp], ctx: &str) {
     for (i, l) in log.iter().enumerate() {
         if let (Op::SyncData { path: Some(p) }, Some(Outcome::Fault(_))) = (&l.op, l.outcome) {
-            let retried = log[i + 1..].iter().any(|m| matches!(&m.op, Op::SyncData { path: Some(q) } if q == p));
-            assert!(!retried, "{ctx}: the failed sync of {} was retried", p.display());
+            let retried = log[i + 1..]
+                .iter()
+                .any(|m| matches!(&m.op, Op::SyncData { path: Some(q) } if q == p));
+            assert!(
+                !retried,
+                "{ctx}: the failed sync of {} was retried",
+                p.display()
+            );
         }
     }
 }
@@ -48,22 +58,41 @@ fn after_fault(fx: &Fixture, fs: &SimFs, told_new: bool, ctx: &str, stats: &mut 
     // may show only after a reboot (reads still see it), so the disk it leaves is then
     // rebooted and recovered once more, and that must settle.
     let (e, mon) = engine(fs, &fx.bases).expect("engine");
-    e.recover(&RecoverOptions::default()).unwrap_or_else(|e| panic!("{ctx}: live recover failed: {e:?}"));
-    assert_eq!(mon.violations(), vec![], "{ctx}: ordering violations in live recover");
+    e.recover(&RecoverOptions::default())
+        .unwrap_or_else(|e| panic!("{ctx}: live recover failed: {e:?}"));
+    assert_eq!(
+        mon.violations(),
+        vec![],
+        "{ctx}: ordering violations in live recover"
+    );
     stats.recoveries += 1;
     let rebooted = fs.crashed_image(Damage::DropUnsynced, 0);
     let (e, mon) = engine(&rebooted, &fx.bases).expect("engine");
     e.recover(&RecoverOptions::default())
         .unwrap_or_else(|e| panic!("{ctx}: recover after live recover and reboot failed: {e:?}"));
-    assert_eq!(mon.violations(), vec![], "{ctx}: ordering violations after reboot");
+    assert_eq!(
+        mon.violations(),
+        vec![],
+        "{ctx}: ordering violations after reboot"
+    );
     let settled = rebooted.crashed_image(Damage::DropUnsynced, 0);
-    let end = crash_support::ended(fx, &settled).unwrap_or_else(|e| panic!("{ctx}, live recover then reboot: {e}"));
-    assert!(!(told_new && end == crash_support::Ended::Old), "{ctx}: success reported, old after live recover");
+    let end = crash_support::ended(fx, &settled)
+        .unwrap_or_else(|e| panic!("{ctx}, live recover then reboot: {e}"));
+    assert!(
+        !(told_new && end == crash_support::Ended::Old),
+        "{ctx}: success reported, old after live recover"
+    );
     // Not asserted, counted: a live recover runs on what reads show, and after a failed
     // directory sync the simulated disk has lost entry changes for good that reads still
     // show done (unlinks, renames). Files those lost unlinks bring back after the reboot are
     // outside what any recover on the live view can see; see docs/crash-safety.md.
-    if !crash_support::strays(fx, &settled, crash_support::manifest_state(&settled).is_some()).is_empty() {
+    if !crash_support::strays(
+        fx,
+        &settled,
+        crash_support::manifest_state(&settled).is_some(),
+    )
+    .is_empty()
+    {
         stats.leftovers += 1;
     }
 }
@@ -97,7 +126,10 @@ fn fault_sweep(no_undo: bool, name: &str) {
                 let log = fs.log();
                 let faulted = &log[usize::try_from(k - 1).unwrap_or(0)].op;
                 if result.is_ok() {
-                    assert!(!must_fail(faulted), "{ctx}: commit reported success over a failed {faulted:?}");
+                    assert!(
+                        !must_fail(faulted),
+                        "{ctx}: commit reported success over a failed {faulted:?}"
+                    );
                 }
                 assert_no_sync_retry(&log, &ctx);
                 let told_new = result.is_ok();
@@ -108,7 +140,13 @@ fn fault_sweep(no_undo: bool, name: &str) {
                 };
                 for d in d {
                     let img = fs.crashed_image(d, crash_support::seed(k, d));
-                    recover_and_check(&fx, &img, told_new, &format!("{ctx}, power cut with {d:?}"), &mut local);
+                    recover_and_check(
+                        &fx,
+                        &img,
+                        told_new,
+                        &format!("{ctx}, power cut with {d:?}"),
+                        &mut local,
+                    );
                 }
                 after_fault(&fx, &fs, told_new, &ctx, &mut local);
                 local
@@ -158,7 +196,8 @@ fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
     let crashed = {
         let fs = fx.fresh();
         let (e, _) = engine(&fs, &fx.bases).expect("engine");
-        e.commit(TX, CommitOptions::default(), &mut |_| {}).expect("clean commit");
+        e.commit(TX, CommitOptions::default(), &mut |_| {})
+            .expect("clean commit");
         let point = fs
             .log()
             .iter()
@@ -173,7 +212,11 @@ fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
     };
     let n = {
         let fs = crashed.crashed_image(Damage::KeepAll, 0);
-        engine(&fs, &fx.bases).expect("engine").0.recover(&RecoverOptions::default()).expect("clean recover");
+        engine(&fs, &fx.bases)
+            .expect("engine")
+            .0
+            .recover(&RecoverOptions::default())
+            .expect("clean recover");
         fs.ops()
     };
     let mut failures = Vec::new();
@@ -196,7 +239,10 @@ fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
                 let log = fs.log();
                 let faulted = &log[usize::try_from(k - 1).unwrap_or(0)].op;
                 if result.is_ok() {
-                    assert!(!must_fail(faulted), "{ctx}: recover reported success over a failed {faulted:?}");
+                    assert!(
+                        !must_fail(faulted),
+                        "{ctx}: recover reported success over a failed {faulted:?}"
+                    );
                 }
                 assert_no_sync_retry(&log, &ctx);
                 let img = fs.crashed_image(Damage::DropUnsynced, k);

@@ -24,14 +24,20 @@ struct Points {
 
 fn points(fx: &Fixture) -> Points {
     let fs = fx.fresh();
-    engine(&fs, &fx.bases).expect("engine").0.commit(TX, CommitOptions::default(), &mut |_| {}).expect("commit");
+    engine(&fs, &fx.bases)
+        .expect("engine")
+        .0
+        .commit(TX, CommitOptions::default(), &mut |_| {})
+        .expect("commit");
     let journal = txn::layout::journal(&fx.bases[0], TX).expect("journal path");
     let log = fs.log();
     let on = |p: &Option<PathBuf>, q: &Path| p.as_deref() == Some(q);
     let first_base = log
         .iter()
         .find(|l| match &l.op {
-            Op::Write { path, .. } | Op::SetLen { path, .. } | Op::ZeroRange { path, .. } => on(path, &fx.bases[0]),
+            Op::Write { path, .. } | Op::SetLen { path, .. } | Op::ZeroRange { path, .. } => {
+                on(path, &fx.bases[0])
+            }
             _ => false,
         })
         .map(|l| l.number)
@@ -39,19 +45,32 @@ fn points(fx: &Fixture) -> Points {
     let writes: Vec<(u64, u64, u64)> = log
         .iter()
         .filter_map(|l| match &l.op {
-            Op::Write { path, offset, len } if on(path, &journal) => Some((*offset, *len, l.number)),
+            Op::Write { path, offset, len } if on(path, &journal) => {
+                Some((*offset, *len, l.number))
+            }
             _ => None,
         })
         .collect();
-    let commit_write = *writes.iter().filter(|w| w.2 < first_base).last().expect("commit record");
+    let commit_write = *writes
+        .iter()
+        .rfind(|w| w.2 < first_base)
+        .expect("commit record");
     let commit_sync = log
         .iter()
-        .find(|l| l.number > commit_write.2 && matches!(&l.op, Op::SyncData { path } if on(path, &journal)))
+        .find(|l| {
+            l.number > commit_write.2
+                && matches!(&l.op, Op::SyncData { path } if on(path, &journal))
+        })
         .map(|l| l.number)
         .expect("commit sync");
     // Writes: the header, then the intent record.
     let intent = (writes[1].0, writes[1].1);
-    Points { journal, commit_write, commit_sync, intent }
+    Points {
+        journal,
+        commit_write,
+        commit_sync,
+        intent,
+    }
 }
 
 /// The disk after a commit crashed at operation `k`, rebooted with `damage`.
@@ -72,7 +91,8 @@ fn rewrite(fs: &SimFs, path: &Path, bytes: &[u8]) {
 
 fn recover_ok(fx: &Fixture, fs: &SimFs, ctx: &str) -> Ended {
     let (e, mon) = engine(fs, &fx.bases).expect("engine");
-    e.recover(&RecoverOptions::default()).unwrap_or_else(|e| panic!("{ctx}: recover failed: {e:?}"));
+    e.recover(&RecoverOptions::default())
+        .unwrap_or_else(|e| panic!("{ctx}: recover failed: {e:?}"));
     assert_eq!(mon.violations(), vec![], "{ctx}: ordering violations");
     check_settled(fx, fs, false, ctx)
 }
@@ -97,14 +117,20 @@ fn a_commit_record_torn_at_any_byte_counts_as_not_written() {
     for cut in off..off + len {
         let fs = unsynced.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &whole[..usize::try_from(cut).unwrap()]);
-        assert_eq!(recover_ok(&fx, &fs, &format!("commit record cut at {cut:#x}")), Ended::Old);
+        assert_eq!(
+            recover_ok(&fx, &fs, &format!("commit record cut at {cut:#x}")),
+            Ended::Old
+        );
         stats.images += 1;
     }
 
     // Whole, the same record commits.
     let fs = unsynced.crashed_image(Damage::KeepAll, 0);
     assert_eq!(recover_ok(&fx, &fs, "commit record whole"), Ended::New);
-    eprintln!("torn commit record: {} cuts, all discarded to old", stats.images);
+    eprintln!(
+        "torn commit record: {} cuts, all discarded to old",
+        stats.images
+    );
 }
 
 /// Overwrites from `from` to the end of the sector holding the journal's last byte with
@@ -133,7 +159,10 @@ fn a_zeroed_or_garbage_final_sector_counts_as_not_written() {
         let fs = unsynced.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &bytes);
 
-        assert_eq!(recover_ok(&fx, &fs, &format!("final sector, garbage {garbage}")), Ended::Old);
+        assert_eq!(
+            recover_ok(&fx, &fs, &format!("final sector, garbage {garbage}")),
+            Ended::Old
+        );
     }
 }
 
@@ -155,7 +184,10 @@ fn a_whole_garbage_final_sector_including_synced_records_still_recovers() {
         let fs = unsynced.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &bytes);
 
-        assert_eq!(recover_ok(&fx, &fs, &format!("whole final sector, garbage {garbage}")), Ended::Old);
+        assert_eq!(
+            recover_ok(&fx, &fs, &format!("whole final sector, garbage {garbage}")),
+            Ended::Old
+        );
     }
 }
 
@@ -167,21 +199,36 @@ fn a_bit_flip_mid_log_is_refused_and_touches_nothing() {
     let mid = crashed(&fx, p.commit_sync + 2, Damage::KeepAll);
     let whole = mid.read_live(&p.journal).expect("journal");
 
-    for (what, at) in [("intent record", p.intent.0 + p.intent.1 / 2), ("header", 9)] {
+    for (what, at) in [
+        ("intent record", p.intent.0 + p.intent.1 / 2),
+        ("header", 9),
+    ] {
         let mut bytes = whole.clone();
         bytes[usize::try_from(at).unwrap()] ^= 0x10;
         let fs = mid.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &bytes);
-        let before: Vec<Vec<u8>> = fx.bases.iter().map(|b| fs.read_live(b).expect("base")).collect();
+        let before: Vec<Vec<u8>> = fx
+            .bases
+            .iter()
+            .map(|b| fs.read_live(b).expect("base"))
+            .collect();
 
         let (e, mon) = engine(&fs, &fx.bases).expect("engine");
         let result = e.recover(&RecoverOptions::default());
 
         let err = result.expect_err(&format!("a bit flip in the {what} was not refused"));
         assert_eq!(err.class(), ErrorClass::Corrupt, "{what}: {err:?}");
-        let after: Vec<Vec<u8>> = fx.bases.iter().map(|b| fs.read_live(b).expect("base")).collect();
+        let after: Vec<Vec<u8>> = fx
+            .bases
+            .iter()
+            .map(|b| fs.read_live(b).expect("base"))
+            .collect();
         assert_eq!(before, after, "{what}: recover wrote a base while refusing");
-        assert_eq!(fs.read_live(&p.journal), Some(bytes), "{what}: the journal was not kept as found");
+        assert_eq!(
+            fs.read_live(&p.journal),
+            Some(bytes),
+            "{what}: the journal was not kept as found"
+        );
         assert_eq!(mon.violations(), vec![]);
     }
 }
@@ -192,10 +239,16 @@ fn a_stale_commit_record_of_an_earlier_run_is_rejected() {
     let p = points(&fx);
     // Run A reached its commit point; run B of the same transaction id died just before
     // writing its commit record. A's commit record lies right where B's would go.
-    let a = crashed(&fx, p.commit_sync + 1, Damage::KeepAll).read_live(&p.journal).expect("journal A");
+    let a = crashed(&fx, p.commit_sync + 1, Damage::KeepAll)
+        .read_live(&p.journal)
+        .expect("journal A");
     let b_disk = crashed(&fx, p.commit_write.2, Damage::DropUnsynced);
     let b = b_disk.read_live(&p.journal).expect("journal B");
-    assert_eq!(b.len() as u64, p.commit_write.0, "B ends where its commit record would start");
+    assert_eq!(
+        b.len() as u64,
+        p.commit_write.0,
+        "B ends where its commit record would start"
+    );
     let mut spliced = b.clone();
     spliced.extend_from_slice(&a[b.len()..]);
     rewrite(&b_disk, &p.journal, &spliced);
