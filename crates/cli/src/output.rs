@@ -13,14 +13,16 @@ pub struct Out {
     pub quiet: bool,
 }
 
+// Stdout is line-buffered; a diff of 100 000 extents would cost one write(2) per line, so
+// both printers buffer the whole block and flush once.
 fn print_json(v: &Value) -> io::Result<()> {
-    let mut o = io::stdout().lock();
+    let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     writeln!(o, "{v}")?;
     o.flush()
 }
 
 fn human(lines: &[String]) -> io::Result<()> {
-    let mut o = io::stdout().lock();
+    let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     for l in lines {
         writeln!(o, "{l}")?;
     }
