@@ -227,7 +227,8 @@ impl StateDir {
     /// Removes a leftover temporary manifest durably.
     pub fn remove_tmp<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
         if remove_if_exists(fs, path)? {
-            fs.sync_dir(&self.txns()).map_err(Error::io("sync", self.txns()))?;
+            fs.sync_dir(&self.txns())
+                .map_err(Error::io("sync", self.txns()))?;
         }
         Ok(())
     }
