@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use storage::{File, Fs};
+use storage::{File, FileKind, Fs};
 
 use crate::error::{Error, Result};
 use crate::history::{HistoryEntry, HistoryImage, Outcome};
@@ -62,7 +62,16 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let mut fences = Vec::new();
         for img in &m.images {
             fences.push(self.host.fence_image(&img.base)?);
-            fences.push(self.host.fence_image(&img.overlay)?);
+            // Only a regular file can be fenced; anything else in the overlay's place (a
+            // planted symlink or FIFO, nothing at all) is refused by open_checked below with
+            // a reason that names it.
+            let ov_meta = self
+                .fs
+                .metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?;
+            if ov_meta.is_some_and(|x| x.kind == FileKind::File) {
+                fences.push(self.host.fence_image(&img.overlay)?);
+            }
         }
         let mut overlays = Vec::new();
         let mut plans = Vec::new();

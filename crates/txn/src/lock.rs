@@ -63,9 +63,11 @@ fn flock(l_type: i32, start: i64, len: i64) -> libc::flock {
 }
 
 fn open_read(path: &Path) -> Result<File> {
+    // O_NONBLOCK: a FIFO planted under an image's name would otherwise block the open until
+    // some writer appears; on a regular file it changes nothing.
     OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(Error::io("open for lock probing", path))
 }

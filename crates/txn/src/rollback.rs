@@ -41,7 +41,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 .fs
                 .metadata(&img.overlay)
                 .map_err(Error::io("stat", &img.overlay))?
-                .is_some()
+                // Only a regular file can be an image qemu uses; a planted symlink or FIFO
+                // must not block the rollback that removes it.
+                .is_some_and(|x| x.kind == FileKind::File)
                 && self.host.image_in_use(&img.overlay)?
             {
                 return Err(Error::InUse {
