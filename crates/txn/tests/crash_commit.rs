@@ -28,7 +28,7 @@ fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
     }
     let fx = Fixture::new(&crash_support::raw_single());
 
-    let stats = sweep(&fx, &|| fx.fresh(), &commit(false), true, 4, "raw commit");
+    let stats = sweep(&fx, &|| fx.fresh(), &commit(false), true, 3, "raw commit");
 
     report("raw commit", stats);
     assert!(stats.ended_new > 0 && stats.ended_old > 0);
@@ -47,7 +47,7 @@ fn raw_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation(
         &|| fx.fresh(),
         &commit(true),
         true,
-        3,
+        2,
         "raw commit --no-undo",
     );
 
@@ -68,7 +68,7 @@ fn two_image_commit_is_atomic_across_both_bases_after_a_crash_at_every_operation
         &|| fx.fresh(),
         &commit(false),
         true,
-        3,
+        2,
         "two-image commit",
     );
 
