@@ -20,3 +20,4 @@ mod kill;
 mod ops;
 mod txn_qcow2;
 mod kill_strace;
+mod progress;

@@ -7,6 +7,7 @@ mod args;
 mod demo;
 mod generate;
 mod output;
+mod progress;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -205,7 +206,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             out.begin(&m)?;
         }
         Command::Commit { no_undo, tx } => {
-            let r = engine.commit(&tx, CommitOptions { no_undo }, &mut |_| {})?;
+            let mut bar = progress::Reporter::new(out.json, out.quiet);
+            let r = engine.commit(&tx, CommitOptions { no_undo }, &mut |p| bar.report(p))?;
+            bar.finish();
             out.commit(&r)?;
         }
         Command::Rollback { tx } => {
@@ -218,11 +221,16 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             paths,
         } => {
             let paths = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
-            let r = engine.recover(&RecoverOptions {
-                paths,
-                undo,
-                dry_run,
-            })?;
+            let mut bar = progress::Reporter::new(out.json, out.quiet);
+            let r = engine.recover_with_progress(
+                &RecoverOptions {
+                    paths,
+                    undo,
+                    dry_run,
+                },
+                &mut |p| bar.report(p),
+            )?;
+            bar.finish();
             out.recover(&r)?;
         }
         Command::Run {
@@ -296,7 +304,9 @@ fn run_command(
         }
     };
     if status.success() {
-        let r = engine.commit(&m.id, CommitOptions { no_undo }, &mut |_| {})?;
+        let mut bar = progress::Reporter::new(out.json, out.quiet);
+        let r = engine.commit(&m.id, CommitOptions { no_undo }, &mut |p| bar.report(p))?;
+        bar.finish();
         out.run(&m.id, true, 0, Some(&r))?;
         return Ok(0);
     }

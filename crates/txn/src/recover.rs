@@ -12,7 +12,7 @@ use crate::history::{HistoryImage, Outcome};
 use crate::overlay::open_checked;
 use crate::record::{Direction, Intent, Record, UndoSummary};
 use crate::state::{Manifest, TxState};
-use crate::{layout, undo, Engine, Host};
+use crate::{layout, undo, Engine, Host, Progress};
 
 /// What `recover` should do.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +117,16 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Finishes or undoes every interrupted operation found beside `opts.paths` (or of every
     /// registered transaction when empty). Running it again does nothing more.
     pub fn recover(&self, opts: &RecoverOptions) -> Result<RecoverReport> {
+        self.recover_with_progress(opts, &mut |_| {})
+    }
+
+    /// [`Engine::recover`], with `progress` hearing about the data copied back into bases
+    /// (a roll forward can copy as much as the commit it finishes).
+    pub fn recover_with_progress(
+        &self,
+        opts: &RecoverOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RecoverReport> {
         let mut report = RecoverReport {
             dry_run: opts.dry_run,
             actions: Vec::new(),
@@ -147,7 +157,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         }
         for (tx, journal) in &commits {
             let _guard = self.lock_tx(tx)?;
-            if let Some(action) = self.recover_commit(tx, journal, opts)? {
+            if let Some(action) = self.recover_commit(tx, journal, opts, progress)? {
                 report.actions.push(action);
             }
         }
@@ -341,6 +351,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         tx: &str,
         some_journal: &Path,
         opts: &RecoverOptions,
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<Option<RecoverAction>> {
         let st = self.load_commit_state(tx, some_journal)?;
         let present: Vec<&ImageJournal> = st.images.iter().flatten().collect();
@@ -400,7 +411,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         match decision {
             Decision::Discard => self.discard_uncommitted(tx, &st.journals)?,
             Decision::Cleanup => self.cleanup_commit(tx, &cleanup_list(&present), &st.journals)?,
-            Decision::Go(dir) => self.recover_direction(&st, &present, dir)?,
+            Decision::Go(dir) => self.recover_direction(&st, &present, dir, progress)?,
             Decision::Refuse(_) => {}
         }
         Ok(result)
@@ -440,6 +451,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         st: &CommitState,
         present: &[&ImageJournal],
         dir: Direction,
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<()> {
         let coordinator = &st.journals[0];
         if st.recorded != Some(dir) {
@@ -486,7 +498,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         &i.base,
                         i.base_format,
                         &i.plan,
-                        &mut |_| {},
+                        progress,
                     )?;
                 }
                 Direction::Back => {
