@@ -6,6 +6,11 @@
 mod util;
 
 mod guestfish;
+mod kill;
+mod kill_strace;
+mod ops;
+mod progress;
+mod txn_qcow2;
 mod txn_raw;
 
 #[test]
@@ -16,8 +21,3 @@ fn binary_prints_help() {
         .expect("run imgtx");
     assert!(out.status.success());
 }
-mod kill;
-mod ops;
-mod txn_qcow2;
-mod kill_strace;
-mod progress;
