@@ -96,3 +96,22 @@ fn two_image_commit_without_undo_is_atomic_after_a_crash_at_every_operation() {
     report("two-image commit --no-undo", stats);
     assert!(stats.ended_new > 0);
 }
+
+#[test]
+fn the_ordering_rule_flags_a_base_write_before_the_journal_is_durable() {
+    if !crash_support::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return;
+    }
+    let fx = Fixture::new(&crash_support::raw_single());
+    let sim = fx.fresh();
+    let mon = crash_support::monitored(&sim, &fx.bases);
+
+    // What a broken engine would do: write the base with no journal beside it.
+    let base = storage::Fs::open(&mon, &fx.bases[0], true).expect("open base");
+    storage::File::write_all_at(&base, b"too early", 0).expect("write");
+
+    let v = mon.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(v[0].reason.contains("no journal"), "{v:?}");
+}
