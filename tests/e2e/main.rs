@@ -21,3 +21,4 @@ fn binary_prints_help() {
         .expect("run imgtx");
     assert!(out.status.success());
 }
+mod hostile;
