@@ -876,7 +876,6 @@ fn recover_refuses(s: &Scene, journal: &std::path::Path) {
 }
 
 #[test]
-#[ignore = "hole: recover does not check a journal's mode (issue 6, T25); see docs/security.md"]
 fn journal_with_a_group_or_world_readable_mode_is_refused_by_recover() {
     use std::os::unix::fs::PermissionsExt;
     // Arrange
@@ -888,7 +887,6 @@ fn journal_with_a_group_or_world_readable_mode_is_refused_by_recover() {
 }
 
 #[test]
-#[ignore = "hole: recover does not check a journal's owner (issue 6, T25); see docs/security.md"]
 fn journal_owned_by_another_user_is_refused_by_recover() {
     // Arrange: only root can give a file away.
     let Some(s) = Scene::raw() else { return };

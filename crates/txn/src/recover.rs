@@ -266,7 +266,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         {
             return Ok(None);
         }
-        let mut records = read_records::<S>(&self.fs, path)?.into_iter();
+        let mut records = read_records::<S>(&self.fs, path, self.host.user().1)?.into_iter();
         let Some(Record::Intent(intent)) = records.next() else {
             // The intent is appended and synced right after creation; a journal without it
             // is one whose creator died before that, so it describes no change at all.
@@ -315,7 +315,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .metadata(coordinator)
             .map_err(Error::io("stat", coordinator))?
         {
-            Some(_) => read_records::<S>(&self.fs, coordinator)?,
+            Some(_) => read_records::<S>(&self.fs, coordinator, self.host.user().1)?,
             None => {
                 return Err(Error::Unrecoverable {
                     tx: tx.to_owned(),
@@ -571,7 +571,32 @@ const EMPTY_JOURNAL_MAX: u64 = 128;
 /// The records of a transaction journal. A journal whose creation was interrupted (no
 /// complete header, or a header torn before its first sync and no room for any record after
 /// it) never held a record, so it reads as empty; any other damage is refused.
-fn read_records<S: Fs>(fs: &S, path: &Path) -> Result<Vec<Record>> {
+///
+/// A journal is obeyed only if nobody but its creator could have written it (issue 6, T25):
+/// a regular file with one link, mode 0600 or stricter, owned by root or by `uid` (the
+/// user running recovery). Otherwise someone who can write the base's directory could
+/// plant records that make a privileged recovery write bytes of their choosing.
+fn read_records<S: Fs>(fs: &S, path: &Path, uid: u32) -> Result<Vec<Record>> {
+    let refuse = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(m) = fs.metadata(path).map_err(Error::io("stat", path))? {
+        if m.kind != storage::FileKind::File || m.nlink != 1 {
+            return Err(refuse(
+                "refused: it is not a regular file with one link".into(),
+            ));
+        }
+        if m.mode & 0o077 != 0 {
+            return Err(refuse(format!(
+                "refused: its mode {:o} lets other users change it",
+                m.mode
+            )));
+        }
+        if m.uid != 0 && m.uid != uid {
+            return Err(refuse(format!("refused: it is owned by uid {}", m.uid)));
+        }
+    }
     match journal::read::<S, Record>(fs, path) {
         Ok(replay) => Ok(replay.records),
         Err(journal::Error::HeaderIncomplete { .. }) => Ok(Vec::new()),
