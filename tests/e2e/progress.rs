@@ -44,7 +44,11 @@ fn json_commit_reports_progress_events_on_stderr_up_to_the_total() {
 
     // Assert
     let events = progress_events(&stderr_of(&out));
-    assert!(!events.is_empty(), "no progress events: {}", stderr_of(&out));
+    assert!(
+        !events.is_empty(),
+        "no progress events: {}",
+        stderr_of(&out)
+    );
     let last = events.last().expect("an event");
     assert_eq!(last["image"], 0);
     assert_eq!(last["total"], 4 * MIB);
@@ -54,7 +58,11 @@ fn json_commit_reports_progress_events_on_stderr_up_to_the_total() {
     }
     // Throttled: a few MiB copied in chunks is far fewer events than chunks would give,
     // but at least the first and the last.
-    assert!(events.len() >= 2 && events.len() <= 20, "{} events", events.len());
+    assert!(
+        events.len() >= 2 && events.len() <= 20,
+        "{} events",
+        events.len()
+    );
     let result: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON value");
     assert_eq!(result["outcome"], "committed");
 }

@@ -397,36 +397,43 @@ impl<S: Fs, H: Host> Engine<S, H> {
             base.set_len(plan.new_len())
                 .map_err(Error::io("grow", base_path))?;
         }
-        let mut buf = Vec::new();
+        let ov_len = ov.len().map_err(Error::io("stat", ov_path))?;
+        let mut copier = Copier {
+            img: &img,
+            ov,
+            ov_path,
+            base: &base,
+            base_path,
+            buf: Vec::new(),
+            direct: Vec::new(),
+            other: Vec::new(),
+        };
+        let mut copied = |n: u64| {
+            done += n;
+            progress(Progress {
+                image: index,
+                done,
+                total,
+            });
+        };
         for step in &plan.steps {
             match step.action {
                 Action::Zero => {
                     base.zero_range(step.offset, step.len)
                         .map_err(Error::io("zero a range of", base_path))?;
-                    done += step.len;
-                    progress(Progress {
-                        image: index,
-                        done,
-                        total,
-                    });
+                    copied(step.len);
                 }
                 Action::Copy => {
                     for (offset, len) in chunks(&[(step.offset, step.len)], CHUNK) {
-                        buf.resize(usize::try_from(len).unwrap_or(0), 0);
-                        img.read_at(&mut buf, qcow::GuestOffset(offset))
-                            .map_err(Error::qcow(ov_path))?;
-                        base.write_all_at(&buf, offset)
-                            .map_err(Error::io("write", base_path))?;
-                        done += len;
-                        progress(Progress {
-                            image: index,
-                            done,
-                            total,
-                        });
+                        copier.plan(offset, len, ov_len)?;
+                        if copier.direct.len() + copier.other.len() >= BATCH {
+                            copier.flush(&mut copied)?;
+                        }
                     }
                 }
             }
         }
+        copier.flush(&mut copied)?;
         // Barrier: every new byte of the base is durable before the journal says applied.
         base.sync_data().map_err(Error::io("sync", base_path))
     }
@@ -504,6 +511,103 @@ impl<S: Fs, H: Host> Engine<S, H> {
             self.state.remove_manifest(&self.fs, tx)?;
         }
         self.drop_lock_file(tx);
+        Ok(())
+    }
+}
+
+/// How many extents a commit collects before copying them: bounds memory (24 bytes each)
+/// whatever the overlay's size.
+const BATCH: usize = 64 * 1024;
+
+/// Copies overlay data into a raw base, reading the overlay in host order.
+///
+/// Extents are collected in guest order, then sorted by their host offset and read in
+/// host-contiguous runs of up to [`CHUNK`] bytes, so a cold overlay is read front to back
+/// in large requests, which the kernel's readahead extends. Reading in guest order instead,
+/// even in large host-contiguous pieces, jumps around the overlay file (qemu appends
+/// clusters in the order the guest wrote them) and measured slower than 64 KiB reads that
+/// readahead could follow. Writes land in the page cache, so their order costs little; one
+/// `fdatasync` follows. Compressed clusters, and ranges the file does not hold (they read as
+/// zeros), go through the qcow reader.
+struct Copier<'a, F: File> {
+    img: &'a qcow::Image<Reader<'a, F>>,
+    ov: &'a F,
+    ov_path: &'a Path,
+    base: &'a F,
+    base_path: &'a Path,
+    buf: Vec<u8>,
+    /// (host offset, guest offset, length) of stored extents.
+    direct: Vec<(u64, u64, u64)>,
+    /// (guest offset, length) of everything else.
+    other: Vec<(u64, u64)>,
+}
+
+impl<F: File> Copier<'_, F> {
+    /// Adds the guest range `[offset, offset + len)` (at most [`CHUNK`] bytes) to the batch.
+    fn plan(&mut self, offset: u64, len: u64, ov_len: u64) -> Result<()> {
+        let extents = self
+            .img
+            .map_range(qcow::GuestOffset(offset), len)
+            .map_err(Error::qcow(self.ov_path))?;
+        for e in extents {
+            match e.kind {
+                qcow::ExtentKind::Data { host }
+                    if host.0.checked_add(e.len).is_some_and(|x| x <= ov_len) =>
+                {
+                    self.direct.push((host.0, e.guest.0, e.len));
+                }
+                _ => self.other.push((e.guest.0, e.len)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the batch into the base; `copied` hears the bytes done.
+    fn flush(&mut self, copied: &mut dyn FnMut(u64)) -> Result<()> {
+        self.direct.sort_unstable();
+        let mut i = 0;
+        while let Some(&(start, _, first_len)) = self.direct.get(i) {
+            // Each extent is at most CHUNK long (it comes from a map of at most CHUNK).
+            let mut run = first_len;
+            let mut end = i + 1;
+            while let Some(&(host, _, len)) = self.direct.get(end) {
+                if Some(host) != start.checked_add(run) || run + len > CHUNK {
+                    break;
+                }
+                run += len;
+                end += 1;
+            }
+            self.buf.resize(usize::try_from(run).unwrap_or(0), 0);
+            self.ov
+                .read_exact_at(&mut self.buf, start)
+                .map_err(Error::io("read", self.ov_path))?;
+            for &(host, guest, len) in &self.direct[i..end] {
+                let at = usize::try_from(host - start).unwrap_or(usize::MAX);
+                let piece = at
+                    .checked_add(usize::try_from(len).unwrap_or(usize::MAX))
+                    .and_then(|e| self.buf.get(at..e))
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("extent at {host:#x} outside its run"))
+                    })?;
+                self.base
+                    .write_all_at(piece, guest)
+                    .map_err(Error::io("write", self.base_path))?;
+            }
+            copied(run);
+            i = end;
+        }
+        self.direct.clear();
+        for (offset, len) in chunks(&self.other, CHUNK) {
+            self.buf.resize(usize::try_from(len).unwrap_or(0), 0);
+            self.img
+                .read_at(&mut self.buf, qcow::GuestOffset(offset))
+                .map_err(Error::qcow(self.ov_path))?;
+            self.base
+                .write_all_at(&self.buf, offset)
+                .map_err(Error::io("write", self.base_path))?;
+            copied(len);
+        }
+        self.other.clear();
         Ok(())
     }
 }
