@@ -6,6 +6,7 @@
 mod util;
 
 mod guestfish;
+mod hostile;
 mod kill;
 mod kill_strace;
 mod ops;
@@ -21,4 +22,3 @@ fn binary_prints_help() {
         .expect("run imgtx");
     assert!(out.status.success());
 }
-mod hostile;
