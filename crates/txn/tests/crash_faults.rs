@@ -19,7 +19,7 @@ fn faults_at(k: u64) -> Vec<Fault> {
     if crash_support::full() {
         FAULTS.to_vec()
     } else {
-        vec![FAULTS[usize::from(k % 2 == 0)]]
+        vec![FAULTS[usize::from(k.is_multiple_of(2))]]
     }
 }
 
