@@ -476,14 +476,21 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
     ]
 }
 
+// The heap counters are process-wide and the test harness runs tests on parallel threads:
+// measure one case list at a time, or one test's frees and resets corrupt the other's peak.
+static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn check_cases(cases: Vec<(&'static str, Vec<u8>, Check)>) {
+    let _serial = MEASURE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for (name, bytes, ok) in cases {
         PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
         let before = LIVE.load(Ordering::Relaxed);
         let t = Instant::now();
         let err = first_error(&bytes);
         let elapsed = t.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed) - before;
+        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
         let err = err.unwrap_or_else(|| panic!("{name}: no error"));
         assert!(ok(&err), "{name}: unexpected error {err:?}");
         assert!(!err.to_string().is_empty());
