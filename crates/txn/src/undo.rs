@@ -143,8 +143,16 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
     Ok(out)
 }
 
-/// Checks that the pre-image file is whole and matches `summary`, reading it all.
-pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Result<()> {
+/// Reads every saved range of the pre-image file in order, checks its checksum, and hands it
+/// to `each`; a range that fails its checksum is `Corrupt` with the reason `bad` gives.
+fn for_each_checked<S: Fs>(
+    fs: &S,
+    path: &Path,
+    tx: &str,
+    summary: &UndoSummary,
+    bad: impl Fn(&Entry) -> String,
+    mut each: impl FnMut(&Entry, &[u8]) -> Result<()>,
+) -> Result<()> {
     let f = fs
         .open(path, false)
         .map_err(Error::io("open the pre-image file", path))?;
@@ -156,11 +164,24 @@ pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Re
         if crc32fast::hash(&buf) != e.crc {
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
-                reason: format!("the data at {:#x} fails its checksum", e.data_at),
+                reason: bad(&e),
             });
         }
+        each(&e, &buf)?;
     }
     Ok(())
+}
+
+/// Checks that the pre-image file is whole and matches `summary`, reading it all.
+pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Result<()> {
+    for_each_checked(
+        fs,
+        path,
+        tx,
+        summary,
+        |e| format!("the data at {:#x} fails its checksum", e.data_at),
+        |_, _| Ok(()),
+    )
 }
 
 /// Puts the saved ranges back into `base`, restores its old length and syncs it.
@@ -174,23 +195,17 @@ pub fn restore<S: Fs>(
     summary: &UndoSummary,
 ) -> Result<()> {
     verify(fs, path, tx, summary)?;
-    let f = fs
-        .open(path, false)
-        .map_err(Error::io("open the pre-image file", path))?;
-    let mut buf = Vec::new();
-    for e in entries::<S>(&f, path, tx, summary)? {
-        buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
-        f.read_exact_at(&mut buf, e.data_at)
-            .map_err(Error::io("read", path))?;
-        if crc32fast::hash(&buf) != e.crc {
-            return Err(Error::Corrupt {
-                path: path.to_path_buf(),
-                reason: "it changed while being read".into(),
-            });
-        }
-        base.write_all_at(&buf, e.offset)
-            .map_err(Error::io("write the old content back into", base_path))?;
-    }
+    for_each_checked(
+        fs,
+        path,
+        tx,
+        summary,
+        |_| "it changed while being read".into(),
+        |e, data| {
+            base.write_all_at(data, e.offset)
+                .map_err(Error::io("write the old content back into", base_path))
+        },
+    )?;
     base.set_len(summary.old_len)
         .map_err(Error::io("restore the length of", base_path))?;
     // Barrier: the restored base must be durable before the journal records it as applied.
