@@ -188,18 +188,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .map_err(after)?;
         self.host.step("logged");
         drop(js);
-        let cleanup: Vec<(PathBuf, PathBuf, (u64, u64))> = m
-            .images
-            .iter()
-            .map(|i| {
-                (
-                    i.base.clone(),
-                    i.overlay.clone(),
-                    i.overlay_dev_ino.unwrap_or_default(),
-                )
-            })
-            .collect();
-        self.cleanup_commit(&m.id, &cleanup, &journals)
+        self.cleanup_commit(&m.id, &m.cleanup_list(), &journals)
             .map_err(after)?;
         drop(fences);
         Ok(CommitReport {

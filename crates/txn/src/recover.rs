@@ -189,23 +189,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     TxState::Beginning => self.undo_begin(&m)?,
                     TxState::RollingBack => self.finish_rollback(&m)?,
                     TxState::Finished => {
-                        let images: Vec<_> = m
-                            .images
-                            .iter()
-                            .map(|i| {
-                                (
-                                    i.base.clone(),
-                                    i.overlay.clone(),
-                                    i.overlay_dev_ino.unwrap_or_default(),
-                                )
-                            })
-                            .collect();
                         let journals = m
                             .images
                             .iter()
                             .map(|i| layout::journal(&i.base, &m.id))
                             .collect::<Result<Vec<_>>>()?;
-                        self.cleanup_commit(&m.id, &images, &journals)?;
+                        self.cleanup_commit(&m.id, &m.cleanup_list(), &journals)?;
                     }
                     TxState::Open => {}
                 }

@@ -120,6 +120,22 @@ pub struct Manifest {
     pub images: Vec<ImageEntry>,
 }
 
+impl Manifest {
+    /// Each image as (base, overlay, overlay dev/ino): what a finished commit removes.
+    pub(crate) fn cleanup_list(&self) -> Vec<(PathBuf, PathBuf, (u64, u64))> {
+        self.images
+            .iter()
+            .map(|i| {
+                (
+                    i.base.clone(),
+                    i.overlay.clone(),
+                    i.overlay_dev_ino.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Paths inside the state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {
