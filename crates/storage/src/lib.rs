@@ -53,6 +53,11 @@ pub trait File: Send + Sync {
     /// where the file system supports it, otherwise written zeros.
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
 
+    /// Metadata of the open file itself (`fstat`): the inode that was opened, whatever its
+    /// name points at by now. Comparing it with an earlier `lstat` of the name is what
+    /// catches a file swapped between the two.
+    fn stat(&self) -> io::Result<Metadata>;
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     ///
     /// # Errors

@@ -266,6 +266,10 @@ impl<F: Fs> File for MonFile<F> {
         self.inner.len()
     }
 
+    fn stat(&self) -> io::Result<Metadata> {
+        self.inner.stat()
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         let result = self.inner.sync_data();
         if let Some(key) = self.key {

@@ -53,6 +53,10 @@ impl File for OsFile {
         self.file.sync_data()
     }
 
+    fn stat(&self) -> io::Result<Metadata> {
+        Ok(metadata_of(&self.file.metadata()?))
+    }
+
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         if len == 0 {
             return Ok(());

@@ -365,6 +365,29 @@ fn apply_entry(ns: &mut BTreeMap<PathBuf, u64>, op: &EntryOp) {
 }
 
 impl State {
+    /// What `stat` reports for `ino`; an unlinked file has no links left.
+    fn metadata_of(&self, ino: u64) -> Metadata {
+        let inode = &self.inodes[&ino];
+        let (mode, kind, nlink) = match inode.kind {
+            Kind::File => (
+                0o600,
+                FileKind::File,
+                self.live.values().filter(|&&i| i == ino).count() as u64,
+            ),
+            Kind::Dir => (0o700, FileKind::Dir, 2),
+        };
+        Metadata {
+            dev: DEV,
+            ino,
+            len: inode.live.len() as u64,
+            mtime_ns: i128::from(inode.mtime) * 1000,
+            mode,
+            uid: 0,
+            nlink,
+            kind,
+        }
+    }
+
     fn new() -> Self {
         let mut s = State {
             next_ino: ROOT_INO + 1,
@@ -865,25 +888,7 @@ impl Fs for SimFs {
         let Some(&ino) = st.live.get(&path) else {
             return Ok(None);
         };
-        let inode = &st.inodes[&ino];
-        let (mode, kind, nlink) = match inode.kind {
-            Kind::File => (
-                0o600,
-                FileKind::File,
-                st.live.values().filter(|&&i| i == ino).count() as u64,
-            ),
-            Kind::Dir => (0o700, FileKind::Dir, 2),
-        };
-        Ok(Some(Metadata {
-            dev: DEV,
-            ino,
-            len: inode.live.len() as u64,
-            mtime_ns: i128::from(inode.mtime) * 1000,
-            mode,
-            uid: 0,
-            nlink,
-            kind,
-        }))
+        Ok(Some(st.metadata_of(ino)))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -1075,6 +1080,12 @@ impl File for SimFile {
         let st = self.lock();
         st.alive()?;
         Ok(st.inodes[&self.ino].live.len() as u64)
+    }
+
+    fn stat(&self) -> io::Result<Metadata> {
+        let st = self.lock();
+        st.alive()?;
+        Ok(st.metadata_of(self.ino))
     }
 
     fn sync_data(&self) -> io::Result<()> {
