@@ -48,6 +48,20 @@ pub fn open_checked<S: Fs>(
     let file = fs
         .open(overlay, false)
         .map_err(Error::io("open", overlay))?;
+    // The name may have been swapped between the lstat above and the open: only what the
+    // descriptor itself reports says which file is read (issue 6, T24).
+    let opened = file.stat().map_err(Error::io("stat", overlay))?;
+    if opened.kind != FileKind::File || (opened.dev, opened.ino) != (meta.dev, meta.ino) {
+        return Err(bad(
+            "it was replaced by another file while being opened".into()
+        ));
+    }
+    if opened.nlink != 1 {
+        return Err(bad(format!(
+            "it has {} links, so others may write it through another name",
+            opened.nlink
+        )));
+    }
     {
         let img = qcow::Image::open(Reader(&file))
             .map_err(|e| bad(format!("it is not a valid qcow2 image ({e})")))?;
