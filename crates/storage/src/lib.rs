@@ -58,6 +58,14 @@ pub trait File: Send + Sync {
     /// catches a file swapped between the two.
     fn stat(&self) -> io::Result<Metadata>;
 
+    /// Starts writing `[offset, offset + len)` back to the device without waiting for it, so
+    /// that a later [`File::sync_data`] has less left to flush. A hint only: it makes nothing
+    /// durable and promises nothing, and the default does nothing. Callers may ignore its errors.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     ///
     /// # Errors

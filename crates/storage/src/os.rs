@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use nix::fcntl::{fallocate, FallocateFlags, OFlag};
+use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, OFlag, PosixFadviseAdvice};
 
 use crate::{File, FileKind, Fs, Metadata};
 
@@ -55,6 +55,18 @@ impl File for OsFile {
 
     fn stat(&self) -> io::Result<Metadata> {
         Ok(metadata_of(&self.file.metadata()?))
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Ok(()); // a hint cannot cover such a range; nothing to do
+        };
+        // nix has no sync_file_range, and this crate has no unsafe. On Linux,
+        // POSIX_FADV_DONTNEED first starts asynchronous writeback of the range's dirty pages
+        // (what SYNC_FILE_RANGE_WRITE does), then drops its clean pages, which a commit never
+        // reads again.
+        posix_fadvise(&self.file, off, n, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
+            .map_err(io::Error::from)
     }
 
     fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
