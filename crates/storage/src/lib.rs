@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod copy;
 pub mod monitor;
 mod os;
 pub mod sim;

@@ -1,0 +1,203 @@
+//! A read-ahead pipeline for bulk copies: one thread reads the next pieces while the caller
+//! writes the current one, in bounded memory.
+//!
+//! A commit copies hundreds of MiB from one file into another. Done serially, the disk idles
+//! while the copy writes into the page cache, and the CPU idles while a read waits for the
+//! disk. [`read_ahead`] overlaps the two: a reader thread issues positional reads (in the
+//! order given, so a caller that sorts its reads keeps the kernel's readahead useful) into at
+//! most `depth + 1` recycled buffers, and hands each one to the caller's `write` in that order.
+//! It works through [`File`], so the simulated disk of the crash tests runs it too.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread;
+
+use crate::File;
+
+/// One piece to read: `len` bytes at `offset` of the source, and what the caller needs to
+/// know about it when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece<T> {
+    /// Offset in the source file.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: usize,
+    /// The caller's label for the piece (e.g. where it goes).
+    pub tag: T,
+}
+
+/// Why [`read_ahead`] stopped.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    /// Reading the source failed (or it ended early) at `offset`.
+    Read {
+        /// Where the failed read started.
+        offset: u64,
+        /// What went wrong.
+        source: io::Error,
+    },
+    /// The caller's `write` failed.
+    Write(E),
+}
+
+/// Reads every piece of `pieces` from `src` and passes it to `write`, in order, with up to
+/// `depth` pieces (at least one) read ahead of the one being written. Memory: at most
+/// `depth + 1` buffers of the largest piece.
+///
+/// # Errors
+/// The first failure; pieces after it are neither read further nor written.
+pub fn read_ahead<F, T, I, E>(
+    src: &F,
+    pieces: I,
+    depth: usize,
+    mut write: impl FnMut(&Piece<T>, &[u8]) -> Result<(), E>,
+) -> Result<(), Stopped<E>>
+where
+    F: File + ?Sized,
+    T: Send,
+    I: IntoIterator<Item = Piece<T>>,
+    I::IntoIter: Send,
+{
+    let depth = depth.max(1);
+    let pieces = pieces.into_iter();
+    thread::scope(|s| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Filled<T>>(depth);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..=depth {
+            // Cannot fail: the receiver is alive.
+            let _ = free_tx.send(Vec::new());
+        }
+        s.spawn(move || reader(src, pieces, &free_rx, &full_tx));
+        let result = writer(&full_rx, &free_tx, &mut write);
+        // Dropping the receivers stops the reader at its next send or receive.
+        drop(full_rx);
+        drop(free_tx);
+        result
+    })
+}
+
+type Filled<T> = (Piece<T>, Vec<u8>, io::Result<()>);
+
+fn reader<F: File + ?Sized, T>(
+    src: &F,
+    pieces: impl Iterator<Item = Piece<T>>,
+    free: &Receiver<Vec<u8>>,
+    full: &SyncSender<Filled<T>>,
+) {
+    for piece in pieces {
+        let Ok(mut buf) = free.recv() else { return };
+        buf.resize(piece.len, 0);
+        let read = src.read_exact_at(&mut buf, piece.offset);
+        let failed = read.is_err();
+        if full.send((piece, buf, read)).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn writer<T, E>(
+    full: &Receiver<Filled<T>>,
+    free: &mpsc::Sender<Vec<u8>>,
+    write: &mut impl FnMut(&Piece<T>, &[u8]) -> Result<(), E>,
+) -> Result<(), Stopped<E>> {
+    // The loop ends when the reader is done and has dropped its sender.
+    while let Ok((piece, buf, read)) = full.recv() {
+        if let Err(source) = read {
+            return Err(Stopped::Read {
+                offset: piece.offset,
+                source,
+            });
+        }
+        write(&piece, &buf).map_err(Stopped::Write)?;
+        // The reader may have finished and gone: then the buffer is simply dropped.
+        let _ = free.send(buf);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimFs;
+    use crate::Fs;
+    use std::path::Path;
+
+    fn source(fs: &SimFs, bytes: &[u8]) -> <SimFs as Fs>::File {
+        fs.create_dir(Path::new("/d")).unwrap();
+        let f = fs.create_new(Path::new("/d/src")).unwrap();
+        f.write_all_at(bytes, 0).unwrap();
+        f
+    }
+
+    #[test]
+    fn every_piece_arrives_in_order_with_its_own_bytes() {
+        let fs = SimFs::new();
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let src = source(&fs, &bytes);
+        let pieces: Vec<Piece<usize>> = (0..50)
+            .map(|i| Piece {
+                offset: (i * 197) as u64,
+                len: 13 + i,
+                tag: i,
+            })
+            .collect();
+
+        let mut got = Vec::new();
+        let r: Result<(), Stopped<()>> = read_ahead(&src, pieces.clone(), 3, |p, data| {
+            got.push((p.tag, data.to_vec()));
+            Ok(())
+        });
+
+        r.unwrap();
+        assert_eq!(got.len(), pieces.len());
+        for (p, (tag, data)) in pieces.iter().zip(&got) {
+            assert_eq!(*tag, p.tag);
+            let at = usize::try_from(p.offset).unwrap();
+            assert_eq!(data[..], bytes[at..at + p.len]);
+        }
+    }
+
+    #[test]
+    fn a_read_past_the_end_stops_the_copy_there() {
+        let fs = SimFs::new();
+        let src = source(&fs, &[1; 100]);
+        let pieces = [(0, 50), (50, 50), (90, 50), (0, 10)].map(|(offset, len)| Piece {
+            offset,
+            len,
+            tag: (),
+        });
+
+        let mut written = 0;
+        let r: Result<(), Stopped<()>> = read_ahead(&src, pieces, 2, |_, _| {
+            written += 1;
+            Ok(())
+        });
+
+        assert!(matches!(r, Err(Stopped::Read { offset: 90, .. })));
+        assert_eq!(written, 2);
+    }
+
+    #[test]
+    fn a_failed_write_stops_the_reader_too() {
+        let fs = SimFs::new();
+        let src = source(&fs, &[1; 1000]);
+        let pieces = (0..100).map(|i| Piece {
+            offset: i,
+            len: 10,
+            tag: i,
+        });
+
+        let mut calls = 0;
+        let r = read_ahead(&src, pieces, 4, |p, _| {
+            calls += 1;
+            if p.tag == 5 {
+                Err("disk full")
+            } else {
+                Ok(())
+            }
+        });
+
+        assert!(matches!(r, Err(Stopped::Write("disk full"))));
+        assert_eq!(calls, 6);
+    }
+}
