@@ -55,6 +55,30 @@ pub enum Error {
     /// The source does not start with the qcow2 magic.
     #[error("not a qcow2 image: the magic bytes are missing")]
     NotQcow2,
+    /// Two active L2 entries use one host cluster. qemu allocates a cluster for the active
+    /// layer only when nothing else uses it, so this image was not written by qemu: reading
+    /// it would make a write through one guest offset show up at another.
+    #[error(
+        "the {first_use} of guest offset {first_guest:#x} (L2 entry at {first_entry:#x}) and the \
+         {second_use} of guest offset {second_guest:#x} (L2 entry at {second_entry:#x}) share \
+         the host cluster at {host:#x}"
+    )]
+    SharedCluster {
+        /// Host offset of the shared cluster.
+        host: u64,
+        /// Guest offset of the cluster that uses it first (in guest order).
+        first_guest: u64,
+        /// Host offset of that cluster's L2 entry.
+        first_entry: u64,
+        /// What that entry stores there ("data cluster" or "compressed data").
+        first_use: &'static str,
+        /// Guest offset of the cluster that uses it again.
+        second_guest: u64,
+        /// Host offset of that cluster's L2 entry.
+        second_entry: u64,
+        /// What that entry stores there.
+        second_use: &'static str,
+    },
     /// A valid image that needs something this crate deliberately does not handle.
     #[error("unsupported qcow2 image: {0}")]
     Unsupported(String),

@@ -5,7 +5,8 @@
 //! [`Image::open`] checks the header the way qemu does on open (and more strictly where qemu
 //! trusts the file), loads the active L1 and refcount tables, and cross-checks every
 //! metadata region. [`Image::map`] walks the L2 tables one at a time into sorted, coalesced
-//! [`Extent`]s; [`Image::read_at`] returns guest bytes, decompressing deflate and zstd
+//! [`Extent`]s and refuses host clusters shared by two active L2 entries (which qemu never
+//! writes); [`Image::read_at`] returns guest bytes, decompressing deflate and zstd
 //! clusters; [`Image::inventory`] lists every host byte range a commit may overwrite;
 //! [`create_overlay`] returns the bytes of a fresh, empty qcow2 v3 overlay.
 //!
@@ -37,6 +38,7 @@ mod l2;
 mod map;
 mod meta;
 mod read;
+mod refs;
 
 use std::io;
 

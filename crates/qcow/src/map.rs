@@ -1,8 +1,9 @@
 //! The allocation map: L1/L2 walking into sorted, coalesced extents.
 
-use crate::error::{Error, Result};
+use crate::error::{corrupt, Error, Result};
 use crate::header::be64;
 use crate::l2::{self, Cluster, PieceKind};
+use crate::refs::{self, Clash, HostUse, Use};
 use crate::{read_clamped, Extent, ExtentKind, GuestOffset, HostOffset, Image, ReadAt};
 
 /// L2 entries decoded per read: a bounded buffer however large the range.
@@ -92,41 +93,113 @@ impl<R: ReadAt> Image<R> {
         Ok(())
     }
 
-    /// Sorted, coalesced extents covering `[0, virtual_size)`.
+    /// Sorted, coalesced extents covering `[0, virtual_size)`, after checking that no two
+    /// active L2 entries share a host cluster.
     ///
     /// Adjacent extents of the same kind are merged; data extents only when they are
     /// contiguous in both guest and host space. L2 tables are streamed, so memory is bounded
-    /// by the number of extents.
+    /// by the number of extents plus two bits per host cluster of the file (at most 16 MiB).
+    ///
+    /// The sharing check (qemu never lets two active L2 entries use one host cluster):
+    /// every data cluster, preallocated zero clusters and extended-L2 clusters included,
+    /// belongs to one L2 entry only; compressed data may share host clusters with other
+    /// compressed data but not with data clusters; no L2 entry uses a persistent bitmap's
+    /// data cluster. Internal snapshots are not walked: they may share anything with the
+    /// active layer. [`Image::map_range`] does not do this check, since a part of the disk
+    /// cannot see every user of a cluster.
     ///
     /// # Errors
     /// [`Error::Corrupt`] for any invalid L2 entry (reserved bits, unaligned offsets, host
-    /// offsets past the end of the file or inside metadata, invalid subcluster bitmaps);
-    /// [`Error::Io`].
+    /// offsets past the end of the file or inside metadata or bitmap data, invalid
+    /// subcluster bitmaps); [`Error::SharedCluster`] when two L2 entries share a host
+    /// cluster; [`Error::Unsupported`] when the file has more host clusters than the check
+    /// tracks (2^26); [`Error::Io`].
     pub fn map(&self) -> Result<Vec<Extent>> {
-        self.map_range(GuestOffset(0), self.header.virtual_size)
+        let cs = self.header.cluster_size();
+        let end = self.header.virtual_size;
+        let mut used = HostUse::new(self.file_len, cs)?;
+        used.mark_bitmaps(&self.source, &self.layout)?;
+        let mut out = Coalescer::default();
+        self.walk(0, end, |g, l, cl| {
+            if let Some(clash) = used.claim(&cl) {
+                return Err(self.clash_error(clash, g));
+            }
+            out.push_cluster(g, l, cl, cs, 0, end);
+            Ok(())
+        })?;
+        Ok(out.extents)
     }
 
     /// Sorted, coalesced extents covering `[guest, guest + len)`, clipped to it.
     ///
     /// # Errors
-    /// As [`Image::map`], and [`Error::InvalidArgument`] when the range ends past the
-    /// virtual size.
+    /// As [`Image::map`] except for [`Error::SharedCluster`], and [`Error::InvalidArgument`]
+    /// when the range ends past the virtual size.
     pub fn map_range(&self, guest: GuestOffset, len: u64) -> Result<Vec<Extent>> {
         let start = guest.0;
         let end = self.check_range(start, len)?;
         let cs = self.header.cluster_size();
         let mut out = Coalescer::default();
         self.walk(start, end, |g, l, cl| {
-            if l > cs {
-                out.push_clipped(g, l, PieceKind::Unallocated, start, end);
-            } else {
-                cl.pieces(cs, |off, pl, kind| {
-                    out.push_clipped(g + off, pl, kind, start, end);
-                });
-            }
+            out.push_cluster(g, l, cl, cs, start, end);
             Ok(())
         })?;
         Ok(out.extents)
+    }
+
+    /// Host offset of the L2 entry of guest offset `g` (0 if its L1 entry is empty).
+    fn l2_entry_at(&self, g: u64) -> u64 {
+        let h = &self.header;
+        let cov = h.l2_coverage();
+        let l2 = usize::try_from(g / cov)
+            .ok()
+            .and_then(|i| self.layout.l1.get(i))
+            .copied()
+            .unwrap_or(0);
+        l2 + (g % cov) / h.cluster_size() * h.l2_entry_size()
+    }
+
+    /// The error for a host cluster claimed again by the cluster at guest offset `second`.
+    /// Finding the first user walks the map again, which only a refused image pays for.
+    fn clash_error(&self, clash: Clash, second: u64) -> Error {
+        let host = clash.cluster * self.header.cluster_size();
+        let second_entry = self.l2_entry_at(second);
+        if clash.held == Use::Bitmap {
+            return corrupt(
+                second_entry,
+                format!(
+                    "the {} of guest offset {second:#x} at host offset {host:#x} is a data \
+                     cluster of a persistent bitmap",
+                    clash.claim.noun()
+                ),
+            );
+        }
+        let mut first = None;
+        // Errors cannot occur before `second`: the same walk just passed there.
+        let _ = self.walk(0, second, |g, _, cl| {
+            if first.is_none() && refs::uses(&cl, &self.header, clash.cluster, clash.held) {
+                first = Some(g);
+            }
+            Ok(())
+        });
+        match first {
+            Some(first) => Error::SharedCluster {
+                host,
+                first_guest: first,
+                first_entry: self.l2_entry_at(first),
+                first_use: clash.held.noun(),
+                second_guest: second,
+                second_entry,
+                second_use: clash.claim.noun(),
+            },
+            None => corrupt(
+                second_entry,
+                format!(
+                    "the {} of guest offset {second:#x} uses the host cluster at {host:#x} twice",
+                    clash.claim.noun()
+                ),
+            ),
+        }
     }
 }
 
@@ -137,6 +210,18 @@ pub(crate) struct Coalescer {
 }
 
 impl Coalescer {
+    /// Pushes the pieces of the guest cluster(s) at `g` (a run of `len` bytes when `len` is
+    /// more than one cluster, which is always unallocated), clipped to `[start, end)`.
+    fn push_cluster(&mut self, g: u64, len: u64, cl: Cluster, cs: u64, start: u64, end: u64) {
+        if len > cs {
+            self.push_clipped(g, len, PieceKind::Unallocated, start, end);
+        } else {
+            cl.pieces(cs, |off, pl, kind| {
+                self.push_clipped(g + off, pl, kind, start, end);
+            });
+        }
+    }
+
     fn push_clipped(&mut self, g: u64, len: u64, kind: PieceKind, start: u64, end: u64) {
         let s = g.max(start);
         let e = (g + len).min(end);
