@@ -59,6 +59,13 @@ pub trait File: Send + Sync {
     /// catches a file swapped between the two.
     fn stat(&self) -> io::Result<Metadata>;
 
+    /// The operating-system descriptor, when there is one, so a child process (qemu-img)
+    /// can be handed the very file that was checked instead of a name that may have been
+    /// swapped since. `None` for files that exist only in a simulation.
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
     /// Starts writing `[offset, offset + len)` back to the device without waiting for it, so
     /// that a later [`File::sync_data`] has less left to flush. A hint only: it makes nothing
     /// durable and promises nothing, and the default does nothing. Callers may ignore its errors.

@@ -270,6 +270,10 @@ impl<F: Fs> File for MonFile<F> {
         self.inner.stat()
     }
 
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.as_fd()
+    }
+
     fn sync_data(&self) -> io::Result<()> {
         let result = self.inner.sync_data();
         if let Some(key) = self.key {

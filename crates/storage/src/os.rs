@@ -57,6 +57,10 @@ impl File for OsFile {
         Ok(metadata_of(&self.file.metadata()?))
     }
 
+    fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        Some(std::os::fd::AsFd::as_fd(&self.file))
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Ok(()); // a hint cannot cover such a range; nothing to do
