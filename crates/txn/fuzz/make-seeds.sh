@@ -47,3 +47,28 @@ patch version-4 data-64k 4 '\0\0\0\004'
 patch vsize-2-62 data-64k 24 '\100\0\0\0\0\0\0\0'
 head -c 300 "$out/seed-data-64k" > "$out/seed-truncated"
 rm -f "$out/seed-backing-redirect"
+# Host clusters shared by two L2 entries (issue 6, T17), patched into copies of the seeds
+# above: each must be refused before the commit point.
+u32() { od -An -tu4 -j"$2" -N4 --endian=big "$1" | tr -d ' '; }
+l2e() { # file cluster entry-size: host offset of the cluster's L2 entry (L1 entry 0's table)
+    l1=$(u32 "$1" 44)
+    l2=$(($(u32 "$1" $((l1 + 4))) & 0xfffffe00))
+    echo $((l2 + $2 * $3))
+}
+put64() { printf '%08x%08x' "$3" "$4" | xxd -r -p | dd of="$1" bs=1 seek="$2" conv=notrunc status=none; }
+share() { # name from entry-size from-cluster to-cluster
+    cp "$out/seed-$2" "$out/seed-$1"
+    s=$(l2e "$out/seed-$1" "$4" "$3")
+    d=$(l2e "$out/seed-$1" "$5" "$3")
+    dd if="$out/seed-$1" of="$out/seed-$1" bs=1 skip="$s" seek="$d" count="$3" conv=notrunc status=none
+}
+share shared-data-64k data-64k 8 0 1
+share shared-data-4k data-4k 8 0 8
+share shared-extl2 extl2 16 0 3
+f=$out/seed-shared-zero-alloc-4k
+cp "$out/seed-data-4k" "$f"
+put64 "$f" "$(l2e "$f" 9 8)" 0x80000000 $(($(u32 "$f" $(($(l2e "$f" 0 8) + 4))) | 1))
+f=$out/seed-shared-compressed-and-data-4k
+cp "$out/seed-compressed-zlib" "$f"
+c=$(u32 "$f" $(($(l2e "$f" 0 8) + 4)))
+put64 "$f" "$(l2e "$f" 5 8)" 0x80000000 $((c & 0xfffff000))
