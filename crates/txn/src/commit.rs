@@ -357,11 +357,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
             total,
         });
         if format == Format::Qcow2 {
-            self.host.qemu_img_commit(ov_path, base_path, format)?;
             let base = self
                 .fs
                 .open(base_path, false)
                 .map_err(Error::io("open", base_path))?;
+            // qemu gets the validated overlay and the opened base as descriptors, not names
+            // that may have been swapped since (issue 6, hole 3).
+            match (ov.as_fd(), base.as_fd()) {
+                (Some(o), Some(b)) => {
+                    self.host
+                        .qemu_img_commit_open((ov_path, o), (base_path, b), format)?;
+                }
+                _ => self.host.qemu_img_commit(ov_path, base_path, format)?,
+            }
             // Barrier: the committed base must be durable before the journal says applied.
             base.sync_data().map_err(Error::io("sync", base_path))?;
             progress(Progress {

@@ -4,6 +4,7 @@
 //! [`OsHost`] is the real machine. Simulation tests supply their own [`Host`] whose locks are
 //! no-ops, because a simulated disk has no file descriptors to lock.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +30,18 @@ pub trait Host: Send + Sync {
     /// Runs `qemu-img commit` of `overlay` into `base` (a qcow2 image), naming the backing
     /// explicitly and with qemu's own locking off (the caller holds the fences).
     fn qemu_img_commit(&self, overlay: &Path, base: &Path, base_format: Format) -> Result<()>;
+
+    /// [`Host::qemu_img_commit`] of the open files `overlay` and `base` (paths for messages
+    /// only): qemu gets the descriptors, so a name swapped after the engine validated the
+    /// overlay cannot redirect it. Hosts without real descriptors fall back to the names.
+    fn qemu_img_commit_open(
+        &self,
+        overlay: (&Path, BorrowedFd<'_>),
+        base: (&Path, BorrowedFd<'_>),
+        base_format: Format,
+    ) -> Result<()> {
+        self.qemu_img_commit(overlay.0, base.0, base_format)
+    }
 
     /// The user name and uid running the operation.
     fn user(&self) -> (String, u32);
@@ -92,6 +105,15 @@ impl Host for OsHost {
 
     fn qemu_img_commit(&self, overlay: &Path, base: &Path, base_format: Format) -> Result<()> {
         crate::qemu::commit(overlay, base, base_format)
+    }
+
+    fn qemu_img_commit_open(
+        &self,
+        overlay: (&Path, BorrowedFd<'_>),
+        base: (&Path, BorrowedFd<'_>),
+        base_format: Format,
+    ) -> Result<()> {
+        crate::qemu::commit_open(overlay, base, base_format)
     }
 
     fn user(&self) -> (String, u32) {

@@ -1,7 +1,8 @@
 //! Running `qemu-img commit` for qcow2 bases.
 
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::state::Format;
@@ -31,13 +32,59 @@ pub(crate) fn commit(overlay: &Path, base: &Path, base_format: Format) -> Result
     let (Some(ov), Some(b)) = (overlay.to_str(), base.to_str()) else {
         return Err(fail("paths must be UTF-8".to_owned()));
     };
-    let opts = image_opts(ov, b, base_format);
+    run(overlay, base, &image_opts(ov, b, base_format), Vec::new())
+}
+
+/// `qemu-img commit` of the open files `overlay` and `base`, handed to qemu as inherited
+/// descriptors (`/dev/fd/N`) rather than by name.
+///
+/// qemu opens `/dev/fd/N`, which the kernel resolves to the file behind the descriptor
+/// whatever its name points at by then: the overlay qemu reads is the inode `open_checked`
+/// validated, and the base it writes is the one the engine opened, even if a name was
+/// swapped for a symlink or another image in the meantime (issue 6, hole 3).
+pub(crate) fn commit_open(
+    overlay: (&Path, BorrowedFd<'_>),
+    base: (&Path, BorrowedFd<'_>),
+    base_format: Format,
+) -> Result<()> {
+    let fail = |detail: String| Error::QemuImg {
+        overlay: overlay.0.to_path_buf(),
+        base: base.0.to_path_buf(),
+        detail,
+    };
+    // `dup` gives copies without FD_CLOEXEC, so the child inherits them; the engine's own
+    // descriptors stay close-on-exec and reach no other child.
+    let ov_fd = nix::unistd::dup(overlay.1).map_err(|e| fail(format!("could not dup: {e}")))?;
+    let base_fd = nix::unistd::dup(base.1).map_err(|e| fail(format!("could not dup: {e}")))?;
+    let opts = image_opts(
+        &format!("/dev/fd/{}", ov_fd.as_raw_fd()),
+        &format!("/dev/fd/{}", base_fd.as_raw_fd()),
+        base_format,
+    );
+    run(overlay.0, base.0, &opts, vec![ov_fd, base_fd])
+}
+
+/// Runs `qemu-img commit` with `opts`; `inherited` are closed in this process once the
+/// child has its copies.
+fn run(overlay: &Path, base: &Path, opts: &str, inherited: Vec<OwnedFd>) -> Result<()> {
+    let fail = |detail: String| Error::QemuImg {
+        overlay: overlay.to_path_buf(),
+        base: base.to_path_buf(),
+        detail,
+    };
     tracing::debug!(%opts, "running qemu-img commit");
     // `-d` leaves the overlay untouched, so a crash mid-commit can redo from it.
-    let out = Command::new("qemu-img")
-        .args(["commit", "-q", "-d", "--image-opts", &opts])
-        .output()
+    let child = Command::new("qemu-img")
+        .args(["commit", "-q", "-d", "--image-opts", opts])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| fail(format!("could not run qemu-img: {e}")))?;
+    drop(inherited);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(format!("could not wait for qemu-img: {e}")))?;
     if out.status.success() {
         Ok(())
     } else {

@@ -1,38 +1,45 @@
 //! Issue 6 at the engine level, on real files: a name swapped at the worst moment, between
 //! the check of the overlay's name and its open (T24).
 //!
-//! A racer would hit that window only now and then; [`SwapOnOpen`] hits it every time by
-//! renaming a decoy over the overlay's name just before the engine's open goes through.
+//! A racer would hit such a window only now and then; [`SwapOnOpen`] and [`SwapBeforeQemu`]
+//! hit it every time by renaming a decoy over the overlay's name just before the engine's
+//! open, or just before `qemu-img commit` starts.
 
 use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, OsHost};
+use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsGuard, OsHost};
 
-/// The real file system, except that the next open of `target` first renames `decoy` over it.
+/// A rename armed for one moment: `target` is replaced by `decoy` when it comes.
 #[derive(Debug, Clone, Default)]
-struct SwapOnOpen {
-    armed: Arc<Mutex<Option<(PathBuf, PathBuf)>>>,
-}
+struct Swap(Arc<Mutex<Option<(PathBuf, PathBuf)>>>);
 
-impl SwapOnOpen {
+impl Swap {
     fn arm(&self, target: &Path, decoy: &Path) {
-        *self.armed.lock().expect("lock") = Some((target.to_path_buf(), decoy.to_path_buf()));
+        *self.0.lock().expect("lock") = Some((target.to_path_buf(), decoy.to_path_buf()));
     }
 
-    fn swap_if_armed(&self, path: &Path) {
-        let mut armed = self.armed.lock().expect("lock");
-        if armed.as_ref().is_some_and(|(t, _)| t == path) {
+    /// Does the armed swap if it concerns `path` (any path when `None`).
+    fn fire(&self, path: Option<&Path>) {
+        let mut armed = self.0.lock().expect("lock");
+        if armed.as_ref().is_some_and(|(t, _)| path.is_none_or(|p| p == t)) {
             let (target, decoy) = armed.take().expect("armed");
             fs::rename(decoy, target).expect("swap the decoy in");
         }
     }
 }
+
+/// The real file system, except that the armed swap fires on the next open of its target.
+#[derive(Debug, Clone, Default)]
+struct SwapOnOpen(Swap);
 
 impl Fs for SwapOnOpen {
     type File = OsFile;
@@ -42,7 +49,7 @@ impl Fs for SwapOnOpen {
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<OsFile> {
-        self.swap_if_armed(path);
+        self.0.fire(Some(path));
         OsFs.open(path, writable)
     }
 
@@ -92,7 +99,7 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
     let decoy = tmp.path().join("decoy.qcow2");
     fs::copy(&overlay, &decoy).expect("copy the overlay");
     let decoy_ino = fs::metadata(&decoy).expect("stat the decoy").ino();
-    swap.arm(&overlay, &decoy);
+    swap.0.arm(&overlay, &decoy);
     // Act
     let err = engine
         .commit(&m.id, CommitOptions::default(), &mut |_| {})
@@ -116,5 +123,134 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
     assert_eq!(
         fs::read(&base).expect("read the base"),
         vec![0x11u8; 64 << 10]
+    );
+}
+
+/// The real machine, except that the armed swap fires just before `qemu-img commit` runs,
+/// after the engine validated the overlay.
+#[derive(Debug, Default)]
+struct SwapBeforeQemu {
+    os: OsHost,
+    swap: Swap,
+}
+
+impl Host for SwapBeforeQemu {
+    type Guard = OsGuard;
+
+    fn lock_exclusive(&self, path: &Path, wait: bool) -> txn::Result<Option<OsGuard>> {
+        self.os.lock_exclusive(path, wait)
+    }
+
+    fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
+        self.os.image_in_use(path)
+    }
+
+    fn fence_image(&self, path: &Path) -> txn::Result<OsGuard> {
+        self.os.fence_image(path)
+    }
+
+    fn qemu_img_commit(&self, overlay: &Path, base: &Path, f: Format) -> txn::Result<()> {
+        self.swap.fire(None);
+        self.os.qemu_img_commit(overlay, base, f)
+    }
+
+    fn qemu_img_commit_open(
+        &self,
+        overlay: (&Path, BorrowedFd<'_>),
+        base: (&Path, BorrowedFd<'_>),
+        f: Format,
+    ) -> txn::Result<()> {
+        self.swap.fire(None);
+        self.os.qemu_img_commit_open(overlay, base, f)
+    }
+
+    fn user(&self) -> (String, u32) {
+        self.os.user()
+    }
+
+    fn hostname(&self) -> String {
+        self.os.hostname()
+    }
+
+    fn now(&self) -> SystemTime {
+        self.os.now()
+    }
+
+    fn new_id(&self) -> txn::Result<String> {
+        self.os.new_id()
+    }
+
+    fn sleep(&self, d: Duration) {
+        self.os.sleep(d);
+    }
+
+    fn step(&self, name: &str) {
+        self.os.step(name);
+    }
+}
+
+/// Runs a qemu tool; `None` (and a note) when it is not installed.
+fn qemu(tool: &str, args: &[&str]) -> Option<()> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) if out.status.success() => Some(()),
+        Ok(out) => panic!(
+            "{tool} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => {
+            eprintln!("skipped: {tool} is not available ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qemu_runs() {
+    // Arrange: a qcow2 base (the bases qemu-img commits), an overlay holding 0xaa, and a
+    // decoy over the same base holding 0xbb, which is renamed over the overlay's name
+    // after validation, just before qemu-img starts.
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let p = |name: &str| tmp.path().join(name).to_str().expect("UTF-8").to_owned();
+    let (base, decoy) = (p("base.qcow2"), p("decoy.qcow2"));
+    if qemu("qemu-img", &["create", "-q", "-f", "qcow2", &base, "1M"]).is_none() {
+        return;
+    }
+    let host = SwapBeforeQemu::default();
+    let swap = host.swap.clone();
+    let engine = Engine::new(OsFs, host, tmp.path().join("state")).expect("an engine");
+    let m = engine
+        .begin(&BeginOptions {
+            bases: vec![PathBuf::from(&base)],
+            base_format: Some(Format::Qcow2),
+            ..BeginOptions::default()
+        })
+        .expect("begin");
+    let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
+    let write = |img: &str, pattern: &str| {
+        let cmd = format!("write -P {pattern} 0 64k");
+        qemu("qemu-io", &["-f", "qcow2", "-c", &cmd, img]).expect("qemu-io");
+    };
+    write(&overlay, "0xaa");
+    qemu(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &decoy],
+    )
+    .expect("qemu-img");
+    write(&decoy, "0xbb");
+    swap.arm(Path::new(&overlay), Path::new(&decoy));
+    // Act
+    engine
+        .commit(&m.id, CommitOptions::default(), &mut |_| {})
+        .expect("commit");
+    // Assert: the swap happened, and the base holds the validated overlay's bytes.
+    assert!(!Path::new(&decoy).exists(), "the swap did not happen");
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "read -P 0xaa 0 64k", &base])
+        .output()
+        .expect("qemu-io");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !said.contains("Pattern verification failed"),
+        "the base does not hold the validated overlay's data: {said}"
     );
 }
