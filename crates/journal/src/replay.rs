@@ -24,8 +24,8 @@ use storage::File;
 use crate::error::{io_err, Error, Result};
 use crate::format::{
     decode_payload, frame_crc, frame_len, header_crc, header_len, parse_fixed_header,
-    parse_frame_header, FrameHeader, Header, HeaderProblem, ALIGN, FRAME_HEADER_LEN,
-    HEADER_FIXED_LEN, MAX_RECORD_LEN, NONCE_LEN, VERSION,
+    parse_frame_header, FrameHeader, FrameKind, Header, HeaderProblem, ALIGN, BLOCK,
+    FRAME_HEADER_LEN, HEADER_FIXED_LEN, MAX_RECORD_LEN, NONCE_LEN, VERSION,
 };
 use crate::Tail;
 
@@ -65,8 +65,27 @@ pub(crate) struct Scan<T> {
 }
 
 /// Reads and validates the header of `file` (whose length is `file_len`).
+///
+/// `create` writes the header and its padding (at least one [`BLOCK`]) in one call and syncs
+/// it before any record is appended, and no later write touches those blocks. So a damaged
+/// header in a file of at most one block is an interrupted creation (no record can follow
+/// it: [`Error::HeaderIncomplete`]); in a longer file it is damage to a durable header
+/// ([`Error::BadHeader`]), whatever the bytes look like, all zeros included.
 pub(crate) fn read_header<F: File>(file: &F, path: &Path, file_len: u64) -> Result<Header> {
     let pstr = || path.display().to_string();
+    let damaged = |reason: String| {
+        if file_len <= BLOCK {
+            Error::HeaderIncomplete {
+                path: pstr(),
+                len: file_len,
+            }
+        } else {
+            Error::BadHeader {
+                path: pstr(),
+                reason,
+            }
+        }
+    };
     if file_len < HEADER_FIXED_LEN {
         return Err(Error::HeaderIncomplete {
             path: pstr(),
@@ -76,37 +95,30 @@ pub(crate) fn read_header<F: File>(file: &F, path: &Path, file_len: u64) -> Resu
     let mut fixed = [0u8; HEADER_FIXED_LEN as usize];
     file.read_exact_at(&mut fixed, 0).map_err(io_err(path))?;
     let raw = parse_fixed_header(&fixed).map_err(|p| match p {
-        HeaderProblem::NeverWritten => Error::HeaderIncomplete {
-            path: pstr(),
-            len: file_len,
-        },
-        HeaderProblem::Bad(reason) => Error::BadHeader {
-            path: pstr(),
-            reason,
-        },
+        HeaderProblem::NeverWritten => damaged(format!(
+            "the header is all zeros, but the file ({file_len} bytes) is longer than a header"
+        )),
+        HeaderProblem::Bad(reason) => damaged(reason),
         HeaderProblem::Version(version) => Error::UnsupportedVersion {
             path: pstr(),
             version,
             supported: VERSION,
         },
     })?;
-    // The header and its padding are written in one call and synced before `create` returns:
-    // a file shorter than that was never a journal anyone appended to.
-    if header_len(raw.identity_len) > file_len {
-        return Err(Error::HeaderIncomplete {
-            path: pstr(),
-            len: file_len,
-        });
+    // The identity length is not trusted before the checksum: a file too short for the header
+    // it claims is an interrupted creation only if it cannot hold a record either.
+    let len = header_len(raw.identity_len);
+    if len > file_len {
+        return Err(damaged(format!(
+            "the header claims {len} bytes, more than the file's {file_len}"
+        )));
     }
     // Bounded by MAX_IDENTITY_LEN above, so this allocation is small.
     let mut identity = vec![0u8; raw.identity_len as usize];
     file.read_exact_at(&mut identity, HEADER_FIXED_LEN)
         .map_err(io_err(path))?;
     if header_crc(&fixed[..36], &identity) != raw.crc {
-        return Err(Error::BadHeader {
-            path: pstr(),
-            reason: "header checksum mismatch".into(),
-        });
+        return Err(damaged("header checksum mismatch".into()));
     }
     Ok(Header {
         nonce: raw.nonce,
@@ -200,7 +212,7 @@ fn read_frame<F: File>(
     }
     let mut payload = vec![0u8; head.len as usize];
     r.read(off + FRAME_HEADER_LEN, &mut payload)?;
-    if frame_crc(nonce, head.seq, head.synced, head.len, &payload) != head.crc {
+    if frame_crc(nonce, &head, &payload) != head.crc {
         return Ok(Err("record checksum mismatch".into()));
     }
     Ok(Ok(Frame {
@@ -229,15 +241,35 @@ pub(crate) fn scan<F: File, T: DeserializeOwned>(
         let frame = read_frame(&mut r, &header.nonce, off, |_| true).map_err(io_err(path))?;
         let reason = match frame {
             Ok(f) if f.head.seq == next && f.head.synced <= next => {
-                // The checksum passed, so these bytes are what the writer wrote: a payload that
-                // does not decode is corruption (or a version skew), never a torn write.
-                let rec = decode_payload::<T>(&f.payload).map_err(|reason| Error::Corrupt {
+                // The checksum passed, so these bytes are what the writer wrote: anything the
+                // writer never writes (an unknown kind, a payload that does not decode, padding
+                // that misses a block boundary) is corruption or version skew, never a torn
+                // write.
+                let corrupt = |reason: String| Error::Corrupt {
                     offset: off,
                     reason: format!("record {next}: {reason}"),
-                })?;
-                records.push(rec);
-                off += f.total;
-                next += 1;
+                };
+                if f.head.reserved != 0 {
+                    return Err(corrupt(format!(
+                        "reserved frame field is {:#x}, not 0",
+                        f.head.reserved
+                    )));
+                }
+                let end = off + f.total;
+                match FrameKind::from_u32(f.head.kind) {
+                    Some(FrameKind::Record) => {
+                        records.push(decode_payload::<T>(&f.payload).map_err(corrupt)?);
+                        next += 1;
+                    }
+                    Some(FrameKind::Pad) if end % BLOCK == 0 => {}
+                    Some(FrameKind::Pad) => {
+                        return Err(corrupt(format!(
+                            "padding ends at {end:#x}, not at a {BLOCK}-byte block boundary"
+                        )))
+                    }
+                    None => return Err(corrupt(format!("unknown frame kind {}", f.head.kind))),
+                }
+                off = end;
                 continue;
             }
             Ok(f) => format!(

@@ -8,7 +8,10 @@ use serde::Serialize;
 use storage::{File, Fs};
 
 use crate::error::{io_err, Error, Result};
-use crate::format::{encode_frame, encode_payload, Header, MAX_IDENTITY_LEN, NONCE_LEN};
+use crate::format::{
+    encode_frame, encode_pad, encode_payload, FrameKind, Header, BLOCK, MAX_IDENTITY_LEN,
+    NONCE_LEN,
+};
 use crate::replay::{scan, RecoveryMode};
 use crate::{parent_dir, Replay, Tail};
 
@@ -20,7 +23,8 @@ pub struct Journal<F: File, T> {
     path: PathBuf,
     nonce: [u8; NONCE_LEN],
     identity: Vec<u8>,
-    /// Offset where the next frame goes.
+    /// Offset where the next frame goes. A multiple of [`BLOCK`] whenever every record is
+    /// synced (after `create`, `open` and `sync`).
     end: u64,
     /// Sequence number of the next record.
     next_seq: u64,
@@ -127,22 +131,26 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
             // records follow the valid prefix directly.
             file.set_len(valid_len).map_err(io_err(path))?;
         }
-        // Barrier: the truncation must be durable before anything is appended after it, and the
-        // replayed records (perhaps read from a page cache a dead process left behind) must be
-        // durable before the caller acts on them or a new record's `synced` field vouches for them.
-        file.sync_data().map_err(io_err(path))?;
-        let next_seq = s.records.len() as u64;
-        let journal = Self {
+        let mut journal = Self {
             file,
             path: path.to_path_buf(),
             nonce: s.header.nonce,
             identity: s.header.identity.clone(),
             end: s.valid_len,
-            next_seq,
-            synced: next_seq,
+            next_seq: s.records.len() as u64,
+            // Nothing replayed is known durable until the sync below: a padding frame written
+            // before it must not vouch for any record.
+            synced: 0,
             poisoned: false,
             _t: PhantomData,
         };
+        // Barrier (inside `sync`): the truncation must be durable before anything is appended
+        // after it, and the replayed records (perhaps read from a page cache a dead process
+        // left behind) must be durable before the caller acts on them or a new record's
+        // `synced` field vouches for them. `sync` first pads a valid prefix that ends mid-block
+        // (its last batch was never synced) to the block boundary, so the next append does
+        // not share a block with records this sync makes durable.
+        journal.sync()?;
         let replay = Replay {
             identity: s.header.identity,
             records: s.records,
@@ -198,7 +206,13 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
             return Err(Error::Poisoned);
         }
         let payload = encode_payload(record)?;
-        let frame = encode_frame(&self.nonce, self.next_seq, self.synced, &payload)?;
+        let frame = encode_frame(
+            &self.nonce,
+            self.next_seq,
+            self.synced,
+            FrameKind::Record,
+            &payload,
+        )?;
         // One write per record: a crash leaves at most this frame torn, and the frame's
         // checksum tells replay so.
         if let Err(e) = self.file.write_all_at(&frame, self.end) {
@@ -211,7 +225,9 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
         Ok(seq)
     }
 
-    /// Makes every appended record durable (`fdatasync`).
+    /// Makes every appended record durable (`fdatasync`). When the log ends mid-block, first
+    /// appends a padding frame up to the next 4 KiB boundary ([`BLOCK`]), so that records
+    /// appended after this sync never share a block with the ones it made durable.
     ///
     /// # Errors
     /// `Poisoned` after an earlier failure; `Io`, after which nothing is known about the
@@ -221,6 +237,18 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
         if self.poisoned {
             return Err(Error::Poisoned);
         }
+        // Without powersafe overwrite a torn write may garble the whole physical sector it
+        // lands in (crash-safety rule 9). Padding to the block boundary before the barrier
+        // keeps the next append out of every block this sync makes durable. The padding is
+        // part of the batch being synced: if a crash tears it, it tears only that batch.
+        if let Some(pad) = encode_pad(&self.nonce, self.next_seq, self.synced, self.end) {
+            if let Err(e) = self.file.write_all_at(&pad, self.end) {
+                self.poisoned = true;
+                return Err(io_err(&self.path)(e));
+            }
+            self.end += pad.len() as u64;
+        }
+        debug_assert_eq!(self.end % BLOCK, 0, "a sync leaves the log on a block boundary");
         // Barrier: records appended so far become durable; later frames record this in their
         // `synced` field, which is what lets replay tell a torn tail from corruption.
         if let Err(e) = self.file.sync_data() {

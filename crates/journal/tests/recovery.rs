@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use journal::format::MAX_RECORD_LEN;
+use journal::format::{frame_len, BLOCK, MAX_RECORD_LEN};
 use journal::{Error, Journal, RecoveryMode, Tail};
 use storage::sim::{Fault, SimFs};
 use storage::File;
@@ -27,6 +27,13 @@ fn build(records: &[Vec<u8>], sync_each: bool) -> (Vec<u8>, Vec<u64>) {
     (fs.read_live(PATH).unwrap(), starts)
 }
 
+/// Offset just past the frame starting at `start`, from its length field.
+fn frame_end(bytes: &[u8], start: u64) -> u64 {
+    let at = usize::try_from(start).unwrap();
+    let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    start + frame_len(len)
+}
+
 fn disk(bytes: &[u8]) -> SimFs {
     let fs = SimFs::new();
     fs.put_durable(PATH, bytes);
@@ -47,7 +54,7 @@ fn a_tail_cut_at_any_byte_of_the_last_record_is_torn_and_truncated_on_open() {
     let (bytes, starts) = build(&recs, true);
     let last = starts[3];
 
-    for cut in last..bytes.len() as u64 {
+    for cut in last..frame_end(&bytes, last) {
         let fs = disk(&bytes[..cut as usize]);
 
         let replay = read(&fs).unwrap();
@@ -75,18 +82,49 @@ fn a_tail_cut_at_any_byte_of_the_last_record_is_torn_and_truncated_on_open() {
 }
 
 #[test]
+fn a_tail_cut_inside_the_padding_keeps_the_record_and_open_pads_again() {
+    // The sync's padding frame was torn: the record before it survived whole.
+    let recs = records(4, 300);
+    let (bytes, starts) = build(&recs, true);
+    let record_end = frame_end(&bytes, starts[3]);
+    assert_eq!(bytes.len() as u64 % BLOCK, 0);
+
+    for cut in (record_end + 1..bytes.len() as u64).step_by(97) {
+        let fs = disk(&bytes[..cut as usize]);
+
+        let (mut j, opened) = Journal::<_, Vec<u8>>::open(&fs, Path::new(PATH)).unwrap();
+        let after_open = fs.read_live(PATH).unwrap().len() as u64;
+        j.append(&b"new".to_vec()).unwrap();
+        j.sync().unwrap();
+
+        assert_eq!(opened.records, recs, "cut {cut}");
+        assert_eq!(
+            opened.tail,
+            Tail::Torn {
+                valid_len: record_end,
+                discarded: cut - record_end
+            },
+            "cut {cut}"
+        );
+        assert_eq!(after_open % BLOCK, 0, "cut {cut}: open left the log mid-block");
+        assert_eq!(read(&fs).unwrap().records[4], b"new", "cut {cut}");
+    }
+}
+
+#[test]
 fn a_zeroed_or_garbage_final_sector_is_a_torn_tail() {
     let recs = records(3, 1500);
     let (bytes, starts) = build(&recs, true);
-    let sector_start = (bytes.len() - 1) / 512 * 512;
+    // The last record's final 512-byte sector, and everything after it (the sync's padding).
+    let sector_start = (frame_end(&bytes, starts[2]) - 1) / 512 * 512;
     assert!(
-        sector_start as u64 > starts[2],
+        sector_start > starts[2],
         "the last sector must lie inside the last record"
     );
 
     for fill in [0x00u8, 0x5a] {
         let mut damaged = bytes.clone();
-        damaged[sector_start..].fill(fill);
+        damaged[sector_start as usize..].fill(fill);
 
         let replay = read(&disk(&damaged)).unwrap();
 
@@ -225,9 +263,10 @@ type Damager = fn(&mut Vec<u8>);
 #[test]
 fn header_damage_is_its_own_error() {
     let (bytes, _) = build(&records(1, 8), true);
-    let cases: [(&str, Damager); 5] = [
+    let cases: [(&str, Damager); 6] = [
         ("magic", |b| b[0] ^= 1),
         ("identity bit", |b| b[40] ^= 1),
+        ("identity length", |b| b[33] = 0xff),
         ("version", |b| b[8] = 9),
         ("short", |b| b.truncate(20)),
         ("zeros", |b| b[..48].fill(0)),
@@ -239,13 +278,75 @@ fn header_damage_is_its_own_error() {
 
         let err = read(&disk(&damaged)).unwrap_err();
 
+        // Records follow the header: damage to it is refused, even when it reads as zeros or
+        // claims to be longer than the file.
         let ok = match name {
-            "magic" | "identity bit" => matches!(err, Error::BadHeader { .. }),
             "version" => matches!(err, Error::UnsupportedVersion { version: 9, .. }),
-            _ => matches!(err, Error::HeaderIncomplete { .. }),
+            "short" => matches!(err, Error::HeaderIncomplete { .. }),
+            _ => matches!(err, Error::BadHeader { .. }),
         };
         assert!(ok, "{name}: {err:?}");
     }
+}
+
+#[test]
+fn a_damaged_header_with_no_room_for_a_record_is_an_interrupted_creation() {
+    // `create` writes one whole block and syncs it before any append; a torn creation leaves
+    // at most that block, whatever it holds.
+    let (bytes, _) = build(&[], true);
+    assert_eq!(bytes.len() as u64, BLOCK);
+    let cases: [(&str, Damager); 4] = [
+        ("garbage", |b| b.iter_mut().for_each(|x| *x = 0x5a)),
+        ("zeros", |b| b.fill(0)),
+        ("first sector only", |b| b.truncate(512)),
+        ("torn magic", |b| b[3] ^= 0x40),
+    ];
+
+    for (name, damage) in cases {
+        let mut damaged = bytes.clone();
+        damage(&mut damaged);
+
+        let err = read(&disk(&damaged)).unwrap_err();
+
+        assert!(
+            matches!(err, Error::HeaderIncomplete { .. }),
+            "{name}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_version_1_journal_is_refused_with_its_version() {
+    // A version-1 header (records packed at 8-byte alignment after it), field by field.
+    let mut v1 = Vec::new();
+    v1.extend_from_slice(b"IMGTXJNL"); // magic
+    v1.extend_from_slice(&1u32.to_le_bytes()); // format version 1
+    v1.extend_from_slice(&0u32.to_le_bytes()); // flags
+    v1.extend_from_slice(&[0x11; 16]); // nonce
+    v1.extend_from_slice(&2u32.to_le_bytes()); // identity length
+    let crc = journal::format::header_crc(&v1, b"id");
+    v1.extend_from_slice(&crc.to_le_bytes()); // header CRC
+    v1.extend_from_slice(b"id"); // identity
+    v1.extend_from_slice(&[0; 6]); // padding to 8
+    v1.extend_from_slice(&[0xab; 64]); // stands in for version-1 records
+
+    let err = read(&disk(&v1)).unwrap_err();
+
+    assert!(
+        matches!(
+            err,
+            Error::UnsupportedVersion {
+                version: 1,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "journal /log has format version 1, this build reads only version 2"
+    );
 }
 
 #[test]
