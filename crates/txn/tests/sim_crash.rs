@@ -2,52 +2,17 @@
 //! damaged in several ways, then `recover`: the base must hold its old or its new content,
 //! and a committed outcome must never be lost once `commit` returned.
 
+mod crash_support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crash_support::{SimHost, STATE, TX as ID};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
-use txn::{CommitOptions, Engine, Format, Host, RecoverOptions};
+use txn::{CommitOptions, Engine, Format, RecoverOptions};
 
-const ID: &str = "tx-0123456789";
 const BASE: &str = "/d/b.img";
-const STATE: &str = "/state";
-
-/// A host with no locks, no qemu, fixed identity and time, for a disk that has no fds.
-struct SimHost;
-
-impl Host for SimHost {
-    type Guard = ();
-    fn lock_exclusive(&self, _: &Path, _: bool) -> txn::Result<Option<()>> {
-        Ok(Some(()))
-    }
-    fn image_in_use(&self, _: &Path) -> txn::Result<bool> {
-        Ok(false)
-    }
-    fn fence_image(&self, _: &Path) -> txn::Result<()> {
-        Ok(())
-    }
-    fn qemu_img_commit(&self, _: &Path, _: &Path, _: Format) -> txn::Result<()> {
-        Err(txn::Error::Invalid(
-            "no qemu-img on a simulated disk".into(),
-        ))
-    }
-    fn user(&self) -> (String, u32) {
-        ("sim".into(), 1000)
-    }
-    fn hostname(&self) -> String {
-        "sim".into()
-    }
-    fn now(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-    }
-    fn new_id(&self) -> txn::Result<String> {
-        Ok(ID.into())
-    }
-    fn sleep(&self, _: Duration) {}
-    fn step(&self, _: &str) {}
-}
 
 fn engine(fs: &SimFs) -> Engine<SimFs, SimHost> {
     Engine::new(fs.clone(), SimHost, PathBuf::from(STATE)).expect("engine")
