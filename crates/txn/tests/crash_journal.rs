@@ -1,13 +1,15 @@
 //! Journal damage at the engine level (T4–T6): a torn commit record at every byte, a zeroed
-//! or garbage final sector, a bit flip in a record followed by valid ones (refused, base
-//! untouched, journal kept), and a stale commit record of an earlier run of the same
-//! transaction sitting right after the tail (rejected).
+//! or garbage final sector, every 4 KiB block the commit record's append touched garbled
+//! whole (issue 5), a bit flip in a record followed by valid ones (refused, base untouched,
+//! journal kept), and a stale commit record of an earlier run of the same transaction
+//! sitting right after the tail (rejected).
 
 mod crash_support;
 
 use std::path::{Path, PathBuf};
 
 use crash_support::{check_settled, engine, Ended, Fixture, Stats, TX};
+use journal::format::BLOCK;
 use storage::sim::{Damage, Op, SimFs, SECTOR};
 use storage::{File, Fs};
 use txn::{CommitOptions, ErrorClass, RecoverOptions};
@@ -51,18 +53,23 @@ fn points(fx: &Fixture) -> Points {
             _ => None,
         })
         .collect();
-    let commit_write = *writes
+    let syncs: Vec<u64> = log
         .iter()
-        .rfind(|w| w.2 < first_base)
-        .expect("commit record");
-    let commit_sync = log
-        .iter()
-        .find(|l| {
-            l.number > commit_write.2
-                && matches!(&l.op, Op::SyncData { path } if on(path, &journal))
+        .filter(|l| {
+            l.number < first_base && matches!(&l.op, Op::SyncData { path } if on(path, &journal))
         })
         .map(|l| l.number)
-        .expect("commit sync");
+        .collect();
+    // The last journal sync before the base changes makes the commit record durable; the
+    // first journal write after the sync before it is the commit record (its sync then pads
+    // the journal to a block boundary with a write of its own).
+    let [.., before_commit, commit_sync] = syncs[..] else {
+        panic!("the journal is synced at least twice before the commit point: {syncs:?}");
+    };
+    let commit_write = *writes
+        .iter()
+        .find(|w| w.2 > before_commit)
+        .expect("commit record");
     // Writes: the header, then the intent record.
     let intent = (writes[1].0, writes[1].1);
     Points {
@@ -133,10 +140,10 @@ fn a_commit_record_torn_at_any_byte_counts_as_not_written() {
     );
 }
 
-/// Overwrites from `from` to the end of the sector holding the journal's last byte with
-/// zeros or garbage, as a torn append of the last record can.
-fn damage_final_sector(whole: &[u8], from: u64, garbage: bool) -> Vec<u8> {
-    let end = (whole.len() as u64).div_ceil(SECTOR) * SECTOR;
+/// Overwrites from `from` to the end of the `unit`-sized sector holding the journal's last
+/// byte with zeros or garbage, as a torn append of the last record can.
+fn damage_final_sector(whole: &[u8], from: u64, unit: u64, garbage: bool) -> Vec<u8> {
+    let end = (whole.len() as u64).div_ceil(unit) * unit;
     let mut rng = crash_support::Rng(7);
     let mut bytes = whole.to_vec();
     bytes.resize(usize::try_from(end).unwrap(), 0);
@@ -155,7 +162,7 @@ fn a_zeroed_or_garbage_final_sector_counts_as_not_written() {
 
     for garbage in [false, true] {
         // The commit record and the rest of its sector: what the unsynced append covered.
-        let bytes = damage_final_sector(&whole, p.commit_write.0, garbage);
+        let bytes = damage_final_sector(&whole, p.commit_write.0, SECTOR, garbage);
         let fs = unsynced.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &bytes);
 
@@ -167,25 +174,30 @@ fn a_zeroed_or_garbage_final_sector_counts_as_not_written() {
 }
 
 /// Without powersafe overwrite (crash-safety rule 9) a torn append may garble the whole
-/// sector it lands in, synced bytes included. The journal packs records without sector
-/// alignment, so the commit record shares its sector with the header and intent.
+/// physical sector (up to 4 KiB) it lands in, synced bytes included. The append in flight is
+/// the commit record (and the padding its sync writes): every block it touched, from the
+/// start of the block holding its first byte, is garbled whole. Had the journal let the
+/// commit record share a block with the synced header, intent or undo records, they would be
+/// garbled too, and recover would refuse forever (issue 5).
 #[test]
-#[ignore = "finding: journal records are not sector-aligned; garbage over the final sector \
-            destroys the synced header and intent and recover then refuses forever (BadHeader)"]
 fn a_whole_garbage_final_sector_including_synced_records_still_recovers() {
     let Some(fx) = fixture() else { return };
     let p = points(&fx);
     let unsynced = crashed(&fx, p.commit_sync, Damage::KeepAll);
     let whole = unsynced.read_live(&p.journal).expect("journal");
-    let sector = (whole.len() as u64 - 1) / SECTOR * SECTOR;
+    let block = p.commit_write.0 / BLOCK * BLOCK;
+    assert_eq!(
+        block, p.commit_write.0,
+        "the commit record shares its block with synced bytes"
+    );
 
     for garbage in [false, true] {
-        let bytes = damage_final_sector(&whole, sector, garbage);
+        let bytes = damage_final_sector(&whole, block, BLOCK, garbage);
         let fs = unsynced.crashed_image(Damage::KeepAll, 0);
         rewrite(&fs, &p.journal, &bytes);
 
         assert_eq!(
-            recover_ok(&fx, &fs, &format!("whole final sector, garbage {garbage}")),
+            recover_ok(&fx, &fs, &format!("whole final block, garbage {garbage}")),
             Ended::Old
         );
     }
