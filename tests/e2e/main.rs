@@ -11,6 +11,7 @@ mod kill;
 mod kill_strace;
 mod ops;
 mod progress;
+mod run_signals;
 mod txn_qcow2;
 mod txn_raw;
 

@@ -6,6 +6,7 @@
 mod args;
 mod demo;
 mod generate;
+mod interrupt;
 mod output;
 mod progress;
 
@@ -266,7 +267,14 @@ fn run_command(
     command: Vec<String>,
 ) -> Result<u8, Failure> {
     let argv_template = command.clone();
+    // Caught from before begin: a signal now rolls back instead of leaving the transaction open.
+    let interrupts = interrupt::Interrupts::catch()?;
     let m = engine.begin(&begin_options(opts, bases, Some(command))?)?;
+    if let Some(sig) = interrupts.received() {
+        engine.rollback(&m.id)?;
+        out.interrupted(&m.id, sig)?;
+        return Ok(signal_exit(sig));
+    }
     let overlays: Vec<String> = m
         .images
         .iter()
@@ -291,7 +299,17 @@ fn run_command(
         child.stdout(std::process::Stdio::from(err));
     }
     tracing::info!(tx = %m.id, command = ?argv, "running");
-    let status = match child.status() {
+    let status = match child.spawn() {
+        Ok(mut c) => {
+            interrupts.forward_to(c.id());
+            let waited = c.wait();
+            // Reaped (or lost): its pid may belong to someone else from now on.
+            interrupts.stop_forwarding();
+            waited
+        }
+        Err(e) => Err(e),
+    };
+    let status = match status {
         Ok(s) => s,
         Err(e) => {
             engine.rollback(&m.id)?;
@@ -303,10 +321,24 @@ fn run_command(
             .into());
         }
     };
+    if let Some(sig) = interrupts.received() {
+        // Whatever the command's status, the user asked to stop: nothing of it lands.
+        engine.rollback(&m.id)?;
+        out.interrupted(&m.id, sig)?;
+        return Ok(signal_exit(sig));
+    }
     if status.success() {
+        // A signal from here on is noted but does not stop the commit: stopping it halfway
+        // would only leave work for `imgtx recover`, which would finish it anyway.
         let mut bar = progress::Reporter::new(out.json, out.quiet);
         let r = engine.commit(&m.id, CommitOptions { no_undo }, &mut |p| bar.report(p))?;
         bar.finish();
+        if let Some(sig) = interrupts.received() {
+            tracing::warn!(
+                signal = sig,
+                "signal received during the commit; the commit was finished first"
+            );
+        }
         out.run(&m.id, true, 0, Some(&r))?;
         return Ok(0);
     }
@@ -317,6 +349,11 @@ fn run_command(
     engine.rollback(&m.id)?;
     out.run(&m.id, false, code, None)?;
     Ok(u8::try_from(code).unwrap_or(1).max(1))
+}
+
+/// The conventional exit status of a process stopped by signal `sig`.
+fn signal_exit(sig: i32) -> u8 {
+    u8::try_from(128 + sig).unwrap_or(1)
 }
 
 /// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.

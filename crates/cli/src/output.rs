@@ -111,6 +111,22 @@ impl Out {
         Ok(())
     }
 
+    /// `run` stopped by signal `sig` and rolled back.
+    pub fn interrupted(&self, tx: &str, sig: i32) -> io::Result<()> {
+        let name = nix::sys::signal::Signal::try_from(sig)
+            .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
+        if self.json {
+            return print_json(
+                &json!({"id": tx, "outcome": "rolled_back", "exit_code": 128 + sig, "signal": name, "images": []}),
+            );
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        eprintln!("interrupted by {name}; rolled back {tx}");
+        Ok(())
+    }
+
     pub fn recover(&self, r: &RecoverReport) -> io::Result<()> {
         if self.json {
             return print_json(&json!(r));
