@@ -6,13 +6,15 @@
 //! disk. [`read_ahead`] overlaps the two: a reader thread issues positional reads (in the
 //! order given, so a caller that sorts its reads keeps the kernel's readahead useful) into at
 //! most `depth + 1` recycled buffers, and hands each one to the caller's `write` in that order.
-//! It works through [`File`], so the simulated disk of the crash tests runs it too.
+//! Reads go through [`File::read_exact_direct_at`] into buffers aligned for direct I/O, so a
+//! real file skips the page cache when the pieces are aligned. It works through [`File`], so
+//! the simulated disk of the crash tests runs it too.
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread;
 
-use crate::File;
+use crate::{File, DIRECT_ALIGN};
 
 /// One piece to read: `len` bytes at `offset` of the source, and what the caller needs to
 /// know about it when it arrives.
@@ -41,8 +43,8 @@ pub enum Stopped<E> {
 }
 
 /// Reads every piece of `pieces` from `src` and passes it to `write`, in order, with up to
-/// `depth` pieces (at least one) read ahead of the one being written. Memory: at most
-/// `depth + 1` buffers of the largest piece.
+/// `depth` pieces read ahead of the one being written (0: no thread, one read at a time).
+/// Memory: at most `depth + 1` buffers of the largest piece.
 ///
 /// # Errors
 /// The first failure; pieces after it are neither read further nor written.
@@ -58,8 +60,19 @@ where
     I: IntoIterator<Item = Piece<T>>,
     I::IntoIter: Send,
 {
-    let depth = depth.max(1);
     let pieces = pieces.into_iter();
+    if depth == 0 {
+        let mut buf = Vec::new();
+        for piece in pieces {
+            let (at, read) = fill(src, &mut buf, &piece);
+            read.map_err(|source| Stopped::Read {
+                offset: piece.offset,
+                source,
+            })?;
+            write(&piece, &buf[at..at + piece.len]).map_err(Stopped::Write)?;
+        }
+        return Ok(());
+    }
     thread::scope(|s| {
         let (full_tx, full_rx) = mpsc::sync_channel::<Filled<T>>(depth);
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
@@ -76,7 +89,20 @@ where
     })
 }
 
-type Filled<T> = (Piece<T>, Vec<u8>, io::Result<()>);
+/// A piece, the buffer holding it from the offset given, and how its read went.
+type Filled<T> = (Piece<T>, Vec<u8>, usize, io::Result<()>);
+
+/// Reads `piece` into `buf` at an offset aligned for direct I/O; returns that offset.
+fn fill<F: File + ?Sized, T>(
+    src: &F,
+    buf: &mut Vec<u8>,
+    piece: &Piece<T>,
+) -> (usize, io::Result<()>) {
+    buf.resize(piece.len.saturating_add(DIRECT_ALIGN), 0);
+    let at = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    let read = src.read_exact_direct_at(&mut buf[at..at + piece.len], piece.offset);
+    (at, read)
+}
 
 fn reader<F: File + ?Sized, T>(
     src: &F,
@@ -86,10 +112,9 @@ fn reader<F: File + ?Sized, T>(
 ) {
     for piece in pieces {
         let Ok(mut buf) = free.recv() else { return };
-        buf.resize(piece.len, 0);
-        let read = src.read_exact_at(&mut buf, piece.offset);
+        let (at, read) = fill(src, &mut buf, &piece);
         let failed = read.is_err();
-        if full.send((piece, buf, read)).is_err() || failed {
+        if full.send((piece, buf, at, read)).is_err() || failed {
             return;
         }
     }
@@ -101,14 +126,14 @@ fn writer<T, E>(
     write: &mut impl FnMut(&Piece<T>, &[u8]) -> Result<(), E>,
 ) -> Result<(), Stopped<E>> {
     // The loop ends when the reader is done and has dropped its sender.
-    while let Ok((piece, buf, read)) = full.recv() {
+    while let Ok((piece, buf, at, read)) = full.recv() {
         if let Err(source) = read {
             return Err(Stopped::Read {
                 offset: piece.offset,
                 source,
             });
         }
-        write(&piece, &buf).map_err(Stopped::Write)?;
+        write(&piece, &buf[at..at + piece.len]).map_err(Stopped::Write)?;
         // The reader may have finished and gone: then the buffer is simply dropped.
         let _ = free.send(buf);
     }

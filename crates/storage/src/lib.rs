@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod copy;
+mod direct;
 pub mod monitor;
 mod os;
 pub mod sim;
@@ -22,6 +23,10 @@ use std::io;
 use std::path::Path;
 
 pub use os::{OsFile, OsFs};
+
+/// The alignment (memory address, offset, length) under which
+/// [`File::read_exact_direct_at`] may bypass the page cache.
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// One open file, addressed by absolute byte offsets. No method moves a cursor.
 // `len` is fallible I/O, not a container size: an `is_empty` twin would only add a syscall.
@@ -72,6 +77,17 @@ pub trait File: Send + Sync {
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let _ = (offset, len);
         Ok(())
+    }
+
+    /// Like [`File::read_exact_at`], but may bypass the page cache (`O_DIRECT`) when `buf`'s
+    /// address, its length and `offset` are all multiples of [`DIRECT_ALIGN`]: bulk copies
+    /// read data once, and copying it out of the page cache cost more CPU than the rest of a
+    /// commit. Same result either way; the default just calls `read_exact_at`.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` when the file ends first.
+    fn read_exact_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_exact_at(buf, offset)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.

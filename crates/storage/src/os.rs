@@ -61,6 +61,10 @@ impl File for OsFile {
         Some(std::os::fd::AsFd::as_fd(&self.file))
     }
 
+    fn read_exact_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        crate::direct::read_exact_at(&self.file, buf, offset)
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Ok(()); // a hint cannot cover such a range; nothing to do
