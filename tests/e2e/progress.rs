@@ -5,19 +5,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::util::{exit, qemu_io, require_tools, stderr_of, TestDir};
+use crate::util::{exit, qcow2_io, require_tools, stderr_of, TestDir};
 
 const MIB: u64 = 1 << 20;
-
-fn write_pattern(overlay: &Path, cmd: &str) {
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        cmd.as_ref(),
-        overlay.as_os_str(),
-    ]);
-}
 
 /// The progress events among the JSON lines of stderr.
 fn progress_events(stderr: &str) -> Vec<Value> {
@@ -37,7 +27,7 @@ fn json_commit_reports_progress_events_on_stderr_up_to_the_total() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 8 * MIB, 3);
     let tx = t.begin(&[&base]);
-    write_pattern(tx.overlay(), "write -P 0x5a 0 4M");
+    qcow2_io(tx.overlay(), "write -P 0x5a 0 4M");
 
     // Act
     let out = t.imgtx_code(&["commit", "--json", &tx.id], exit::OK);
@@ -76,7 +66,7 @@ fn commit_without_a_terminal_or_json_prints_no_progress() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 8 * MIB, 4);
     let tx = t.begin(&[&base]);
-    write_pattern(tx.overlay(), "write -P 0x5a 0 4M");
+    qcow2_io(tx.overlay(), "write -P 0x5a 0 4M");
 
     // Act
     let out = t.imgtx_code(&["commit", &tx.id], exit::OK);

@@ -54,6 +54,24 @@ fn finish(mut child: Child) -> (Option<i32>, String) {
     )
 }
 
+/// Asserts that `child` (`imgtx run` on `images/disk.img`, whose digest was `before`) exits
+/// with 128 + `sig`, says so, and left the base and its directory as they were.
+fn assert_rolled_back_by(t: &TestDir, child: Child, sig: Signal, before: &str) {
+    let (code, stderr) = finish(child);
+    assert_eq!(code, Some(128 + sig as i32), "{stderr}");
+    assert!(
+        stderr.contains(&format!("interrupted by {}; rolled back", sig.as_str())),
+        "{stderr}"
+    );
+    assert_eq!(sha256(&t.image("disk.img")), before, "the base changed");
+    assert_eq!(
+        t.image_listing(),
+        vec!["disk.img"],
+        "stray files beside the base"
+    );
+    t.assert_no_transactions();
+}
+
 fn pid(child: &Child) -> Pid {
     Pid::from_raw(i32::try_from(child.id()).expect("pid"))
 }
@@ -67,20 +85,8 @@ fn sigterm_sent_to_imgtx_alone_stops_the_command_and_rolls_back() {
     let child = start(&t, &base, "echo ready && exec sleep 60");
 
     kill(pid(&child), Signal::SIGTERM).expect("signal imgtx");
-    let (code, stderr) = finish(child);
 
-    assert_eq!(code, Some(128 + 15), "{stderr}");
-    assert!(
-        stderr.contains("interrupted by SIGTERM; rolled back"),
-        "{stderr}"
-    );
-    assert_eq!(sha256(&base), before, "the base changed");
-    assert_eq!(
-        t.image_listing(),
-        vec!["disk.img"],
-        "stray files beside the base"
-    );
-    t.assert_no_transactions();
+    assert_rolled_back_by(&t, child, Signal::SIGTERM, &before);
 }
 
 #[test]
@@ -96,18 +102,6 @@ fn ctrl_c_to_the_process_group_rolls_back_even_if_the_command_exits_0() {
     );
 
     killpg(pid(&child), Signal::SIGINT).expect("signal the group");
-    let (code, stderr) = finish(child);
 
-    assert_eq!(code, Some(128 + 2), "{stderr}");
-    assert!(
-        stderr.contains("interrupted by SIGINT; rolled back"),
-        "{stderr}"
-    );
-    assert_eq!(sha256(&base), before, "the base changed");
-    assert_eq!(
-        t.image_listing(),
-        vec!["disk.img"],
-        "stray files beside the base"
-    );
-    t.assert_no_transactions();
+    assert_rolled_back_by(&t, child, Signal::SIGINT, &before);
 }

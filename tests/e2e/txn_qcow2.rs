@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{exit, expect_code, qemu_img, qemu_io, require_tools, run, TestDir};
+use crate::util::{exit, expect_code, qcow2_io, qemu_img, require_tools, run, TestDir};
 
 fn qcow2_base(t: &TestDir, name: &str) -> PathBuf {
     let base = t.image(name);
@@ -17,13 +17,7 @@ fn qcow2_base(t: &TestDir, name: &str) -> PathBuf {
         "8M".as_ref(),
     ]);
     for cmd in ["write -P 0x11 0 3M", "write -P 0x22 6M 1M"] {
-        qemu_io(&[
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-c".as_ref(),
-            cmd.as_ref(),
-            base.as_os_str(),
-        ]);
+        qcow2_io(&base, cmd);
     }
     base
 }
@@ -34,13 +28,7 @@ fn edit(overlay: &Path) {
         "write -z 6M 512k",
         "write -P 0xcd 7M 64k",
     ] {
-        qemu_io(&[
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-c".as_ref(),
-            cmd.as_ref(),
-            overlay.as_os_str(),
-        ]);
+        qcow2_io(overlay, cmd);
     }
 }
 

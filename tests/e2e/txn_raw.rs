@@ -5,34 +5,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::util::{exit, qemu_img, qemu_io, require_tools, stderr_of, TestDir};
+use crate::util::{converted_raw, exit, qcow2_io, qemu_img, require_tools, stderr_of, TestDir};
 
 const MIB: u64 = 1 << 20;
-
-/// The raw content the overlay stands for, as qemu-img sees it.
-fn converted(t: &TestDir, overlay: &Path) -> Vec<u8> {
-    let out = t.path().join("expected.raw");
-    qemu_img(&[
-        "convert".as_ref(),
-        "-O".as_ref(),
-        "raw".as_ref(),
-        overlay.as_os_str(),
-        out.as_os_str(),
-    ]);
-    let bytes = fs::read(&out).expect("read converted image");
-    fs::remove_file(&out).expect("remove converted image");
-    bytes
-}
-
-fn io(overlay: &Path, cmd: &str) {
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        cmd.as_ref(),
-        overlay.as_os_str(),
-    ]);
-}
 
 #[test]
 fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
@@ -43,9 +18,9 @@ fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
     let base = t.raw_image("disk.img", 8 * MIB, 1);
     let tx = t.begin(&[&base]);
     assert_eq!(tx.images[0].base_format, "raw");
-    io(tx.overlay(), "write -P 0xab 1M 2M");
-    io(tx.overlay(), "write -z 5M 1M");
-    let expected = converted(&t, tx.overlay());
+    qcow2_io(tx.overlay(), "write -P 0xab 1M 2M");
+    qcow2_io(tx.overlay(), "write -z 5M 1M");
+    let expected = converted_raw(&t, tx.overlay());
 
     let out = t.imgtx_json(&["commit", &tx.id]);
 
@@ -76,8 +51,8 @@ fn commit_grows_the_base_when_the_overlay_was_resized() {
         tx.overlay().as_os_str(),
         "6M".as_ref(),
     ]);
-    io(tx.overlay(), "write -P 0xcd 5M 4k");
-    let expected = converted(&t, tx.overlay());
+    qcow2_io(tx.overlay(), "write -P 0xcd 5M 4k");
+    let expected = converted_raw(&t, tx.overlay());
 
     t.imgtx_ok(&["commit", &tx.id]);
 
@@ -95,7 +70,7 @@ fn rollback_leaves_the_base_untouched_and_removes_the_overlay() {
     let base = t.raw_image("disk.img", 2 * MIB, 3);
     let before = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    io(tx.overlay(), "write -P 0xab 0 1M");
+    qcow2_io(tx.overlay(), "write -P 0xab 0 1M");
 
     t.imgtx_ok(&["rollback", &tx.id]);
 
@@ -296,11 +271,11 @@ fn two_images_commit_together() {
     let a = t.raw_image("a.img", 2 * MIB, 10);
     let b = t.raw_image("b.img", 3 * MIB, 11);
     let tx = t.begin(&[&a, &b]);
-    io(&tx.images[0].overlay, "write -P 0x01 0 64k");
-    io(&tx.images[1].overlay, "write -P 0x02 1M 64k");
+    qcow2_io(&tx.images[0].overlay, "write -P 0x01 0 64k");
+    qcow2_io(&tx.images[1].overlay, "write -P 0x02 1M 64k");
     let (ea, eb) = (
-        converted(&t, &tx.images[0].overlay),
-        converted(&t, &tx.images[1].overlay),
+        converted_raw(&t, &tx.images[0].overlay),
+        converted_raw(&t, &tx.images[1].overlay),
     );
 
     t.imgtx_ok(&["commit", &tx.id]);

@@ -309,6 +309,33 @@ pub fn qemu_io<S: AsRef<OsStr>>(args: &[S]) -> String {
     stdout
 }
 
+/// Runs one qemu-io command (`write -P 0xab 1M 2M`, ...) on the qcow2 image `image`.
+pub fn qcow2_io(image: &Path, command: &str) {
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        command.as_ref(),
+        image.as_os_str(),
+    ]);
+}
+
+/// The raw content `image` (an overlay over its backing chain) stands for, as
+/// `qemu-img convert -O raw` reads it: the oracle a committed base must equal.
+pub fn converted_raw(t: &TestDir, image: &Path) -> Vec<u8> {
+    let out = t.path().join("expected.raw");
+    qemu_img(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "raw".as_ref(),
+        image.as_os_str(),
+        out.as_os_str(),
+    ]);
+    let bytes = fs::read(&out).expect("read converted image");
+    fs::remove_file(&out).expect("remove converted image");
+    bytes
+}
+
 /// `qemu-img create -f qcow2 -b BASE -F BASE_FORMAT OVERLAY`: the hand-made overlay recipe.
 pub fn qemu_overlay(base: &Path, base_format: &str, overlay: &Path) {
     let mut cmd = Command::new("qemu-img");
