@@ -468,7 +468,6 @@ fn l2_entry_onto_its_own_table_is_refused() {
 }
 
 #[test]
-#[ignore = "hole: the qcow reader accepts two L2 entries sharing one data cluster (T17); see docs/security.md"]
 fn l2_entries_aliasing_one_cluster_are_refused() {
     let Some(s) = Scene::raw() else { return };
     s.rewrite(|b| {
