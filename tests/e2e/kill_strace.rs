@@ -444,6 +444,38 @@ impl Case {
         orphans
     }
 
+    /// Asserts each overlay is a valid qcow2 image backed by its base, by absolute path and
+    /// with the base's format (T12: an open transaction left by a killed `begin` is whole).
+    fn assert_overlays_back_their_bases(&self, ctx: &str) {
+        for (base, overlay) in self.bases.iter().zip(self.overlays()) {
+            let info = qemu_img(&[
+                "info".as_ref(),
+                "--output=json".as_ref(),
+                overlay.as_os_str(),
+            ]);
+            let info: serde_json::Value = serde_json::from_str(&info).expect("qemu-img info JSON");
+            assert_eq!(info["format"], "qcow2", "{ctx}: {info}");
+            assert_eq!(
+                info["backing-filename"].as_str(),
+                base.to_str(),
+                "{ctx}: {info}"
+            );
+            assert_eq!(
+                info["backing-filename-format"].as_str(),
+                Some(self.format()),
+                "{ctx}: {info}"
+            );
+        }
+    }
+
+    fn format(&self) -> &'static str {
+        if self.kind == Bases::Qcow2 {
+            "qcow2"
+        } else {
+            "raw"
+        }
+    }
+
     /// Asserts the open transaction `self.tx` is whole: its overlays beside the bases.
     fn assert_open(&self, ctx: &str) {
         let mut want = self.base_names();
@@ -636,6 +668,7 @@ fn settle(case: &mut Case, swept: Swept, told: bool, ctx: &str) -> (Ended, u32) 
             if let Some(id) = open.first() {
                 case.tx.clone_from(id);
                 case.assert_open(ctx);
+                case.assert_overlays_back_their_bases(ctx);
                 case.t.imgtx_ok(&["rollback", id]);
             }
         }
