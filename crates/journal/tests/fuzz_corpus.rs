@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use journal::format::BLOCK;
 use journal::fuzz::{replay_bytes, FuzzRecord};
 use journal::Journal;
 use storage::sim::SimFs;
@@ -50,14 +51,23 @@ fn write_seed_corpus() {
     ];
     let full = journal_bytes(&recs, true);
     let batched = journal_bytes(&recs, false);
+    let first_record = usize::try_from(BLOCK).unwrap();
     let mut flipped = full.clone();
-    flipped[70] ^= 0x20;
+    // Inside the first record's payload; synced records follow it.
+    flipped[first_record + 40] ^= 0x20;
+    // The last block (the last record and its padding) garbled whole, as a torn append
+    // without powersafe overwrite can leave it.
+    let mut garbled_block = batched.clone();
+    let last_block = garbled_block.len() - first_record;
+    for (i, b) in garbled_block[last_block..].iter_mut().enumerate() {
+        *b = u8::try_from(i * 31 % 251).unwrap();
+    }
     let mut zero_tail = full.clone();
     zero_tail.extend_from_slice(&[0; 512]);
     let mut stale = journal_bytes(&recs, true);
     let short = journal_bytes(&recs[..1], true);
     stale[..short.len()].copy_from_slice(&short);
-    let seeds: [(&str, Vec<u8>); 9] = [
+    let seeds: [(&str, Vec<u8>); 10] = [
         ("empty-log", journal_bytes(&[], true)),
         ("four-records", full.clone()),
         ("batched", batched.clone()),
@@ -67,6 +77,7 @@ fn write_seed_corpus() {
         ("stale-after-tail", stale),
         ("batched-torn", batched[..batched.len() - 300].to_vec()),
         ("header-only-prefix", full[..40].to_vec()),
+        ("garbled-last-block", garbled_block),
     ];
     let dir = corpus_dir();
     std::fs::create_dir_all(&dir).unwrap();
