@@ -849,20 +849,32 @@ fn interrupted(s: &Scene) -> PathBuf {
     s.dir.image(&format!(".base.raw.{}.imgtx.journal", s.tx))
 }
 
-/// Asserts that `recover` refuses (never exit 0, never a panic) and changes nothing.
-fn recover_refuses(s: &Scene, journal: &std::path::Path) {
-    let journal_bytes = fs::read(journal).expect("read the journal");
+/// The pre-image file of an interrupted commit.
+fn preimage(s: &Scene) -> PathBuf {
+    s.dir.image(&format!(".base.raw.{}.imgtx.undo", s.tx))
+}
+
+/// Asserts that `imgtx ARGS` (a recovery) refuses, saying `why` (never exit 0, never a
+/// panic), and changes nothing: not `kept` (the file it refused), the base or the victim.
+fn recover_refuses(s: &Scene, kept: &std::path::Path, args: &[&str], why: &str) {
+    let kept_bytes = fs::read(kept).expect("read the refused file");
     let base_now = fs::read(&s.base).expect("read the base");
-    let m = s.bounded(&["recover"]);
+    let m = s.bounded(args);
     assert_ne!(
         m.out.status.code(),
         Some(exit::OK),
-        "recover trusted the journal{}",
+        "recover trusted {}{}",
+        kept.display(),
         m.what
     );
     assert!(
-        fs::read(journal).expect("the journal is kept") == journal_bytes,
-        "the journal changed"
+        util::stderr_of(&m.out).contains(why),
+        "the message does not say {why:?}{}",
+        m.what
+    );
+    assert!(
+        fs::read(kept).expect("the refused file is kept") == kept_bytes,
+        "the refused file changed"
     );
     assert!(
         fs::read(&s.base).expect("read the base") == base_now,
@@ -882,7 +894,7 @@ fn journal_with_a_group_or_world_readable_mode_is_refused_by_recover() {
     let journal = interrupted(&s);
     fs::set_permissions(&journal, fs::Permissions::from_mode(0o666)).expect("chmod the journal");
     // Act + Assert
-    recover_refuses(&s, &journal);
+    recover_refuses(&s, &journal, &["recover"], "refused");
 }
 
 #[test]
@@ -896,7 +908,7 @@ fn journal_owned_by_another_user_is_refused_by_recover() {
     let journal = interrupted(&s);
     std::os::unix::fs::chown(&journal, Some(4242), Some(4242)).expect("chown the journal");
     // Act + Assert
-    recover_refuses(&s, &journal);
+    recover_refuses(&s, &journal, &["recover"], "refused");
 }
 
 #[test]
@@ -942,4 +954,35 @@ fn journal_bound_to_another_base_is_refused_by_recover() {
         "recover wrote a stranger"
     );
     assert!(journal.exists(), "the journal was dropped");
+}
+
+#[test]
+fn preimage_with_a_group_or_world_readable_mode_is_refused_by_recover_undo() {
+    use std::os::unix::fs::PermissionsExt;
+    // Arrange: anyone in the group could have rewritten these pre-images.
+    let Some(s) = Scene::raw() else { return };
+    interrupted(&s);
+    let undo = preimage(&s);
+    fs::set_permissions(&undo, fs::Permissions::from_mode(0o644)).expect("chmod the pre-images");
+    // Act + Assert
+    recover_refuses(&s, &undo, &["recover", "--undo"], "pre-image file");
+}
+
+#[test]
+fn preimage_planted_by_another_user_is_refused_by_recover_undo() {
+    // Arrange: a forged pre-image file owned by someone else (only root can give a file
+    // away), renamed over the real one.
+    let Some(s) = Scene::raw() else { return };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root to chown the pre-images");
+        return;
+    }
+    interrupted(&s);
+    let undo = preimage(&s);
+    let forged = s.dir.path().join("forged.undo");
+    fs::copy(&undo, &forged).expect("forge pre-images");
+    std::os::unix::fs::chown(&forged, Some(4242), Some(4242)).expect("chown the forgery");
+    fs::rename(&forged, &undo).expect("plant the forgery");
+    // Act + Assert
+    recover_refuses(&s, &undo, &["recover", "--undo"], "owned by uid 4242");
 }

@@ -348,7 +348,13 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let all_present = present.len() == st.journals.len()
             && present.iter().all(|i| !i.intent.journals.is_empty());
         let overlays_ok = all_present && present.iter().all(|i| self.overlay_still_good(&i.intent));
-        let undo_available = all_present
+        let undo_refused = if st.committed && !st.logged {
+            self.untrusted_preimage(tx, &present)?
+        } else {
+            None
+        };
+        let undo_available = undo_refused.is_none()
+            && all_present
             && present.iter().all(|i| {
                 i.intent.undo
                     && i.undo.as_ref().is_some_and(|s| {
@@ -377,6 +383,15 @@ impl<S: Fs, H: Host> Engine<S, H> {
         };
         let decision = decide(facts);
         tracing::info!(%tx, ?facts, ?decision, "recovery decision");
+        if let (Decision::Go(Direction::Back) | Decision::Refuse(_), Some(reason)) =
+            (decision, undo_refused)
+        {
+            // Say why the pre-images cannot be used rather than that there are none.
+            return Err(Error::Unrecoverable {
+                tx: tx.to_owned(),
+                reason,
+            });
+        }
         let action = match decision {
             Decision::Discard => "discarded_uncommitted",
             Decision::Cleanup => "finished_cleanup",
@@ -404,6 +419,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
             Decision::Refuse(_) => {}
         }
         Ok(result)
+    }
+
+    /// Why one of the pre-image files of `present` cannot be trusted, if one cannot: they
+    /// are checked like journals, since restoring from a planted one would write bytes of
+    /// someone else's choosing into the base.
+    fn untrusted_preimage(&self, tx: &str, present: &[&ImageJournal]) -> Result<Option<String>> {
+        let uid = self.host.user().1;
+        for i in present.iter().filter(|i| !i.intent.journals.is_empty()) {
+            let path = layout::undo(&i.intent.base, tx)?;
+            if let Some(why) = untrusted(&self.fs, &path, uid)? {
+                return Ok(Some(format!(
+                    "its pre-image file {} is refused: {why}",
+                    path.display()
+                )));
+            }
+        }
+        Ok(None)
     }
 
     fn overlay_still_good(&self, intent: &Intent) -> bool {
@@ -495,6 +527,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         tx: st.tx.clone(),
                         reason: "pre-images are missing".into(),
                     })?;
+                    if let Some(reason) = self.untrusted_preimage(&st.tx, &[img])? {
+                        return Err(Error::Unrecoverable {
+                            tx: st.tx.clone(),
+                            reason,
+                        });
+                    }
                     let base = self
                         .fs
                         .open(&i.base, true)
@@ -553,6 +591,26 @@ impl<S: Fs, H: Host> Engine<S, H> {
     }
 }
 
+/// Why the journal or pre-image file at `path` cannot be trusted, or `None` when it can
+/// (or does not exist). Trusted means nobody but its creator could have written it: a
+/// regular file with one link, mode 0600 or stricter, owned by root or by `uid` (the user
+/// running recovery). Otherwise someone who can write the base's directory could plant
+/// records or pre-images that make a privileged recovery write bytes of their choosing.
+fn untrusted<S: Fs>(fs: &S, path: &Path, uid: u32) -> Result<Option<String>> {
+    let Some(m) = fs.metadata(path).map_err(Error::io("stat", path))? else {
+        return Ok(None);
+    };
+    Ok(if m.kind != storage::FileKind::File || m.nlink != 1 {
+        Some("it is not a regular file with one link".into())
+    } else if m.mode & 0o077 != 0 {
+        Some(format!("its mode {:o} lets other users change it", m.mode))
+    } else if m.uid != 0 && m.uid != uid {
+        Some(format!("it is owned by uid {}", m.uid))
+    } else {
+        None
+    })
+}
+
 /// Longest journal that can hold a header but no intent record: every intent names two
 /// absolute paths and a plan, so it alone is longer than this.
 const EMPTY_JOURNAL_MAX: u64 = 128;
@@ -561,30 +619,14 @@ const EMPTY_JOURNAL_MAX: u64 = 128;
 /// complete header, or a header torn before its first sync and no room for any record after
 /// it) never held a record, so it reads as empty; any other damage is refused.
 ///
-/// A journal is obeyed only if nobody but its creator could have written it (issue 6, T25):
-/// a regular file with one link, mode 0600 or stricter, owned by root or by `uid` (the
-/// user running recovery). Otherwise someone who can write the base's directory could
-/// plant records that make a privileged recovery write bytes of their choosing.
+/// A journal is obeyed only if nobody but its creator could have written it (issue 6, T25);
+/// see [`untrusted`].
 fn read_records<S: Fs>(fs: &S, path: &Path, uid: u32) -> Result<Vec<Record>> {
-    let refuse = |reason: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(m) = fs.metadata(path).map_err(Error::io("stat", path))? {
-        if m.kind != storage::FileKind::File || m.nlink != 1 {
-            return Err(refuse(
-                "refused: it is not a regular file with one link".into(),
-            ));
-        }
-        if m.mode & 0o077 != 0 {
-            return Err(refuse(format!(
-                "refused: its mode {:o} lets other users change it",
-                m.mode
-            )));
-        }
-        if m.uid != 0 && m.uid != uid {
-            return Err(refuse(format!("refused: it is owned by uid {}", m.uid)));
-        }
+    if let Some(why) = untrusted(fs, path, uid)? {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("refused: {why}"),
+        });
     }
     match journal::read::<S, Record>(fs, path) {
         Ok(replay) => Ok(replay.records),
