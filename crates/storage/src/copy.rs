@@ -98,7 +98,11 @@ fn fill<F: File + ?Sized, T>(
     buf: &mut Vec<u8>,
     piece: &Piece<T>,
 ) -> (usize, io::Result<()>) {
-    buf.resize(piece.len.saturating_add(DIRECT_ALIGN), 0);
+    // Never shrunk, so a recycled buffer is allocated (and zeroed) once, not per piece.
+    let need = piece.len.saturating_add(DIRECT_ALIGN);
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
     let at = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
     let read = src.read_exact_direct_at(&mut buf[at..at + piece.len], piece.offset);
     (at, read)

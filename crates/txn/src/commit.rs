@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, FileKind, Fs};
 
 use crate::error::{Error, Result};
@@ -12,7 +13,7 @@ use crate::overlay::{open_checked, Reader};
 use crate::plan::{chunks, Action, Plan};
 use crate::record::{Direction, Intent, Record};
 use crate::state::{FileId, Format, Manifest, TxState};
-use crate::undo::CHUNK;
+use crate::undo::{CHUNK, READ_AHEAD};
 use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Progress};
 
 pub(crate) type TxJournal<S> = journal::Journal<<S as Fs>::File, Record>;
@@ -562,6 +563,7 @@ impl<F: File> Copier<'_, F> {
     /// Copies the batch into the base; `copied` hears the bytes done.
     fn flush(&mut self, copied: &mut dyn FnMut(u64)) -> Result<()> {
         self.direct.sort_unstable();
+        let mut runs = Vec::new();
         let mut i = 0;
         while let Some(&(start, _, first_len)) = self.direct.get(i) {
             // Each extent is at most CHUNK long (it comes from a map of at most CHUNK).
@@ -574,24 +576,40 @@ impl<F: File> Copier<'_, F> {
                 run += len;
                 end += 1;
             }
-            self.buf.resize(usize::try_from(run).unwrap_or(0), 0);
-            self.ov
-                .read_exact_at(&mut self.buf, start)
-                .map_err(Error::io("read", self.ov_path))?;
-            for &(host, guest, len) in &self.direct[i..end] {
-                let at = usize::try_from(host - start).unwrap_or(usize::MAX);
+            runs.push(Piece {
+                offset: start,
+                len: usize::try_from(run).unwrap_or(usize::MAX),
+                tag: (i, end),
+            });
+            i = end;
+        }
+        let (direct, base, base_path) = (&self.direct, self.base, self.base_path);
+        // The next runs are read while this one is written; each piece's writeback starts at
+        // once, so the final fdatasync has little left to flush.
+        let done = read_ahead(self.ov, runs, READ_AHEAD, |run, data| {
+            for &(host, guest, len) in direct.get(run.tag.0..run.tag.1).unwrap_or_default() {
+                let at = usize::try_from(host - run.offset).unwrap_or(usize::MAX);
                 let piece = at
                     .checked_add(usize::try_from(len).unwrap_or(usize::MAX))
-                    .and_then(|e| self.buf.get(at..e))
+                    .and_then(|e| data.get(at..e))
                     .ok_or_else(|| {
                         Error::Invalid(format!("extent at {host:#x} outside its run"))
                     })?;
-                self.base
-                    .write_all_at(piece, guest)
-                    .map_err(Error::io("write", self.base_path))?;
+                base.write_all_at(piece, guest)
+                    .map_err(Error::io("write", base_path))?;
+                if let Err(e) = base.start_writeback(guest, len) {
+                    tracing::debug!(path = %base_path.display(), error = %e, "early writeback refused");
+                }
             }
-            copied(run);
-            i = end;
+            copied(data.len() as u64);
+            Ok(())
+        });
+        match done {
+            Ok(()) => {}
+            Err(Stopped::Read { source, .. }) => {
+                return Err(Error::io("read", self.ov_path)(source))
+            }
+            Err(Stopped::Write(e)) => return Err(e),
         }
         self.direct.clear();
         for (offset, len) in chunks(&self.other, CHUNK) {

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, Fs};
 
 use crate::error::{Error, Result};
@@ -19,6 +20,9 @@ const HEADER: u64 = 16;
 const ENTRY_HEADER: u64 = 24;
 /// The largest piece of data read or written at once.
 pub const CHUNK: u64 = 8 << 20;
+/// How many pieces of [`CHUNK`] bytes a copy reads ahead of the one it writes: memory is
+/// `READ_AHEAD + 1` chunks.
+pub const READ_AHEAD: usize = 1;
 
 fn entry_crc(head: &[u8], tx: &str) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -54,24 +58,39 @@ pub fn save<S: Fs>(
         bytes: 0,
         file_len: 0,
     };
-    let mut buf = Vec::new();
-    for (offset, len) in chunks(ranges, CHUNK) {
-        buf.resize(usize::try_from(len).unwrap_or(0), 0);
-        base.read_exact_at(&mut buf, offset)
-            .map_err(Error::io("read the old content of", base_path))?;
+    // The next pre-images are read while the current one is written, and each entry's
+    // writeback starts at once, so the sync below has little left to flush.
+    let pieces = chunks(ranges, CHUNK).map(|(offset, len)| Piece {
+        offset,
+        len: usize::try_from(len).unwrap_or(usize::MAX),
+        tag: (),
+    });
+    let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
+        let (offset, len) = (piece.offset, data.len() as u64);
         let mut head = Vec::with_capacity(24);
         head.extend_from_slice(&offset.to_le_bytes());
         head.extend_from_slice(&len.to_le_bytes());
-        head.extend_from_slice(&crc32fast::hash(&buf).to_le_bytes());
+        head.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
         let c = entry_crc(&head, tx);
         head.extend_from_slice(&c.to_le_bytes());
         out.write_all_at(&head, pos)
             .map_err(Error::io("write", path))?;
-        out.write_all_at(&buf, pos + ENTRY_HEADER)
+        out.write_all_at(data, pos + ENTRY_HEADER)
             .map_err(Error::io("write", path))?;
+        if let Err(e) = out.start_writeback(pos, ENTRY_HEADER + len) {
+            tracing::debug!(path = %path.display(), error = %e, "early writeback refused");
+        }
         pos += ENTRY_HEADER + len;
         summary.entries += 1;
         summary.bytes += len;
+        Ok(())
+    });
+    match copied {
+        Ok(()) => {}
+        Err(Stopped::Read { source, .. }) => {
+            return Err(Error::io("read the old content of", base_path)(source))
+        }
+        Err(Stopped::Write(e)) => return Err(e),
     }
     summary.file_len = pos;
     // Barrier: the pre-images must be durable (data and directory entry) before the journal
