@@ -243,7 +243,11 @@ pub fn encode_pad(nonce: &[u8; NONCE_LEN], seq: u64, synced: u64, end: u64) -> O
     // At most 2 * BLOCK, so the conversion cannot fail.
     let payload = vec![0u8; usize::try_from(payload_len).ok()?];
     let frame = encode_frame(nonce, seq, synced, FrameKind::Pad, &payload).ok()?;
-    debug_assert_eq!(frame.len() as u64, total, "a pad frame needs no alignment padding");
+    debug_assert_eq!(
+        frame.len() as u64,
+        total,
+        "a pad frame needs no alignment padding"
+    );
     Some(frame)
 }
 
@@ -372,7 +376,10 @@ mod tests {
 
         assert_eq!(f.len(), 40);
         let h = parse_frame_header(&f[..32].try_into().unwrap());
-        assert_eq!((h.len, h.seq, h.synced, h.kind, h.reserved), (3, 5, 3, 1, 0));
+        assert_eq!(
+            (h.len, h.seq, h.synced, h.kind, h.reserved),
+            (3, 5, 3, 1, 0)
+        );
         assert_eq!(h.crc, frame_crc(&[1; 16], &h, b"abc"));
     }
 

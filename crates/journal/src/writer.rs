@@ -9,8 +9,7 @@ use storage::{File, Fs};
 
 use crate::error::{io_err, Error, Result};
 use crate::format::{
-    encode_frame, encode_pad, encode_payload, FrameKind, Header, BLOCK, MAX_IDENTITY_LEN,
-    NONCE_LEN,
+    encode_frame, encode_pad, encode_payload, FrameKind, Header, BLOCK, MAX_IDENTITY_LEN, NONCE_LEN,
 };
 use crate::replay::{scan, RecoveryMode};
 use crate::{parent_dir, Replay, Tail};
@@ -248,7 +247,11 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
             }
             self.end += pad.len() as u64;
         }
-        debug_assert_eq!(self.end % BLOCK, 0, "a sync leaves the log on a block boundary");
+        debug_assert_eq!(
+            self.end % BLOCK,
+            0,
+            "a sync leaves the log on a block boundary"
+        );
         // Barrier: records appended so far become durable; later frames record this in their
         // `synced` field, which is what lets replay tell a torn tail from corruption.
         if let Err(e) = self.file.sync_data() {

@@ -94,7 +94,11 @@ fn assert_no_write_touches_a_synced_block(fs: &SimFs) {
     let mut durable = 0u64;
     for l in fs.log() {
         match l.op {
-            Op::Write { path, offset, len: n } if on_log(path.as_deref()) => {
+            Op::Write {
+                path,
+                offset,
+                len: n,
+            } if on_log(path.as_deref()) => {
                 let block = offset / BLOCK * BLOCK;
                 assert!(
                     block >= durable,
@@ -127,8 +131,7 @@ fn garble_unsynced_blocks(fs: &SimFs, fill: Option<u8>) -> Vec<u8> {
     let last_sync = log
         .iter()
         .rposition(|l| {
-            matches!(&l.op, Op::SyncData { path } if on_log(path.as_deref()))
-                && l.outcome.is_none()
+            matches!(&l.op, Op::SyncData { path } if on_log(path.as_deref())) && l.outcome.is_none()
         })
         .expect("create syncs");
     let mut blocks = BTreeSet::new();
@@ -182,7 +185,11 @@ fn check_garbled(fs: &SimFs, told: &Told, ctx: &str) {
         j.sync().unwrap();
         let again = journal::read::<_, Vec<u8>>(&img, Path::new(PATH)).unwrap();
         assert_eq!(again.tail, Tail::Clean, "{ctx}, fill {fill:?}");
-        assert_eq!(again.records[..n], told.appended[..n], "{ctx}, fill {fill:?}");
+        assert_eq!(
+            again.records[..n],
+            told.appended[..n],
+            "{ctx}, fill {fill:?}"
+        );
         assert_eq!(again.records[n], b"after", "{ctx}, fill {fill:?}");
     }
 }
@@ -277,7 +284,9 @@ fn the_header_is_alone_in_its_block_before_the_first_append() {
         .log()
         .iter()
         .filter_map(|l| match l.op {
-            Op::Write { ref path, offset, .. } if on_log(path.as_deref()) => Some(offset),
+            Op::Write {
+                ref path, offset, ..
+            } if on_log(path.as_deref()) => Some(offset),
             _ => None,
         })
         .nth(1)

@@ -106,7 +106,11 @@ fn a_tail_cut_inside_the_padding_keeps_the_record_and_open_pads_again() {
             },
             "cut {cut}"
         );
-        assert_eq!(after_open % BLOCK, 0, "cut {cut}: open left the log mid-block");
+        assert_eq!(
+            after_open % BLOCK,
+            0,
+            "cut {cut}: open left the log mid-block"
+        );
         assert_eq!(read(&fs).unwrap().records[4], b"new", "cut {cut}");
     }
 }
