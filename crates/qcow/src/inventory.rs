@@ -34,6 +34,10 @@ impl<R: ReadAt> Image<R> {
         for r in &self.layout.regions {
             ranges.push((r.start, r.end));
         }
+        let one_cluster_tables = self.layout.l1.iter().chain(&self.layout.refblocks);
+        for &off in one_cluster_tables.filter(|o| **o != 0) {
+            ranges.push((off, off.saturating_add(cs)));
+        }
         for &(off, entries) in &self.layout.bitmap_tables {
             for_each_u64(&self.source, off, entries, |_, e| {
                 let host = e & BME_OFFSET_MASK;

@@ -118,7 +118,7 @@ impl<R: ReadAt> Image<R> {
         let cs = self.header.cluster_size();
         let end = self.header.virtual_size;
         let mut used = HostUse::new(self.file_len, cs)?;
-        used.mark_bitmaps(&self.source, &self.layout)?;
+        used.mark_meta(&self.source, &self.layout)?;
         let mut out = Coalescer::default();
         self.walk(0, end, |g, l, cl| {
             if let Some(clash) = used.claim(&cl) {
@@ -164,12 +164,22 @@ impl<R: ReadAt> Image<R> {
     fn clash_error(&self, clash: Clash, second: u64) -> Error {
         let host = clash.cluster * self.header.cluster_size();
         let second_entry = self.l2_entry_at(second);
-        if clash.held == Use::Bitmap {
+        if clash.held == Use::Meta {
+            let users = refs::meta_users(
+                &self.source,
+                &self.layout,
+                self.header.cluster_size(),
+                clash.cluster,
+            );
+            let what = match users.as_deref() {
+                Ok([m, ..]) => m.to_string(),
+                _ => "metadata".to_owned(),
+            };
             return corrupt(
                 second_entry,
                 format!(
-                    "the {} of guest offset {second:#x} at host offset {host:#x} is a data \
-                     cluster of a persistent bitmap",
+                    "L2 entry points to the {} of guest offset {second:#x} at {host:#x}, inside \
+                     the {what} at {host:#x}",
                     clash.claim.noun()
                 ),
             );

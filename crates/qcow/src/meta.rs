@@ -26,13 +26,25 @@ const MAX_BITMAP_TABLE_ENTRIES: u64 = 0x0800_0000;
 pub(crate) enum Meta {
     Header,
     L1,
-    L2 { l1_index: u64 },
+    L2 {
+        l1_index: u64,
+    },
     RefcountTable,
-    RefcountBlock { index: u64 },
+    RefcountBlock {
+        index: u64,
+    },
     SnapshotTable,
-    SnapshotL1 { snapshot: u32 },
+    SnapshotL1 {
+        snapshot: u32,
+    },
     BitmapDirectory,
-    BitmapTable { bitmap: u32 },
+    BitmapTable {
+        bitmap: u32,
+    },
+    /// A data cluster of a persistent bitmap (`bitmap` counts the bitmaps with a table).
+    BitmapData {
+        bitmap: u32,
+    },
 }
 
 impl fmt::Display for Meta {
@@ -47,6 +59,7 @@ impl fmt::Display for Meta {
             Meta::SnapshotL1 { snapshot } => write!(f, "L1 table of snapshot {snapshot}"),
             Meta::BitmapDirectory => write!(f, "bitmap directory"),
             Meta::BitmapTable { bitmap } => write!(f, "table of bitmap {bitmap}"),
+            Meta::BitmapData { bitmap } => write!(f, "data cluster of bitmap {bitmap}"),
         }
     }
 }
@@ -62,7 +75,10 @@ pub(crate) struct Region {
 /// Everything learnt about the image's metadata at open.
 #[derive(Debug)]
 pub(crate) struct Layout {
-    /// Sorted, non-overlapping metadata regions.
+    /// Sorted, non-overlapping metadata regions: every table except the one-cluster L2
+    /// tables and refcount blocks, which are checked against these at open and against each
+    /// other by `Image::map` (`refs.rs`). Keeping them out bounds this list by qemu's
+    /// snapshot and bitmap counts instead of by the L1 and refcount table sizes.
     pub regions: Vec<Region>,
     /// L2 table offset of each active L1 entry (0 = unallocated).
     pub l1: Vec<u64>,
@@ -73,15 +89,20 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// The metadata region overlapping `[start, end)`, if any.
+    /// The region of [`Layout::regions`] overlapping `[start, end)`, if any.
     pub fn overlapping(&self, start: u64, end: u64) -> Option<&Region> {
-        let i = self.regions.partition_point(|r| r.start < end);
-        // Regions do not overlap, so their ends are sorted too: only the last region starting
-        // before `end` can reach into the range.
-        i.checked_sub(1)
-            .map(|j| &self.regions[j])
-            .filter(|r| r.end > start)
+        overlapping(&self.regions, start, end)
     }
+}
+
+/// The region of the sorted, non-overlapping `regions` overlapping `[start, end)`, if any.
+fn overlapping(regions: &[Region], start: u64, end: u64) -> Option<&Region> {
+    let i = regions.partition_point(|r| r.start < end);
+    // Regions do not overlap, so their ends are sorted too: only the last region starting
+    // before `end` can reach into the range.
+    i.checked_sub(1)
+        .map(|j| &regions[j])
+        .filter(|r| r.end > start)
 }
 
 /// Calls `f(index, entry)` for each big-endian u64 of a table, reading it in 64 KiB chunks.
@@ -106,22 +127,14 @@ pub(crate) fn for_each_u64<R: ReadAt + ?Sized>(
     Ok(())
 }
 
-/// Reads a whole table of big-endian u64 entries (bounded by the file length, which the
-/// caller has checked).
-fn read_u64_table<R: ReadAt + ?Sized>(src: &R, offset: u64, entries: u64) -> Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(usize::try_from(entries).unwrap_or(0));
-    for_each_u64(src, offset, entries, |_, e| {
-        out.push(e);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
 fn round_up(v: u64, to: u64) -> u64 {
     v.div_ceil(to).saturating_mul(to)
 }
 
 /// Loads and cross-checks the metadata of an image whose header is valid.
+///
+/// Memory: the active L1 (at most 32 MiB) and refcount table (at most 8 MiB) as offsets,
+/// streamed from the file, plus one region per snapshot and bitmap table.
 pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Result<Layout> {
     let cs = h.cluster_size();
     let mut regions = vec![Region {
@@ -145,12 +158,52 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
         end: rt_off + rt_len,
         what: Meta::RefcountTable,
     });
+    load_snapshots(src, h, file_len, &mut regions)?;
+    let bitmap_tables = load_bitmaps(src, h, file_len, &mut regions)?;
+
+    regions.sort_by_key(|r| (r.start, r.end));
+    for w in regions.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a.end > b.start {
+            return Err(corrupt(
+                b.start,
+                format!(
+                    "the {} at {:#x} overlaps the {} at {:#x}",
+                    b.what, b.start, a.what, a.start
+                ),
+            ));
+        }
+    }
+    // A one-cluster table must lie below EOF and outside every region above.
+    let check_cluster = |at: u64, off: u64, what: Meta| -> Result<()> {
+        if !off.is_multiple_of(cs) {
+            return Err(corrupt(
+                at,
+                format!("the {what} is at an unaligned offset {off:#x}"),
+            ));
+        }
+        if off >= file_len {
+            return Err(corrupt(
+                at,
+                format!("the {what} at {off:#x} is past the end of the file ({file_len:#x})"),
+            ));
+        }
+        if let Some(r) = overlapping(&regions, off, off + cs) {
+            return Err(corrupt(
+                off,
+                format!(
+                    "the {what} at {off:#x} overlaps the {} at {:#x}",
+                    r.what, r.start
+                ),
+            ));
+        }
+        Ok(())
+    };
 
     // Active L1: header validation already bounded it by the file length.
-    let raw_l1 = read_u64_table(src, l1_off, u64::from(h.l1_size))?;
-    let mut l1 = Vec::with_capacity(raw_l1.len());
-    for (i, e) in raw_l1.iter().enumerate() {
-        let at = l1_off + i as u64 * 8;
+    let mut l1 = Vec::with_capacity(h.l1_size as usize);
+    for_each_u64(src, l1_off, u64::from(h.l1_size), |i, e| {
+        let at = l1_off + i * 8;
         if e & L1E_RESERVED_MASK != 0 {
             return Err(corrupt(
                 at,
@@ -159,85 +212,30 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
         }
         let off = e & L1E_OFFSET_MASK;
         if off != 0 {
-            if !off.is_multiple_of(cs) {
-                return Err(corrupt(
-                    at,
-                    format!("L1 entry {i} points to an unaligned L2 table at {off:#x}"),
-                ));
-            }
-            if off >= file_len {
-                return Err(corrupt(
-                    at,
-                    format!(
-                        "L1 entry {i} points to an L2 table at {off:#x}, past the end of the file ({file_len:#x})"
-                    ),
-                ));
-            }
-            regions.push(Region {
-                start: off,
-                end: off + cs,
-                what: Meta::L2 { l1_index: i as u64 },
-            });
+            check_cluster(at, off, Meta::L2 { l1_index: i })?;
         }
         l1.push(off);
-    }
+        Ok(())
+    })?;
 
     // Refcount table and blocks.
-    let raw_rt = read_u64_table(src, rt_off, rt_len / 8)?;
-    let mut refblocks = Vec::with_capacity(raw_rt.len());
-    for (i, e) in raw_rt.iter().enumerate() {
-        let at = rt_off + i as u64 * 8;
-        let off = e & REFT_OFFSET_MASK;
+    let mut refblocks = Vec::with_capacity((rt_len / 8) as usize);
+    for_each_u64(src, rt_off, rt_len / 8, |i, e| {
+        let at = rt_off + i * 8;
         if e & !REFT_OFFSET_MASK != 0 {
             return Err(corrupt(
                 at,
                 format!("refcount table entry {i} ({e:#018x}) has reserved bits set"),
             ));
         }
+        let off = e & REFT_OFFSET_MASK;
         if off != 0 {
-            if !off.is_multiple_of(cs) {
-                return Err(corrupt(
-                    at,
-                    format!("refcount block {i} at {off:#x} is not cluster-aligned"),
-                ));
-            }
-            if off >= file_len {
-                return Err(corrupt(
-                    at,
-                    format!("refcount block {i} at {off:#x} is past the end of the file ({file_len:#x})"),
-                ));
-            }
-            regions.push(Region {
-                start: off,
-                end: off + cs,
-                what: Meta::RefcountBlock { index: i as u64 },
-            });
+            check_cluster(at, off, Meta::RefcountBlock { index: i })?;
         }
         refblocks.push(off);
-    }
+        Ok(())
+    })?;
 
-    load_snapshots(src, h, file_len, &mut regions)?;
-    let bitmap_tables = load_bitmaps(src, h, file_len, &mut regions)?;
-
-    regions.sort_by_key(|r| (r.start, r.end));
-    for w in regions.windows(2) {
-        let (a, b) = (w[0], w[1]);
-        if a.end > b.start {
-            let reason = match (a.what, b.what) {
-                (Meta::L2 { l1_index: i }, Meta::L2 { l1_index: j }) if a.start == b.start => {
-                    format!(
-                        "L1 entries {i} and {j} both point to the L2 table at {:#x} (an L2 loop)",
-                        a.start
-                    )
-                }
-                _ => format!(
-                    "the {} at {:#x} overlaps the {} at {:#x}",
-                    b.what, b.start, a.what, a.start
-                ),
-            };
-            return Err(corrupt(b.start, reason));
-        }
-    }
     Ok(Layout {
         regions,
         l1,

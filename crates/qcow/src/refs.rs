@@ -6,15 +6,17 @@
 //! clusters are byte ranges packed back to back, so they may share host clusters with each
 //! other, but with nothing else. Internal snapshots may share anything with the active
 //! layer; only the active tree is checked. Overlap with metadata tables is checked per entry
-//! in `l2::decode`; this module adds what needs memory of the entries seen so far.
+//! in `l2::decode` against the tables listed at open; this module adds what needs memory of
+//! the clusters seen so far: L2 tables and refcount blocks (one cluster each, up to 4 Mi and
+//! 1 Mi of them) against each other and against every data cluster.
 //!
 //! The memory is two bits per host cluster of the *file* (not of any header claim), capped
 //! at [`MAX_TRACKED_CLUSTERS`]: at most 16 MiB whatever the input.
 
-use crate::error::{Error, Result};
+use crate::error::{corrupt, Error, Result};
 use crate::header::Header;
 use crate::l2::Cluster;
-use crate::meta::{for_each_u64, Layout};
+use crate::meta::{for_each_u64, Layout, Meta};
 use crate::ReadAt;
 
 /// The most host clusters the check tracks: 2^26 clusters at two bits each is 16 MiB, which
@@ -33,8 +35,8 @@ pub(crate) enum Use {
     Data = 1,
     /// Bytes of one or more compressed clusters.
     Compressed = 2,
-    /// A data cluster of a persistent bitmap.
-    Bitmap = 3,
+    /// Metadata: an L2 table, a refcount block or a data cluster of a persistent bitmap.
+    Meta = 3,
 }
 
 impl Use {
@@ -43,7 +45,7 @@ impl Use {
             0 => Use::Free,
             1 => Use::Data,
             2 => Use::Compressed,
-            _ => Use::Bitmap,
+            _ => Use::Meta,
         }
     }
 
@@ -53,7 +55,7 @@ impl Use {
             Use::Free => "nothing",
             Use::Data => "data cluster",
             Use::Compressed => "compressed data",
-            Use::Bitmap => "bitmap data",
+            Use::Meta => "metadata",
         }
     }
 }
@@ -109,17 +111,43 @@ impl HostUse {
         *w = (*w & !(3 << shift)) | ((u as u64) << shift);
     }
 
-    /// Marks the data clusters of every persistent bitmap (before any L2 entry is seen).
-    pub fn mark_bitmaps<R: ReadAt + ?Sized>(&mut self, src: &R, layout: &Layout) -> Result<()> {
+    /// Marks every L2 table, refcount block and persistent bitmap data cluster, before any
+    /// L2 entry is seen; refuses two of them in one cluster (two L1 entries sharing an L2
+    /// table is an "L2 loop").
+    pub fn mark_meta<R: ReadAt + ?Sized>(&mut self, src: &R, layout: &Layout) -> Result<()> {
+        let cs = self.cluster_size;
+        let tables = layout.l1.iter().chain(&layout.refblocks);
+        for &off in tables.filter(|o| **o != 0) {
+            self.mark_one(src, layout, off / cs)?;
+        }
         for &(off, entries) in &layout.bitmap_tables {
             for_each_u64(src, off, entries, |_, e| {
-                let c = (e & BME_OFFSET_MASK) / self.cluster_size;
+                let c = (e & BME_OFFSET_MASK) / cs;
+                // Bitmap data past EOF is never read by the map; qemu's check flags it.
                 if c != 0 && c < self.clusters {
-                    self.set(c, Use::Bitmap);
+                    self.mark_one(src, layout, c)?;
                 }
                 Ok(())
             })?;
         }
+        Ok(())
+    }
+
+    fn mark_one<R: ReadAt + ?Sized>(&mut self, src: &R, layout: &Layout, c: u64) -> Result<()> {
+        // Open checked that L2 tables and refcount blocks start below EOF.
+        if self.get(c) == Use::Meta {
+            let host = c * self.cluster_size;
+            let users = meta_users(src, layout, self.cluster_size, c)?;
+            let reason = match users.as_slice() {
+                [Meta::L2 { l1_index: i }, Meta::L2 { l1_index: j }, ..] => format!(
+                    "L1 entries {i} and {j} both point to the L2 table at {host:#x} (an L2 loop)"
+                ),
+                [a, b, ..] => format!("the {b} at {host:#x} overlaps the {a} at {host:#x}"),
+                _ => format!("the metadata cluster at {host:#x} is used twice"),
+            };
+            return Err(corrupt(host, reason));
+        }
+        self.set(c, Use::Meta);
         Ok(())
     }
 
@@ -169,4 +197,36 @@ pub(crate) fn uses(cl: &Cluster, h: &Header, c: u64, u: Use) -> bool {
         && cl
             .host_range(cs)
             .is_some_and(|(s, e)| s / cs <= c && c < e.div_ceil(cs))
+}
+
+/// Every metadata structure in host cluster `c`, in the order `mark_meta` marks them: L2
+/// tables (by L1 index), refcount blocks, then persistent bitmap data clusters. Only the
+/// error paths call this.
+pub(crate) fn meta_users<R: ReadAt + ?Sized>(
+    src: &R,
+    layout: &Layout,
+    cs: u64,
+    c: u64,
+) -> Result<Vec<Meta>> {
+    let at = |off: &u64| *off != 0 && *off / cs == c;
+    let mut users: Vec<Meta> = (0u64..)
+        .zip(&layout.l1)
+        .filter(|(_, o)| at(o))
+        .map(|(i, _)| Meta::L2 { l1_index: i })
+        .collect();
+    users.extend(
+        (0u64..)
+            .zip(&layout.refblocks)
+            .filter(|(_, o)| at(o))
+            .map(|(i, _)| Meta::RefcountBlock { index: i }),
+    );
+    for (b, &(off, entries)) in (0u32..).zip(&layout.bitmap_tables) {
+        for_each_u64(src, off, entries, |_, e| {
+            if (e & BME_OFFSET_MASK) / cs == c && e & BME_OFFSET_MASK != 0 {
+                users.push(Meta::BitmapData { bitmap: b });
+            }
+            Ok(())
+        })?;
+    }
+    Ok(users)
 }
