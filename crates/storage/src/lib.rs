@@ -20,9 +20,9 @@ pub mod sim;
 
 use std::ffi::OsString;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-pub use os::{OsFile, OsFs};
+pub use os::{open_no_symlinks, OsFile, OsFs};
 
 /// The alignment (memory address, offset, length) under which
 /// [`File::read_exact_direct_at`] may bypass the page cache.
@@ -151,8 +151,8 @@ pub enum FileKind {
 
 /// The namespace operations a crash-safe protocol needs, plus opening files.
 ///
-/// Paths are used as given; implementations never follow a symlink in the final component
-/// when creating or opening for write.
+/// Paths are used as given. [`OsFs`] follows no symlink anywhere in a path (see
+/// [`open_no_symlinks`]); user paths are resolved once with [`Fs::canonicalize`].
 pub trait Fs: Send + Sync {
     /// The file handle type.
     type File: File;
@@ -183,4 +183,12 @@ pub trait Fs: Send + Sync {
 
     /// Names of the entries of `dir`, in no particular order.
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<OsString>>;
+
+    /// `path` made absolute with every symlink in it resolved, for paths that come from a
+    /// user (who may legitimately reach a directory through a symlink): every other method
+    /// may refuse a path with a symlink in it. A part of the path that does not exist yet
+    /// is kept as given. The default suits file systems without symlinks.
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        Ok(path.to_path_buf())
+    }
 }

@@ -316,6 +316,10 @@ impl<F: Fs + Clone> Fs for Monitor<F> {
         self.inner.metadata(path)
     }
 
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        self.inner.canonicalize(path)
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         // Mark first: a failed unlink may still have happened as far as a crash is concerned.
         lock(&self.shared.track).entry_changed(path);

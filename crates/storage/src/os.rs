@@ -1,12 +1,19 @@
 //! [`Fs`] over the real file system.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 
-use nix::fcntl::{fallocate, posix_fadvise, FallocateFlags, OFlag, PosixFadviseAdvice};
+use nix::errno::Errno;
+use nix::fcntl::{
+    fallocate, openat2, posix_fadvise, renameat, FallocateFlags, OFlag, OpenHow,
+    PosixFadviseAdvice, ResolveFlag, AT_FDCWD,
+};
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::{File, FileKind, Fs, Metadata};
 
@@ -116,62 +123,140 @@ impl Fs for OsFs {
     type File = OsFile;
 
     fn create_new(&self, path: &Path) -> io::Result<OsFile> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(path)?;
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
+        let file = open_no_symlinks(path, flags, Mode::S_IRUSR | Mode::S_IWUSR)?;
         Ok(OsFile { file })
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<OsFile> {
-        let file = fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(path)?;
+        let flags = if writable {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let file = open_no_symlinks(path, flags, Mode::empty())?;
         Ok(OsFile { file })
     }
 
     fn metadata(&self, path: &Path) -> io::Result<Option<Metadata>> {
-        match fs::symlink_metadata(path) {
-            Ok(m) => Ok(Some(metadata_of(&m))),
+        // O_PATH | O_NOFOLLOW gives a descriptor of a final symlink itself, so this is an
+        // lstat whose every directory on the way was reached without following a symlink.
+        match open_no_symlinks(path, OFlag::O_PATH, Mode::empty()) {
+            Ok(f) => Ok(Some(metadata_of(&f.metadata()?))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        let (dir, name) = parent_of(path)?;
+        unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
+        let (from_dir, from_name) = parent_of(from)?;
+        let (to_dir, to_name) = parent_of(to)?;
+        renameat(&from_dir, from_name, &to_dir, to_name).map_err(io::Error::from)
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
-        match fs::DirBuilder::new().mode(0o700).create(path) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-            r => r,
+        let (dir, name) = parent_of(path)?;
+        match mkdirat(&dir, name, Mode::S_IRWXU) {
+            Ok(()) => Ok(()),
+            Err(Errno::EEXIST)
+                if self
+                    .metadata(path)?
+                    .is_some_and(|m| m.kind == FileKind::Dir) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let d = fs::OpenOptions::new()
-            .read(true)
-            .custom_flags((OFlag::O_DIRECTORY | OFlag::O_CLOEXEC).bits())
-            .open(dir)?;
-        d.sync_all()
+        open_dir(dir, OFlag::O_RDONLY)?.sync_all()
     }
 
     fn read_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
-        fs::read_dir(dir)?
+        let d = open_dir(dir, OFlag::O_RDONLY)?;
+        // The descriptor's /proc entry lists the directory that was opened, whatever the
+        // name points at now.
+        fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd()))?
             .map(|e| e.map(|e| e.file_name()))
             .collect()
     }
+
+    fn canonicalize(&self, path: &Path) -> io::Result<PathBuf> {
+        // The part that does not exist yet cannot hold a symlink; resolve what does.
+        let mut missing = Vec::new();
+        let mut existing = path;
+        loop {
+            match fs::canonicalize(existing) {
+                Ok(mut real) => {
+                    real.extend(missing.iter().rev());
+                    return Ok(real);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match (existing.parent(), existing.file_name()) {
+                        (Some(parent), Some(name)) => {
+                            missing.push(name);
+                            existing = parent;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Opens `path` without following a symlink anywhere in it (`openat2` with
+/// `RESOLVE_NO_SYMLINKS`, plus `O_NOFOLLOW` and `O_CLOEXEC`): a directory on the way
+/// swapped for a symlink by someone who can write its parent fails the open with `ELOOP`
+/// instead of sending it elsewhere (issue 6, T24). Paths must already be resolved
+/// ([`Fs::canonicalize`]) where they come from a user.
+///
+/// # Errors
+/// `ELOOP` for a symlink anywhere in the path; `Unsupported`, saying what to do, on kernels
+/// without `openat2` (before Linux 5.6) or where a seccomp filter hides it.
+pub fn open_no_symlinks(path: &Path, flags: OFlag, mode: Mode) -> io::Result<fs::File> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .mode(mode)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(AT_FDCWD, path, how) {
+        Ok(fd) => Ok(fs::File::from(fd)),
+        Err(Errno::ENOSYS) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the openat2 system call is not available (Linux 5.6 or later is needed, and a \
+             seccomp profile must allow it); imgtx needs it to open files without following \
+             symlinks planted in their directories",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Opens directory `dir` without following a symlink anywhere in it.
+fn open_dir(dir: &Path, flags: OFlag) -> io::Result<fs::File> {
+    open_no_symlinks(dir, flags | OFlag::O_DIRECTORY, Mode::empty())
+}
+
+/// The parent directory of `path`, opened without following symlinks, and the final name to
+/// act on relative to it.
+fn parent_of(path: &Path) -> io::Result<(fs::File, &OsStr)> {
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not end in a file name", path.display()),
+        )
+    })?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok((open_dir(dir, OFlag::O_PATH)?, name))
 }
 
 /// Converts std metadata into the seam's [`Metadata`].
