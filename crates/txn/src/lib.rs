@@ -108,6 +108,11 @@ pub struct Engine<S, H> {
 impl<S: Fs, H: Host> Engine<S, H> {
     /// An engine keeping its registry in `state_dir` (absolute), created 0700 if missing.
     pub fn new(fs: S, host: H, state_dir: PathBuf) -> Result<Self> {
+        // Resolved once: the state directory may sit under a symlinked home, but nothing
+        // inside it is reached through a symlink afterwards.
+        let state_dir = fs
+            .canonicalize(&state_dir)
+            .map_err(Error::io("resolve", state_dir))?;
         let state = state::StateDir::new(state_dir);
         state.create(&fs)?;
         Ok(Self { fs, host, state })
