@@ -20,7 +20,13 @@ impl<S: Fs, H: Host> Engine<S, H> {
         }
         let mut images = Vec::new();
         let mut sizes = Vec::new();
-        for base in &opts.bases {
+        for given in &opts.bases {
+            // Resolved once, here: every later open of the base and of the files beside it
+            // follows no symlink (issue 6, T24), so the stored path must hold none.
+            let base = &self
+                .fs
+                .canonicalize(given)
+                .map_err(Error::io("resolve", given))?;
             let meta = self.fs.metadata(base).map_err(Error::io("stat", base))?;
             let invalid = |reason: &str| Error::InvalidBase {
                 path: base.clone(),

@@ -1,13 +1,14 @@
 //! Locks on the real machine: the exclusive lock serializing imgtx processes on one
 //! transaction, and qemu's OFD byte-range lock protocol (see `docs/commit-protocol.md`).
 
-use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::fcntl::{fcntl, FcntlArg};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::libc;
+use nix::sys::stat::Mode;
+use storage::{open_no_symlinks, Fs, OsFs};
 
 use crate::error::{Error, Result};
 
@@ -17,20 +18,19 @@ const USE_BYTES: (i64, i64) = (100, 5);
 /// both "in use" (10x) and "not shared" (20x), so that every qemu open fails.
 const FENCE_BYTES: [i64; 6] = [100, 101, 103, 200, 201, 203];
 
-/// Takes an exclusive `flock`-style lock on `path` (created 0600 if missing).
+/// Takes an exclusive `flock`-style lock on `path` (created 0600 if missing), following no
+/// symlink in the path.
 ///
 /// The lock file may be unlinked by the holder when the transaction ends, so after locking
 /// we check that the path still names the locked file, and retry otherwise.
 pub(crate) fn lock_exclusive(path: &Path, wait: bool) -> Result<Option<File>> {
     loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(Error::io("open the lock file", path))?;
+        let file = open_no_symlinks(
+            path,
+            OFlag::O_RDWR | OFlag::O_CREAT,
+            Mode::S_IRUSR | Mode::S_IWUSR,
+        )
+        .map_err(Error::io("open the lock file", path))?;
         if wait {
             file.lock().map_err(Error::io("lock", path))?;
         } else {
@@ -43,10 +43,11 @@ pub(crate) fn lock_exclusive(path: &Path, wait: bool) -> Result<Option<File>> {
         let held = file
             .metadata()
             .map_err(Error::io("stat the lock file", path))?;
-        match std::fs::metadata(path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(Some(file)),
+        match OsFs.metadata(path) {
+            Ok(Some(now)) if (now.dev, now.ino) == (held.dev(), held.ino()) => {
+                return Ok(Some(file))
+            }
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("stat the lock file", path)(e)),
         }
     }
@@ -65,10 +66,7 @@ fn flock(l_type: i32, start: i64, len: i64) -> libc::flock {
 fn open_read(path: &Path) -> Result<File> {
     // O_NONBLOCK: a FIFO planted under an image's name would otherwise block the open until
     // some writer appears; on a regular file it changes nothing.
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
-        .open(path)
+    open_no_symlinks(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK, Mode::empty())
         .map_err(Error::io("open for lock probing", path))
 }
 

@@ -144,7 +144,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
                 .collect()
         } else {
-            opts.paths.clone()
+            // User paths may reach a base through a symlink; what is stored never does.
+            opts.paths
+                .iter()
+                .map(|p| self.fs.canonicalize(p).map_err(Error::io("resolve", p)))
+                .collect::<Result<_>>()?
         };
         // tx id -> a journal of it
         let mut commits: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -165,7 +169,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             opts.paths.is_empty()
                 || m.images
                     .iter()
-                    .any(|i| opts.paths.iter().any(|p| self.same_file(p, &i.base)))
+                    .any(|i| bases.iter().any(|p| self.same_file(p, &i.base)))
         };
         for m in manifests
             .iter()
