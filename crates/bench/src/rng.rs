@@ -1,4 +1,9 @@
 //! A tiny deterministic generator: scenarios must be the same for every run with one seed.
+//!
+//! `storage::sim` and the crash tests carry their own SplitMix64 too; this one stays separate
+//! on purpose: its exact output fixes the pristine images kept on disk between runs, and a
+//! crash simulator is no home for a benchmark's data generator (20 lines are cheaper than
+//! that coupling).
 
 /// SplitMix64 (Steele, Lea, Flood 2014): fast, seedable, and good enough to scatter writes and
 /// fill a disk with bytes that no contestant can compress or skip as zeros.
