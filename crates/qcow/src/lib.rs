@@ -196,10 +196,12 @@ pub struct Image<R> {
 
 impl<R: ReadAt> Image<R> {
     /// Opens an image: validates the header and its extensions, reads the active L1 and the
-    /// refcount table, and checks that no two metadata structures overlap.
+    /// refcount table, and checks that no two metadata tables overlap, except L2 tables and
+    /// refcount blocks among themselves: [`Image::map`] checks those, with the data clusters.
     ///
-    /// Memory use is bounded by the file length and qemu's table limits (32 MiB L1, 8 MiB
-    /// refcount table); L2 tables are not read until needed.
+    /// Memory use is bounded by the file length and qemu's table limits: the L1 (at most
+    /// 32 MiB) and refcount table (at most 8 MiB) as offsets, one region per snapshot and
+    /// bitmap table; L2 tables are not read until needed.
     ///
     /// # Errors
     /// [`Error::NotQcow2`], [`Error::InvalidHeader`], [`Error::Unsupported`],
