@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use crate::util::{self, exit, qemu_io, TestDir};
@@ -191,11 +191,8 @@ impl Scene {
     }
 
     fn assert_untouched(&self) {
-        assert!(snapshot(&self.base) == self.base_bytes, "the base changed");
-        assert!(
-            fs::read(&self.victim).expect("read the victim") == self.victim_bytes,
-            "the victim changed"
-        );
+        self.assert_base_untouched();
+        self.assert_victim_untouched();
         let strays: Vec<String> = self
             .dir
             .image_listing()
@@ -203,6 +200,59 @@ impl Scene {
             .filter(|n| n.ends_with(".imgtx.journal") || n.ends_with(".imgtx.undo"))
             .collect();
         assert!(strays.is_empty(), "a refused commit left {strays:?}");
+    }
+
+    fn assert_victim_untouched(&self) {
+        assert!(
+            fs::read(&self.victim).expect("read the victim") == self.victim_bytes,
+            "the victim changed"
+        );
+    }
+
+    fn assert_base_untouched(&self) {
+        assert!(snapshot(&self.base) == self.base_bytes, "the base changed");
+    }
+
+    /// Runs a command that must succeed within the bounds.
+    fn bounded_ok(&self, args: &[&str]) {
+        let m = self.bounded(args);
+        assert_eq!(m.out.status.code(), Some(exit::OK), "{args:?}{}", m.what);
+    }
+
+    /// Puts a symlink to `target` where the overlay was; the overlay is moved to `aside`
+    /// (its path returned) or, when `aside` is `None`, removed.
+    fn symlink_overlay(&self, target: &Path, aside: Option<&str>) -> Option<PathBuf> {
+        let aside = aside.map(|name| self.dir.path().join(name));
+        match &aside {
+            Some(a) => fs::rename(&self.overlay, a).expect("move the overlay aside"),
+            None => fs::remove_file(&self.overlay).expect("remove the overlay"),
+        }
+        symlink(target, &self.overlay).expect("plant a symlink");
+        aside
+    }
+
+    /// Renames a new file holding `bytes` over the overlay while the overlay still exists,
+    /// so the newcomer cannot reuse its inode number.
+    fn replace_overlay(&self, bytes: &[u8]) {
+        let planted = self.dir.path().join("planted");
+        fs::write(&planted, bytes).expect("plant a file");
+        fs::rename(&planted, &self.overlay).expect("move it over the overlay");
+    }
+
+    /// Interrupts a commit right after its commit point, leaving a journal and pre-images
+    /// for `recover`; returns the journal.
+    fn interrupted(&self) -> PathBuf {
+        let mut cmd = self.dir.command();
+        cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
+            .args(["commit", &self.tx]);
+        util::expect_code(&mut cmd, 137);
+        self.dir
+            .image(&format!(".base.raw.{}.imgtx.journal", self.tx))
+    }
+
+    /// The pre-image file of an interrupted commit.
+    fn preimage(&self) -> PathBuf {
+        self.dir.image(&format!(".base.raw.{}.imgtx.undo", self.tx))
     }
 
     /// The whole command sequence for a tampered overlay; `why` is a part of the reason
@@ -218,28 +268,16 @@ impl Scene {
         self.refused(&["commit", &self.tx], why);
         // A second attempt finds the same refusal, not a half-done commit.
         self.refused(&["commit", &self.tx], why);
-        let recover = self.bounded(&["recover"]);
-        assert_eq!(
-            recover.out.status.code(),
-            Some(exit::OK),
-            "recover{}",
-            recover.what
-        );
+        self.bounded_ok(&["recover"]);
         self.assert_untouched();
-        let rollback = self.bounded(&["rollback", &self.tx]);
-        assert_eq!(
-            rollback.out.status.code(),
-            Some(exit::OK),
-            "rollback{}",
-            rollback.what
-        );
+        self.bounded_ok(&["rollback", &self.tx]);
         self.assert_untouched();
         self.dir.assert_no_transactions();
     }
 }
 
 /// The content of a small file, or the SHA-256 of a big (sparse) one.
-fn snapshot(path: &std::path::Path) -> Vec<u8> {
+fn snapshot(path: &Path) -> Vec<u8> {
     if fs::metadata(path).expect("stat").len() > 16 << 20 {
         util::sha256(path).into_bytes()
     } else {
@@ -290,6 +328,12 @@ fn set_backing(b: &mut [u8], name: &str) {
     put32(b, 16, u32::try_from(name.len()).expect("short name"));
 }
 
+/// Sets incompatible feature bit `bit` in the header.
+fn set_incompatible(b: &mut [u8], bit: u32) {
+    let v = be64(b, 72);
+    put64(b, 72, v | 1 << bit);
+}
+
 /// The offset of the data of the first header extension of `kind`.
 fn extension(b: &[u8], kind: u32) -> Option<(usize, usize)> {
     let mut off = at(u64::from(be32(b, 100)));
@@ -321,7 +365,7 @@ fn untampered_overlay_commits_within_the_bounds() {
     );
     let base = fs::read(&s.base).expect("read the base");
     assert!(base[..64 << 10].iter().all(|&x| x == 0xab));
-    assert!(fs::read(&s.victim).expect("read the victim") == s.victim_bytes);
+    s.assert_victim_untouched();
 }
 
 #[test]
@@ -506,40 +550,28 @@ fn l1_entries_sharing_one_l2_table_are_refused() {
 #[test]
 fn unknown_incompatible_feature_bit_is_refused() {
     let Some(s) = Scene::raw() else { return };
-    s.rewrite(|b| {
-        let v = be64(b, 72);
-        put64(b, 72, v | 1 << 40);
-    });
+    s.rewrite(|b| set_incompatible(b, 40));
     s.expect_refused("not a valid qcow2 image");
 }
 
 #[test]
 fn external_data_file_bit_is_refused() {
     let Some(s) = Scene::raw() else { return };
-    s.rewrite(|b| {
-        let v = be64(b, 72);
-        put64(b, 72, v | 1 << 2);
-    });
+    s.rewrite(|b| set_incompatible(b, 2));
     s.expect_refused("not a valid qcow2 image");
 }
 
 #[test]
 fn external_data_file_over_a_qcow2_base_is_refused() {
     let Some(s) = Scene::qcow2() else { return };
-    s.rewrite(|b| {
-        let v = be64(b, 72);
-        put64(b, 72, v | 1 << 2);
-    });
+    s.rewrite(|b| set_incompatible(b, 2));
     s.expect_refused("not a valid qcow2 image");
 }
 
 #[test]
 fn corrupt_bit_is_refused() {
     let Some(s) = Scene::raw() else { return };
-    s.rewrite(|b| {
-        let v = be64(b, 72);
-        put64(b, 72, v | 1 << 1);
-    });
+    s.rewrite(|b| set_incompatible(b, 1));
     s.expect_refused("not a valid qcow2 image");
 }
 
@@ -629,9 +661,7 @@ fn raw_file_in_the_overlays_place_is_refused_and_left_alone() {
     // Arrange: a new inode under the overlay's name, renamed over it while it exists so
     // that the inode number cannot be reused.
     let Some(s) = Scene::raw() else { return };
-    let planted = s.dir.path().join("planted.raw");
-    fs::write(&planted, &s.victim_bytes).expect("plant a raw file");
-    fs::rename(&planted, &s.overlay).expect("move it over the overlay");
+    s.replace_overlay(&s.victim_bytes);
     // Act + Assert
     s.expect_refused("replaced");
     // Rollback unlinks only what imgtx created.
@@ -642,9 +672,7 @@ fn raw_file_in_the_overlays_place_is_refused_and_left_alone() {
 fn valid_overlay_in_the_overlays_place_is_refused() {
     // Arrange: a perfectly valid overlay with the right backing, but not the inode begin made.
     let Some(s) = Scene::raw() else { return };
-    let copy = s.dir.path().join("copy.qcow2");
-    fs::copy(&s.overlay, &copy).expect("copy the overlay");
-    fs::rename(&copy, &s.overlay).expect("replace the overlay");
+    s.replace_overlay(&s.overlay_bytes());
     // Act + Assert
     s.expect_refused("replaced");
 }
@@ -662,15 +690,13 @@ fn hard_link_to_another_file_in_the_overlays_place_is_refused() {
 fn symlink_to_another_file_is_refused_and_removed_by_rollback() {
     // Arrange
     let Some(s) = Scene::raw() else { return };
-    fs::remove_file(&s.overlay).expect("remove the overlay");
-    symlink(&s.victim, &s.overlay).expect("plant a symlink");
+    s.symlink_overlay(&s.victim, None);
     // Act + Assert
     s.expect_refused("not a regular file");
     assert!(
         fs::symlink_metadata(&s.overlay).is_err(),
         "rollback left the planted symlink"
     );
-    assert!(fs::read(&s.victim).expect("the target is still there") == s.victim_bytes);
 }
 
 #[test]
@@ -678,8 +704,9 @@ fn symlink_to_a_valid_overlay_is_refused() {
     // Arrange: the link target is the real overlay itself, moved aside.
     let Some(s) = Scene::raw() else { return };
     let aside = s.dir.path().join("aside.qcow2");
-    fs::rename(&s.overlay, &aside).expect("move the overlay");
-    symlink(&aside, &s.overlay).expect("plant a symlink");
+    let aside = s
+        .symlink_overlay(&aside, Some("aside.qcow2"))
+        .expect("moved aside");
     // Act + Assert
     s.expect_refused("not a regular file");
     assert!(aside.exists(), "rollback removed the symlink's target");
@@ -705,43 +732,22 @@ fn missing_overlay_is_refused() {
 fn overlay_tampered_after_the_commit_point_is_not_trusted_by_recover() {
     // Arrange: a commit killed right after its commit point, then the overlay redirected.
     let Some(s) = Scene::raw() else { return };
-    let mut cmd = s.dir.command();
-    cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &s.tx]);
-    util::expect_code(&mut cmd, 137);
+    s.interrupted();
     let victim = s.victim.to_str().expect("UTF-8 path").to_owned();
     s.rewrite(|b| set_backing(b, &victim));
-    // Act: recovery cannot redo from a tampered overlay, so it undoes from the pre-images.
-    let recover = s.bounded(&["recover"]);
-    // Assert
-    assert_eq!(
-        recover.out.status.code(),
-        Some(exit::OK),
-        "recover{}",
-        recover.what
-    );
+    // Act + Assert: recovery cannot redo from a tampered overlay, so it undoes from the
+    // pre-images.
+    s.bounded_ok(&["recover"]);
     s.assert_untouched();
 }
 
 #[test]
 fn overlay_symlinked_after_the_commit_point_is_not_followed_by_recover() {
     let Some(s) = Scene::raw() else { return };
-    let mut cmd = s.dir.command();
-    cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &s.tx]);
-    util::expect_code(&mut cmd, 137);
-    let aside = s.dir.path().join("aside.qcow2");
-    fs::rename(&s.overlay, &aside).expect("move the overlay");
-    symlink(&s.victim, &s.overlay).expect("plant a symlink");
-    let recover = s.bounded(&["recover"]);
-    assert_eq!(
-        recover.out.status.code(),
-        Some(exit::OK),
-        "recover{}",
-        recover.what
-    );
+    s.interrupted();
+    s.symlink_overlay(&s.victim, Some("aside.qcow2"));
+    s.bounded_ok(&["recover"]);
     s.assert_untouched();
-    assert!(fs::read(&s.victim).expect("the target is still there") == s.victim_bytes);
 }
 
 /// The state directory is private, whatever the umask.
@@ -769,10 +775,7 @@ fn state_directory_is_0700() {
 fn journal_and_preimages_are_0600() {
     use std::os::unix::fs::PermissionsExt;
     let Some(s) = Scene::raw() else { return };
-    let mut cmd = s.dir.command();
-    cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &s.tx]);
-    util::expect_code(&mut cmd, 137);
+    s.interrupted();
     let mut seen = 0;
     for name in s.dir.image_listing() {
         if name.ends_with(".imgtx.journal") || name.ends_with(".imgtx.undo") {
@@ -803,14 +806,8 @@ fn journal_name_planted_as_a_symlink_is_not_followed() {
         "commit through a planted journal{}",
         m.what
     );
-    assert!(
-        fs::read(&s.base).expect("read the base") == s.base_bytes,
-        "the base changed"
-    );
-    assert!(
-        fs::read(&s.victim).expect("read the victim") == s.victim_bytes,
-        "the victim changed"
-    );
+    s.assert_base_untouched();
+    s.assert_victim_untouched();
 }
 
 /// Same for the pre-image file. Commit may go ahead (it unlinks whatever has that name,
@@ -822,10 +819,7 @@ fn preimage_name_planted_as_a_symlink_is_not_followed() {
     let undo = s.dir.image(&format!(".base.raw.{}.imgtx.undo", s.tx));
     symlink(&s.victim, &undo).expect("plant a symlink");
     let m = s.bounded(&["commit", &s.tx]);
-    assert!(
-        fs::read(&s.victim).expect("read the victim") == s.victim_bytes,
-        "the victim changed"
-    );
+    s.assert_victim_untouched();
     if m.out.status.code() == Some(exit::OK) {
         let base = fs::read(&s.base).expect("read the base");
         assert!(
@@ -833,30 +827,13 @@ fn preimage_name_planted_as_a_symlink_is_not_followed() {
             "the commit is wrong"
         );
     } else {
-        assert!(
-            fs::read(&s.base).expect("read the base") == s.base_bytes,
-            "the base changed"
-        );
+        s.assert_base_untouched();
     }
-}
-
-/// Interrupts a commit right after its commit point, leaving a journal for `recover`.
-fn interrupted(s: &Scene) -> PathBuf {
-    let mut cmd = s.dir.command();
-    cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &s.tx]);
-    util::expect_code(&mut cmd, 137);
-    s.dir.image(&format!(".base.raw.{}.imgtx.journal", s.tx))
-}
-
-/// The pre-image file of an interrupted commit.
-fn preimage(s: &Scene) -> PathBuf {
-    s.dir.image(&format!(".base.raw.{}.imgtx.undo", s.tx))
 }
 
 /// Asserts that `imgtx ARGS` (a recovery) refuses, saying `why` (never exit 0, never a
 /// panic), and changes nothing: not `kept` (the file it refused), the base or the victim.
-fn recover_refuses(s: &Scene, kept: &std::path::Path, args: &[&str], why: &str) {
+fn recover_refuses(s: &Scene, kept: &Path, args: &[&str], why: &str) {
     let kept_bytes = fs::read(kept).expect("read the refused file");
     let base_now = fs::read(&s.base).expect("read the base");
     let m = s.bounded(args);
@@ -880,10 +857,7 @@ fn recover_refuses(s: &Scene, kept: &std::path::Path, args: &[&str], why: &str) 
         fs::read(&s.base).expect("read the base") == base_now,
         "recover wrote the base"
     );
-    assert!(
-        fs::read(&s.victim).expect("read the victim") == s.victim_bytes,
-        "the victim changed"
-    );
+    s.assert_victim_untouched();
 }
 
 #[test]
@@ -891,7 +865,7 @@ fn journal_with_a_group_or_world_readable_mode_is_refused_by_recover() {
     use std::os::unix::fs::PermissionsExt;
     // Arrange
     let Some(s) = Scene::raw() else { return };
-    let journal = interrupted(&s);
+    let journal = s.interrupted();
     fs::set_permissions(&journal, fs::Permissions::from_mode(0o666)).expect("chmod the journal");
     // Act + Assert
     recover_refuses(&s, &journal, &["recover"], "refused");
@@ -905,7 +879,7 @@ fn journal_owned_by_another_user_is_refused_by_recover() {
         eprintln!("SKIP: needs root to chown the journal");
         return;
     }
-    let journal = interrupted(&s);
+    let journal = s.interrupted();
     std::os::unix::fs::chown(&journal, Some(4242), Some(4242)).expect("chown the journal");
     // Act + Assert
     recover_refuses(&s, &journal, &["recover"], "refused");
@@ -914,7 +888,7 @@ fn journal_owned_by_another_user_is_refused_by_recover() {
 #[test]
 fn journal_replaced_by_a_symlink_is_not_followed_by_recover() {
     let Some(s) = Scene::raw() else { return };
-    let journal = interrupted(&s);
+    let journal = s.interrupted();
     let aside = s.dir.path().join("journal.aside");
     fs::rename(&journal, &aside).expect("move the journal");
     symlink(&aside, &journal).expect("plant a symlink");
@@ -925,17 +899,14 @@ fn journal_replaced_by_a_symlink_is_not_followed_by_recover() {
         "recover followed a symlinked journal{}",
         m.what
     );
-    assert!(
-        fs::read(&s.victim).expect("read the victim") == s.victim_bytes,
-        "the victim changed"
-    );
+    s.assert_victim_untouched();
 }
 
 #[test]
 fn journal_bound_to_another_base_is_refused_by_recover() {
     // Arrange: the base is replaced by another file (a new inode) under its name.
     let Some(s) = Scene::raw() else { return };
-    let journal = interrupted(&s);
+    let journal = s.interrupted();
     let fresh = s.dir.path().join("fresh.raw");
     fs::write(&fresh, &s.victim_bytes).expect("write a stranger");
     fs::rename(&fresh, &s.base).expect("replace the base");
@@ -961,8 +932,8 @@ fn preimage_with_a_group_or_world_readable_mode_is_refused_by_recover_undo() {
     use std::os::unix::fs::PermissionsExt;
     // Arrange: anyone in the group could have rewritten these pre-images.
     let Some(s) = Scene::raw() else { return };
-    interrupted(&s);
-    let undo = preimage(&s);
+    s.interrupted();
+    let undo = s.preimage();
     fs::set_permissions(&undo, fs::Permissions::from_mode(0o644)).expect("chmod the pre-images");
     // Act + Assert
     recover_refuses(&s, &undo, &["recover", "--undo"], "pre-image file");
@@ -977,8 +948,8 @@ fn preimage_planted_by_another_user_is_refused_by_recover_undo() {
         eprintln!("SKIP: needs root to chown the pre-images");
         return;
     }
-    interrupted(&s);
-    let undo = preimage(&s);
+    s.interrupted();
+    let undo = s.preimage();
     let forged = s.dir.path().join("forged.undo");
     fs::copy(&undo, &forged).expect("forge pre-images");
     std::os::unix::fs::chown(&forged, Some(4242), Some(4242)).expect("chown the forgery");
