@@ -8,7 +8,8 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The file header is damaged: wrong magic, failed checksum or impossible field values.
+    /// The file header of a journal that may hold records is damaged: wrong magic, failed
+    /// checksum, all zeros or impossible field values.
     #[error("journal {path} has a damaged header: {reason}")]
     BadHeader {
         /// The journal file.
@@ -35,9 +36,11 @@ pub enum Error {
         source: postcard::Error,
     },
 
-    /// The file is shorter than its header, or the header was never written (all zeros): the
-    /// creation of this journal was interrupted before [`Journal::create`](crate::Journal::create)
-    /// returned, so no record can have been appended to it.
+    /// The header is missing, incomplete or damaged, and the file has no room for a record
+    /// after it (it is at most one 4 KiB block long): the creation of this journal was
+    /// interrupted before [`Journal::create`](crate::Journal::create) returned, so no record
+    /// can have been appended to it. The same damage in a longer file is
+    /// [`Error::BadHeader`].
     #[error("journal {path} has no complete header ({len} bytes): its creation was interrupted")]
     HeaderIncomplete {
         /// The journal file.

@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 /// The file's first eight bytes.
 pub const MAGIC: [u8; 8] = *b"IMGTXJNL";
 /// The format version this build writes and reads. Version 1 packed frames without regard
-/// to blocks; it is refused with [`Error::UnsupportedVersion`](crate::Error::UnsupportedVersion).
+/// to blocks; it is refused with [`Error::UnsupportedVersion`].
 pub const VERSION: u32 = 2;
 /// Length of the fixed part of the file header, before the identity blob.
 pub const HEADER_FIXED_LEN: u64 = 40;

@@ -12,6 +12,11 @@
 //! The scan checksums at most twice the tail's length (plus 1 MiB) of candidate payloads, so it
 //! stays linear on a crafted tail; past that budget it refuses (corruption), never truncates.
 //!
+//! Padding frames (written by `sync` and `open` so that no append shares a 4 KiB block with
+//! synced bytes) are frames like any other here: they are skipped when good and count as
+//! evidence in the scan. Within an unsynced batch padding can only come last, carrying the
+//! next record's sequence number, so it never vouches for a record before it.
+//!
 //! Limits: damage inside the last synced batch, when nothing was appended after its sync, looks
 //! exactly like a torn tail and is treated as one (no later record exists to testify that the
 //! batch was synced). Stale frames of an earlier log never validate (their nonce differs).

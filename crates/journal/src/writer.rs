@@ -47,7 +47,8 @@ impl<F: File, T> std::fmt::Debug for Journal<F, T> {
 
 impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
     /// Creates a new journal at `path` with `O_CREAT | O_EXCL` and mode 0600, writes and syncs
-    /// its header (magic, version, a fresh random nonce, `identity`), then syncs the parent
+    /// its header (magic, version, a fresh random nonce, `identity`, padded to whole 4 KiB
+    /// blocks so the first record does not share a block with it), then syncs the parent
     /// directory so the new name survives a crash.
     ///
     /// # Errors
@@ -103,8 +104,9 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
     }
 
     /// Opens an existing journal for appending, with [`RecoveryMode::TolerateTornTail`].
-    /// Replays it, truncates a torn tail, and syncs, so that every replayed record is durable
-    /// before the caller acts on it.
+    /// Replays it, truncates a torn tail, pads a log that ends mid-block to the block boundary
+    /// (as [`Journal::sync`] does), and syncs, so that every replayed record is durable before
+    /// the caller acts on it.
     ///
     /// # Errors
     /// See [`Journal::open_with`].
