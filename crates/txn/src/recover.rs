@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use storage::Fs;
+use storage::{File, Fs};
 
 use crate::commit::TxJournal;
 use crate::error::{Error, Result};
@@ -541,6 +541,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         .fs
                         .open(&i.base, true)
                         .map_err(Error::io("open for writing", &i.base))?;
+                    // The name was checked above; the descriptor is what gets written, and
+                    // the name may have been swapped in between.
+                    let opened = base.stat().map_err(Error::io("stat", &i.base))?;
+                    if (opened.dev, opened.ino) != i.base_dev_ino {
+                        return Err(Error::Unrecoverable {
+                            tx: st.tx.clone(),
+                            reason: format!(
+                                "base {} was replaced by another file",
+                                i.base.display()
+                            ),
+                        });
+                    }
                     undo::restore(
                         &self.fs,
                         &layout::undo(&i.base, &st.tx)?,

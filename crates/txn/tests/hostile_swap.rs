@@ -8,15 +8,18 @@
 use std::ffi::OsString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsGuard, OsHost};
+use txn::{
+    BeginOptions, CommitOptions, Engine, Error, Format, Host, OsGuard, OsHost, RecoverOptions,
+};
 
 /// A rename armed for one moment: `target` is replaced by `decoy` when it comes.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +33,10 @@ impl Swap {
     /// Does the armed swap if it concerns `path` (any path when `None`).
     fn fire(&self, path: Option<&Path>) {
         let mut armed = self.0.lock().expect("lock");
-        if armed.as_ref().is_some_and(|(t, _)| path.is_none_or(|p| p == t)) {
+        if armed
+            .as_ref()
+            .is_some_and(|(t, _)| path.is_none_or(|p| p == t))
+        {
             let (target, decoy) = armed.take().expect("armed");
             fs::rename(decoy, target).expect("swap the decoy in");
         }
@@ -127,11 +133,13 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
 }
 
 /// The real machine, except that the armed swap fires just before `qemu-img commit` runs,
-/// after the engine validated the overlay.
+/// after the engine validated the overlay, and that a commit can be stopped at its commit
+/// point (by unwinding, which leaves journal and pre-images as a killed process would).
 #[derive(Debug, Default)]
 struct SwapBeforeQemu {
     os: OsHost,
     swap: Swap,
+    stop_at_commit_point: AtomicBool,
 }
 
 impl Host for SwapBeforeQemu {
@@ -185,6 +193,9 @@ impl Host for SwapBeforeQemu {
     }
 
     fn step(&self, name: &str) {
+        if name == "commit-point" && self.stop_at_commit_point.swap(false, Ordering::SeqCst) {
+            std::panic::resume_unwind(Box::new("stopped at the commit point"));
+        }
         self.os.step(name);
     }
 }
@@ -233,7 +244,9 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
     write(&overlay, "0xaa");
     qemu(
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &decoy],
+        &[
+            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &decoy,
+        ],
     )
     .expect("qemu-img");
     write(&decoy, "0xbb");
@@ -252,5 +265,52 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
     assert!(
         out.status.success() && !said.contains("Pattern verification failed"),
         "the base does not hold the validated overlay's data: {said}"
+    );
+}
+
+#[test]
+fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
+    // Arrange: a commit stopped at its commit point, and a decoy of another length that
+    // is renamed over the base's name when recovery opens it to restore the pre-images.
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let base = tmp.path().join("base.raw");
+    let decoy = tmp.path().join("decoy.raw");
+    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
+    fs::write(&decoy, vec![0x77u8; 32 << 10]).expect("write the decoy");
+    let swap = SwapOnOpen::default();
+    let host = SwapBeforeQemu::default();
+    host.stop_at_commit_point.store(true, Ordering::SeqCst);
+    let engine = Engine::new(swap.clone(), host, tmp.path().join("state")).expect("an engine");
+    let m = engine
+        .begin(&BeginOptions {
+            bases: vec![base.clone()],
+            base_format: Some(Format::Raw),
+            ..BeginOptions::default()
+        })
+        .expect("begin");
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
+    }));
+    assert!(
+        stopped.is_err(),
+        "the commit was not stopped at its commit point"
+    );
+    swap.0.arm(&base, &decoy);
+    // Act
+    let err = engine
+        .recover(&RecoverOptions {
+            undo: true,
+            ..RecoverOptions::default()
+        })
+        .expect_err("recover must refuse the decoy");
+    // Assert
+    assert!(
+        err.to_string().contains("replaced by another file"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(
+        fs::read(&base).expect("the decoy has the base's name"),
+        vec![0x77u8; 32 << 10],
+        "recovery wrote the decoy"
     );
 }
