@@ -1,8 +1,6 @@
 //! Progress reporting of commits: JSON lines on stderr with `--json`, nothing when stderr is
 //! not a terminal and no JSON was asked for.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::util::{exit, qcow2_io, require_tools, stderr_of, TestDir};

@@ -2,7 +2,6 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::util::{converted_raw, exit, qcow2_io, qemu_img, require_tools, stderr_of, TestDir};
