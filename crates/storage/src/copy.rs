@@ -3,15 +3,18 @@
 //!
 //! A commit copies hundreds of MiB from one file into another. Done serially, the disk idles
 //! while the copy writes into the page cache, and the CPU idles while a read waits for the
-//! disk. [`read_ahead`] overlaps the two: a reader thread issues positional reads (in the
-//! order given, so a caller that sorts its reads keeps the kernel's readahead useful) into at
-//! most `depth + 1` recycled buffers, and hands each one to the caller's `write` in that order.
+//! disk. [`read_ahead`] overlaps the two: `depth` reader threads take the pieces in the order
+//! given and issue positional reads into at most `depth + 1` recycled buffers, so several
+//! reads are in flight (what small, scattered pieces need); the caller's `write` gets every
+//! piece in the order given.
 //! Reads go through [`File::read_exact_direct_at`] into buffers aligned for direct I/O, so a
 //! real file skips the page cache when the pieces are aligned. It works through [`File`], so
 //! the simulated disk of the crash tests runs it too.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 
 use crate::{File, DIRECT_ALIGN};
@@ -43,7 +46,7 @@ pub enum Stopped<E> {
 }
 
 /// Reads every piece of `pieces` from `src` and passes it to `write`, in order, with up to
-/// `depth` pieces read ahead of the one being written (0: no thread, one read at a time).
+/// `depth` reader threads, so up to `depth` pieces in flight (0: no thread, one read at a time).
 /// Memory: at most `depth + 1` buffers of the largest piece.
 ///
 /// # Errors
@@ -73,24 +76,31 @@ where
         }
         return Ok(());
     }
+    let next = Mutex::new(pieces.enumerate());
+    let (full_tx, full_rx) = mpsc::sync_channel::<Filled<T>>(depth);
+    let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+    for _ in 0..=depth {
+        // Cannot fail: the receiver is alive.
+        let _ = free_tx.send(Vec::new());
+    }
+    let free_rx = Mutex::new(free_rx);
     thread::scope(|s| {
-        let (full_tx, full_rx) = mpsc::sync_channel::<Filled<T>>(depth);
-        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..=depth {
-            // Cannot fail: the receiver is alive.
-            let _ = free_tx.send(Vec::new());
+        for _ in 0..depth {
+            let (next, free_rx, full_tx) = (&next, &free_rx, full_tx.clone());
+            s.spawn(move || reader(src, next, free_rx, &full_tx));
         }
-        s.spawn(move || reader(src, pieces, &free_rx, &full_tx));
+        drop(full_tx);
         let result = writer(&full_rx, &free_tx, &mut write);
-        // Dropping the receivers stops the reader at its next send or receive.
+        // Dropping the receivers stops the readers at their next send or receive.
         drop(full_rx);
         drop(free_tx);
         result
     })
 }
 
-/// A piece, the buffer holding it from the offset given, and how its read went.
-type Filled<T> = (Piece<T>, Vec<u8>, usize, io::Result<()>);
+/// A piece's place in the order, the piece, the buffer holding it from the offset given, and
+/// how its read went.
+type Filled<T> = (usize, Piece<T>, Vec<u8>, usize, io::Result<()>);
 
 /// Reads `piece` into `buf` at an offset aligned for direct I/O; returns that offset.
 fn fill<F: File + ?Sized, T>(
@@ -108,20 +118,32 @@ fn fill<F: File + ?Sized, T>(
     (at, read)
 }
 
-fn reader<F: File + ?Sized, T>(
+fn reader<F: File + ?Sized, T, I: Iterator<Item = (usize, Piece<T>)>>(
     src: &F,
-    pieces: impl Iterator<Item = Piece<T>>,
-    free: &Receiver<Vec<u8>>,
+    next: &Mutex<I>,
+    free: &Mutex<Receiver<Vec<u8>>>,
     full: &SyncSender<Filled<T>>,
 ) {
-    for piece in pieces {
-        let Ok(mut buf) = free.recv() else { return };
+    loop {
+        // A buffer first, then a piece: a reader that holds a piece can always finish it, so
+        // the writer, waiting for the next piece in order, never waits forever.
+        let Ok(mut buf) = lock(free).recv() else {
+            return;
+        };
+        let Some((seq, piece)) = lock(next).next() else {
+            return;
+        };
         let (at, read) = fill(src, &mut buf, &piece);
         let failed = read.is_err();
-        if full.send((piece, buf, at, read)).is_err() || failed {
+        if full.send((seq, piece, buf, at, read)).is_err() || failed {
             return;
         }
     }
+}
+
+fn lock<X>(m: &Mutex<X>) -> MutexGuard<'_, X> {
+    // A reader that panicked while holding the lock left nothing half-changed in it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn writer<T, E>(
@@ -129,17 +151,25 @@ fn writer<T, E>(
     free: &mpsc::Sender<Vec<u8>>,
     write: &mut impl FnMut(&Piece<T>, &[u8]) -> Result<(), E>,
 ) -> Result<(), Stopped<E>> {
-    // The loop ends when the reader is done and has dropped its sender.
-    while let Ok((piece, buf, at, read)) = full.recv() {
-        if let Err(source) = read {
-            return Err(Stopped::Read {
-                offset: piece.offset,
-                source,
-            });
+    // Readers finish out of order; pieces wait here (at most depth + 1 of them, one per
+    // buffer) until every earlier one is written.
+    let mut waiting = BTreeMap::new();
+    let mut due = 0;
+    // The loop ends when every reader is done and has dropped its sender.
+    while let Ok((seq, piece, buf, at, read)) = full.recv() {
+        waiting.insert(seq, (piece, buf, at, read));
+        while let Some((piece, buf, at, read)) = waiting.remove(&due) {
+            if let Err(source) = read {
+                return Err(Stopped::Read {
+                    offset: piece.offset,
+                    source,
+                });
+            }
+            write(&piece, &buf[at..at + piece.len]).map_err(Stopped::Write)?;
+            due += 1;
+            // The readers may have finished and gone: then the buffer is simply dropped.
+            let _ = free.send(buf);
         }
-        write(&piece, &buf[at..at + piece.len]).map_err(Stopped::Write)?;
-        // The reader may have finished and gone: then the buffer is simply dropped.
-        let _ = free.send(buf);
     }
     Ok(())
 }

@@ -20,9 +20,10 @@ const HEADER: u64 = 16;
 const ENTRY_HEADER: u64 = 24;
 /// The largest piece of data read or written at once.
 pub const CHUNK: u64 = 8 << 20;
-/// How many pieces of [`CHUNK`] bytes a copy reads ahead of the one it writes: memory is
-/// `READ_AHEAD + 1` chunks.
-pub const READ_AHEAD: usize = 1;
+/// How many reads of up to [`CHUNK`] bytes a copy keeps in flight (a reader thread each): the
+/// pre-image ranges are often small and scattered, and one read at a time left the disk
+/// idle between them. Memory is `READ_AHEAD + 1` chunks.
+pub const READ_AHEAD: usize = 2;
 
 fn entry_crc(head: &[u8], tx: &str) -> u32 {
     let mut h = crc32fast::Hasher::new();
