@@ -147,10 +147,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("commit-point");
         for (i, img) in m.images.iter().enumerate() {
             self.apply_forward(
+                &m.id,
                 i,
                 &overlays[i],
                 &img.overlay,
-                &img.base,
+                (&img.base, (img.base_id.dev, img.base_id.ino)),
                 img.base_format,
                 &plans[i],
                 progress,
@@ -234,10 +235,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("intent");
         if !opts.no_undo {
             for (i, img) in m.images.iter().enumerate() {
-                let base = self
-                    .fs
-                    .open(&img.base, false)
-                    .map_err(Error::io("open", &img.base))?;
+                let base =
+                    self.open_base(&m.id, &img.base, (img.base_id.dev, img.base_id.ino), false)?;
                 let (old_len, ranges) =
                     self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
                 let undo_path = layout::undo(&img.base, &m.id)?;
@@ -342,10 +341,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply_forward(
         &self,
+        tx: &str,
         index: usize,
         ov: &S::File,
         ov_path: &Path,
-        base_path: &Path,
+        (base_path, base_dev_ino): (&Path, (u64, u64)),
         format: Format,
         plan: &Plan,
         progress: &mut dyn FnMut(Progress),
@@ -358,10 +358,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             total,
         });
         if format == Format::Qcow2 {
-            let base = self
-                .fs
-                .open(base_path, false)
-                .map_err(Error::io("open", base_path))?;
+            let base = self.open_base(tx, base_path, base_dev_ino, false)?;
             // qemu gets the validated overlay and the opened base as descriptors, not names
             // that may have been swapped since (issue 6, hole 3).
             match (ov.as_fd(), base.as_fd()) {
@@ -381,10 +378,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             return Ok(());
         }
         let img = qcow::Image::open(Reader(ov)).map_err(Error::qcow(ov_path))?;
-        let base = self
-            .fs
-            .open(base_path, true)
-            .map_err(Error::io("open for writing", base_path))?;
+        let base = self.open_base(tx, base_path, base_dev_ino, true)?;
         let len = base.len().map_err(Error::io("stat", base_path))?;
         // A redo sets the length again even when the live length already shows it: after a
         // failed sync the growth may never reach the disk, whatever reads say (crash_faults:
@@ -434,6 +428,31 @@ impl<S: Fs, H: Host> Engine<S, H> {
         copier.flush(&mut copied)?;
         // Barrier: every new byte of the base is durable before the journal says applied.
         base.sync_data().map_err(Error::io("sync", base_path))
+    }
+
+    /// Opens the base `path` and checks that the descriptor is the inode `dev_ino` the
+    /// transaction was begun on: the name was checked earlier, but what gets written is the
+    /// descriptor, and the name may have been swapped in between (issue 6).
+    fn open_base(
+        &self,
+        tx: &str,
+        path: &Path,
+        dev_ino: (u64, u64),
+        writable: bool,
+    ) -> Result<S::File> {
+        let base = self
+            .fs
+            .open(path, writable)
+            .map_err(Error::io("open", path))?;
+        let opened = base.stat().map_err(Error::io("stat", path))?;
+        if (opened.dev, opened.ino) != dev_ino {
+            return Err(Error::BaseChanged {
+                path: path.to_path_buf(),
+                tx: tx.to_owned(),
+                what: "it was replaced by another file while being opened".to_owned(),
+            });
+        }
+        Ok(base)
     }
 
     /// Appends the history entry of a finished transaction.

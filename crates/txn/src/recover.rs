@@ -517,10 +517,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         i.base_format,
                     )?;
                     self.apply_forward(
+                        &st.tx,
                         index,
                         &ov,
                         &i.overlay,
-                        &i.base,
+                        (&i.base, i.base_dev_ino),
                         i.base_format,
                         &i.plan,
                         progress,

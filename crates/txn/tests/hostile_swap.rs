@@ -21,6 +21,18 @@ use txn::{
     BeginOptions, CommitOptions, Engine, Error, Format, Host, OsGuard, OsHost, RecoverOptions,
 };
 
+/// Held by every test here for its whole run. Tests that spawn qemu tools would otherwise
+/// fork while another test holds a transaction's lock file open: the child's copy of the
+/// descriptor (until its exec closes it) keeps the lock, and the other test's next
+/// non-waiting lock attempt sees the transaction as busy.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A rename armed for one moment: `target` is replaced by `decoy` when it comes.
 #[derive(Debug, Clone, Default)]
 struct Swap(Arc<Mutex<Option<(PathBuf, PathBuf)>>>);
@@ -86,6 +98,7 @@ impl Fs for SwapOnOpen {
 
 #[test]
 fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
+    let _serial = serial();
     // Arrange: the decoy is a byte-for-byte copy of the overlay, so every content check
     // (magic, tables, backing name and format) passes; only its inode differs.
     let tmp = tempfile::tempdir().expect("a temporary directory");
@@ -217,6 +230,7 @@ fn qemu(tool: &str, args: &[&str]) -> Option<()> {
 
 #[test]
 fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qemu_runs() {
+    let _serial = serial();
     // Arrange: a qcow2 base (the bases qemu-img commits), an overlay holding 0xaa, and a
     // decoy over the same base holding 0xbb, which is renamed over the overlay's name
     // after validation, just before qemu-img starts.
@@ -270,6 +284,7 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
 
 #[test]
 fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
+    let _serial = serial();
     // Arrange: a commit stopped at its commit point, and a decoy of another length that
     // is renamed over the base's name when recovery opens it to restore the pre-images.
     let tmp = tempfile::tempdir().expect("a temporary directory");
@@ -313,4 +328,69 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
         vec![0x77u8; 32 << 10],
         "recovery wrote the decoy"
     );
+}
+
+/// A commit (with pre-images, or `--no-undo`) whose base is swapped for a decoy when the
+/// engine opens it, after the name was checked: the decoy is never written, and nothing is
+/// written anywhere before the swap is noticed (with pre-images) or the commit stops short
+/// of the base and leaves a refusal to `recover` (without).
+#[test]
+fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
+    let _serial = serial();
+    for no_undo in [false, true] {
+        // Arrange
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let base = tmp.path().join("base.raw");
+        let decoy = tmp.path().join("decoy.raw");
+        fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
+        fs::write(&decoy, vec![0x77u8; 64 << 10]).expect("write the decoy");
+        let swap = SwapOnOpen::default();
+        let engine = Engine::new(swap.clone(), OsHost::default(), tmp.path().join("state"))
+            .expect("an engine");
+        let m = engine
+            .begin(&BeginOptions {
+                bases: vec![base.clone()],
+                base_format: Some(Format::Raw),
+                ..BeginOptions::default()
+            })
+            .expect("begin");
+        let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
+        if qemu(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
+        )
+        .is_none()
+        {
+            return;
+        }
+        swap.0.arm(&base, &decoy);
+        // Act
+        let err = engine
+            .commit(&m.id, CommitOptions { no_undo }, &mut |_| {})
+            .expect_err("commit must refuse the decoy");
+        // Assert
+        let mut chain = err.to_string();
+        let mut cause = std::error::Error::source(&err);
+        while let Some(c) = cause {
+            chain.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        assert!(
+            chain.contains("replaced by another file"),
+            "no_undo {no_undo}: unexpected error: {chain}"
+        );
+        assert_eq!(
+            fs::read(&base).expect("the decoy has the base's name"),
+            vec![0x77u8; 64 << 10],
+            "no_undo {no_undo}: the commit wrote the decoy"
+        );
+        // Without pre-images the swap is seen past the commit point; recovery must refuse
+        // the decoy too rather than finish the commit into it.
+        let _ = engine.recover(&RecoverOptions::default());
+        assert_eq!(
+            fs::read(&base).expect("the decoy has the base's name"),
+            vec![0x77u8; 64 << 10],
+            "no_undo {no_undo}: recovery wrote the decoy"
+        );
+    }
 }
