@@ -783,6 +783,9 @@ fn sweep(kind: Bases, swept: Swept, sample: usize) {
             Ended::New => ended_new += 1,
         }
         orphan_locks += orphans;
+        // `recover` removes lock files whose transaction is gone (a kill between removing
+        // the manifest and the lock file used to leave one for good).
+        assert_eq!(orphans, 0, "{ctx}: recover left an orphan lock file");
         leaked += u32::from(case.leaked.get());
     }
     eprintln!(

@@ -312,3 +312,28 @@ fn usage_errors_exit_2_and_unknown_transactions_exit_1() {
     t.imgtx_code(&["commit", "tx-0000000000"], exit::ERROR);
     t.imgtx_code(&["commit", "../../etc/passwd"], exit::ERROR);
 }
+
+#[test]
+fn recover_removes_lock_files_left_by_a_killed_cleanup_and_keeps_live_ones() {
+    // Arrange: an open transaction (its lock file must stay) and the empty lock file of a
+    // transaction whose cleanup was killed after its manifest went.
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 5);
+    let open = t.begin(&[&base]);
+    let locks = t.state_dir().join("locks");
+    let orphan = locks.join("tx-0123456789.lock");
+    fs::write(&orphan, b"").expect("plant the leftover lock file");
+    let live = locks.join(format!("{}.lock", open.id));
+    fs::write(&live, b"").expect("the open transaction's lock file");
+
+    // Act
+    t.imgtx_ok(&["recover"]);
+
+    // Assert
+    assert!(!orphan.exists(), "the leftover lock file is still there");
+    assert!(
+        live.exists(),
+        "the open transaction's lock file was removed"
+    );
+    t.imgtx_ok(&["rollback", &open.id]);
+}

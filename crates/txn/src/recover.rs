@@ -91,9 +91,9 @@ pub(crate) fn decide(f: Facts) -> Decision {
         (true, true) => Decision::Go(Direction::Back),
         (false, _) => Decision::Go(Direction::Forward),
         (true, false) if !f.overlays_ok => {
-            Decision::Refuse("an overlay is missing or damaged and the commit saved no pre-images (--no-undo)")
+            Decision::Refuse("an overlay is missing or damaged and no usable pre-images exist (the commit ran with --no-undo, or its pre-image file is missing, damaged or refused)")
         }
-        (true, false) => Decision::Refuse("the commit saved no pre-images (--no-undo), so it can only be finished; run recover without --undo"),
+        (true, false) => Decision::Refuse("no usable pre-images exist (the commit ran with --no-undo, or its pre-image file is missing, damaged or refused), so it can only be finished; run recover without --undo"),
     }
 }
 
@@ -236,6 +236,22 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     }
                 }
             }
+            // A process killed between removing a manifest and its lock file leaves the lock
+            // file behind; it holds no state, but would stay forever. A live begin holds its
+            // lock while it creates the manifest, so a lock we can take without a manifest is
+            // a leftover. (Whoever opened the file meanwhile re-checks its name after locking.)
+            for id in self.state.list_locks(&self.fs)? {
+                if commits.contains_key(&id) || opts.dry_run {
+                    continue;
+                }
+                let Some(_guard) = self.host.lock_exclusive(&self.state.lock(&id), false)? else {
+                    continue;
+                };
+                if self.state.load(&self.fs, &id)?.is_none() {
+                    tracing::debug!(tx = %id, "removing a lock file its transaction left behind");
+                    self.drop_lock_file(&id);
+                }
+            }
         }
         Ok(report)
     }
@@ -367,6 +383,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                             &layout::undo(&i.intent.base, tx).unwrap_or_default(),
                             tx,
                             s,
+                            self.host.user().1,
                         )
                         .is_ok()
                     })
@@ -561,6 +578,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         &i.base,
                         &st.tx,
                         summary,
+                        self.host.user().1,
                     )?;
                 }
             }
@@ -617,7 +635,13 @@ fn untrusted<S: Fs>(fs: &S, path: &Path, uid: u32) -> Result<Option<String>> {
     let Some(m) = fs.metadata(path).map_err(Error::io("stat", path))? else {
         return Ok(None);
     };
-    Ok(if m.kind != storage::FileKind::File || m.nlink != 1 {
+    Ok(untrusted_file(&m, uid))
+}
+
+/// Why a journal or pre-image file with metadata `m` must not be obeyed by user `uid`:
+/// someone other than its creator could have written it. `None` if it is trustworthy.
+pub(crate) fn untrusted_file(m: &storage::Metadata, uid: u32) -> Option<String> {
+    if m.kind != storage::FileKind::File || m.nlink != 1 {
         Some("it is not a regular file with one link".into())
     } else if m.mode & 0o077 != 0 {
         Some(format!("its mode {:o} lets other users change it", m.mode))
@@ -625,7 +649,7 @@ fn untrusted<S: Fs>(fs: &S, path: &Path, uid: u32) -> Result<Option<String>> {
         Some(format!("it is owned by uid {}", m.uid))
     } else {
         None
-    })
+    }
 }
 
 /// Longest journal that can hold a header but no intent record: every intent names two

@@ -240,6 +240,25 @@ impl StateDir {
         Ok(out)
     }
 
+    /// Ids of every transaction lock file (`locks/ID.lock`); a missing directory is none.
+    pub fn list_locks<S: Fs>(&self, fs: &S) -> Result<Vec<String>> {
+        let dir = self.locks();
+        if fs
+            .metadata(&dir)
+            .map_err(Error::io("stat", &dir))?
+            .is_none()
+        {
+            return Ok(Vec::new());
+        }
+        let names = fs.read_dir(&dir).map_err(Error::io("list", &dir))?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.to_str()?.strip_suffix(".lock"))
+            .filter(|id| valid_id(id))
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// Removes a leftover temporary manifest durably.
     pub fn remove_tmp<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
         if remove_if_exists(fs, path)? {

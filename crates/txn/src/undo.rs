@@ -165,10 +165,13 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
 
 /// Reads every saved range of the pre-image file in order, checks its checksum, and hands it
 /// to `each`; a range that fails its checksum is `Corrupt` with the reason `bad` gives.
+///
+/// The opened descriptor must pass the same trust check as journals for user `uid`: the name
+/// may have been checked before, but it could have been swapped since (issue 6).
 fn for_each_checked<S: Fs>(
     fs: &S,
     path: &Path,
-    tx: &str,
+    (tx, uid): (&str, u32),
     summary: &UndoSummary,
     bad: impl Fn(&Entry) -> String,
     mut each: impl FnMut(&Entry, &[u8]) -> Result<()>,
@@ -176,6 +179,13 @@ fn for_each_checked<S: Fs>(
     let f = fs
         .open(path, false)
         .map_err(Error::io("open the pre-image file", path))?;
+    let opened = f.stat().map_err(Error::io("stat", path))?;
+    if let Some(why) = crate::recover::untrusted_file(&opened, uid) {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: format!("refused: {why}"),
+        });
+    }
     let mut buf = Vec::new();
     for e in entries::<S>(&f, path, tx, summary)? {
         buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
@@ -193,11 +203,12 @@ fn for_each_checked<S: Fs>(
 }
 
 /// Checks that the pre-image file is whole and matches `summary`, reading it all.
-pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary) -> Result<()> {
+/// `uid` is the user the file must belong to (or root), as for journals.
+pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary, uid: u32) -> Result<()> {
     for_each_checked(
         fs,
         path,
-        tx,
+        (tx, uid),
         summary,
         |e| format!("the data at {:#x} fails its checksum", e.data_at),
         |_, _| Ok(()),
@@ -213,12 +224,13 @@ pub fn restore<S: Fs>(
     base_path: &Path,
     tx: &str,
     summary: &UndoSummary,
+    uid: u32,
 ) -> Result<()> {
-    verify(fs, path, tx, summary)?;
+    verify(fs, path, tx, summary, uid)?;
     for_each_checked(
         fs,
         path,
-        tx,
+        (tx, uid),
         summary,
         |_| "it changed while being read".into(),
         |e, data| {
@@ -259,7 +271,7 @@ mod tests {
 
         base.write_all_at(&[0xab; 20_000], 85_000).unwrap();
         base.write_all_at(&[0xcd; 100], 0).unwrap();
-        restore(&fs, &undo_path, &base, &base_path, "tx-0123456789", &s).unwrap();
+        restore(&fs, &undo_path, &base, &base_path, "tx-0123456789", &s, 0).unwrap();
 
         let mut now = vec![0u8; usize::try_from(base.len().unwrap()).unwrap()];
         base.read_exact_at(&mut now, 0).unwrap();
@@ -287,7 +299,7 @@ mod tests {
             &[(0, 4096)],
         )
         .unwrap();
-        assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s).is_err());
-        assert!(verify(&fs, &undo_path, "tx-0123456789", &s).is_ok());
+        assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s, 0).is_err());
+        assert!(verify(&fs, &undo_path, "tx-0123456789", &s, 0).is_ok());
     }
 }

@@ -9,7 +9,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -393,4 +393,70 @@ fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
             "no_undo {no_undo}: recovery wrote the decoy"
         );
     }
+}
+
+/// `recover --undo` checks the pre-image file by name, then opens it: a look-alike swapped
+/// in between (same bytes, but mode 0644, so anyone could have written it) is refused
+/// through the descriptor, and the base is not written.
+#[test]
+fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open() {
+    let _serial = serial();
+    // Arrange: a commit stopped at its commit point (pre-images saved, base untouched).
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let base = tmp.path().join("base.raw");
+    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
+    let swap = SwapOnOpen::default();
+    let host = SwapBeforeQemu::default();
+    host.stop_at_commit_point.store(true, Ordering::SeqCst);
+    let engine = Engine::new(swap.clone(), host, tmp.path().join("state")).expect("an engine");
+    let m = engine
+        .begin(&BeginOptions {
+            bases: vec![base.clone()],
+            base_format: Some(Format::Raw),
+            ..BeginOptions::default()
+        })
+        .expect("begin");
+    let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
+    if qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
+    )
+    .is_none()
+    {
+        return;
+    }
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
+    }));
+    assert!(
+        stopped.is_err(),
+        "the commit was not stopped at its commit point"
+    );
+    let undo = tmp.path().join(format!(".base.raw.{}.imgtx.undo", m.id));
+    let decoy = tmp.path().join("decoy.undo");
+    fs::copy(&undo, &decoy).expect("copy the pre-image file");
+    fs::set_permissions(&decoy, fs::Permissions::from_mode(0o644)).expect("chmod the decoy");
+    swap.0.arm(&undo, &decoy);
+    // Act
+    let err = engine
+        .recover(&RecoverOptions {
+            undo: true,
+            ..RecoverOptions::default()
+        })
+        .expect_err("recover must refuse the look-alike");
+    // Assert
+    assert!(
+        err.to_string().contains("no usable pre-images"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(
+        fs::metadata(&undo).expect("the decoy has the name").mode() & 0o777,
+        0o644,
+        "the swap did not happen, so the test proved nothing"
+    );
+    assert_eq!(
+        fs::read(&base).expect("read the base"),
+        vec![0x11u8; 64 << 10],
+        "recovery wrote the base from an untrusted file"
+    );
 }
