@@ -59,6 +59,16 @@ pub trait ReadAt {
     /// # Errors
     /// Any I/O error.
     fn len(&self) -> io::Result<u64>;
+    /// How many bytes of the source are backed by storage (a sparse file's allocated size),
+    /// when the source can tell; `None` (the default) when it cannot. [`Image::map`] uses it
+    /// to refuse L2 tables that lie in holes before reading them: a sparse file may claim
+    /// any length, so the length alone does not bound the work of a map.
+    ///
+    /// # Errors
+    /// Any I/O error.
+    fn allocated_len(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 impl ReadAt for std::fs::File {
@@ -67,6 +77,11 @@ impl ReadAt for std::fs::File {
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
+    }
+    fn allocated_len(&self) -> io::Result<Option<u64>> {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        Ok(Some(self.metadata()?.blocks().saturating_mul(512)))
     }
 }
 
@@ -100,6 +115,9 @@ impl<R: ReadAt + ?Sized> ReadAt for &R {
     }
     fn len(&self) -> io::Result<u64> {
         (**self).len()
+    }
+    fn allocated_len(&self) -> io::Result<Option<u64>> {
+        (**self).allocated_len()
     }
 }
 

@@ -117,6 +117,7 @@ impl<R: ReadAt> Image<R> {
     pub fn map(&self) -> Result<Vec<Extent>> {
         let cs = self.header.cluster_size();
         let end = self.header.virtual_size;
+        self.check_l2_tables_allocated()?;
         let mut used = HostUse::new(self.file_len, cs)?;
         used.mark_meta(&self.source, &self.layout)?;
         let mut out = Coalescer::default();
@@ -145,6 +146,34 @@ impl<R: ReadAt> Image<R> {
             Ok(())
         })?;
         Ok(out.extents)
+    }
+
+    /// Refuses an L1 table whose L2 tables cannot all be backed by storage: qemu writes
+    /// every L2 table it allocates, so their total size never exceeds the file's allocated
+    /// size, while a hostile sparse file could point 4 Mi L1 entries at L2 tables in holes
+    /// and make a map read 256 GiB of zeros (issue 6: bounded work whatever the header says).
+    fn check_l2_tables_allocated(&self) -> Result<()> {
+        let Some(allocated) = self.source.allocated_len().map_err(|e| Error::Io {
+            offset: 0,
+            len: 0,
+            source: e,
+        })?
+        else {
+            return Ok(());
+        };
+        let cs = self.header.cluster_size();
+        let tables = self.layout.l1.iter().filter(|&&e| e != 0).count() as u64;
+        if tables.saturating_mul(cs) > allocated {
+            return Err(Error::Corrupt {
+                offset: self.header.l1_table_offset.0,
+                reason: format!(
+                    "the L1 table points at {tables} L2 tables ({:#x} bytes) but only {allocated:#x} \
+                     bytes of the file are allocated, so some lie in holes",
+                    tables.saturating_mul(cs)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Host offset of the L2 entry of guest offset `g` (0 if its L1 entry is empty).

@@ -124,6 +124,8 @@ pub struct Metadata {
     pub ino: u64,
     /// Length in bytes.
     pub len: u64,
+    /// Bytes backed by storage (`st_blocks` × 512): less than `len` for a sparse file.
+    pub allocated: u64,
     /// Last modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
     /// Permission bits (`st_mode & 0o7777`).

@@ -275,6 +275,7 @@ pub fn metadata_of(m: &fs::Metadata) -> Metadata {
         dev: m.dev(),
         ino: m.ino(),
         len: m.len(),
+        allocated: m.blocks().saturating_mul(512),
         mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
         mode: m.mode() & 0o7777,
         uid: m.uid(),

@@ -380,6 +380,8 @@ impl State {
             dev: DEV,
             ino,
             len: inode.live.len() as u64,
+            // The simulated disk has no holes: every byte of a file is stored.
+            allocated: inode.live.len() as u64,
             mtime_ns: i128::from(inode.mtime) * 1000,
             mode,
             uid: 0,

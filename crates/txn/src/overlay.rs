@@ -18,6 +18,10 @@ impl<F: File> qcow::ReadAt for Reader<'_, F> {
     fn len(&self) -> std::io::Result<u64> {
         self.0.len()
     }
+
+    fn allocated_len(&self) -> std::io::Result<Option<u64>> {
+        Ok(Some(self.0.stat()?.allocated))
+    }
 }
 
 /// Opens the overlay of `base` read-only after checking it is the regular file with the
