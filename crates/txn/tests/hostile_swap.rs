@@ -330,6 +330,31 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
     );
 }
 
+/// A raw 64 KiB base of 0x11 in `tmp`, an engine over `SwapOnOpen` and `host`, and a begun
+/// transaction whose overlay holds 0xaa over the whole base; `None` without qemu-io.
+fn begun_raw<H: Host>(
+    tmp: &Path,
+    host: H,
+) -> Option<(PathBuf, SwapOnOpen, Engine<SwapOnOpen, H>, txn::Manifest)> {
+    let base = tmp.join("base.raw");
+    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
+    let swap = SwapOnOpen::default();
+    let engine = Engine::new(swap.clone(), host, tmp.join("state")).expect("an engine");
+    let m = engine
+        .begin(&BeginOptions {
+            bases: vec![base.clone()],
+            base_format: Some(Format::Raw),
+            ..BeginOptions::default()
+        })
+        .expect("begin");
+    let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
+    qemu(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
+    )?;
+    Some((base, swap, engine, m))
+}
+
 /// A commit (with pre-images, or `--no-undo`) whose base is swapped for a decoy when the
 /// engine opens it, after the name was checked: the decoy is never written, and nothing is
 /// written anywhere before the swap is noticed (with pre-images) or the commit stops short
@@ -340,29 +365,11 @@ fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
     for no_undo in [false, true] {
         // Arrange
         let tmp = tempfile::tempdir().expect("a temporary directory");
-        let base = tmp.path().join("base.raw");
-        let decoy = tmp.path().join("decoy.raw");
-        fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-        fs::write(&decoy, vec![0x77u8; 64 << 10]).expect("write the decoy");
-        let swap = SwapOnOpen::default();
-        let engine = Engine::new(swap.clone(), OsHost::default(), tmp.path().join("state"))
-            .expect("an engine");
-        let m = engine
-            .begin(&BeginOptions {
-                bases: vec![base.clone()],
-                base_format: Some(Format::Raw),
-                ..BeginOptions::default()
-            })
-            .expect("begin");
-        let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
-        if qemu(
-            "qemu-io",
-            &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
-        )
-        .is_none()
-        {
+        let Some((base, swap, engine, m)) = begun_raw(tmp.path(), OsHost::default()) else {
             return;
-        }
+        };
+        let decoy = tmp.path().join("decoy.raw");
+        fs::write(&decoy, vec![0x77u8; 64 << 10]).expect("write the decoy");
         swap.0.arm(&base, &decoy);
         // Act
         let err = engine
@@ -403,28 +410,11 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     let _serial = serial();
     // Arrange: a commit stopped at its commit point (pre-images saved, base untouched).
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let base = tmp.path().join("base.raw");
-    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-    let swap = SwapOnOpen::default();
     let host = SwapBeforeQemu::default();
     host.stop_at_commit_point.store(true, Ordering::SeqCst);
-    let engine = Engine::new(swap.clone(), host, tmp.path().join("state")).expect("an engine");
-    let m = engine
-        .begin(&BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin");
-    let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
-    if qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
-    )
-    .is_none()
-    {
+    let Some((base, swap, engine, m)) = begun_raw(tmp.path(), host) else {
         return;
-    }
+    };
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
     }));
