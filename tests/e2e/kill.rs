@@ -222,7 +222,7 @@ fn a_no_undo_commit_with_a_lost_overlay_is_refused_without_touching_anything() {
 
     let out = t.imgtx_code(&["recover"], exit::ERROR);
 
-    assert!(stderr_of(&out).contains("no pre-images"));
+    assert!(stderr_of(&out).contains("no usable pre-images"));
     t.imgtx_code(&["recover", "--undo"], exit::ERROR);
 }
 
