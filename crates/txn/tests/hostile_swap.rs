@@ -303,13 +303,7 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
             ..BeginOptions::default()
         })
         .expect("begin");
-    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
-    }));
-    assert!(
-        stopped.is_err(),
-        "the commit was not stopped at its commit point"
-    );
+    stop_at_commit_point(&engine, &m.id);
     swap.0.arm(&base, &decoy);
     // Act
     let err = engine
@@ -327,6 +321,18 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
         fs::read(&base).expect("the decoy has the base's name"),
         vec![0x77u8; 32 << 10],
         "recovery wrote the decoy"
+    );
+}
+
+/// Runs a commit of `tx` that the host stops at its commit point (by unwinding, which leaves
+/// journal and pre-images as a killed process would), and asserts that it was stopped.
+fn stop_at_commit_point(engine: &Engine<SwapOnOpen, SwapBeforeQemu>, tx: &str) {
+    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine.commit(tx, CommitOptions::default(), &mut |_| {})
+    }));
+    assert!(
+        stopped.is_err(),
+        "the commit was not stopped at its commit point"
     );
 }
 
@@ -415,13 +421,7 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     let Some((base, swap, engine, m)) = begun_raw(tmp.path(), host) else {
         return;
     };
-    let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
-    }));
-    assert!(
-        stopped.is_err(),
-        "the commit was not stopped at its commit point"
-    );
+    stop_at_commit_point(&engine, &m.id);
     let undo = tmp.path().join(format!(".base.raw.{}.imgtx.undo", m.id));
     let decoy = tmp.path().join("decoy.undo");
     fs::copy(&undo, &decoy).expect("copy the pre-image file");
