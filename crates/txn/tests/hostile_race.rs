@@ -11,84 +11,23 @@
 //! `IMGTX_CRASH_SWEEP=full` runs at least 10^4 racer iterations; otherwise a few hundred
 //! (a few seconds).
 
+mod forwarding;
+
 use std::fs;
-use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt, OpenOptionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use forwarding::{CommitPointStop, HookedHost};
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, Format, Host, OsGuard, OsHost, RecoverOptions};
+use txn::{BeginOptions, CommitOptions, Engine, Format, RecoverOptions};
 
 fn full() -> bool {
     std::env::var("IMGTX_CRASH_SWEEP").is_ok_and(|v| v == "full")
-}
-
-/// The real machine, except that a commit can be told to die at its commit point (by
-/// unwinding, which leaves the journal and pre-images behind as a killed process would).
-#[derive(Debug, Default)]
-struct StopAtCommitPoint {
-    os: OsHost,
-    armed: Arc<AtomicBool>,
-}
-
-impl Host for StopAtCommitPoint {
-    type Guard = OsGuard;
-
-    fn lock_exclusive(&self, path: &Path, wait: bool) -> txn::Result<Option<OsGuard>> {
-        self.os.lock_exclusive(path, wait)
-    }
-
-    fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
-        self.os.image_in_use(path)
-    }
-
-    fn fence_image(&self, path: &Path) -> txn::Result<OsGuard> {
-        self.os.fence_image(path)
-    }
-
-    fn qemu_img_commit(&self, overlay: &Path, base: &Path, f: Format) -> txn::Result<()> {
-        self.os.qemu_img_commit(overlay, base, f)
-    }
-
-    fn qemu_img_commit_open(
-        &self,
-        overlay: (&Path, BorrowedFd<'_>),
-        base: (&Path, BorrowedFd<'_>),
-        f: Format,
-    ) -> txn::Result<()> {
-        self.os.qemu_img_commit_open(overlay, base, f)
-    }
-
-    fn user(&self) -> (String, u32) {
-        self.os.user()
-    }
-
-    fn hostname(&self) -> String {
-        self.os.hostname()
-    }
-
-    fn now(&self) -> SystemTime {
-        self.os.now()
-    }
-
-    fn new_id(&self) -> txn::Result<String> {
-        self.os.new_id()
-    }
-
-    fn sleep(&self, d: Duration) {
-        self.os.sleep(d);
-    }
-
-    fn step(&self, name: &str) {
-        if name == "commit-point" && self.armed.swap(false, Ordering::SeqCst) {
-            std::panic::resume_unwind(Box::new("stopped at the commit point"));
-        }
-    }
 }
 
 /// What must never change: the victim file and its directory.
@@ -188,10 +127,7 @@ fn swap_once(round: u64, images: &Path, victim_dir: &Path, victim: &Path) {
 /// The bytes of an overlay over `opts`' base holding two written ranges (written once by
 /// qemu-io, then copied into every new overlay: same backing name, so still valid), or
 /// `None` without qemu-io (the overlays then stay empty).
-fn overlay_template(
-    engine: &Engine<OsFs, StopAtCommitPoint>,
-    opts: &BeginOptions,
-) -> Option<Vec<u8>> {
+fn overlay_template(engine: &Engine<OsFs, HookedHost>, opts: &BeginOptions) -> Option<Vec<u8>> {
     let m = engine.begin(opts).expect("begin");
     let overlay = &m.images[0].overlay;
     let written = Command::new("qemu-io")
@@ -230,8 +166,10 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
     fs::write(&base, vec![0x11u8; 256 << 10]).expect("write the base");
     fs::write(&victim, vec![0x77u8; 256 << 10]).expect("write the victim");
     let before = victim_state(&victim_dir, &victim);
-    let host = StopAtCommitPoint::default();
-    let armed = Arc::clone(&host.armed);
+    // A commit can be told to die at its commit point (by unwinding, which leaves the
+    // journal and pre-images behind as a killed process would).
+    let commit_point = CommitPointStop::default();
+    let host = HookedHost::default().at_step(commit_point.hook());
     let engine = Engine::new(OsFs, host, root.join("state")).expect("an engine");
     let template = overlay_template(
         &engine,
@@ -312,11 +250,11 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
                     .map(drop),
             ),
             _ => {
-                armed.store(true, Ordering::SeqCst);
+                commit_point.arm();
                 let _ = catch_unwind(AssertUnwindSafe(|| {
                     engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
                 }));
-                armed.store(false, Ordering::SeqCst);
+                commit_point.disarm();
                 let opts = RecoverOptions {
                     undo: how == 3,
                     ..RecoverOptions::default()

@@ -1,25 +1,21 @@
 //! Issue 6 at the engine level, on real files: a name swapped at the worst moment, between
 //! the check of the overlay's name and its open (T24).
 //!
-//! A racer would hit such a window only now and then; [`SwapOnOpen`] and [`SwapBeforeQemu`]
-//! hit it every time by renaming a decoy over the overlay's name just before the engine's
-//! open, or just before `qemu-img commit` starts.
+//! A racer would hit such a window only now and then; [`swap_on_open`] and
+//! [`swap_before_qemu`] hit it every time by renaming a decoy over the overlay's name just
+//! before the engine's open, or just before `qemu-img commit` starts.
 
-use std::ffi::OsString;
+mod forwarding;
+
 use std::fs;
-use std::io;
-use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
-use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{
-    BeginOptions, CommitOptions, Engine, Error, Format, Host, OsGuard, OsHost, RecoverOptions,
-};
+use forwarding::{CommitPointStop, HookedFs, HookedHost};
+use storage::OsFs;
+use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsHost, RecoverOptions};
 
 /// Held by every test here for its whole run. Tests that spawn qemu tools would otherwise
 /// fork while another test holds a transaction's lock file open: the child's copy of the
@@ -56,44 +52,31 @@ impl Swap {
 }
 
 /// The real file system, except that the armed swap fires on the next open of its target.
-#[derive(Debug, Clone, Default)]
-struct SwapOnOpen(Swap);
+fn swap_on_open() -> (Swap, HookedFs) {
+    let swap = Swap::default();
+    let fire = swap.clone();
+    (
+        swap,
+        HookedFs::before_open(move |path| fire.fire(Some(path))),
+    )
+}
 
-impl Fs for SwapOnOpen {
-    type File = OsFile;
+/// The real machine, except that the armed swap fires just before `qemu-img commit` runs,
+/// after the engine validated the overlay.
+fn swap_before_qemu() -> (Swap, HookedHost) {
+    let swap = Swap::default();
+    let fire = swap.clone();
+    (
+        swap,
+        HookedHost::default().before_qemu(move || fire.fire(None)),
+    )
+}
 
-    fn create_new(&self, path: &Path) -> io::Result<OsFile> {
-        OsFs.create_new(path)
-    }
-
-    fn open(&self, path: &Path, writable: bool) -> io::Result<OsFile> {
-        self.0.fire(Some(path));
-        OsFs.open(path, writable)
-    }
-
-    fn metadata(&self, path: &Path) -> io::Result<Option<Metadata>> {
-        OsFs.metadata(path)
-    }
-
-    fn remove_file(&self, path: &Path) -> io::Result<()> {
-        OsFs.remove_file(path)
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        OsFs.rename(from, to)
-    }
-
-    fn create_dir(&self, path: &Path) -> io::Result<()> {
-        OsFs.create_dir(path)
-    }
-
-    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        OsFs.sync_dir(dir)
-    }
-
-    fn read_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
-        OsFs.read_dir(dir)
-    }
+/// The real machine, except that the next commit is stopped at its commit point.
+fn host_stopping_at_commit_point() -> HookedHost {
+    let stop = CommitPointStop::default();
+    stop.arm();
+    HookedHost::default().at_step(stop.hook())
 }
 
 #[test]
@@ -104,9 +87,8 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let base = tmp.path().join("base.raw");
     fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-    let swap = SwapOnOpen::default();
-    let engine =
-        Engine::new(swap.clone(), OsHost::default(), tmp.path().join("state")).expect("an engine");
+    let (swap, fs) = swap_on_open();
+    let engine = Engine::new(fs, OsHost::default(), tmp.path().join("state")).expect("an engine");
     let m = engine
         .begin(&BeginOptions {
             bases: vec![base.clone()],
@@ -118,7 +100,7 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
     let decoy = tmp.path().join("decoy.qcow2");
     fs::copy(&overlay, &decoy).expect("copy the overlay");
     let decoy_ino = fs::metadata(&decoy).expect("stat the decoy").ino();
-    swap.0.arm(&overlay, &decoy);
+    swap.arm(&overlay, &decoy);
     // Act
     let err = engine
         .commit(&m.id, CommitOptions::default(), &mut |_| {})
@@ -143,74 +125,6 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
         fs::read(&base).expect("read the base"),
         vec![0x11u8; 64 << 10]
     );
-}
-
-/// The real machine, except that the armed swap fires just before `qemu-img commit` runs,
-/// after the engine validated the overlay, and that a commit can be stopped at its commit
-/// point (by unwinding, which leaves journal and pre-images as a killed process would).
-#[derive(Debug, Default)]
-struct SwapBeforeQemu {
-    os: OsHost,
-    swap: Swap,
-    stop_at_commit_point: AtomicBool,
-}
-
-impl Host for SwapBeforeQemu {
-    type Guard = OsGuard;
-
-    fn lock_exclusive(&self, path: &Path, wait: bool) -> txn::Result<Option<OsGuard>> {
-        self.os.lock_exclusive(path, wait)
-    }
-
-    fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
-        self.os.image_in_use(path)
-    }
-
-    fn fence_image(&self, path: &Path) -> txn::Result<OsGuard> {
-        self.os.fence_image(path)
-    }
-
-    fn qemu_img_commit(&self, overlay: &Path, base: &Path, f: Format) -> txn::Result<()> {
-        self.swap.fire(None);
-        self.os.qemu_img_commit(overlay, base, f)
-    }
-
-    fn qemu_img_commit_open(
-        &self,
-        overlay: (&Path, BorrowedFd<'_>),
-        base: (&Path, BorrowedFd<'_>),
-        f: Format,
-    ) -> txn::Result<()> {
-        self.swap.fire(None);
-        self.os.qemu_img_commit_open(overlay, base, f)
-    }
-
-    fn user(&self) -> (String, u32) {
-        self.os.user()
-    }
-
-    fn hostname(&self) -> String {
-        self.os.hostname()
-    }
-
-    fn now(&self) -> SystemTime {
-        self.os.now()
-    }
-
-    fn new_id(&self) -> txn::Result<String> {
-        self.os.new_id()
-    }
-
-    fn sleep(&self, d: Duration) {
-        self.os.sleep(d);
-    }
-
-    fn step(&self, name: &str) {
-        if name == "commit-point" && self.stop_at_commit_point.swap(false, Ordering::SeqCst) {
-            std::panic::resume_unwind(Box::new("stopped at the commit point"));
-        }
-        self.os.step(name);
-    }
 }
 
 /// Runs a qemu tool; `None` (and a note) when it is not installed.
@@ -240,8 +154,7 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
     if qemu("qemu-img", &["create", "-q", "-f", "qcow2", &base, "1M"]).is_none() {
         return;
     }
-    let host = SwapBeforeQemu::default();
-    let swap = host.swap.clone();
+    let (swap, host) = swap_before_qemu();
     let engine = Engine::new(OsFs, host, tmp.path().join("state")).expect("an engine");
     let m = engine
         .begin(&BeginOptions {
@@ -292,10 +205,13 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
     let decoy = tmp.path().join("decoy.raw");
     fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
     fs::write(&decoy, vec![0x77u8; 32 << 10]).expect("write the decoy");
-    let swap = SwapOnOpen::default();
-    let host = SwapBeforeQemu::default();
-    host.stop_at_commit_point.store(true, Ordering::SeqCst);
-    let engine = Engine::new(swap.clone(), host, tmp.path().join("state")).expect("an engine");
+    let (swap, fs) = swap_on_open();
+    let engine = Engine::new(
+        fs,
+        host_stopping_at_commit_point(),
+        tmp.path().join("state"),
+    )
+    .expect("an engine");
     let m = engine
         .begin(&BeginOptions {
             bases: vec![base.clone()],
@@ -304,7 +220,7 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
         })
         .expect("begin");
     stop_at_commit_point(&engine, &m.id);
-    swap.0.arm(&base, &decoy);
+    swap.arm(&base, &decoy);
     // Act
     let err = engine
         .recover(&RecoverOptions {
@@ -326,7 +242,7 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
 
 /// Runs a commit of `tx` that the host stops at its commit point (by unwinding, which leaves
 /// journal and pre-images as a killed process would), and asserts that it was stopped.
-fn stop_at_commit_point(engine: &Engine<SwapOnOpen, SwapBeforeQemu>, tx: &str) {
+fn stop_at_commit_point(engine: &Engine<HookedFs, HookedHost>, tx: &str) {
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.commit(tx, CommitOptions::default(), &mut |_| {})
     }));
@@ -336,16 +252,16 @@ fn stop_at_commit_point(engine: &Engine<SwapOnOpen, SwapBeforeQemu>, tx: &str) {
     );
 }
 
-/// A raw 64 KiB base of 0x11 in `tmp`, an engine over `SwapOnOpen` and `host`, and a begun
+/// A raw 64 KiB base of 0x11 in `tmp`, an engine over [`swap_on_open`] and `host`, and a begun
 /// transaction whose overlay holds 0xaa over the whole base; `None` without qemu-io.
 fn begun_raw<H: Host>(
     tmp: &Path,
     host: H,
-) -> Option<(PathBuf, SwapOnOpen, Engine<SwapOnOpen, H>, txn::Manifest)> {
+) -> Option<(PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest)> {
     let base = tmp.join("base.raw");
     fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-    let swap = SwapOnOpen::default();
-    let engine = Engine::new(swap.clone(), host, tmp.join("state")).expect("an engine");
+    let (swap, fs) = swap_on_open();
+    let engine = Engine::new(fs, host, tmp.join("state")).expect("an engine");
     let m = engine
         .begin(&BeginOptions {
             bases: vec![base.clone()],
@@ -376,7 +292,7 @@ fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
         };
         let decoy = tmp.path().join("decoy.raw");
         fs::write(&decoy, vec![0x77u8; 64 << 10]).expect("write the decoy");
-        swap.0.arm(&base, &decoy);
+        swap.arm(&base, &decoy);
         // Act
         let err = engine
             .commit(&m.id, CommitOptions { no_undo }, &mut |_| {})
@@ -416,9 +332,8 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     let _serial = serial();
     // Arrange: a commit stopped at its commit point (pre-images saved, base untouched).
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let host = SwapBeforeQemu::default();
-    host.stop_at_commit_point.store(true, Ordering::SeqCst);
-    let Some((base, swap, engine, m)) = begun_raw(tmp.path(), host) else {
+    let Some((base, swap, engine, m)) = begun_raw(tmp.path(), host_stopping_at_commit_point())
+    else {
         return;
     };
     stop_at_commit_point(&engine, &m.id);
@@ -426,7 +341,7 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     let decoy = tmp.path().join("decoy.undo");
     fs::copy(&undo, &decoy).expect("copy the pre-image file");
     fs::set_permissions(&decoy, fs::Permissions::from_mode(0o644)).expect("chmod the decoy");
-    swap.0.arm(&undo, &decoy);
+    swap.arm(&undo, &decoy);
     // Act
     let err = engine
         .recover(&RecoverOptions {
