@@ -6,39 +6,14 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use common::heap::Counting;
 use common::synth::build;
 use qcow::{Image, ReadAt};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// counters are only bookkeeping and never affect the returned memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: Counting = Counting::new();
 
 const CS: u64 = 1 << 16;
 /// 32 MiB of L1 entries: qemu's largest L1.
@@ -77,26 +52,23 @@ impl ReadAt for Sparse {
     }
 }
 
-/// The heap counters are process-wide: tests here run one at a time so that one test's
-/// allocations never count towards another's peak.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+impl Sparse {
+    /// A 2 PiB image (it needs all 4 Mi L1 entries at 64 KiB clusters).
+    fn largest_l1() -> Self {
+        let bytes = build(16, L1_ENTRIES * (CS / 8) * CS, &[], false).to_vec();
+        let l1_off = u64::from_be_bytes(bytes[40..48].try_into().unwrap());
+        Self { bytes, l1_off }
+    }
+}
 
 #[test]
 fn the_largest_l1_with_distinct_l2_tables_opens_in_bounded_memory() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Arrange: 2 PiB virtual (needs all 4 Mi L1 entries at 64 KiB clusters).
-    let built = build(16, L1_ENTRIES * (CS / 8) * CS, &[], false);
-    let bytes = built.to_vec();
-    let l1_off = u64::from_be_bytes(bytes[40..48].try_into().unwrap());
-    let src = Sparse { bytes, l1_off };
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let _one = ALLOC.one_at_a_time();
+    // Arrange
+    let src = Sparse::largest_l1();
 
     // Act
-    let image = Image::open(&src);
-    let peak = PEAK.load(Ordering::Relaxed) - before;
+    let (image, peak) = ALLOC.peak_during(|| Image::open(&src));
 
     // Assert: the L1 itself is 32 MiB; one region per L2 table (as before) made it 448 MiB.
     assert!(image.is_ok(), "{:?}", image.err());
@@ -105,14 +77,9 @@ fn the_largest_l1_with_distinct_l2_tables_opens_in_bounded_memory() {
 
 #[test]
 fn l2_tables_in_holes_of_a_sparse_file_are_refused_before_any_is_read() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ALLOC.one_at_a_time();
     // Arrange
-    let built = build(16, L1_ENTRIES * (CS / 8) * CS, &[], false);
-    let bytes = built.to_vec();
-    let l1_off = u64::from_be_bytes(bytes[40..48].try_into().unwrap());
-    let src = Sparse { bytes, l1_off };
+    let src = Sparse::largest_l1();
     let image = Image::open(&src).expect("open");
     let started = std::time::Instant::now();
 
@@ -131,9 +98,7 @@ fn l2_tables_in_holes_of_a_sparse_file_are_refused_before_any_is_read() {
 
 #[test]
 fn a_real_sparse_file_with_l2_tables_in_holes_is_refused() {
-    let _one = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = ALLOC.one_at_a_time();
     // Arrange: 1024 L1 entries (512 GiB virtual), each pointing at its own L2 table past
     // the end of the image, which then grows over them without a byte written: st_blocks
     // says the tables lie in a hole.

@@ -6,40 +6,15 @@
 
 mod common;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::heap::Counting;
 use common::synth::{build, Built, Kind};
 use qcow::{Error, GuestOffset, Image};
 
 /// Counts live and peak heap bytes so the test can bound the memory each case uses.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// counters are only bookkeeping and never affect the returned memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
-
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: Counting = Counting::new();
 
 const CB: u32 = 12;
 const CS: u64 = 1 << CB;
@@ -481,21 +456,13 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
     ]
 }
 
-// The heap counters are process-wide and the test harness runs tests on parallel threads:
-// measure one case list at a time, or one test's frees and resets corrupt the other's peak.
-static MEASURE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn check_cases(cases: Vec<(&'static str, Vec<u8>, Check)>) {
-    let _serial = MEASURE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // One case list at a time, or one test's frees and resets corrupt the other's peak.
+    let _serial = ALLOC.one_at_a_time();
     for (name, bytes, ok) in cases {
-        PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-        let before = LIVE.load(Ordering::Relaxed);
         let t = Instant::now();
-        let err = first_error(&bytes);
+        let (err, peak) = ALLOC.peak_during(|| first_error(&bytes));
         let elapsed = t.elapsed();
-        let peak = PEAK.load(Ordering::Relaxed).saturating_sub(before);
         let err = err.unwrap_or_else(|| panic!("{name}: no error"));
         assert!(ok(&err), "{name}: unexpected error {err:?}");
         assert!(!err.to_string().is_empty());

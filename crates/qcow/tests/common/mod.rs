@@ -171,4 +171,5 @@ pub fn assert_matches_qemu(path: &Path, dir: &Path, whole: bool) {
     }
 }
 
+pub mod heap;
 pub mod synth;
