@@ -25,6 +25,7 @@ pub struct OsFs;
 #[derive(Debug)]
 pub struct OsFile {
     file: fs::File,
+    direct: crate::direct::Direct,
 }
 
 impl OsFile {
@@ -35,7 +36,10 @@ impl OsFile {
 
     /// Wraps an already open file.
     pub fn from_std(file: fs::File) -> Self {
-        Self { file }
+        Self {
+            file,
+            direct: crate::direct::Direct::default(),
+        }
     }
 }
 
@@ -69,7 +73,7 @@ impl File for OsFile {
     }
 
     fn read_exact_direct_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        crate::direct::read_exact_at(&self.file, buf, offset)
+        self.direct.read_exact_at(&self.file, buf, offset)
     }
 
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -125,7 +129,7 @@ impl Fs for OsFs {
     fn create_new(&self, path: &Path) -> io::Result<OsFile> {
         let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL;
         let file = open_no_symlinks(path, flags, Mode::S_IRUSR | Mode::S_IWUSR)?;
-        Ok(OsFile { file })
+        Ok(OsFile::from_std(file))
     }
 
     fn open(&self, path: &Path, writable: bool) -> io::Result<OsFile> {
@@ -135,7 +139,7 @@ impl Fs for OsFs {
             OFlag::O_RDONLY
         };
         let file = open_no_symlinks(path, flags, Mode::empty())?;
-        Ok(OsFile { file })
+        Ok(OsFile::from_std(file))
     }
 
     fn metadata(&self, path: &Path) -> io::Result<Option<Metadata>> {
