@@ -121,7 +121,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .map(|i| layout::journal(&i.base, &m.id))
             .collect::<Result<_>>()?;
         let mut js: Vec<TxJournal<S>> = Vec::new();
-        let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js);
+        let mut undo_files = Vec::new();
+        let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js, &mut undo_files);
         if let Err(e) = before {
             // Nothing of any base was touched yet: drop what the attempt wrote.
             drop(js);
@@ -168,7 +169,6 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 .map_err(after)?;
         }
         self.host.step("applied");
-        drop(overlays);
         let images: Vec<HistoryImage> = m
             .images
             .iter()
@@ -192,6 +192,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
         drop(js);
         self.cleanup_commit(&m.id, &m.cleanup_list(), &journals)
             .map_err(after)?;
+        // The overlays and pre-image files are unlinked and that is durable; freeing their
+        // blocks is left to whoever closes them last.
+        let open: Vec<_> = overlays
+            .iter()
+            .chain(&undo_files)
+            .filter_map(File::as_fd)
+            .collect();
+        let released = self.host.release_later(&open);
+        drop(open);
+        drop(overlays);
+        drop(undo_files);
+        drop(released);
         drop(fences);
         Ok(CommitReport {
             id: m.id.clone(),
@@ -208,6 +220,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         plans: &[Plan],
         journals: &[PathBuf],
         js: &mut Vec<TxJournal<S>>,
+        undo_files: &mut Vec<S::File>,
     ) -> Result<()> {
         for (i, img) in m.images.iter().enumerate() {
             let intent = Intent {
@@ -240,9 +253,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 let (old_len, ranges) =
                     self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
                 let undo_path = layout::undo(&img.base, &m.id)?;
-                let summary = undo::save(
+                let (summary, file) = undo::save(
                     &self.fs, &base, &img.base, &undo_path, &m.id, old_len, &ranges,
                 )?;
+                undo_files.push(file);
                 js[i]
                     .append(&Record::Undo(summary))
                     .map_err(Error::journal(&journals[i]))?;

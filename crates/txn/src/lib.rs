@@ -25,6 +25,7 @@ pub mod plan;
 mod qemu;
 mod record;
 mod recover;
+pub mod release;
 mod rollback;
 mod state;
 mod time;
@@ -41,6 +42,7 @@ pub use host::{Host, OsGuard, OsHost};
 pub use inspect::{Condition, ImageDiff, TxStatus};
 pub use record::Direction;
 pub use recover::{RecoverAction, RecoverOptions, RecoverReport};
+pub use release::Released;
 pub use state::{FileId, Format, ImageEntry, Manifest, TxState};
 
 /// How long `begin` waits for a base another transaction holds.

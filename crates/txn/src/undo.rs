@@ -33,6 +33,7 @@ fn entry_crc(head: &[u8], tx: &str) -> u32 {
 }
 
 /// Saves `ranges` of `base` (whose length is `old_len`) into a new file at `path`, durably.
+/// Returns the file still open, so its last close can be handed off (see [`crate::release`]).
 pub fn save<S: Fs>(
     fs: &S,
     base: &S::File,
@@ -41,7 +42,7 @@ pub fn save<S: Fs>(
     tx: &str,
     old_len: u64,
     ranges: &[(u64, u64)],
-) -> Result<UndoSummary> {
+) -> Result<(UndoSummary, S::File)> {
     // A leftover from an attempt that died before its summary was journaled is worthless.
     crate::state::remove_if_exists(fs, path)?;
     let out = fs
@@ -99,7 +100,7 @@ pub fn save<S: Fs>(
     out.sync_data().map_err(Error::io("sync", path))?;
     let dir = crate::layout::dir_of(path)?;
     fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
-    Ok(summary)
+    Ok((summary, out))
 }
 
 struct Entry {
@@ -258,7 +259,7 @@ mod tests {
         let base = fs.create_new(&base_path).unwrap();
         let old: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         base.write_all_at(&old, 0).unwrap();
-        let s = save(
+        let (s, _) = save(
             &fs,
             &base,
             &base_path,
@@ -289,7 +290,7 @@ mod tests {
         let fs = OsFs;
         let base = fs.create_new(&base_path).unwrap();
         base.write_all_at(&[7; 4096], 0).unwrap();
-        let s = save(
+        let (s, _) = save(
             &fs,
             &base,
             &base_path,
