@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{Format, Host, OsGuard, OsHost};
+use txn::{Format, Host, OsGuard, OsHost, Released};
 
 type OpenHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
@@ -181,6 +181,10 @@ impl Host for HookedHost {
             hook(name);
         }
         self.os.step(name);
+    }
+
+    fn release_later(&self, files: &[BorrowedFd<'_>]) -> Released {
+        self.os.release_later(files)
     }
 }
 
