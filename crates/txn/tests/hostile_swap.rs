@@ -85,17 +85,7 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
     // Arrange: the decoy is a byte-for-byte copy of the overlay, so every content check
     // (magic, tables, backing name and format) passes; only its inode differs.
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let base = tmp.path().join("base.raw");
-    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-    let (swap, fs) = swap_on_open();
-    let engine = Engine::new(fs, OsHost::default(), tmp.path().join("state")).expect("an engine");
-    let m = engine
-        .begin(&BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin");
+    let (base, swap, engine, m) = begun_raw(tmp.path(), OsHost::default());
     let overlay = m.images[0].overlay.clone();
     let decoy = tmp.path().join("decoy.qcow2");
     fs::copy(&overlay, &decoy).expect("copy the overlay");
@@ -201,33 +191,13 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
     // Arrange: a commit stopped at its commit point, and a decoy of another length that
     // is renamed over the base's name when recovery opens it to restore the pre-images.
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let base = tmp.path().join("base.raw");
-    let decoy = tmp.path().join("decoy.raw");
-    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
-    fs::write(&decoy, vec![0x77u8; 32 << 10]).expect("write the decoy");
-    let (swap, fs) = swap_on_open();
-    let engine = Engine::new(
-        fs,
-        host_stopping_at_commit_point(),
-        tmp.path().join("state"),
-    )
-    .expect("an engine");
-    let m = engine
-        .begin(&BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin");
+    let (base, swap, engine, m) = begun_raw(tmp.path(), host_stopping_at_commit_point());
     stop_at_commit_point(&engine, &m.id);
+    let decoy = tmp.path().join("decoy.raw");
+    fs::write(&decoy, vec![0x77u8; 32 << 10]).expect("write the decoy");
     swap.arm(&base, &decoy);
     // Act
-    let err = engine
-        .recover(&RecoverOptions {
-            undo: true,
-            ..RecoverOptions::default()
-        })
-        .expect_err("recover must refuse the decoy");
+    let err = recover_undo_refusal(&engine);
     // Assert
     assert!(
         err.to_string().contains("replaced by another file"),
@@ -252,12 +222,19 @@ fn stop_at_commit_point(engine: &Engine<HookedFs, HookedHost>, tx: &str) {
     );
 }
 
-/// A raw 64 KiB base of 0x11 in `tmp`, an engine over [`swap_on_open`] and `host`, and a begun
-/// transaction whose overlay holds 0xaa over the whole base; `None` without qemu-io.
-fn begun_raw<H: Host>(
-    tmp: &Path,
-    host: H,
-) -> Option<(PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest)> {
+/// `recover --undo`, which must fail; its error.
+fn recover_undo_refusal<H: Host>(engine: &Engine<HookedFs, H>) -> Error {
+    engine
+        .recover(&RecoverOptions {
+            undo: true,
+            ..RecoverOptions::default()
+        })
+        .expect_err("recover --undo must refuse the decoy")
+}
+
+/// A raw 64 KiB base of 0x11 in `tmp`, an engine over [`swap_on_open`] and `host`, and a
+/// begun transaction over the base.
+fn begun_raw<H: Host>(tmp: &Path, host: H) -> (PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest) {
     let base = tmp.join("base.raw");
     fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
     let (swap, fs) = swap_on_open();
@@ -269,6 +246,15 @@ fn begun_raw<H: Host>(
             ..BeginOptions::default()
         })
         .expect("begin");
+    (base, swap, engine, m)
+}
+
+/// [`begun_raw`], with the overlay holding 0xaa over the whole base; `None` without qemu-io.
+fn begun_raw_written<H: Host>(
+    tmp: &Path,
+    host: H,
+) -> Option<(PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest)> {
+    let (base, swap, engine, m) = begun_raw(tmp, host);
     let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
     qemu(
         "qemu-io",
@@ -287,7 +273,7 @@ fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
     for no_undo in [false, true] {
         // Arrange
         let tmp = tempfile::tempdir().expect("a temporary directory");
-        let Some((base, swap, engine, m)) = begun_raw(tmp.path(), OsHost::default()) else {
+        let Some((base, swap, engine, m)) = begun_raw_written(tmp.path(), OsHost::default()) else {
             return;
         };
         let decoy = tmp.path().join("decoy.raw");
@@ -332,7 +318,8 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     let _serial = serial();
     // Arrange: a commit stopped at its commit point (pre-images saved, base untouched).
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let Some((base, swap, engine, m)) = begun_raw(tmp.path(), host_stopping_at_commit_point())
+    let Some((base, swap, engine, m)) =
+        begun_raw_written(tmp.path(), host_stopping_at_commit_point())
     else {
         return;
     };
@@ -343,12 +330,7 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     fs::set_permissions(&decoy, fs::Permissions::from_mode(0o644)).expect("chmod the decoy");
     swap.arm(&undo, &decoy);
     // Act
-    let err = engine
-        .recover(&RecoverOptions {
-            undo: true,
-            ..RecoverOptions::default()
-        })
-        .expect_err("recover must refuse the look-alike");
+    let err = recover_undo_refusal(&engine);
     // Assert
     assert!(
         err.to_string().contains("no usable pre-images"),
