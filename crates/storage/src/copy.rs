@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -29,6 +30,9 @@ pub struct Piece<T> {
     pub len: usize,
     /// The caller's label for the piece (e.g. where it goes).
     pub tag: T,
+    /// The piece is most likely in the page cache already (see [`warm`]): read it from
+    /// there instead of directly from the device, which would ignore the cache.
+    pub cached: bool,
 }
 
 /// Why [`read_ahead`] stopped.
@@ -98,6 +102,27 @@ where
     })
 }
 
+/// How much [`warm`] reads at a time.
+const WARM_PIECE: usize = 1 << 20;
+
+/// Reads `src` from offset 0 up to `len` bytes, front to back, through the page cache and into
+/// nothing, until `stop` is set; returns how far it got. Run on a thread while the device has
+/// time to spare (a commit's pre-image save waits on writes to new blocks), it leaves the
+/// data a later copy reads in the page cache, so that copy then reads memory, not the disk.
+/// Errors end it early: the copy reads whatever was not warmed itself and reports failures.
+pub fn warm<F: File + ?Sized>(src: &F, len: u64, stop: &AtomicBool) -> u64 {
+    let mut buf = vec![0u8; WARM_PIECE];
+    let mut done = 0u64;
+    while done < len && !stop.load(Ordering::Relaxed) {
+        let n = usize::try_from(len - done).map_or(WARM_PIECE, |left| left.min(WARM_PIECE));
+        if src.read_exact_at(&mut buf[..n], done).is_err() {
+            break;
+        }
+        done += n as u64;
+    }
+    done
+}
+
 /// A piece's place in the order, the piece, the buffer holding it from the offset given, and
 /// how its read went.
 type Filled<T> = (usize, Piece<T>, Vec<u8>, usize, io::Result<()>);
@@ -114,7 +139,12 @@ fn fill<F: File + ?Sized, T>(
         buf.resize(need, 0);
     }
     let at = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-    let read = src.read_exact_direct_at(&mut buf[at..at + piece.len], piece.offset);
+    let dst = &mut buf[at..at + piece.len];
+    let read = if piece.cached {
+        src.read_exact_at(dst, piece.offset)
+    } else {
+        src.read_exact_direct_at(dst, piece.offset)
+    };
     (at, read)
 }
 
@@ -198,6 +228,7 @@ mod tests {
                 offset: (i * 197) as u64,
                 len: 13 + i,
                 tag: i,
+                cached: i % 2 == 0,
             })
             .collect();
 
@@ -224,6 +255,7 @@ mod tests {
             offset,
             len,
             tag: (),
+            cached: false,
         });
 
         let mut written = 0;
@@ -244,6 +276,7 @@ mod tests {
             offset: i,
             len: 10,
             tag: i,
+            cached: false,
         });
 
         let mut calls = 0;
@@ -258,5 +291,25 @@ mod tests {
 
         assert!(matches!(r, Err(Stopped::Write("disk full"))));
         assert_eq!(calls, 6);
+    }
+
+    #[test]
+    fn warm_reads_up_to_len_and_stops_when_told() {
+        let fs = SimFs::new();
+        let src = source(&fs, &vec![3; 3 * WARM_PIECE + 5]);
+        let go = AtomicBool::new(false);
+        let stopped = AtomicBool::new(true);
+
+        let all = warm(&src, 3 * WARM_PIECE as u64 + 5, &go);
+        let past_end = warm(&src, 5 * WARM_PIECE as u64, &go);
+        let none = warm(&src, 100, &stopped);
+
+        assert_eq!(all, 3 * WARM_PIECE as u64 + 5);
+        assert_eq!(
+            past_end,
+            3 * WARM_PIECE as u64,
+            "stops at the first failed read"
+        );
+        assert_eq!(none, 0);
     }
 }

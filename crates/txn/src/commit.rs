@@ -3,6 +3,7 @@
 //! what recovery does after a crash at each of them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, FileKind, Fs};
@@ -122,7 +123,30 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .collect::<Result<_>>()?;
         let mut js: Vec<TxJournal<S>> = Vec::new();
         let mut undo_files = Vec::new();
-        let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js, &mut undo_files);
+        // While the pre-images are saved (bound by writes to the new pre-image file), the
+        // overlays are read into the page cache, so the forward copy then reads memory.
+        let stop = AtomicBool::new(false);
+        let budget = WARM_MAX / m.images.len().max(1) as u64;
+        let (before, warmed) = std::thread::scope(|s| {
+            let warmers: Vec<_> = m
+                .images
+                .iter()
+                .zip(&overlays)
+                .map(|(img, ov)| {
+                    let len = ov.len().unwrap_or(0).min(budget);
+                    let stop = &stop;
+                    (!opts.no_undo && img.base_format == Format::Raw)
+                        .then(|| s.spawn(move || storage::copy::warm(ov, len, stop)))
+                })
+                .collect();
+            let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js, &mut undo_files);
+            stop.store(true, Ordering::Relaxed);
+            let warmed: Vec<u64> = warmers
+                .into_iter()
+                .map(|w| w.map_or(0, |h| h.join().unwrap_or(0)))
+                .collect();
+            (before, warmed)
+        });
         if let Err(e) = before {
             // Nothing of any base was touched yet: drop what the attempt wrote.
             drop(js);
@@ -150,8 +174,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             self.apply_forward(
                 &m.id,
                 i,
-                &overlays[i],
-                &img.overlay,
+                (&overlays[i], &img.overlay, warmed[i]),
                 (&img.base, (img.base_id.dev, img.base_id.ino)),
                 img.base_format,
                 &plans[i],
@@ -351,14 +374,15 @@ impl<S: Fs, H: Host> Engine<S, H> {
     }
 
     /// Writes the overlay's changes into the base and syncs it. Idempotent: it only ever
-    /// writes the overlay's content, which a commit never changes.
+    /// writes the overlay's content, which a commit never changes. The first `warm` bytes of
+    /// the overlay file are read through the page cache ([`storage::copy::warm`] put them
+    /// there), the rest directly.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply_forward(
         &self,
         tx: &str,
         index: usize,
-        ov: &S::File,
-        ov_path: &Path,
+        (ov, ov_path, warm): (&S::File, &Path, u64),
         (base_path, base_dev_ino): (&Path, (u64, u64)),
         format: Format,
         plan: &Plan,
@@ -413,6 +437,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             buf: Vec::new(),
             direct: Vec::new(),
             other: Vec::new(),
+            warm,
         };
         let mut copied = |n: u64| {
             done += n;
@@ -550,6 +575,10 @@ impl<S: Fs, H: Host> Engine<S, H> {
 /// whatever the overlay's size.
 const BATCH: usize = 64 * 1024;
 
+/// At most this much of the overlays is read into the page cache ahead of the forward copy,
+/// so that a huge overlay does not push out what it warmed before the copy gets to it.
+const WARM_MAX: u64 = 512 << 20;
+
 /// Copies overlay data into a raw base, reading the overlay in host order.
 ///
 /// Extents are collected in guest order, then sorted by their host offset and read in
@@ -571,6 +600,8 @@ struct Copier<'a, F: File> {
     direct: Vec<(u64, u64, u64)>,
     /// (guest offset, length) of everything else.
     other: Vec<(u64, u64)>,
+    /// Bytes at the start of the overlay file that are in the page cache.
+    warm: u64,
 }
 
 impl<F: File> Copier<'_, F> {
@@ -613,6 +644,7 @@ impl<F: File> Copier<'_, F> {
                 offset: start,
                 len: usize::try_from(run).unwrap_or(usize::MAX),
                 tag: (i, end),
+                cached: start.saturating_add(run) <= self.warm,
             });
             i = end;
         }

@@ -66,6 +66,7 @@ pub fn save<S: Fs>(
         offset,
         len: usize::try_from(len).unwrap_or(usize::MAX),
         tag: (),
+        cached: false,
     });
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         let (offset, len) = (piece.offset, data.len() as u64);
