@@ -24,7 +24,7 @@ pub struct Released {
     _pipe: Option<OwnedFd>,
 }
 
-/// Hands `files` to holder processes (`cat`, reading a pipe nobody writes to, with two of the
+/// Hands `files` to holder processes (`/bin/cat`, reading a pipe nobody writes to, with two of the
 /// files as its standard output and error, which it never writes). Standard streams are set
 /// up in the child only, so no descriptor is ever inheritable in this process, where another
 /// thread's child could pick it up.
@@ -42,7 +42,8 @@ pub(crate) fn hand_off(files: &[BorrowedFd<'_>]) -> io::Result<Released> {
             Some(f) => Stdio::from(f.try_clone_to_owned()?),
             None => Stdio::null(),
         };
-        let mut child = Command::new("cat")
+        // By absolute path: the holder gets a writable descriptor, and PATH is the caller's.
+        let mut child = Command::new("/bin/cat")
             .stdin(Stdio::from(read.try_clone()?))
             .stdout(Stdio::from(pair[0].try_clone_to_owned()?))
             .stderr(stderr)
