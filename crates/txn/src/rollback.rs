@@ -1,6 +1,6 @@
 //! `rollback`: drop the overlays; the bases were never touched.
 
-use storage::{FileKind, Fs};
+use storage::{File, FileKind, Fs};
 
 use crate::error::{Error, Result};
 use crate::history::{HistoryImage, Outcome};
@@ -65,6 +65,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
 
     /// Removes the overlays of a transaction marked rolling back, logs it, and unregisters it.
     pub(crate) fn finish_rollback(&self, m: &Manifest) -> Result<()> {
+        // Overlays removed but still open here: their last close, which frees their blocks,
+        // is handed off at the end (see `crate::release`).
+        let mut held = Vec::new();
         for img in &m.images {
             let meta = self
                 .fs
@@ -78,6 +81,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     || img.overlay_dev_ino.is_none_or(|di| di == (x.dev, x.ino))
             };
             if meta.is_some_and(|x| ours(&x)) {
+                // Held open only when it is the very inode begin created (never a FIFO or a
+                // stranger, whose open could block or mislead); anything else is just unlinked.
+                let recorded = meta.filter(|x| {
+                    x.kind == FileKind::File && img.overlay_dev_ino == Some((x.dev, x.ino))
+                });
+                if let Some(x) = recorded {
+                    if let Ok(f) = self.fs.open(&img.overlay, false) {
+                        if f.stat().is_ok_and(|o| (o.dev, o.ino) == (x.dev, x.ino)) {
+                            held.push(f);
+                        }
+                    }
+                }
                 crate::state::remove_if_exists(&self.fs, &img.overlay)?;
                 let dir = layout::dir_of(&img.overlay)?;
                 // Barrier: the overlay's removal is durable before the transaction is forgotten.
@@ -98,6 +113,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
             self.state
                 .release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
         }
-        self.state.remove_manifest(&self.fs, &m.id)
+        self.state.remove_manifest(&self.fs, &m.id)?;
+        let open: Vec<_> = held.iter().filter_map(File::as_fd).collect();
+        let released = self.host.release_later(&open);
+        drop(open);
+        drop(held);
+        drop(released);
+        Ok(())
     }
 }

@@ -85,15 +85,18 @@ impl Fs for HookedFs {
 
 type QemuHook = Box<dyn Fn() + Send + Sync>;
 type StepHook = Box<dyn Fn(&str) + Send + Sync>;
+type ReleaseHook = Box<dyn Fn(&[BorrowedFd<'_>]) + Send + Sync>;
 
-/// The real machine, except for two optional hooks: `before_qemu` runs just before
-/// `qemu-img commit` starts (after the engine validated the overlay), and `at_step` runs
-/// after each journaled step, before the real host's own step handling.
+/// The real machine, except for optional hooks: `before_qemu` runs just before
+/// `qemu-img commit` starts (after the engine validated the overlay), `at_step` runs
+/// after each journaled step, before the real host's own step handling, and `on_release`
+/// sees the files handed to `release_later` before the real host takes them.
 #[derive(Default)]
 pub struct HookedHost {
     os: OsHost,
     before_qemu: Option<QemuHook>,
     at_step: Option<StepHook>,
+    on_release: Option<ReleaseHook>,
 }
 
 impl HookedHost {
@@ -108,6 +111,13 @@ impl HookedHost {
     #[must_use]
     pub fn at_step(mut self, hook: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.at_step = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` with the files of each `release_later`.
+    #[must_use]
+    pub fn on_release(mut self, hook: impl Fn(&[BorrowedFd<'_>]) + Send + Sync + 'static) -> Self {
+        self.on_release = Some(Box::new(hook));
         self
     }
 
@@ -184,6 +194,9 @@ impl Host for HookedHost {
     }
 
     fn release_later(&self, files: &[BorrowedFd<'_>]) -> Released {
+        if let Some(hook) = &self.on_release {
+            hook(files);
+        }
         self.os.release_later(files)
     }
 }
