@@ -1,16 +1,17 @@
 //! Progress of long copies (commit, recover): a bar on a terminal, JSON lines with `--json`,
 //! nothing otherwise.
 //!
-//! The engine reports after every chunk it copies; this module decides what reaches the user.
-//! A bar only appears once an operation has run for a second, so quick commits stay quiet,
-//! and JSON events are throttled so a fast copy cannot flood a consumer.
+//! The engine reports after every chunk it copies, for each phase of each image (saving
+//! pre-images, applying the changes, restoring pre-images); this module decides what reaches
+//! the user. A bar only appears once an operation has run for a second, so quick commits stay
+//! quiet, and JSON events are throttled so a fast copy cannot flood a consumer.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
-use txn::Progress;
+use txn::{Phase, Progress};
 
 /// How long an operation runs before a bar appears.
 const BAR_AFTER: Duration = Duration::from_secs(1);
@@ -21,12 +22,13 @@ const JSON_EVERY: Duration = Duration::from_millis(100);
 enum Mode {
     Silent,
     Json {
-        /// When the last event went out, and for which image.
-        last: Option<(Instant, usize)>,
+        /// When the last event went out, and for which image and phase.
+        last: Option<(Instant, usize, Phase)>,
     },
     Bar {
         bar: Option<ProgressBar>,
-        image: usize,
+        /// The image and phase the bar shows.
+        shows: (usize, Phase),
     },
 }
 
@@ -51,7 +53,7 @@ impl Reporter {
         } else if terminal {
             Mode::Bar {
                 bar: None,
-                image: 0,
+                shows: (0, Phase::Apply),
             }
         } else {
             Mode::Silent
@@ -68,19 +70,22 @@ impl Reporter {
             Mode::Silent => {}
             Mode::Json { last } => {
                 let now = Instant::now();
-                // The first and last event of each image always go out, so a consumer sees
-                // every image start and finish however fast it was.
+                // The first and last event of each phase of each image always go out, so a
+                // consumer sees every one start and finish however fast it was.
                 let due = match *last {
                     None => true,
-                    Some((at, image)) => {
-                        image != p.image || p.done == p.total || now - at >= JSON_EVERY
+                    Some((at, image, phase)) => {
+                        (image, phase) != (p.image, p.phase)
+                            || p.done == p.total
+                            || now - at >= JSON_EVERY
                     }
                 };
                 if due {
-                    *last = Some((now, p.image));
+                    *last = Some((now, p.image, p.phase));
                     let line = json!({
                         "event": "progress",
                         "image": p.image,
+                        "phase": phase_name(p.phase),
                         "done": p.done,
                         "total": p.total,
                     });
@@ -88,7 +93,7 @@ impl Reporter {
                     let _ = writeln!(io::stderr().lock(), "{line}");
                 }
             }
-            Mode::Bar { bar, image } => {
+            Mode::Bar { bar, shows } => {
                 if bar.is_none() && self.started.elapsed() < BAR_AFTER {
                     return;
                 }
@@ -105,14 +110,14 @@ impl Reporter {
                         .unwrap_or_else(|_| ProgressStyle::default_bar())
                         .progress_chars("=> "),
                     );
-                    *image = p.image;
-                    b.set_message(format!("image {}", p.image));
+                    *shows = (p.image, p.phase);
+                    b.set_message(label(p));
                     b
                 });
-                if *image != p.image {
-                    *image = p.image;
+                if *shows != (p.image, p.phase) {
+                    *shows = (p.image, p.phase);
                     b.reset();
-                    b.set_message(format!("image {}", p.image));
+                    b.set_message(label(p));
                 }
                 b.set_length(p.total);
                 b.set_position(p.done);
@@ -128,6 +133,25 @@ impl Reporter {
     }
 }
 
+/// The phase as `--json` names it.
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::PreImages => "pre-images",
+        Phase::Apply => "apply",
+        Phase::Restore => "restore",
+    }
+}
+
+/// What the bar says it is doing.
+fn label(p: Progress) -> String {
+    let what = match p.phase {
+        Phase::PreImages => "saving pre-images of",
+        Phase::Apply => "writing",
+        Phase::Restore => "restoring",
+    };
+    format!("{what} image {}", p.image)
+}
+
 impl Drop for Reporter {
     fn drop(&mut self) {
         self.finish();
@@ -139,7 +163,12 @@ mod tests {
     use super::*;
 
     fn p(image: usize, done: u64, total: u64) -> Progress {
-        Progress { image, done, total }
+        Progress {
+            image,
+            phase: Phase::Apply,
+            done,
+            total,
+        }
     }
 
     #[test]
@@ -182,5 +211,23 @@ mod tests {
         // Assert: the middle report came too soon to be sent.
         assert!(first.is_some());
         assert_eq!(first, second);
+    }
+
+    #[test]
+    fn json_sends_a_new_phase_at_once() {
+        // Arrange
+        let mut r = Reporter::with_terminal(true, false, false);
+        r.report(Progress {
+            phase: Phase::PreImages,
+            ..p(0, 0, 100)
+        });
+        // Act: right away, the same image's next phase starts.
+        r.report(p(0, 0, 100));
+        // Assert
+        let last = match r.mode {
+            Mode::Json { last } => last.map(|(_, image, phase)| (image, phase)),
+            _ => None,
+        };
+        assert_eq!(last, Some((0, Phase::Apply)));
     }
 }

@@ -15,7 +15,7 @@ use crate::plan::{chunks, Action, Plan};
 use crate::record::{Direction, Intent, Record};
 use crate::state::{FileId, Format, Manifest, TxState};
 use crate::undo::{CHUNK, READ_AHEAD};
-use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Progress};
+use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Phase, Progress};
 
 pub(crate) type TxJournal<S> = journal::Journal<<S as Fs>::File, Record>;
 
@@ -139,7 +139,13 @@ impl<S: Fs, H: Host> Engine<S, H> {
                         .then(|| s.spawn(move || storage::copy::warm(ov, len, stop)))
                 })
                 .collect();
-            let before = self.commit_prepare(&m, opts, &plans, &journals, &mut js, &mut undo_files);
+            let before = self.commit_prepare(
+                &m,
+                opts,
+                (&plans, &journals),
+                (&mut js, &mut undo_files),
+                &mut *progress,
+            );
             stop.store(true, Ordering::Relaxed);
             let warmed: Vec<u64> = warmers
                 .into_iter()
@@ -240,10 +246,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
         &self,
         m: &Manifest,
         opts: CommitOptions,
-        plans: &[Plan],
-        journals: &[PathBuf],
-        js: &mut Vec<TxJournal<S>>,
-        undo_files: &mut Vec<S::File>,
+        (plans, journals): (&[Plan], &[PathBuf]),
+        (js, undo_files): (&mut Vec<TxJournal<S>>, &mut Vec<S::File>),
+        progress: &mut dyn FnMut(Progress),
     ) -> Result<()> {
         for (i, img) in m.images.iter().enumerate() {
             let intent = Intent {
@@ -276,8 +281,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 let (old_len, ranges) =
                     self.preimage_ranges(&base, &img.base, img.base_format, &plans[i])?;
                 let undo_path = layout::undo(&img.base, &m.id)?;
+                let total = ranges.iter().map(|&(_, len)| len).sum();
+                let mut saved = |done| {
+                    progress(Progress {
+                        image: i,
+                        phase: Phase::PreImages,
+                        done,
+                        total,
+                    });
+                };
+                saved(0);
                 let (summary, file) = undo::save(
-                    &self.fs, &base, &img.base, &undo_path, &m.id, old_len, &ranges,
+                    &self.fs,
+                    &base,
+                    (&img.base, &undo_path),
+                    &m.id,
+                    (old_len, &ranges),
+                    &mut saved,
                 )?;
                 undo_files.push(file);
                 js[i]
@@ -392,6 +412,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let mut done = 0u64;
         progress(Progress {
             image: index,
+            phase: Phase::Apply,
             done,
             total,
         });
@@ -410,6 +431,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             base.sync_data().map_err(Error::io("sync", base_path))?;
             progress(Progress {
                 image: index,
+                phase: Phase::Apply,
                 done: total,
                 total,
             });
@@ -443,6 +465,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             done += n;
             progress(Progress {
                 image: index,
+                phase: Phase::Apply,
                 done,
                 total,
             });

@@ -79,11 +79,24 @@ pub struct CommitOptions {
     pub no_undo: bool,
 }
 
-/// Progress of copying data into a base.
+/// Which copy a [`Progress`] report is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Saving the base's old content into the pre-image file, before the commit point.
+    PreImages,
+    /// Writing the new content into the base (commit, forward recovery).
+    Apply,
+    /// Writing the saved old content back into the base (`recover --undo`).
+    Restore,
+}
+
+/// Progress of copying data for a base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    /// Index of the image being written.
+    /// Index of the image being worked on.
     pub image: usize,
+    /// Which copy this is; `done` and `total` count the bytes of that copy.
+    pub phase: Phase,
     /// Bytes of it done so far.
     pub done: u64,
     /// Bytes of it in total.

@@ -12,7 +12,7 @@ use crate::history::{HistoryImage, Outcome};
 use crate::overlay::open_checked;
 use crate::record::{Direction, Intent, Record, UndoSummary};
 use crate::state::{Manifest, TxState};
-use crate::{layout, undo, Engine, Host, Progress};
+use crate::{layout, undo, Engine, Host, Phase, Progress};
 
 /// What `recover` should do.
 #[derive(Debug, Clone, Default)]
@@ -570,14 +570,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
                             ),
                         });
                     }
+                    let total = summary.bytes;
+                    let mut restored = |done| {
+                        progress(Progress {
+                            image: index,
+                            phase: Phase::Restore,
+                            done,
+                            total,
+                        });
+                    };
+                    restored(0);
                     undo::restore(
                         &self.fs,
-                        &layout::undo(&i.base, &st.tx)?,
-                        &base,
-                        &i.base,
+                        (&layout::undo(&i.base, &st.tx)?, &base, &i.base),
                         &st.tx,
                         summary,
                         self.host.user().1,
+                        &mut restored,
                     )?;
                 }
             }

@@ -35,16 +35,16 @@ fn entry_crc(head: &[u8], tx: &str) -> u32 {
     h.finalize()
 }
 
-/// Saves `ranges` of `base` (whose length is `old_len`) into a new file at `path`, durably.
-/// Returns the file still open, so its last close can be handed off (see [`crate::release`]).
+/// Saves `ranges` of `base` (whose length is `old_len`) into a new file at `path`, durably;
+/// `saved` hears the bytes saved so far after each piece. Returns the file still open, so
+/// its last close can be handed off (see [`crate::release`]).
 pub fn save<S: Fs>(
     fs: &S,
     base: &S::File,
-    base_path: &Path,
-    path: &Path,
+    (base_path, path): (&Path, &Path),
     tx: &str,
-    old_len: u64,
-    ranges: &[(u64, u64)],
+    (old_len, ranges): (u64, &[(u64, u64)]),
+    saved: &mut dyn FnMut(u64),
 ) -> Result<(UndoSummary, S::File)> {
     // A leftover from an attempt that died before its summary was journaled is worthless.
     crate::state::remove_if_exists(fs, path)?;
@@ -89,6 +89,7 @@ pub fn save<S: Fs>(
         pos += ENTRY_HEADER + len;
         summary.entries += 1;
         summary.bytes += len;
+        saved(summary.bytes);
         Ok(())
     });
     match copied {
@@ -220,18 +221,19 @@ pub fn verify<S: Fs>(fs: &S, path: &Path, tx: &str, summary: &UndoSummary, uid: 
     )
 }
 
-/// Puts the saved ranges back into `base`, restores its old length and syncs it.
-/// Verifies everything first, so a damaged file changes nothing. Idempotent.
+/// Puts the saved ranges back into `base`, restores its old length and syncs it; `restored`
+/// hears the bytes written back so far after each entry. Verifies everything first, so a
+/// damaged file changes nothing. Idempotent.
 pub fn restore<S: Fs>(
     fs: &S,
-    path: &Path,
-    base: &S::File,
-    base_path: &Path,
+    (path, base, base_path): (&Path, &S::File, &Path),
     tx: &str,
     summary: &UndoSummary,
     uid: u32,
+    restored: &mut dyn FnMut(u64),
 ) -> Result<()> {
     verify(fs, path, tx, summary, uid)?;
+    let mut done = 0;
     for_each_checked(
         fs,
         path,
@@ -240,7 +242,10 @@ pub fn restore<S: Fs>(
         |_| "it changed while being read".into(),
         |e, data| {
             base.write_all_at(data, e.offset)
-                .map_err(Error::io("write the old content back into", base_path))
+                .map_err(Error::io("write the old content back into", base_path))?;
+            done += e.len;
+            restored(done);
+            Ok(())
         },
     )?;
     base.set_len(summary.old_len)
@@ -263,20 +268,29 @@ mod tests {
         let base = fs.create_new(&base_path).unwrap();
         let old: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         base.write_all_at(&old, 0).unwrap();
+        let mut saved = Vec::new();
         let (s, _) = save(
             &fs,
             &base,
-            &base_path,
-            &undo_path,
+            (&base_path, &undo_path),
             "tx-0123456789",
-            100_000,
-            &[(10, 500), (90_000, 10_000)],
+            (100_000, &[(10, 500), (90_000, 10_000)]),
+            &mut |n| saved.push(n),
         )
         .unwrap();
 
         base.write_all_at(&[0xab; 20_000], 85_000).unwrap();
         base.write_all_at(&[0xcd; 100], 0).unwrap();
-        restore(&fs, &undo_path, &base, &base_path, "tx-0123456789", &s, 0).unwrap();
+        let mut restored = Vec::new();
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            "tx-0123456789",
+            &s,
+            0,
+            &mut |n| restored.push(n),
+        )
+        .unwrap();
 
         let mut now = vec![0u8; usize::try_from(base.len().unwrap()).unwrap()];
         base.read_exact_at(&mut now, 0).unwrap();
@@ -284,6 +298,12 @@ mod tests {
         assert_eq!(&now[..10], &[0xcd; 10]);
         assert_eq!(&now[10..510], &old[10..510]);
         assert_eq!(&now[90_000..], &old[90_000..]);
+        assert_eq!(saved, [500, 10_500], "progress of the save, per piece");
+        assert_eq!(
+            restored,
+            [500, 10_500],
+            "progress of the restore, per entry"
+        );
     }
 
     #[test]
@@ -297,11 +317,10 @@ mod tests {
         let (s, _) = save(
             &fs,
             &base,
-            &base_path,
-            &undo_path,
+            (&base_path, &undo_path),
             "tx-0123456789",
-            4096,
-            &[(0, 4096)],
+            (4096, &[(0, 4096)]),
+            &mut |_| {},
         )
         .unwrap();
         assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s, 0).is_err());
