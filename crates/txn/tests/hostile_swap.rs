@@ -239,13 +239,7 @@ fn begun_raw<H: Host>(tmp: &Path, host: H) -> (PathBuf, Swap, Engine<HookedFs, H
     fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
     let (swap, fs) = swap_on_open();
     let engine = Engine::new(fs, host, tmp.join("state")).expect("an engine");
-    let m = engine
-        .begin(&BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin");
+    let m = forwarding::begin_raw(&engine, &base);
     (base, swap, engine, m)
 }
 

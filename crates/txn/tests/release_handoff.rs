@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use forwarding::HookedHost;
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, Format};
+use txn::{CommitOptions, Engine};
 
 /// (links, length) of every file handed to `release_later`, per call.
 type Handed = Arc<Mutex<Vec<Vec<(u64, i64)>>>>;
@@ -49,13 +49,7 @@ fn begun_and_written(
     let base = dir.join("base.raw");
     fs::write(&base, vec![0x11u8; 1 << 20]).expect("write the base");
     let (engine, handed) = engine(&dir.join("state"));
-    let m = engine
-        .begin(&BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin");
+    let m = forwarding::begin_raw(&engine, &base);
     let Ok(out) = Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -P 0xaa 0 512k"])
         .arg(&m.images[0].overlay)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{Format, Host, OsGuard, OsHost, Released};
+use txn::{BeginOptions, Engine, Format, Host, OsGuard, OsHost, Released};
 
 type OpenHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
@@ -227,4 +227,15 @@ impl CommitPointStop {
             }
         }
     }
+}
+
+/// Begins a transaction over the raw image `base` (which must exist).
+pub fn begin_raw<S: Fs, H: Host>(engine: &Engine<S, H>, base: &Path) -> txn::Manifest {
+    engine
+        .begin(&BeginOptions {
+            bases: vec![base.to_path_buf()],
+            base_format: Some(Format::Raw),
+            ..BeginOptions::default()
+        })
+        .expect("begin")
 }
