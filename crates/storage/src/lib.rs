@@ -90,6 +90,34 @@ pub trait File: Send + Sync {
         self.read_exact_at(buf, offset)
     }
 
+    /// Makes `[dst_offset, dst_offset + len)` of this file share the storage of
+    /// `[src_offset, src_offset + len)` of `src` instead of copying it (a reflink:
+    /// `FICLONERANGE` on XFS, btrfs and the like), extending this file if the range ends past
+    /// its end. The range then reads as `src`'s did, and later writes to either file leave
+    /// the other alone. Not durable until [`File::sync_data`].
+    ///
+    /// # Errors
+    /// Whenever the blocks cannot be shared: a file system without reflinks
+    /// (`EOPNOTSUPP`), offsets or a length the file system's block size does not divide
+    /// (`EINVAL`), two file systems (`EXDEV`). The caller copies instead. The default, for
+    /// files without real storage, always refuses.
+    fn clone_range_from(
+        &self,
+        src: &Self,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()>
+    where
+        Self: Sized,
+    {
+        let _ = (src, src_offset, dst_offset, len);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this file cannot share blocks with another",
+        ))
+    }
+
     /// Reads exactly `buf.len()` bytes at `offset`.
     ///
     /// # Errors

@@ -76,6 +76,32 @@ impl File for OsFile {
         self.direct.read_exact_at(&self.file, buf, offset)
     }
 
+    fn clone_range_from(
+        &self,
+        src: &Self,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        // Explicitly no ioctl where it is known to fail: ext2/3/4 and tmpfs share no blocks.
+        if let Ok(st) = nix::sys::statfs::fstatfs(&self.file) {
+            let kind = st.filesystem_type();
+            if kind == nix::sys::statfs::EXT4_SUPER_MAGIC || kind == nix::sys::statfs::TMPFS_MAGIC {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "ext4 and tmpfs cannot share blocks between files",
+                ));
+            }
+        }
+        reflink_copy::ReflinkBlockBuilder::new(&src.file, &self.file, len)
+            .from_offset(src_offset)
+            .to_offset(dst_offset)
+            .reflink_block()
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Ok(()); // a hint cannot cover such a range; nothing to do
