@@ -1,10 +1,19 @@
 //! The pre-image file: every base byte range a commit can overwrite, saved before the
 //! commit point so recovery can put the base back bit for bit.
 //!
-//! Layout (all integers little-endian): an 16-byte header `IMGTXUN1` + old base length, then
-//! entries of `offset u64, len u64, data crc32 u32, header crc32 u32` followed by `len` bytes.
-//! The header crc also covers the transaction id, so an entry from another transaction's
-//! file can never validate. Each entry holds at most [`CHUNK`] bytes.
+//! Layout (all integers little-endian): a 16-byte header `IMGTXUN2` + old base length, then
+//! entries of `offset u64, len u64, data crc32 u32, header crc32 u32`, zeros up to the next
+//! multiple of 4 KiB, and `len` bytes of data. The header crc also covers the transaction
+//! id, so an entry from another transaction's file can never validate. Each entry holds at
+//! most [`CHUNK`] bytes.
+//!
+//! The data is block-aligned so that, where the file system can share blocks (XFS, btrfs),
+//! an aligned range is not copied at all: the pre-image file gets a reflink of the base's
+//! blocks (`File::clone_range_from`), which the base's later writes leave alone. The first
+//! refusal (ext4, or two file systems) switches the rest of the save to copying, and the
+//! save logs which it did. The data is read either way, for its checksum. Version 1 files
+//! (`IMGTXUN1`: data right after each entry header) are still read, for commits an older
+//! imgtx left to recover.
 
 use std::path::Path;
 
@@ -15,9 +24,22 @@ use crate::error::{Error, Result};
 use crate::plan::chunks;
 use crate::record::UndoSummary;
 
-const MAGIC: &[u8; 8] = b"IMGTXUN1";
+const MAGIC: &[u8; 8] = b"IMGTXUN2";
+const MAGIC_V1: &[u8; 8] = b"IMGTXUN1";
 const HEADER: u64 = 16;
 const ENTRY_HEADER: u64 = 24;
+/// Where a version 2 entry's data starts: a multiple of this.
+const DATA_ALIGN: u64 = 4096;
+
+/// Where the data of the entry whose header is at `pos` starts.
+fn data_at(pos: u64, v2: bool) -> Option<u64> {
+    let after = pos.checked_add(ENTRY_HEADER)?;
+    if v2 {
+        after.checked_next_multiple_of(DATA_ALIGN)
+    } else {
+        Some(after)
+    }
+}
 /// The largest piece of data read or written at once.
 pub const CHUNK: u64 = 4 << 20;
 /// How many reads of up to [`CHUNK`] bytes a copy keeps in flight (a reader thread each): the
@@ -71,6 +93,8 @@ pub fn save<S: Fs>(
         tag: (),
         cached: false,
     });
+    // Reflinks are tried until the file system first refuses one; `shared` counts their bytes.
+    let (mut share, mut shared) = (true, 0u64);
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         let (offset, len) = (piece.offset, data.len() as u64);
         let mut head = Vec::with_capacity(24);
@@ -81,12 +105,31 @@ pub fn save<S: Fs>(
         head.extend_from_slice(&c.to_le_bytes());
         out.write_all_at(&head, pos)
             .map_err(Error::io("write", path))?;
-        out.write_all_at(data, pos + ENTRY_HEADER)
-            .map_err(Error::io("write", path))?;
-        if let Err(e) = out.start_writeback(pos, ENTRY_HEADER + len) {
+        let at = data_at(pos, true)
+            .ok_or_else(|| Error::Invalid("the pre-image file would be too large".into()))?;
+        // Only whole blocks can be shared; the base is fenced, so its blocks still hold
+        // `data`, whose checksum the header carries.
+        let aligned = offset.is_multiple_of(DATA_ALIGN) && len.is_multiple_of(DATA_ALIGN);
+        let mut linked = false;
+        if share && aligned {
+            match out.clone_range_from(base, offset, at, len) {
+                Ok(()) => linked = true,
+                Err(e) => {
+                    tracing::debug!(path = %path.display(), error = %e, "no reflink: copying pre-images");
+                    share = false;
+                }
+            }
+        }
+        if linked {
+            shared += len;
+        } else {
+            out.write_all_at(data, at)
+                .map_err(Error::io("write", path))?;
+        }
+        if let Err(e) = out.start_writeback(pos, at - pos + len) {
             tracing::debug!(path = %path.display(), error = %e, "early writeback refused");
         }
-        pos += ENTRY_HEADER + len;
+        pos = at + len;
         summary.entries += 1;
         summary.bytes += len;
         saved(summary.bytes);
@@ -100,6 +143,9 @@ pub fn save<S: Fs>(
         Err(Stopped::Write(e)) => return Err(e),
     }
     summary.file_len = pos;
+    // Which path was taken, so "never a silent full copy" can be checked: `shared` bytes are
+    // reflinks of the base, the rest were copied.
+    tracing::info!(path = %path.display(), bytes = summary.bytes, shared, "pre-images saved");
     // Barrier: the pre-images must be durable (data and directory entry) before the journal
     // says they are, and that must precede the commit point and any write to the base.
     out.sync_data().map_err(Error::io("sync", path))?;
@@ -130,7 +176,8 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
     let mut header = [0u8; 16];
     f.read_exact_at(&mut header, 0)
         .map_err(Error::io("read", path))?;
-    if &header[..8] != MAGIC || header[8..] != s.old_len.to_le_bytes() {
+    let v2 = &header[..8] == MAGIC;
+    if !(v2 || &header[..8] == MAGIC_V1) || header[8..] != s.old_len.to_le_bytes() {
         return Err(bad("its header does not match the journal".into()));
     }
     let mut out = Vec::new();
@@ -147,15 +194,16 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
         if entry_crc(&head[..20], tx) != hcrc {
             return Err(bad(format!("the entry at {pos:#x} fails its checksum")));
         }
-        let end = pos.checked_add(ENTRY_HEADER).and_then(|p| p.checked_add(n));
+        let at = data_at(pos, v2);
+        let end = at.and_then(|a| a.checked_add(n));
         let fits = offset.checked_add(n).is_some_and(|e| e <= s.old_len);
-        match end {
-            Some(end) if end <= len && n <= CHUNK && fits => {
+        match (at, end) {
+            (Some(data_at), Some(end)) if end <= len && n <= CHUNK && fits => {
                 out.push(Entry {
                     offset,
                     len: n,
                     crc,
-                    data_at: pos + ENTRY_HEADER,
+                    data_at,
                 });
                 bytes += n;
                 pos = end;
@@ -304,6 +352,82 @@ mod tests {
             [500, 10_500],
             "progress of the restore, per entry"
         );
+    }
+
+    #[test]
+    fn a_version_1_file_is_still_restored() {
+        // Arrange: the layout an older imgtx wrote, data right after each entry header.
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        base.write_all_at(&[9; 300], 0).unwrap();
+        let tx = "tx-0123456789";
+        let old = [5u8; 100];
+        let mut file = MAGIC_V1.to_vec();
+        file.extend_from_slice(&300u64.to_le_bytes());
+        let mut head = Vec::new();
+        head.extend_from_slice(&200u64.to_le_bytes());
+        head.extend_from_slice(&100u64.to_le_bytes());
+        head.extend_from_slice(&crc32fast::hash(&old).to_le_bytes());
+        let c = entry_crc(&head, tx);
+        head.extend_from_slice(&c.to_le_bytes());
+        file.extend_from_slice(&head);
+        file.extend_from_slice(&old);
+        std::fs::write(&undo_path, &file).unwrap();
+        let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&undo_path, private).unwrap();
+        let summary = UndoSummary {
+            old_len: 300,
+            entries: 1,
+            bytes: 100,
+            file_len: file.len() as u64,
+        };
+
+        // Act
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            tx,
+            &summary,
+            nix::unistd::getuid().as_raw(),
+            &mut |_| {},
+        )
+        .unwrap();
+
+        // Assert
+        let mut now = vec![0u8; 300];
+        base.read_exact_at(&mut now, 0).unwrap();
+        assert_eq!(&now[..200], &[9; 200]);
+        assert_eq!(&now[200..], &old);
+    }
+
+    #[test]
+    fn version_2_data_starts_on_a_block_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        base.write_all_at(&[3; 3 * 4096], 0).unwrap();
+
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path),
+            "tx-0123456789",
+            (3 * 4096, &[(0, 100), (4096, 8192)]),
+            &mut |_| {},
+        )
+        .unwrap();
+
+        let raw = std::fs::read(&undo_path).unwrap();
+        assert_eq!(&raw[..8], MAGIC);
+        // Entry 1: header at 16, data at 4096; entry 2: header at 4196, data at 8192.
+        assert_eq!(&raw[4096..4196], &[3; 100]);
+        assert_eq!(&raw[8192..16384], &[3; 8192]);
+        assert_eq!(s.file_len, 16384);
     }
 
     #[test]

@@ -396,6 +396,13 @@ fn journal_of(fs: &SimFs, base: &Path) -> Option<(String, PathBuf)> {
 fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut pos = 16usize;
+    // Version 2 starts each entry's data at a multiple of 4 KiB; version 1 right after its
+    // 24-byte header.
+    let align = match bytes.get(..8)? {
+        b"IMGTXUN2" => 4096,
+        b"IMGTXUN1" => 1,
+        _ => return None,
+    };
     let u64_at = |p: usize| {
         bytes
             .get(p..p + 8)
@@ -406,6 +413,7 @@ fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
         out.push((off, len));
         pos = pos
             .checked_add(24)?
+            .checked_next_multiple_of(align)?
             .checked_add(usize::try_from(len).ok()?)?;
     }
     Some(out)
