@@ -89,7 +89,14 @@ pub enum Command {
         bases: Vec<PathBuf>,
     },
     /// Commit a transaction into its bases, crash-safely
-    #[command(after_help = "Example:\n  imgtx commit tx-3f9a2c1d7e")]
+    #[command(
+        after_help = "A commit that runs longer than a second shows its progress on \
+a terminal: saving pre-images, then writing. With --json, progress events go to stderr, \
+one JSON line each with \"phase\" pre-images or apply.
+
+Example:
+  imgtx commit tx-3f9a2c1d7e"
+    )]
     Commit {
         /// Do not save pre-images: faster, but an interrupted commit can only be finished
         #[arg(long)]
