@@ -1,5 +1,6 @@
-//! A read-ahead pipeline for bulk copies: one thread reads the next pieces while the caller
-//! writes the current one, in bounded memory.
+//! A read-ahead pipeline for bulk copies: reader threads read the next pieces while the
+//! caller writes the current one, in bounded memory; and [`warm`], which reads a file into
+//! the page cache ahead of a copy that will need it.
 //!
 //! A commit copies hundreds of MiB from one file into another. Done serially, the disk idles
 //! while the copy writes into the page cache, and the CPU idles while a read waits for the
@@ -8,8 +9,8 @@
 //! reads are in flight (what small, scattered pieces need); the caller's `write` gets every
 //! piece in the order given.
 //! Reads go through [`File::read_exact_direct_at`] into buffers aligned for direct I/O, so a
-//! real file skips the page cache when the pieces are aligned. It works through [`File`], so
-//! the simulated disk of the crash tests runs it too.
+//! real file skips the page cache when the pieces are aligned, unless a piece is marked
+//! `cached`. It works through [`File`], so the simulated disk of the crash tests runs it too.
 
 use std::collections::BTreeMap;
 use std::io;
