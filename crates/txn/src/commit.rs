@@ -127,7 +127,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         // overlays are read into the page cache, so the forward copy then reads memory.
         let stop = AtomicBool::new(false);
         let budget = WARM_MAX / m.images.len().max(1) as u64;
-        let (before, warmed) = std::thread::scope(|s| {
+        let before = std::thread::scope(|s| {
             let warmers: Vec<_> = m
                 .images
                 .iter()
@@ -147,11 +147,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 &mut *progress,
             );
             stop.store(true, Ordering::Relaxed);
-            let warmed: Vec<u64> = warmers
-                .into_iter()
-                .map(|w| w.map_or(0, |h| h.join().unwrap_or(0)))
-                .collect();
-            (before, warmed)
+            for h in warmers.into_iter().flatten() {
+                // How far it got does not matter: the forward copy reads through the page
+                // cache either way, and finds there what was warmed.
+                let _ = h.join();
+            }
+            before
         });
         if let Err(e) = before {
             // Nothing of any base was touched yet: drop what the attempt wrote.
@@ -180,7 +181,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             self.apply_forward(
                 &m.id,
                 i,
-                (&overlays[i], &img.overlay, warmed[i]),
+                (&overlays[i], &img.overlay),
                 (&img.base, (img.base_id.dev, img.base_id.ino)),
                 img.base_format,
                 &plans[i],
@@ -394,15 +395,13 @@ impl<S: Fs, H: Host> Engine<S, H> {
     }
 
     /// Writes the overlay's changes into the base and syncs it. Idempotent: it only ever
-    /// writes the overlay's content, which a commit never changes. The first `warm` bytes of
-    /// the overlay file are read through the page cache ([`storage::copy::warm`] put them
-    /// there), the rest directly.
+    /// writes the overlay's content, which a commit never changes.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn apply_forward(
         &self,
         tx: &str,
         index: usize,
-        (ov, ov_path, warm): (&S::File, &Path, u64),
+        (ov, ov_path): (&S::File, &Path),
         (base_path, base_dev_ino): (&Path, (u64, u64)),
         format: Format,
         plan: &Plan,
@@ -459,7 +458,6 @@ impl<S: Fs, H: Host> Engine<S, H> {
             buf: Vec::new(),
             direct: Vec::new(),
             other: Vec::new(),
-            warm,
         };
         let mut copied = |n: u64| {
             done += n;
@@ -623,8 +621,6 @@ struct Copier<'a, F: File> {
     direct: Vec<(u64, u64, u64)>,
     /// (guest offset, length) of everything else.
     other: Vec<(u64, u64)>,
-    /// Bytes at the start of the overlay file that are in the page cache.
-    warm: u64,
 }
 
 impl<F: File> Copier<'_, F> {
@@ -667,7 +663,11 @@ impl<F: File> Copier<'_, F> {
                 offset: start,
                 len: usize::try_from(run).unwrap_or(usize::MAX),
                 tag: (i, end),
-                cached: start.saturating_add(run) <= self.warm,
+                // Through the page cache: the kernel's readahead follows these host-ordered
+                // runs better than direct reads of them do (cold `--no-undo`, small scenario,
+                // alternating binaries: 0.50-0.64 s against 0.61-0.84 s), and whatever
+                // `storage::copy::warm` read during the pre-image save is there already.
+                cached: true,
             });
             i = end;
         }

@@ -536,7 +536,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                     self.apply_forward(
                         &st.tx,
                         index,
-                        (&ov, &i.overlay, 0),
+                        (&ov, &i.overlay),
                         (&i.base, i.base_dev_ino),
                         i.base_format,
                         &i.plan,
