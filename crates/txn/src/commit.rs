@@ -224,16 +224,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .map_err(after)?;
         // The overlays and pre-image files are unlinked and that is durable; freeing their
         // blocks is left to whoever closes them last.
-        let open: Vec<_> = overlays
-            .iter()
-            .chain(&undo_files)
-            .filter_map(File::as_fd)
-            .collect();
-        let released = self.host.release_later(&open);
-        drop(open);
-        drop(overlays);
-        drop(undo_files);
-        drop(released);
+        crate::release::close_later(&self.host, overlays.into_iter().chain(undo_files).collect());
         drop(fences);
         Ok(CommitReport {
             id: m.id.clone(),

@@ -16,6 +16,9 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
+use storage::File;
+
+use crate::Host;
 
 /// Keeps the holder processes of [`hand_off`] alive. Drop it once the caller's own
 /// descriptors of the files are closed: the holders then see end-of-file and exit, and the
@@ -54,6 +57,16 @@ pub(crate) fn hand_off(files: &[BorrowedFd<'_>]) -> io::Result<Released> {
         std::thread::spawn(move || child.wait());
     }
     Ok(Released { _pipe: Some(write) })
+}
+
+/// Closes `files` (whose names are already durably gone) through `host`'s
+/// [`Host::release_later`], so freeing their blocks is not waited for here.
+pub(crate) fn close_later<H: Host, F: File>(host: &H, files: Vec<F>) {
+    let open: Vec<_> = files.iter().filter_map(File::as_fd).collect();
+    let released = host.release_later(&open);
+    drop(open);
+    drop(files);
+    drop(released);
 }
 
 #[cfg(test)]

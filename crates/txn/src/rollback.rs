@@ -114,11 +114,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 .release_base(&self.fs, img.base_id.dev, img.base_id.ino, &m.id)?;
         }
         self.state.remove_manifest(&self.fs, &m.id)?;
-        let open: Vec<_> = held.iter().filter_map(File::as_fd).collect();
-        let released = self.host.release_later(&open);
-        drop(open);
-        drop(held);
-        drop(released);
+        crate::release::close_later(&self.host, held);
         Ok(())
     }
 }
