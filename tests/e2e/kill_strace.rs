@@ -19,11 +19,13 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::{
-    describe, exit, imgtx_bin, listing, qemu_img, qemu_io, require_tools, run, TestDir,
+    describe, exit, imgtx_bin, listing, listing_but_spares, qemu_img, qemu_io, require_tools, run,
+    TestDir,
 };
 
 /// Calls that can change a file's content, length, metadata, name or existence. `openat` is
@@ -292,7 +294,13 @@ fn prepare(kind: Bases, swept: Swept) -> Case {
         ],
         Bases::Qcow2 => vec![qcow2_base(&t)],
     };
-    let old = bases.iter().map(|b| fs::read(b).expect("base")).collect();
+    let old: Vec<Vec<u8>> = bases.iter().map(|b| fs::read(b).expect("base")).collect();
+    // The first base has a spare an earlier commit kept: a commit reuses it (rename, open,
+    // overwrite, truncate), and the other base of a pair gets a new pre-image file.
+    let first = bases[0].file_name().expect("a name").to_string_lossy();
+    let spare = t.spare(&first);
+    fs::write(&spare, vec![0x5e; 3 * old[0].len()]).expect("plant a spare");
+    fs::set_permissions(&spare, fs::Permissions::from_mode(0o600)).expect("chmod the spare");
     let mut case = Case {
         t,
         tx: String::new(),
@@ -433,7 +441,7 @@ impl Case {
     /// docs/crash-safety.md).
     fn assert_clean(&self, ctx: &str) -> u32 {
         assert_eq!(
-            listing(&self.t.images()),
+            listing_but_spares(&self.t.images()),
             self.base_names(),
             "{ctx}: stray files beside the bases"
         );
@@ -509,7 +517,7 @@ impl Case {
         );
         want.sort();
         assert_eq!(
-            listing(&self.t.images()),
+            listing_but_spares(&self.t.images()),
             want,
             "{ctx}: an open transaction with files missing or stray"
         );

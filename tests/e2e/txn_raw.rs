@@ -36,6 +36,68 @@ fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
     assert_eq!(log["entries"][0]["id"], tx.id.as_str());
 }
 
+/// Commits `pattern` over 2 MiB at 1 MiB of `base` (`images/disk.img`) with `flags`; returns
+/// the base's new content.
+fn commit_a_write(t: &TestDir, base: &std::path::Path, pattern: u8, flags: &[&str]) -> Vec<u8> {
+    let tx = t.begin(&[base]);
+    qcow2_io(tx.overlay(), &format!("write -P {pattern} 1M 2M"));
+    let expected = converted_raw(t, tx.overlay());
+    let mut args = vec!["commit"];
+    args.extend_from_slice(flags);
+    args.push(&tx.id);
+    t.imgtx_ok(&args);
+    assert!(
+        fs::read(base).unwrap() == expected,
+        "{flags:?}: base differs"
+    );
+    expected
+}
+
+#[test]
+fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 8 * MIB, 1);
+    let old = fs::read(&base).unwrap();
+    let spare = t.spare("disk.img");
+
+    commit_a_write(&t, &base, 0x11, &[]);
+    let kept = fs::metadata(&spare).expect("the first commit keeps its pre-images");
+    assert_eq!(kept.mode() & 0o777, 0o600);
+    // It holds what the commit overwrote: the old content of 1M..3M, after block-aligned
+    // entry headers.
+    let data = fs::read(&spare).unwrap();
+    assert!(
+        data.windows(4096)
+            .any(|w| w == &old[MIB as usize..MIB as usize + 4096]),
+        "the spare does not hold the old content"
+    );
+
+    commit_a_write(&t, &base, 0x22, &[]);
+    let again = fs::metadata(&spare).expect("the second commit keeps its pre-images");
+    assert_eq!(
+        again.ino(),
+        kept.ino(),
+        "the spare was not overwritten in place"
+    );
+
+    commit_a_write(&t, &base, 0x33, &["--no-undo"]);
+    assert_eq!(
+        fs::metadata(&spare)
+            .expect("--no-undo leaves the spare")
+            .ino(),
+        kept.ino()
+    );
+
+    commit_a_write(&t, &base, 0x44, &["--no-spare"]);
+    assert!(!spare.exists(), "--no-spare left the spare");
+    assert_eq!(t.image_listing(), vec!["disk.img"]);
+    t.assert_no_transactions();
+}
+
 #[test]
 fn commit_grows_the_base_when_the_overlay_was_resized() {
     if !require_tools(&["qemu-img", "qemu-io"]) {

@@ -148,9 +148,16 @@ impl TestDir {
         );
     }
 
-    /// The sorted names of the files in `images/`.
+    /// The sorted names of the files in `images/`, leaving out spare pre-image files
+    /// (`.NAME.imgtx.spare`): any commit may keep one, so they are never strays. Tests of the
+    /// spare itself look at it by name ([`TestDir::spare`]).
     pub fn image_listing(&self) -> Vec<String> {
-        listing(&self.images())
+        listing_but_spares(&self.images())
+    }
+
+    /// Where imgtx keeps the spare pre-image file of `images/BASE` between commits.
+    pub fn spare(&self, base: &str) -> PathBuf {
+        self.image(&format!(".{base}.imgtx.spare"))
     }
 
     /// Writes `images/NAME`, a raw image of `size` bytes whose every 512-byte sector holds a
@@ -387,6 +394,13 @@ pub fn pattern(size: u64, seed: u8) -> Vec<u8> {
 }
 
 /// The sorted names of the entries of `dir`.
+/// [`listing`] without spare pre-image files.
+pub fn listing_but_spares(dir: &Path) -> Vec<String> {
+    let mut names = listing(dir);
+    names.retain(|n| !(n.starts_with('.') && n.ends_with(".imgtx.spare")));
+    names
+}
+
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))

@@ -77,6 +77,28 @@ pub struct BeginArgs {
 }
 
 /// The commands.
+/// How `commit` and `run` commit.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct CommitArgs {
+    /// Do not save pre-images: faster, but an interrupted commit can only be finished
+    #[arg(long)]
+    pub no_undo: bool,
+    /// Remove the pre-image file at the end. By default it stays beside the base as
+    /// .NAME.imgtx.spare, holding the old content of what this commit changed, and the next
+    /// commit overwrites it in place, which is faster than writing a new file
+    #[arg(long)]
+    pub no_spare: bool,
+}
+
+impl From<CommitArgs> for txn::CommitOptions {
+    fn from(a: CommitArgs) -> Self {
+        Self {
+            no_undo: a.no_undo,
+            no_spare: a.no_spare,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Begin a transaction over one or more base images; prints its id
@@ -98,9 +120,8 @@ Example:
   imgtx commit tx-3f9a2c1d7e"
     )]
     Commit {
-        /// Do not save pre-images: faster, but an interrupted commit can only be finished
-        #[arg(long)]
-        no_undo: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
         /// The transaction id
         tx: String,
     },
@@ -134,9 +155,8 @@ Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {
     Run {
         #[command(flatten)]
         opts: BeginArgs,
-        /// Do not save pre-images when committing
-        #[arg(long)]
-        no_undo: bool,
+        #[command(flatten)]
+        commit: CommitArgs,
         /// The base images
         #[arg(required = true, value_name = "BASE")]
         bases: Vec<PathBuf>,

@@ -206,9 +206,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
             out.begin(&m)?;
         }
-        Command::Commit { no_undo, tx } => {
+        Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.commit(&tx, CommitOptions { no_undo }, &mut |p| bar.report(p))?;
+            let r = engine.commit(&tx, commit.into(), &mut |p| bar.report(p))?;
             bar.finish();
             out.commit(&r)?;
         }
@@ -236,11 +236,11 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Run {
             opts,
-            no_undo,
+            commit,
             bases,
             command,
         } => {
-            return run_command(&engine, &out, &opts, no_undo, &bases, command);
+            return run_command(&engine, &out, &opts, commit.into(), &bases, command);
         }
         Command::Status { tx } => out.status(&engine.status(tx.as_deref())?)?,
         Command::Diff { tx } => out.diff(&tx, &engine.diff(&tx)?)?,
@@ -262,7 +262,7 @@ fn run_command(
     engine: &Engine<OsFs, OsHost>,
     out: &output::Out,
     opts: &BeginArgs,
-    no_undo: bool,
+    commit: CommitOptions,
     bases: &[PathBuf],
     command: Vec<String>,
 ) -> Result<u8, Failure> {
@@ -331,7 +331,7 @@ fn run_command(
         // A signal from here on is noted but does not stop the commit: stopping it halfway
         // would only leave work for `imgtx recover`, which would finish it anyway.
         let mut bar = progress::Reporter::new(out.json, out.quiet);
-        let r = engine.commit(&m.id, CommitOptions { no_undo }, &mut |p| bar.report(p))?;
+        let r = engine.commit(&m.id, commit, &mut |p| bar.report(p))?;
         bar.finish();
         if let Some(sig) = interrupts.received() {
             tracing::warn!(

@@ -220,10 +220,15 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .map_err(after)?;
         self.host.step("logged");
         drop(js);
-        self.cleanup_commit(&m.id, &m.cleanup_list(), &journals)
-            .map_err(after)?;
-        // The overlays and pre-image files are unlinked and that is durable; freeing their
-        // blocks is left to whoever closes them last.
+        self.cleanup_commit(
+            &m.id,
+            &m.cleanup_list(),
+            &journals,
+            !(opts.no_spare || opts.no_undo),
+        )
+        .map_err(after)?;
+        // The overlays (and pre-image files not kept as spares) are unlinked and that is
+        // durable; freeing their blocks is left to whoever closes them last.
         crate::release::close_later(&self.host, overlays.into_iter().chain(undo_files).collect());
         drop(fences);
         Ok(CommitReport {
@@ -286,8 +291,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 let (summary, file) = undo::save(
                     &self.fs,
                     &base,
-                    (&img.base, &undo_path),
-                    &m.id,
+                    (&img.base, &undo_path, &layout::spare(&img.base)?),
+                    (&m.id, self.host.user().1),
                     (old_len, &ranges),
                     &mut saved,
                 )?;
@@ -534,11 +539,14 @@ impl<S: Fs, H: Host> Engine<S, H> {
 
     /// Removes overlays, pre-images and journals of a finished commit, then its registration.
     /// Each (base, overlay, overlay dev/ino) names one image; `journals` lists coordinator first.
+    /// With `keep_spare` each pre-image file is renamed to its base's spare instead, for the
+    /// next commit to overwrite (see `undo::save`).
     pub(crate) fn cleanup_commit(
         &self,
         tx: &str,
         images: &[(PathBuf, PathBuf, (u64, u64))],
         journals: &[PathBuf],
+        keep_spare: bool,
     ) -> Result<()> {
         if let Some(mut m) = self.state.load(&self.fs, tx)? {
             if m.state != TxState::Finished {
@@ -557,10 +565,13 @@ impl<S: Fs, H: Host> Engine<S, H> {
             if meta.is_some_and(|x| (x.dev, x.ino) == *dev_ino || *dev_ino == (0, 0)) {
                 crate::state::remove_if_exists(&self.fs, overlay)?;
             }
-            crate::state::remove_if_exists(&self.fs, &layout::undo(base, tx)?)?;
+            let undo = layout::undo(base, tx)?;
+            if !(keep_spare && self.keep_as_spare(&undo, &layout::spare(base)?)) {
+                crate::state::remove_if_exists(&self.fs, &undo)?;
+            }
             let dir = layout::dir_of(base)?;
-            // Barrier: overlays and pre-images are gone for good before the journals that
-            // explain them are removed.
+            // Barrier: overlays and pre-images are gone (or renamed) for good before the
+            // journals that explain them are removed.
             self.fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
         }
         self.host.step("files-removed");
@@ -580,6 +591,19 @@ impl<S: Fs, H: Host> Engine<S, H> {
         }
         self.drop_lock_file(tx);
         Ok(())
+    }
+
+    /// Renames the pre-image file `undo` to `spare`; false if there is none or it cannot be.
+    fn keep_as_spare(&self, undo: &Path, spare: &Path) -> bool {
+        match self.fs.rename(undo, spare) {
+            Ok(()) => true,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(path = %undo.display(), error = %e, "pre-image file not kept");
+                }
+                false
+            }
+        }
     }
 }
 

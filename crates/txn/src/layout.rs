@@ -1,8 +1,9 @@
-//! Names of the files imgtx keeps beside a base: overlay, journal and pre-images.
+//! Names of the files imgtx keeps beside a base: overlay, journal, pre-images and the spare.
 //!
 //! For base `/d/b.img` and transaction `tx-3f9a2c1d7e`:
 //! overlay `/d/b.img.tx-3f9a2c1d7e.imgtx.qcow2`, journal `/d/.b.img.tx-3f9a2c1d7e.imgtx.journal`,
-//! pre-images `/d/.b.img.tx-3f9a2c1d7e.imgtx.undo`. Keeping them in the base's directory puts
+//! pre-images `/d/.b.img.tx-3f9a2c1d7e.imgtx.undo`; between commits, the last commit's
+//! pre-image file waits as `/d/.b.img.imgtx.spare` to be overwritten by the next. Keeping them in the base's directory puts
 //! them on its file system and lets `imgtx recover BASE` find them from the base alone.
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,13 @@ pub fn journal(base: &Path, id: &str) -> Result<PathBuf> {
 pub fn undo(base: &Path, id: &str) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!(".{name}.{id}.imgtx.undo")))
+}
+
+/// Where the pre-image file of `base`'s last commit is kept for the next one to overwrite
+/// (see [`crate::undo::save`]). It belongs to no transaction.
+pub fn spare(base: &Path) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.imgtx.spare")))
 }
 
 /// The transaction id in a journal file name of `base`, if `file_name` is one.

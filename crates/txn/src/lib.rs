@@ -77,6 +77,9 @@ pub struct BeginOptions {
 pub struct CommitOptions {
     /// Skip saving pre-images: faster, but an interrupted commit can then only roll forward.
     pub no_undo: bool,
+    /// Remove the pre-image file at the end instead of keeping it beside the base as the
+    /// spare the next commit overwrites (`layout::spare`).
+    pub no_spare: bool,
 }
 
 /// Which copy a [`Progress`] report is about.

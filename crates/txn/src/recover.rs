@@ -198,7 +198,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
                             .iter()
                             .map(|i| layout::journal(&i.base, &m.id))
                             .collect::<Result<Vec<_>>>()?;
-                        self.cleanup_commit(&m.id, &m.cleanup_list(), &journals)?;
+                        self.cleanup_commit(&m.id, &m.cleanup_list(), &journals, false)?;
                     }
                     TxState::Open => {}
                 }
@@ -435,7 +435,9 @@ impl<S: Fs, H: Host> Engine<S, H> {
         }
         match decision {
             Decision::Discard => self.discard_uncommitted(tx, &st.journals)?,
-            Decision::Cleanup => self.cleanup_commit(tx, &cleanup_list(&present), &st.journals)?,
+            Decision::Cleanup => {
+                self.cleanup_commit(tx, &cleanup_list(&present), &st.journals, false)?
+            }
             Decision::Go(dir) => self.recover_direction(&st, &present, dir, progress)?,
             Decision::Refuse(_) => {}
         }
@@ -630,7 +632,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         drop(j);
         self.host.step("recover-logged");
         // Undone or finished, the transaction is over: its overlays go too.
-        self.cleanup_commit(&st.tx, &cleanup_list(present), &st.journals)
+        self.cleanup_commit(&st.tx, &cleanup_list(present), &st.journals, false)
     }
 }
 

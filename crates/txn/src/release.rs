@@ -59,10 +59,16 @@ pub(crate) fn hand_off(files: &[BorrowedFd<'_>]) -> io::Result<Released> {
     Ok(Released { _pipe: Some(write) })
 }
 
-/// Closes `files` (whose names are already durably gone) through `host`'s
-/// [`Host::release_later`], so freeing their blocks is not waited for here.
+/// Closes `files` through `host`'s [`Host::release_later`] where their names are durably
+/// gone, so freeing their blocks is not waited for here; a file still named (a pre-image
+/// file kept as a spare) frees nothing when closed, and is closed here.
 pub(crate) fn close_later<H: Host, F: File>(host: &H, files: Vec<F>) {
-    let open: Vec<_> = files.iter().filter_map(File::as_fd).collect();
+    let unnamed = |f: &&F| f.stat().map_or(true, |m| m.nlink == 0);
+    let open: Vec<_> = files
+        .iter()
+        .filter(unnamed)
+        .filter_map(File::as_fd)
+        .collect();
     let released = host.release_later(&open);
     drop(open);
     drop(files);

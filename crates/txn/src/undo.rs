@@ -16,6 +16,8 @@
 //! imgtx left to recover.
 
 use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
 
 use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, Fs};
@@ -57,22 +59,30 @@ fn entry_crc(head: &[u8], tx: &str) -> u32 {
     h.finalize()
 }
 
-/// Saves `ranges` of `base` (whose length is `old_len`) into a new file at `path`, durably;
+/// Saves `ranges` of `base` (whose length is `old_len`) into the file at `path`, durably;
 /// `saved` hears the bytes saved so far after each piece. Returns the file still open, so
 /// its last close can be handed off (see [`crate::release`]).
+///
+/// The file is the `spare` an earlier commit left, renamed, when there is a trustworthy one
+/// (see [`reuse`]), else a new file. `uid` is the user a spare must belong to (or root).
 pub fn save<S: Fs>(
     fs: &S,
     base: &S::File,
-    (base_path, path): (&Path, &Path),
-    tx: &str,
+    (base_path, path, spare): (&Path, &Path, &Path),
+    (tx, uid): (&str, u32),
     (old_len, ranges): (u64, &[(u64, u64)]),
     saved: &mut dyn FnMut(u64),
 ) -> Result<(UndoSummary, S::File)> {
     // A leftover from an attempt that died before its summary was journaled is worthless.
     crate::state::remove_if_exists(fs, path)?;
-    let out = fs
-        .create_new(path)
-        .map_err(Error::io("create the pre-image file", path))?;
+    let (out, reused) = match reuse(fs, spare, path, uid)? {
+        Some(file) => (file, true),
+        None => (
+            fs.create_new(path)
+                .map_err(Error::io("create the pre-image file", path))?,
+            false,
+        ),
+    };
     let mut header = Vec::with_capacity(16);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&old_len.to_le_bytes());
@@ -97,16 +107,20 @@ pub fn save<S: Fs>(
     let (mut share, mut shared) = (true, 0u64);
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         let (offset, len) = (piece.offset, data.len() as u64);
-        let mut head = Vec::with_capacity(24);
+        let mut head = Vec::with_capacity(DATA_ALIGN as usize);
         head.extend_from_slice(&offset.to_le_bytes());
         head.extend_from_slice(&len.to_le_bytes());
         head.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
         let c = entry_crc(&head, tx);
         head.extend_from_slice(&c.to_le_bytes());
-        out.write_all_at(&head, pos)
-            .map_err(Error::io("write", path))?;
         let at = data_at(pos, true)
             .ok_or_else(|| Error::Invalid("the pre-image file would be too large".into()))?;
+        // The header with its padding, in one write: when `pos` starts a block, a spare's
+        // block is then replaced whole instead of read from the disk first to be patched
+        // (measured: 0.4 s of reads per 256 MiB of pre-images in 4 MiB entries).
+        head.resize(usize::try_from(at - pos).unwrap_or(24), 0);
+        out.write_all_at(&head, pos)
+            .map_err(Error::io("write", path))?;
         // Only whole blocks can be shared; the base is fenced, so its blocks still hold
         // `data`, whose checksum the header carries.
         let aligned = offset.is_multiple_of(DATA_ALIGN) && len.is_multiple_of(DATA_ALIGN);
@@ -143,15 +157,66 @@ pub fn save<S: Fs>(
         Err(Stopped::Write(e)) => return Err(e),
     }
     summary.file_len = pos;
+    // A spare longer than this save keeps only what the journal will vouch for. Shorter or
+    // equal, as when one pipeline commits similar changes again, nothing is freed or allocated.
+    if out.len().map_err(Error::io("stat", path))? > pos {
+        out.set_len(pos).map_err(Error::io("truncate", path))?;
+    }
     // Which path was taken, so "never a silent full copy" can be checked: `shared` bytes are
     // reflinks of the base, the rest were copied.
-    tracing::info!(path = %path.display(), bytes = summary.bytes, shared, "pre-images saved");
+    tracing::info!(path = %path.display(), bytes = summary.bytes, shared, reused, "pre-images saved");
     // Barrier: the pre-images must be durable (data and directory entry) before the journal
     // says they are, and that must precede the commit point and any write to the base.
     out.sync_data().map_err(Error::io("sync", path))?;
     let dir = crate::layout::dir_of(path)?;
     fs.sync_dir(dir).map_err(Error::io("sync", dir))?;
     Ok((summary, out))
+}
+
+/// The spare pre-image file an earlier commit of this base kept, renamed to `path` and open
+/// for writing, if there is one this process may overwrite.
+///
+/// Writing a file's existing blocks is about twice as fast as writing new ones where the
+/// file system's free space is unallocated on the device below (a thin-provisioned virtual
+/// disk under an ext4 mounted `discard`: 0.43–0.54 s against 0.85–1.09 s per 256 MiB on the
+/// benchmark machine), and nothing has to be freed when the commit ends. Whatever the
+/// spare holds is stale: each entry's checksum covers this transaction's id, and the
+/// journal vouches only for what this save writes.
+///
+/// The spare sits in a directory other users may write to, so it is trusted only as the
+/// pre-image files themselves are: renamed first (the name is this transaction's from then
+/// on), then opened without following symlinks, and used only if the opened descriptor is
+/// a regular file with one link, mode 0600, owned by `uid` or root. Anything else under
+/// the spare's name is removed, never written; a hard link to somebody's file loses only
+/// that link.
+fn reuse<S: Fs>(fs: &S, spare: &Path, path: &Path, uid: u32) -> Result<Option<S::File>> {
+    let is_file = |p| fs.metadata(p).map_err(Error::io("stat", p));
+    if !is_file(spare)?.is_some_and(|m| m.kind == storage::FileKind::File) {
+        return Ok(None);
+    }
+    if let Err(e) = fs.rename(spare, path) {
+        tracing::debug!(path = %spare.display(), error = %e, "spare pre-image file not used");
+        return Ok(None);
+    }
+    let trusted = match is_file(path)? {
+        Some(m) if m.kind == storage::FileKind::File => match fs.open(path, true) {
+            Ok(f) => {
+                let opened = f.stat().map_err(Error::io("stat", path))?;
+                let same = (opened.dev, opened.ino) == (m.dev, m.ino);
+                (same && crate::recover::untrusted_file(&opened, uid).is_none()).then_some(f)
+            }
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    if trusted.is_none() {
+        tracing::warn!(path = %spare.display(), "an untrustworthy spare pre-image file was removed");
+        if crate::state::remove_if_exists(fs, path).is_err() {
+            // Swapped for a directory after the check: put it back rather than fail.
+            fs.rename(path, spare).map_err(Error::io("rename", path))?;
+        }
+    }
+    Ok(trusted)
 }
 
 struct Entry {
@@ -305,7 +370,95 @@ pub fn restore<S: Fs>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     use storage::OsFs;
+
+    fn uid() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    /// Saves 8 KiB of a base of 0x5a bytes into `b.undo` of `dir`, with `b.spare` as the spare.
+    fn save_with_spare(dir: &Path) -> (UndoSummary, PathBuf) {
+        let fs = OsFs;
+        let base_path = dir.join("b.img");
+        let base = fs.create_new(&base_path).unwrap();
+        base.write_all_at(&[0x5a; 16384], 0).unwrap();
+        let undo_path = dir.join("b.undo");
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.join("b.spare")),
+            ("tx-0123456789", uid()),
+            (16384, &[(4096, 8192)]),
+            &mut |_| {},
+        )
+        .unwrap();
+        (s, undo_path)
+    }
+
+    #[test]
+    fn a_spare_is_overwritten_in_place_and_cut_to_what_the_save_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join("b.spare");
+        std::fs::write(&spare, vec![0xee; 1 << 20]).unwrap();
+        std::fs::set_permissions(&spare, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let ino = std::fs::metadata(&spare).unwrap().ino();
+
+        let (s, undo_path) = save_with_spare(dir.path());
+
+        let undo = std::fs::metadata(&undo_path).unwrap();
+        assert_eq!(undo.ino(), ino, "the spare was not reused");
+        assert!(!spare.exists());
+        assert_eq!(
+            undo.len(),
+            s.file_len,
+            "stale bytes past the save were kept"
+        );
+        verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+    }
+
+    #[test]
+    fn a_spare_linked_elsewhere_or_open_to_others_is_removed_never_written() {
+        for (linked, mode) in [(true, 0o600), (false, 0o644)] {
+            let dir = tempfile::tempdir().unwrap();
+            let spare = dir.path().join("b.spare");
+            let victim = dir.path().join("victim");
+            std::fs::write(&victim, vec![0xee; 1 << 20]).unwrap();
+            std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(mode)).unwrap();
+            if linked {
+                std::fs::hard_link(&victim, &spare).unwrap();
+            } else {
+                std::fs::copy(&victim, &spare).unwrap();
+            }
+            let ino = std::fs::metadata(&spare).unwrap().ino();
+
+            let (s, undo_path) = save_with_spare(dir.path());
+
+            // A removed spare's inode number may come back for the new file: its mode shows.
+            let undo = std::fs::metadata(&undo_path).unwrap();
+            assert!(undo.ino() != ino || !linked, "the hard link was written");
+            assert_eq!(undo.mode() & 0o777, 0o600);
+            assert!(
+                !spare.exists(),
+                "the untrusted spare was left (linked {linked})"
+            );
+            assert_eq!(std::fs::read(&victim).unwrap(), vec![0xee; 1 << 20]);
+            verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_spare_that_is_no_regular_file_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join("b.spare");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &spare).unwrap();
+
+        let (s, undo_path) = save_with_spare(dir.path());
+
+        assert!(std::fs::symlink_metadata(&spare).unwrap().is_symlink());
+        assert!(!dir.path().join("elsewhere").exists());
+        verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+    }
 
     #[test]
     fn saved_ranges_restore_the_base_bit_for_bit_including_length() {
@@ -320,8 +473,8 @@ mod tests {
         let (s, _) = save(
             &fs,
             &base,
-            (&base_path, &undo_path),
-            "tx-0123456789",
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            ("tx-0123456789", uid()),
             (100_000, &[(10, 500), (90_000, 10_000)]),
             &mut |n| saved.push(n),
         )
@@ -415,8 +568,8 @@ mod tests {
         let (s, _) = save(
             &fs,
             &base,
-            (&base_path, &undo_path),
-            "tx-0123456789",
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            ("tx-0123456789", uid()),
             (3 * 4096, &[(0, 100), (4096, 8192)]),
             &mut |_| {},
         )
@@ -441,8 +594,8 @@ mod tests {
         let (s, _) = save(
             &fs,
             &base,
-            (&base_path, &undo_path),
-            "tx-0123456789",
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            ("tx-0123456789", uid()),
             (4096, &[(0, 4096)]),
             &mut |_| {},
         )

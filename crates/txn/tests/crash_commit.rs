@@ -10,7 +10,17 @@ use crash_support::{sweep, Fixture, SimEngine, TX};
 use txn::CommitOptions;
 
 fn commit(no_undo: bool) -> impl Fn(&SimEngine) -> bool {
-    move |e| e.commit(TX, CommitOptions { no_undo }, &mut |_| {}).is_ok()
+    move |e| {
+        e.commit(
+            TX,
+            CommitOptions {
+                no_undo,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .is_ok()
+    }
 }
 
 fn report(name: &str, s: crash_support::Stats) {

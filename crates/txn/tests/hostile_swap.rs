@@ -275,7 +275,14 @@ fn commit_never_writes_a_base_swapped_between_its_check_and_its_open() {
         swap.arm(&base, &decoy);
         // Act
         let err = engine
-            .commit(&m.id, CommitOptions { no_undo }, &mut |_| {})
+            .commit(
+                &m.id,
+                CommitOptions {
+                    no_undo,
+                    ..Default::default()
+                },
+                &mut |_| {},
+            )
             .expect_err("commit must refuse the decoy");
         // Assert
         let mut chain = err.to_string();

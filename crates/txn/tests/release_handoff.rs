@@ -94,29 +94,25 @@ fn a_rollback_hands_off_its_overlay_once_unlinked() {
 
 #[test]
 fn a_commit_hands_off_only_files_whose_names_are_gone() {
-    for (no_undo, want_files) in [(false, 2), (true, 1)] {
+    // The pre-image file is unlinked (and handed off) only with --no-spare; by default it is
+    // renamed to the spare and closed in place, since closing it frees nothing.
+    for (no_undo, no_spare, want_files) in [(false, false, 1), (false, true, 2), (true, false, 1)] {
         // Arrange
         let tmp = tempfile::tempdir().expect("a temporary directory");
         let Some((engine, handed, m, base)) = begun_and_written(tmp.path()) else {
             return;
         };
+        let what = format!("commit (no_undo {no_undo}, no_spare {no_spare})");
 
         // Act
-        engine
-            .commit(&m.id, CommitOptions { no_undo }, &mut |_| {})
-            .expect("commit");
+        let opts = CommitOptions { no_undo, no_spare };
+        engine.commit(&m.id, opts, &mut |_| {}).expect("commit");
 
         // Assert
-        assert_unnamed_and_nonempty(
-            &handed,
-            want_files,
-            if no_undo {
-                "commit --no-undo"
-            } else {
-                "commit"
-            },
-        );
+        assert_unnamed_and_nonempty(&handed, want_files, &what);
         assert!(!m.images[0].overlay.exists());
+        let spare = base.with_file_name(".base.raw.imgtx.spare");
+        assert_eq!(spare.exists(), !no_undo && !no_spare, "{what}: spare");
         let now = fs::read(&base).expect("read the base");
         assert!(
             now[..512 << 10].iter().all(|&b| b == 0xaa),

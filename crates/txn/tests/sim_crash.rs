@@ -69,10 +69,12 @@ fn prepared(old: &[u8], ov: &[u8]) -> SimFs {
     fs.crashed_image(Damage::KeepAll, 0)
 }
 
+/// Files beside the base that should not be there: a spare pre-image file may be.
 fn leftovers(fs: &SimFs) -> Vec<PathBuf> {
+    let spare = crash_support::spare_of(Path::new(BASE));
     fs.files()
         .into_iter()
-        .filter(|p| p.starts_with("/d") && p != Path::new(BASE))
+        .filter(|p| p.starts_with("/d") && p != Path::new(BASE) && *p != spare)
         .collect()
 }
 

@@ -225,6 +225,13 @@ impl Fixture {
             old.push(bytes);
         }
         let bases: Vec<PathBuf> = specs.iter().map(|s| PathBuf::from(s.base)).collect();
+        // The first base has a spare an earlier commit kept, so the sweeps cross its reuse
+        // (renamed, overwritten, cut short) and the others' new pre-image files. Its header
+        // matches what this commit will write; its entries are another transaction's.
+        let mut stale = b"IMGTXUN2".to_vec();
+        stale.extend_from_slice(&specs[0].size.to_le_bytes());
+        stale.extend(content(3 * specs[0].size, 0x5a4e));
+        sim.put_durable(spare_of(&bases[0]), &stale);
         let before_begin = sim.crashed_image(Damage::KeepAll, 0);
         let engine = Engine::new(sim.clone(), SimHost, STATE.into()).expect("engine");
         let m = engine.begin(&begin_options(&bases)).expect("begin");
@@ -613,8 +620,17 @@ pub fn ended(fx: &Fixture, fs: &SimFs) -> Result<Ended, String> {
 }
 
 /// Files that must not survive a finished recovery, or survive only with an open transaction.
+/// Where the engine keeps `base`'s spare pre-image file between commits.
+pub fn spare_of(base: &Path) -> PathBuf {
+    let name = base.file_name().expect("a file name").to_string_lossy();
+    base.with_file_name(format!(".{name}.imgtx.spare"))
+}
+
+/// Files on `fs` that no settled state explains. A spare pre-image file beside a base is
+/// never a stray: any commit may leave one.
 pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
     let mut allowed: BTreeSet<PathBuf> = fx.bases.iter().cloned().collect();
+    allowed.extend(fx.bases.iter().map(|b| spare_of(b)));
     allowed.insert(PathBuf::from(STATE).join("history"));
     if open {
         allowed.extend(fx.overlays.iter().cloned());
