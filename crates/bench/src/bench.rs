@@ -105,8 +105,13 @@ pub enum Contestant {
     QemuImg,
     /// `imgtx commit --no-undo ID`.
     ImgtxNoUndo,
-    /// `imgtx commit ID` (keeps an undo log).
+    /// `imgtx commit ID` (keeps an undo log), overwriting the spare pre-image file the
+    /// previous default commit of the same base kept: the steady state of a base committed
+    /// again and again.
     Imgtx,
+    /// `imgtx commit ID` on a base with no spare yet (removed before the run): a base's first
+    /// commit, or every commit made with `--no-spare`.
+    ImgtxFirst,
 }
 
 impl Contestant {
@@ -116,6 +121,7 @@ impl Contestant {
             Contestant::QemuImg => "qemu-img commit -d + fsync",
             Contestant::ImgtxNoUndo => "imgtx commit --no-undo",
             Contestant::Imgtx => "imgtx commit",
+            Contestant::ImgtxFirst => "imgtx commit, first (no spare)",
         }
     }
 }
@@ -192,6 +198,8 @@ struct Layout {
     base: PathBuf,
     overlay: PathBuf,
     state: PathBuf,
+    /// The spare pre-image file imgtx keeps beside `base` between commits.
+    spare: PathBuf,
 }
 
 impl Layout {
@@ -205,6 +213,7 @@ impl Layout {
             base: dir.join("run/base.raw"),
             overlay: dir.join("run/overlay.qcow2"),
             state: dir.join("run/state"),
+            spare: dir.join("run/.base.raw.imgtx.spare"),
             dir,
         })
     }
@@ -261,7 +270,13 @@ fn run_commit(
 
     let mut contestants = vec![Contestant::QemuImg];
     if cfg.imgtx.is_some() {
-        contestants.extend([Contestant::ImgtxNoUndo, Contestant::Imgtx]);
+        // First before Imgtx: in round one it leaves the spare Imgtx then overwrites, and
+        // every later Imgtx run finds the one the run before it kept.
+        contestants.extend([
+            Contestant::ImgtxNoUndo,
+            Contestant::ImgtxFirst,
+            Contestant::Imgtx,
+        ]);
     }
     let mut result = PartResult {
         name: name.to_owned(),
@@ -302,7 +317,7 @@ fn run_commit(
             ));
             let outcome = match contestant {
                 Contestant::QemuImg => run_qemu_img(&layout, &mut cold),
-                Contestant::ImgtxNoUndo | Contestant::Imgtx => {
+                Contestant::ImgtxNoUndo | Contestant::Imgtx | Contestant::ImgtxFirst => {
                     let imgtx = cfg
                         .imgtx
                         .as_deref()
@@ -312,6 +327,9 @@ fn run_commit(
                         begins: &mut result.begin,
                         notes: &mut result.notes,
                     };
+                    if contestant == Contestant::ImgtxFirst {
+                        sys::remove_file_if_exists(&layout.spare)?;
+                    }
                     run_imgtx(imgtx, &layout, &plan, no_undo, &mut log, &mut cold)
                 }
             };
@@ -338,6 +356,7 @@ fn run_commit(
     }
     sys::remove_file_if_exists(&layout.base)?;
     sys::remove_file_if_exists(&layout.overlay)?;
+    sys::remove_file_if_exists(&layout.spare)?;
     Ok(result)
 }
 
