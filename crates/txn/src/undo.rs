@@ -11,13 +11,14 @@
 //! an aligned range is not copied at all: the pre-image file gets a reflink of the base's
 //! blocks (`File::clone_range_from`), which the base's later writes leave alone. The first
 //! refusal (ext4, or two file systems) switches the rest of the save to copying, and the
-//! save logs which it did. The data is read either way, for its checksum. Version 1 files
+//! save logs which it did. The data is read either way, for its checksum.
+//!
+//! A commit that ends well keeps its file as the base's spare (`layout::spare`), which the
+//! next commit overwrites in place instead of writing a new file ([`reuse`]). Version 1 files
 //! (`IMGTXUN1`: data right after each entry header) are still read, for commits an older
 //! imgtx left to recover.
 
 use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
 
 use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, Fs};
@@ -194,15 +195,15 @@ pub fn save<S: Fs>(
 /// the spare's name is removed, never written; a hard link to somebody's file loses only
 /// that link.
 fn reuse<S: Fs>(fs: &S, spare: &Path, path: &Path, uid: u32) -> Result<Option<S::File>> {
-    let is_file = |p| fs.metadata(p).map_err(Error::io("stat", p));
-    if !is_file(spare)?.is_some_and(|m| m.kind == storage::FileKind::File) {
+    let lstat = |p| fs.metadata(p).map_err(Error::io("stat", p));
+    if !lstat(spare)?.is_some_and(|m| m.kind == storage::FileKind::File) {
         return Ok(None);
     }
     if let Err(e) = fs.rename(spare, path) {
         tracing::debug!(path = %spare.display(), error = %e, "spare pre-image file not used");
         return Ok(None);
     }
-    let trusted = match is_file(path)? {
+    let trusted = match lstat(path)? {
         Some(m) if m.kind == storage::FileKind::File => match fs.open(path, true) {
             Ok(f) => {
                 let opened = f.stat().map_err(Error::io("stat", path))?;
@@ -375,6 +376,7 @@ pub fn restore<S: Fs>(
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
     use storage::OsFs;
 
     fn uid() -> u32 {
