@@ -6,21 +6,10 @@
 
 mod crash_support;
 
-use crash_support::{sweep, Fixture, SimEngine, TX};
-use txn::CommitOptions;
+use crash_support::{sweep, Fixture, SimEngine};
 
 fn commit(no_undo: bool) -> impl Fn(&SimEngine) -> bool {
-    move |e| {
-        e.commit(
-            TX,
-            CommitOptions {
-                no_undo,
-                ..Default::default()
-            },
-            &mut |_| {},
-        )
-        .is_ok()
-    }
+    move |e| crash_support::commit_tx(e, no_undo).is_ok()
 }
 
 fn report(name: &str, s: crash_support::Stats) {

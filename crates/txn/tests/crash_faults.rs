@@ -117,16 +117,7 @@ fn after_fault(fx: &Fixture, fs: &SimFs, told_new: bool, ctx: &str, stats: &mut 
 
 fn fault_sweep(no_undo: bool, name: &str) {
     let fx = Fixture::new(&crash_support::raw_single());
-    let run = |e: &crash_support::SimEngine| {
-        e.commit(
-            TX,
-            CommitOptions {
-                no_undo,
-                ..Default::default()
-            },
-            &mut |_| {},
-        )
-    };
+    let run = |e: &crash_support::SimEngine| crash_support::commit_tx(e, no_undo);
     let n = {
         let fs = fx.fresh();
         run(&engine(&fs, &fx.bases).expect("engine").0).expect("clean commit");

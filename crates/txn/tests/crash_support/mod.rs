@@ -620,6 +620,15 @@ pub fn ended(fx: &Fixture, fs: &SimFs) -> Result<Ended, String> {
 }
 
 /// Files that must not survive a finished recovery, or survive only with an open transaction.
+/// Commits [`TX`] on `e` with default options, or without pre-images.
+pub fn commit_tx(e: &SimEngine, no_undo: bool) -> txn::Result<txn::CommitReport> {
+    let opts = txn::CommitOptions {
+        no_undo,
+        ..Default::default()
+    };
+    e.commit(TX, opts, &mut |_| {})
+}
+
 /// Where the engine keeps `base`'s spare pre-image file between commits.
 pub fn spare_of(base: &Path) -> PathBuf {
     let name = base.file_name().expect("a file name").to_string_lossy();
