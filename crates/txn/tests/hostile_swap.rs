@@ -249,11 +249,7 @@ fn begun_raw_written<H: Host>(
     host: H,
 ) -> Option<(PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest)> {
     let (base, swap, engine, m) = begun_raw(tmp, host);
-    let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
-    qemu(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0xaa 0 64k", &overlay],
-    )?;
+    forwarding::write_overlay(&m, "write -P 0xaa 0 64k")?;
     Some((base, swap, engine, m))
 }
 

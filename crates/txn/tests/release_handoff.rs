@@ -7,7 +7,6 @@ mod forwarding;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use forwarding::HookedHost;
@@ -50,15 +49,7 @@ fn begun_and_written(
     fs::write(&base, vec![0x11u8; 1 << 20]).expect("write the base");
     let (engine, handed) = engine(&dir.join("state"));
     let m = forwarding::begin_raw(&engine, &base);
-    let Ok(out) = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xaa 0 512k"])
-        .arg(&m.images[0].overlay)
-        .output()
-    else {
-        eprintln!("skipped: qemu-io is not installed");
-        return None;
-    };
-    assert!(out.status.success(), "qemu-io failed: {out:?}");
+    forwarding::write_overlay(&m, "write -P 0xaa 0 512k")?;
     Some((engine, handed, m, base))
 }
 

@@ -1,7 +1,8 @@
 //! Test doubles of the real machine for the hostile tests: [`HookedFs`] and [`HookedHost`]
 //! forward every call to [`OsFs`] and [`OsHost`], and run the test's hook at the one moment
 //! it attacks (an open, the start of `qemu-img commit`, a journaled step). Only the hooks
-//! differ from test to test, so the forwarding is written once, here.
+//! differ from test to test, so the forwarding is written once, here, with the setup those
+//! tests share.
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
@@ -238,4 +239,19 @@ pub fn begin_raw<S: Fs, H: Host>(engine: &Engine<S, H>, base: &Path) -> txn::Man
             ..BeginOptions::default()
         })
         .expect("begin")
+}
+
+/// Runs `qemu-io -f qcow2 -c CMD` on the overlay of `m`'s first image; `None`, with a note,
+/// when qemu-io is not installed. A command that fails fails the test.
+pub fn write_overlay(m: &txn::Manifest, cmd: &str) -> Option<()> {
+    let Ok(out) = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd])
+        .arg(&m.images[0].overlay)
+        .output()
+    else {
+        eprintln!("skipped: qemu-io is not installed");
+        return None;
+    };
+    assert!(out.status.success(), "qemu-io {cmd:?} failed: {out:?}");
+    Some(())
 }
