@@ -393,7 +393,6 @@ pub fn pattern(size: u64, seed: u8) -> Vec<u8> {
     data
 }
 
-/// The sorted names of the entries of `dir`.
 /// [`listing`] without spare pre-image files.
 pub fn listing_but_spares(dir: &Path) -> Vec<String> {
     let mut names = listing(dir);
@@ -401,6 +400,7 @@ pub fn listing_but_spares(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The sorted names of the entries of `dir`.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))

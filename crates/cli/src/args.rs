@@ -76,7 +76,6 @@ pub struct BeginArgs {
     pub wait: Option<String>,
 }
 
-/// The commands.
 /// How `commit` and `run` commit.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct CommitArgs {
@@ -99,6 +98,7 @@ impl From<CommitArgs> for txn::CommitOptions {
     }
 }
 
+/// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Begin a transaction over one or more base images; prints its id

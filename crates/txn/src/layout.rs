@@ -3,8 +3,9 @@
 //! For base `/d/b.img` and transaction `tx-3f9a2c1d7e`:
 //! overlay `/d/b.img.tx-3f9a2c1d7e.imgtx.qcow2`, journal `/d/.b.img.tx-3f9a2c1d7e.imgtx.journal`,
 //! pre-images `/d/.b.img.tx-3f9a2c1d7e.imgtx.undo`; between commits, the last commit's
-//! pre-image file waits as `/d/.b.img.imgtx.spare` to be overwritten by the next. Keeping them in the base's directory puts
-//! them on its file system and lets `imgtx recover BASE` find them from the base alone.
+//! pre-image file waits as `/d/.b.img.imgtx.spare` to be overwritten by the next. Keeping
+//! them in the base's directory puts them on its file system and lets `imgtx recover BASE`
+//! find them from the base alone.
 
 use std::path::{Path, PathBuf};
 

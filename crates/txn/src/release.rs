@@ -2,10 +2,10 @@
 //!
 //! When the last descriptor of an unlinked file closes, the file system frees its blocks
 //! there and then. On ext4 mounted `discard` (and on thin-provisioned virtual disks behind
-//! it) that waits for the device: 0.17–0.19 s per 256 MiB on the benchmark machine, paid once
-//! for the overlay and once for the pre-image file at the very end of every commit (and for
-//! the overlay at the end of a rollback), after everything that makes it durable and after
-//! the names are durably gone.
+//! it) that waits for the device: 0.17–0.19 s per 256 MiB on the benchmark machine, paid
+//! for the overlay at the very end of every commit and rollback (and for the pre-image file
+//! of a commit that does not keep it as a spare), after everything that makes it durable and
+//! after the names are durably gone.
 //! [`hand_off`] passes those last references to a child process that exits as soon as this
 //! process drops the returned [`Released`], so the freeing happens there, not in the command
 //! the user waits for. A crash before it happens loses nothing: an unlinked file still open
