@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::floor;
 use crate::measure::{measure, Sample};
 use crate::plan::{self, Plan};
 use crate::sys::{self, Digest};
@@ -112,6 +113,12 @@ pub enum Contestant {
     /// `imgtx commit ID` on a base with no spare yet (removed before the run): a base's first
     /// commit, or every commit made with `--no-spare`.
     ImgtxFirst,
+    /// The write floor (`crate::floor`): the base's changes only, what every commit writes.
+    FloorBase,
+    /// The write floor of a commit that copies pre-images into a new file first.
+    FloorFirst,
+    /// The write floor of a commit that copies pre-images over a file kept from the last run.
+    FloorSpare,
 }
 
 impl Contestant {
@@ -122,7 +129,18 @@ impl Contestant {
             Contestant::ImgtxNoUndo => "imgtx commit --no-undo",
             Contestant::Imgtx => "imgtx commit",
             Contestant::ImgtxFirst => "imgtx commit, first (no spare)",
+            Contestant::FloorBase => "write floor: base only",
+            Contestant::FloorFirst => "write floor: pre-images (new file) + base",
+            Contestant::FloorSpare => "write floor: pre-images (kept file) + base",
         }
+    }
+
+    /// Whether this is a write floor rather than a commit (its base is not the committed one).
+    pub fn is_floor(self) -> bool {
+        matches!(
+            self,
+            Contestant::FloorBase | Contestant::FloorFirst | Contestant::FloorSpare
+        )
     }
 }
 
@@ -200,6 +218,8 @@ struct Layout {
     state: PathBuf,
     /// The spare pre-image file imgtx keeps beside `base` between commits.
     spare: PathBuf,
+    /// The write floor's pre-image file, beside the base like imgtx's.
+    floor_pre: PathBuf,
 }
 
 impl Layout {
@@ -214,6 +234,7 @@ impl Layout {
             overlay: dir.join("run/overlay.qcow2"),
             state: dir.join("run/state"),
             spare: dir.join("run/.base.raw.imgtx.spare"),
+            floor_pre: dir.join("run/floor-pre-images"),
             dir,
         })
     }
@@ -278,6 +299,12 @@ fn run_commit(
             Contestant::Imgtx,
         ]);
     }
+    // FloorFirst before FloorSpare, for the same reason.
+    contestants.extend([
+        Contestant::FloorBase,
+        Contestant::FloorFirst,
+        Contestant::FloorSpare,
+    ]);
     let mut result = PartResult {
         name: name.to_owned(),
         size,
@@ -332,14 +359,25 @@ fn run_commit(
                     }
                     run_imgtx(imgtx, &layout, &plan, no_undo, &mut log, &mut cold)
                 }
+                Contestant::FloorBase | Contestant::FloorFirst | Contestant::FloorSpare => {
+                    let pre = (contestant != Contestant::FloorBase).then_some(&*layout.floor_pre);
+                    if contestant == Contestant::FloorFirst {
+                        sys::remove_file_if_exists(&layout.floor_pre)?;
+                    }
+                    let args = floor::args(size, changed, cfg.seed, &layout.base, pre);
+                    run_floor(&layout, &args, &mut cold)
+                }
             };
-            let outcome =
-                outcome.and_then(
-                    |sample| match sys::digest(&layout.base)?.mismatch(&expected) {
-                        None => Ok(sample),
-                        Some(why) => Err(format!("the committed base is wrong: {why}").into()),
-                    },
-                );
+            // A floor writes a pattern, not the overlay's data: there is nothing to check.
+            let outcome = outcome.and_then(|sample| {
+                if contestant.is_floor() {
+                    return Ok(sample);
+                }
+                match sys::digest(&layout.base)?.mismatch(&expected) {
+                    None => Ok(sample),
+                    Some(why) => Err(format!("the committed base is wrong: {why}").into()),
+                }
+            });
             match outcome {
                 Ok(sample) => result.commits[i].samples.push(sample),
                 Err(e) => {
@@ -357,6 +395,7 @@ fn run_commit(
     sys::remove_file_if_exists(&layout.base)?;
     sys::remove_file_if_exists(&layout.overlay)?;
     sys::remove_file_if_exists(&layout.spare)?;
+    sys::remove_file_if_exists(&layout.floor_pre)?;
     Ok(result)
 }
 
@@ -408,6 +447,13 @@ fn build_commit_scenario(
 
 fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
+}
+
+fn run_floor(layout: &Layout, args: &[OsString], cold: &mut bool) -> BoxResult<Sample> {
+    sys::copy(&layout.pristine_base, &layout.base)?;
+    *cold &= sys::drop_caches();
+    let (sample, _) = measure(&layout.dir, None, &std::env::current_exe()?, args)?;
+    Ok(sample)
 }
 
 fn run_qemu_img(layout: &Layout, cold: &mut bool) -> BoxResult<Sample> {

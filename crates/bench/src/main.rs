@@ -13,6 +13,7 @@
 //! ```
 
 mod bench;
+mod floor;
 mod measure;
 mod plan;
 mod report;
@@ -162,6 +163,9 @@ fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1).peekable();
     if args.peek().is_some_and(|a| a == measure::MEASURE_ARG) {
         return measure::measurer_main(args.skip(1));
+    }
+    if args.peek().is_some_and(|a| a == floor::FLOOR_ARG) {
+        return floor::floor_main(args.skip(1));
     }
     let args = match parse_args(args) {
         Ok(args) => args,
