@@ -38,19 +38,20 @@ fn commit_makes_the_raw_base_equal_to_the_overlay_and_leaves_nothing_behind() {
 
 /// Commits `pattern` over 2 MiB at 1 MiB of `base` (`images/disk.img`) with `flags`; returns
 /// the base's new content.
-fn commit_a_write(t: &TestDir, base: &std::path::Path, pattern: u8, flags: &[&str]) -> Vec<u8> {
+/// Commits a 2 MiB write at 1 MiB with `flags`, checks the base, returns what commit printed.
+fn commit_a_write(t: &TestDir, base: &std::path::Path, pattern: u8, flags: &[&str]) -> String {
     let tx = t.begin(&[base]);
     qcow2_io(tx.overlay(), &format!("write -P {pattern} 1M 2M"));
     let expected = converted_raw(t, tx.overlay());
     let mut args = vec!["commit"];
     args.extend_from_slice(flags);
     args.push(&tx.id);
-    t.imgtx_ok(&args);
+    let printed = t.imgtx_ok(&args);
     assert!(
         fs::read(base).unwrap() == expected,
         "{flags:?}: base differs"
     );
-    expected
+    printed
 }
 
 #[test]
@@ -64,9 +65,15 @@ fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare
     let old = fs::read(&base).unwrap();
     let spare = t.spare("disk.img");
 
-    commit_a_write(&t, &base, 0x11, &[]);
+    let printed = commit_a_write(&t, &base, 0x11, &[]);
     let kept = fs::metadata(&spare).expect("the first commit keeps its pre-images");
     assert_eq!(kept.mode() & 0o777, 0o600);
+    // The user is told where the disk space went and how to get it back.
+    assert!(
+        printed.contains(&format!("kept {} (", spare.display()))
+            && printed.contains("--no-spare removes it"),
+        "commit did not name the spare it kept: {printed}"
+    );
     // It holds what the commit overwrote: the old content of 1M..3M, after block-aligned
     // entry headers.
     let data = fs::read(&spare).unwrap();
@@ -76,15 +83,24 @@ fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare
         "the spare does not hold the old content"
     );
 
-    commit_a_write(&t, &base, 0x22, &[]);
+    let printed = commit_a_write(&t, &base, 0x22, &["--json"]);
     let again = fs::metadata(&spare).expect("the second commit keeps its pre-images");
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(
+        json["spares"],
+        serde_json::json!([{"path": spare, "bytes": again.len()}])
+    );
     assert_eq!(
         again.ino(),
         kept.ino(),
         "the spare was not overwritten in place"
     );
 
-    commit_a_write(&t, &base, 0x33, &["--no-undo"]);
+    let printed = commit_a_write(&t, &base, 0x33, &["--no-undo"]);
+    assert!(
+        !printed.contains("kept"),
+        "--no-undo kept nothing: {printed}"
+    );
     assert_eq!(
         fs::metadata(&spare)
             .expect("--no-undo leaves the spare")
@@ -92,8 +108,10 @@ fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare
         kept.ino()
     );
 
-    commit_a_write(&t, &base, 0x44, &["--no-spare"]);
+    let printed = commit_a_write(&t, &base, 0x44, &["--no-spare", "--json"]);
     assert!(!spare.exists(), "--no-spare left the spare");
+    let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(json["spares"], serde_json::json!([]));
     assert_eq!(t.image_listing(), vec!["disk.img"]);
     t.assert_no_transactions();
 }

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use serde_json::{json, Value};
-use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, TxStatus};
+use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxStatus};
 
 /// How to print.
 pub struct Out {
@@ -58,7 +58,9 @@ impl Out {
 
     pub fn commit(&self, r: &CommitReport) -> io::Result<()> {
         if self.json {
-            return print_json(&json!({"id": r.id, "outcome": "committed", "images": r.images}));
+            return print_json(
+                &json!({"id": r.id, "outcome": "committed", "images": r.images, "spares": r.spares}),
+            );
         }
         if self.quiet {
             return Ok(());
@@ -69,6 +71,7 @@ impl Out {
                 .iter()
                 .map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)),
         );
+        lines.extend(spare_lines(&r.spares));
         human(&lines)
     }
 
@@ -96,8 +99,10 @@ impl Out {
         };
         if self.json {
             let images = r.map_or(Value::Array(Vec::new()), |r| json!(r.images));
+            let spares = r.map_or(Value::Array(Vec::new()), |r| json!(r.spares));
             return print_json(
-                &json!({"id": tx, "outcome": outcome, "exit_code": exit_code, "images": images}),
+                &json!({"id": tx, "outcome": outcome, "exit_code": exit_code,
+                "images": images, "spares": spares}),
             );
         }
         if self.quiet {
@@ -105,6 +110,9 @@ impl Out {
         }
         if committed {
             eprintln!("command succeeded; committed {tx}");
+            for line in spare_lines(r.map_or(&[], |r| &r.spares)) {
+                eprintln!("{line}");
+            }
         } else {
             eprintln!("command exited with status {exit_code}; rolled back {tx}");
         }
@@ -265,4 +273,18 @@ impl Out {
         }
         human(&lines)
     }
+}
+
+/// Where each kept spare is and how large, so its disk space is never a surprise.
+fn spare_lines(spares: &[Spare]) -> Vec<String> {
+    spares
+        .iter()
+        .map(|s| {
+            format!(
+                "  kept {} ({}) for the next commit's pre-images; --no-spare removes it",
+                s.path.display(),
+                indicatif::HumanBytes(s.bytes)
+            )
+        })
+        .collect()
 }

@@ -15,7 +15,7 @@ use crate::plan::{chunks, Action, Plan};
 use crate::record::{Direction, Intent, Record};
 use crate::state::{FileId, Format, Manifest, TxState};
 use crate::undo::{CHUNK, READ_AHEAD};
-use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Phase, Progress};
+use crate::{layout, undo, CommitOptions, CommitReport, Engine, Host, Phase, Progress, Spare};
 
 pub(crate) type TxJournal<S> = journal::Journal<<S as Fs>::File, Record>;
 
@@ -220,13 +220,14 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .map_err(after)?;
         self.host.step("logged");
         drop(js);
-        self.cleanup_commit(
-            &m.id,
-            &m.cleanup_list(),
-            &journals,
-            !(opts.no_spare || opts.no_undo),
-        )
-        .map_err(after)?;
+        let spares = self
+            .cleanup_commit(
+                &m.id,
+                &m.cleanup_list(),
+                &journals,
+                !(opts.no_spare || opts.no_undo),
+            )
+            .map_err(after)?;
         // The overlays (and pre-image files not kept as spares) are unlinked and that is
         // durable; freeing their blocks is left to whoever closes them last.
         crate::release::close_later(&self.host, overlays.into_iter().chain(undo_files).collect());
@@ -234,6 +235,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         Ok(CommitReport {
             id: m.id.clone(),
             images,
+            spares,
         })
     }
 
@@ -545,14 +547,15 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Removes overlays, pre-images and journals of a finished commit, then its registration.
     /// Each (base, overlay, overlay dev/ino) names one image; `journals` lists coordinator first.
     /// With `keep_spare` each pre-image file is renamed to its base's spare instead, for the
-    /// next commit to overwrite (see `undo::save`).
+    /// next commit to overwrite (see `undo::save`); the spares kept are returned.
     pub(crate) fn cleanup_commit(
         &self,
         tx: &str,
         images: &[(PathBuf, PathBuf, (u64, u64))],
         journals: &[PathBuf],
         keep_spare: bool,
-    ) -> Result<()> {
+    ) -> Result<Vec<Spare>> {
+        let mut spares = Vec::new();
         if let Some(mut m) = self.state.load(&self.fs, tx)? {
             if m.state != TxState::Finished {
                 m.state = TxState::Finished;
@@ -571,7 +574,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 crate::state::remove_if_exists(&self.fs, overlay)?;
             }
             let undo = layout::undo(base, tx)?;
-            if !(keep_spare && self.keep_as_spare(&undo, &layout::spare(base)?)) {
+            let spare = layout::spare(base)?;
+            if keep_spare && self.keep_as_spare(&undo, &spare) {
+                // Only reported: a spare whose length cannot be read is still a spare.
+                let bytes = self.fs.metadata(&spare).ok().flatten().map_or(0, |m| m.len);
+                spares.push(Spare { path: spare, bytes });
+            } else {
                 crate::state::remove_if_exists(&self.fs, &undo)?;
             }
             let dir = layout::dir_of(base)?;
@@ -595,7 +603,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
             self.state.remove_manifest(&self.fs, tx)?;
         }
         self.drop_lock_file(tx);
-        Ok(())
+        Ok(spares)
     }
 
     /// Renames the pre-image file `undo` to `spare`; false if there is none or it cannot be.

@@ -113,6 +113,18 @@ pub struct CommitReport {
     pub id: String,
     /// Per base, the bytes changed.
     pub images: Vec<HistoryImage>,
+    /// The pre-image files kept beside their bases as spares (none with `--no-undo` or
+    /// `--no-spare`): disk space the user may want to know about.
+    pub spares: Vec<Spare>,
+}
+
+/// A pre-image file a commit kept as its base's spare, for the next commit to overwrite.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Spare {
+    /// Where it is: `.NAME.imgtx.spare` beside the base.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub bytes: u64,
 }
 
 /// The transaction engine over file system `S` on host `H`.

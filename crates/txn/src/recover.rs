@@ -436,7 +436,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         match decision {
             Decision::Discard => self.discard_uncommitted(tx, &st.journals)?,
             Decision::Cleanup => {
-                self.cleanup_commit(tx, &cleanup_list(&present), &st.journals, false)?
+                self.cleanup_commit(tx, &cleanup_list(&present), &st.journals, false)?;
             }
             Decision::Go(dir) => self.recover_direction(&st, &present, dir, progress)?,
             Decision::Refuse(_) => {}
@@ -633,6 +633,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         self.host.step("recover-logged");
         // Undone or finished, the transaction is over: its overlays go too.
         self.cleanup_commit(&st.tx, &cleanup_list(present), &st.journals, false)
+            .map(drop)
     }
 }
 
