@@ -117,6 +117,35 @@ fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare
 }
 
 #[test]
+fn writes_into_the_free_space_of_a_sparse_base_save_no_pre_image_data() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    // 64 MiB, data in the first MiB only: the rest is a hole, as in a fresh sparse image.
+    let base = t.image("sparse.img");
+    let file = fs::File::create(&base).unwrap();
+    file.set_len(64 * MIB).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0x5a; MIB as usize], 0).unwrap();
+    drop(file);
+    let tx = t.begin(&[&base]);
+    qcow2_io(tx.overlay(), "write -P 0x11 512k 1M");
+    qcow2_io(tx.overlay(), "write -P 0x22 8M 16M");
+    let expected = converted_raw(&t, tx.overlay());
+
+    t.imgtx_ok(&["commit", &tx.id]);
+
+    assert!(fs::read(&base).unwrap() == expected, "base differs");
+    // The 1 MiB piece at 512 KiB is half data, so it is saved whole; the four 4 MiB pieces
+    // of the hole are entry headers alone. The file holds 1 MiB and a block, not 17 MiB.
+    let spare = fs::metadata(t.spare("sparse.img")).unwrap().len();
+    assert!(
+        (MIB..MIB + 64 * 1024).contains(&spare),
+        "the pre-image file is {spare} bytes"
+    );
+}
+
+#[test]
 fn commit_grows_the_base_when_the_overlay_was_resized() {
     if !require_tools(&["qemu-img", "qemu-io"]) {
         return;

@@ -1,11 +1,16 @@
 //! The pre-image file: every base byte range a commit can overwrite, saved before the
 //! commit point so recovery can put the base back bit for bit.
 //!
-//! Layout (all integers little-endian): a 16-byte header `IMGTXUN2` + old base length, then
+//! Layout (all integers little-endian): a 16-byte header `IMGTXUN3` + old base length, then
 //! entries of `offset u64, len u64, data crc32 u32, header crc32 u32`, zeros up to the next
 //! multiple of 4 KiB, and `len` bytes of data. The header crc also covers the transaction
 //! id, so an entry from another transaction's file can never validate. Each entry holds at
 //! most [`CHUNK`] bytes.
+//!
+//! A range that reads as zeros (a hole of a sparse base, or written zeros) is saved as its
+//! header alone, with [`ZEROS`] set in `len` and no data: restoring it makes the range read
+//! as zeros again. Raw images are usually sparse and guests often write into their free
+//! space, so this is the commonest pre-image there is, and it costs no data write at all.
 //!
 //! The data is block-aligned so that, where the file system can share blocks (XFS, btrfs),
 //! an aligned range is not copied at all: the pre-image file gets a reflink of the base's
@@ -14,9 +19,9 @@
 //! save logs which it did. The data is read either way, for its checksum.
 //!
 //! A commit that ends well keeps its file as the base's spare (`layout::spare`), which the
-//! next commit overwrites in place instead of writing a new file ([`reuse`]). Version 1 files
-//! (`IMGTXUN1`: data right after each entry header) are still read, for commits an older
-//! imgtx left to recover.
+//! next commit overwrites in place instead of writing a new file ([`reuse`]). Version 2
+//! files (`IMGTXUN2`: no zero entries) and version 1 files (`IMGTXUN1`: data right after
+//! each entry header) are still read, for commits an older imgtx left to recover.
 
 use std::path::Path;
 
@@ -27,21 +32,35 @@ use crate::error::{Error, Result};
 use crate::plan::chunks;
 use crate::record::UndoSummary;
 
-const MAGIC: &[u8; 8] = b"IMGTXUN2";
+const MAGIC: &[u8; 8] = b"IMGTXUN3";
+const MAGIC_V2: &[u8; 8] = b"IMGTXUN2";
 const MAGIC_V1: &[u8; 8] = b"IMGTXUN1";
+/// Set in a version 3 entry's `len`: the range read as zeros, and no data follows.
+const ZEROS: u64 = 1 << 63;
 const HEADER: u64 = 16;
 const ENTRY_HEADER: u64 = 24;
 /// Where a version 2 entry's data starts: a multiple of this.
 const DATA_ALIGN: u64 = 4096;
 
 /// Where the data of the entry whose header is at `pos` starts.
-fn data_at(pos: u64, v2: bool) -> Option<u64> {
+fn data_at(pos: u64, aligned: bool) -> Option<u64> {
     let after = pos.checked_add(ENTRY_HEADER)?;
-    if v2 {
+    if aligned {
         after.checked_next_multiple_of(DATA_ALIGN)
     } else {
         Some(after)
     }
+}
+
+/// Whether `data` is all zeros; compiled to wide compares, and stops at the first block
+/// that is not, which for ordinary data is the first.
+fn all_zeros(data: &[u8]) -> bool {
+    let blocks = data.chunks_exact(64);
+    let rest = blocks.remainder();
+    blocks
+        .into_iter()
+        .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
+        && rest.iter().all(|&x| x == 0)
 }
 /// The largest piece of data read or written at once.
 pub const CHUNK: u64 = 4 << 20;
@@ -109,12 +128,27 @@ pub fn save<S: Fs>(
         tag: (),
         cached: false,
     });
-    // Reflinks are tried until the file system first refuses one; `shared` counts their bytes.
-    let (mut share, mut shared) = (true, 0u64);
+    // Reflinks are tried until the file system first refuses one; `shared` counts their bytes,
+    // `zeros` those of ranges saved as a header alone.
+    let (mut share, mut shared, mut zeros) = (true, 0u64, 0u64);
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         let (offset, len) = (piece.offset, data.len() as u64);
         let mut head = Vec::with_capacity(DATA_ALIGN as usize);
         head.extend_from_slice(&offset.to_le_bytes());
+        if all_zeros(data) {
+            head.extend_from_slice(&(len | ZEROS).to_le_bytes());
+            head.extend_from_slice(&0u32.to_le_bytes());
+            let c = entry_crc(&head, tx);
+            head.extend_from_slice(&c.to_le_bytes());
+            out.write_all_at(&head, pos)
+                .map_err(Error::io("write", path))?;
+            pos += ENTRY_HEADER;
+            zeros += len;
+            summary.entries += 1;
+            summary.bytes += len;
+            saved(summary.bytes);
+            return Ok(());
+        }
         head.extend_from_slice(&len.to_le_bytes());
         head.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
         let c = entry_crc(&head, tx);
@@ -169,8 +203,8 @@ pub fn save<S: Fs>(
         out.set_len(pos).map_err(Error::io("truncate", path))?;
     }
     // Which path was taken, so "never a silent full copy" can be checked: `shared` bytes are
-    // reflinks of the base, the rest were copied.
-    tracing::info!(path = %path.display(), bytes = summary.bytes, shared, reused, "pre-images saved");
+    // reflinks of the base, `zeros` bytes were zeros and needed no data, the rest were copied.
+    tracing::info!(path = %path.display(), bytes = summary.bytes, shared, zeros, reused, "pre-images saved");
     // Barrier: the pre-images must be durable (data and length; the name was synced above)
     // before the journal says they are, and that must precede the commit point and any
     // write to the base.
@@ -229,6 +263,8 @@ struct Entry {
     len: u64,
     crc: u32,
     data_at: u64,
+    /// The range read as zeros; nothing is stored at `data_at`.
+    zeros: bool,
 }
 
 fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result<Vec<Entry>> {
@@ -246,8 +282,13 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
     let mut header = [0u8; 16];
     f.read_exact_at(&mut header, 0)
         .map_err(Error::io("read", path))?;
-    let v2 = &header[..8] == MAGIC;
-    if !(v2 || &header[..8] == MAGIC_V1) || header[8..] != s.old_len.to_le_bytes() {
+    let version = match &header[..8] {
+        m if m == MAGIC => 3,
+        m if m == MAGIC_V2 => 2,
+        m if m == MAGIC_V1 => 1,
+        _ => 0,
+    };
+    if version == 0 || header[8..] != s.old_len.to_le_bytes() {
         return Err(bad("its header does not match the journal".into()));
     }
     let mut out = Vec::new();
@@ -258,14 +299,21 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
         f.read_exact_at(&mut head, pos)
             .map_err(Error::io("read", path))?;
         let field = |i: usize| u64::from_le_bytes(head[i..i + 8].try_into().unwrap_or([0; 8]));
-        let (offset, n) = (field(0), field(8));
+        let (offset, mut n) = (field(0), field(8));
         let crc = u32::from_le_bytes(head[16..20].try_into().unwrap_or([0; 4]));
         let hcrc = u32::from_le_bytes(head[20..24].try_into().unwrap_or([0; 4]));
         if entry_crc(&head[..20], tx) != hcrc {
             return Err(bad(format!("the entry at {pos:#x} fails its checksum")));
         }
-        let at = data_at(pos, v2);
-        let end = at.and_then(|a| a.checked_add(n));
+        // Before version 3 the flag is just an impossible length, refused below.
+        let zeros = version == 3 && n & ZEROS != 0;
+        let (at, end) = if zeros {
+            n &= !ZEROS;
+            (Some(pos), pos.checked_add(ENTRY_HEADER))
+        } else {
+            let at = data_at(pos, version >= 2);
+            (at, at.and_then(|a| a.checked_add(n)))
+        };
         let fits = offset.checked_add(n).is_some_and(|e| e <= s.old_len);
         match (at, end) {
             (Some(data_at), Some(end)) if end <= len && n <= CHUNK && fits => {
@@ -274,6 +322,7 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
                     len: n,
                     crc,
                     data_at,
+                    zeros,
                 });
                 bytes += n;
                 pos = end;
@@ -288,7 +337,8 @@ fn entries<S: Fs>(f: &S::File, path: &Path, tx: &str, s: &UndoSummary) -> Result
 }
 
 /// Reads every saved range of the pre-image file in order, checks its checksum, and hands it
-/// to `each`; a range that fails its checksum is `Corrupt` with the reason `bad` gives.
+/// to `each` (a zero entry with no data); a range that fails its checksum is `Corrupt` with
+/// the reason `bad` gives.
 ///
 /// The opened descriptor must pass the same trust check as journals for user `uid`: the name
 /// may have been checked before, but it could have been swapped since (issue 6).
@@ -312,6 +362,10 @@ fn for_each_checked<S: Fs>(
     }
     let mut buf = Vec::new();
     for e in entries::<S>(&f, path, tx, summary)? {
+        if e.zeros {
+            each(&e, &[])?;
+            continue;
+        }
         buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
         f.read_exact_at(&mut buf, e.data_at)
             .map_err(Error::io("read", path))?;
@@ -359,8 +413,14 @@ pub fn restore<S: Fs>(
         summary,
         |_| "it changed while being read".into(),
         |e, data| {
-            base.write_all_at(data, e.offset)
-                .map_err(Error::io("write the old content back into", base_path))?;
+            if e.zeros {
+                // A hole again where the file system can, which is also what it most
+                // likely was.
+                base.zero_range(e.offset, e.len)
+            } else {
+                base.write_all_at(data, e.offset)
+            }
+            .map_err(Error::io("write the old content back into", base_path))?;
             done += e.len;
             restored(done);
             Ok(())
@@ -563,7 +623,136 @@ mod tests {
     }
 
     #[test]
-    fn version_2_data_starts_on_a_block_boundary() {
+    fn ranges_of_zeros_are_saved_as_headers_alone_and_restored_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        // 0..64K data, 64K..128K written zeros, 128K..192K a hole, 192K..256K data.
+        let mut old = vec![0u8; 256 << 10];
+        old[..64 << 10].fill(0x61);
+        old[(192 << 10)..].fill(0x62);
+        old[100 << 10] = 1; // one byte makes a 4 KiB piece data
+        base.write_all_at(&old[..128 << 10], 0).unwrap();
+        base.write_all_at(&old[192 << 10..], 192 << 10).unwrap();
+        let tx = "tx-0123456789";
+        let ranges = [(0, 256 << 10)];
+
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            (tx, uid()),
+            (256 << 10, &ranges),
+            &mut |_| {},
+        )
+        .unwrap();
+
+        // One piece of 256 KiB is mostly data: only whole pieces of zeros go without data.
+        assert_eq!(s.bytes, 256 << 10);
+        let saved_data = s.file_len;
+        base.write_all_at(&vec![0xee; 256 << 10], 0).unwrap();
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            tx,
+            &s,
+            uid(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&base_path).unwrap(), old);
+
+        // Pieces of 64 KiB: the two zero ones are headers alone, and restore as zeros.
+        let small: Vec<(u64, u64)> = (0..4).map(|i| (i << 16, 1 << 16)).collect();
+        old[100 << 10] = 0;
+        base.write_all_at(&old, 0).unwrap();
+        base.zero_range(128 << 10, 64 << 10).unwrap();
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            (tx, uid()),
+            (256 << 10, &small),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!((s.entries, s.bytes), (4, 256 << 10));
+        // Data 1 at 4 KiB, the zero entries' headers right after it, and data 4 at the
+        // next block boundary: what the zero ranges cost is 48 bytes of one block.
+        assert_eq!(s.file_len, 2 * (4096 + (64 << 10)));
+        assert!(s.file_len < saved_data);
+        base.write_all_at(&vec![0xee; 256 << 10], 0).unwrap();
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            tx,
+            &s,
+            uid(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&base_path).unwrap(), old);
+    }
+
+    #[test]
+    fn a_version_2_file_is_still_restored_and_knows_no_zero_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let base_path = dir.path().join("b.img");
+        let undo_path = dir.path().join("b.undo");
+        let fs = OsFs;
+        let base = fs.create_new(&base_path).unwrap();
+        base.write_all_at(&[4; 8192], 0).unwrap();
+        let tx = "tx-0123456789";
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            (tx, uid()),
+            (8192, &[(4096, 4096)]),
+            &mut |_| {},
+        )
+        .unwrap();
+        // A file with no zero entry is laid out as version 2 was, but for its magic.
+        let mut raw = std::fs::read(&undo_path).unwrap();
+        raw[..8].copy_from_slice(MAGIC_V2);
+        std::fs::write(&undo_path, &raw).unwrap();
+        base.write_all_at(&[9; 8192], 0).unwrap();
+
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            tx,
+            &s,
+            uid(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&base_path).unwrap(),
+            [&[9; 4096][..], &[4; 4096]].concat()
+        );
+
+        // The zero flag in a version 2 file is an impossible length, refused.
+        base.write_all_at(&[0; 8192], 0).unwrap();
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            (tx, uid()),
+            (8192, &[(4096, 4096)]),
+            &mut |_| {},
+        )
+        .unwrap();
+        let mut raw = std::fs::read(&undo_path).unwrap();
+        raw[..8].copy_from_slice(MAGIC_V2);
+        std::fs::write(&undo_path, &raw).unwrap();
+        assert!(verify(&fs, &undo_path, tx, &s, uid()).is_err());
+    }
+
+    #[test]
+    fn entry_data_starts_on_a_block_boundary() {
         let dir = tempfile::tempdir().unwrap();
         let base_path = dir.path().join("b.img");
         let undo_path = dir.path().join("b.undo");

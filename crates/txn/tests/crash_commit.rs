@@ -19,6 +19,26 @@ fn report(name: &str, s: crash_support::Stats) {
     );
 }
 
+/// The sweeps below cross zero pre-image entries too: the fixture's base reads zeros under
+/// one of the changed clusters, whose pre-image is then saved as a header alone.
+#[test]
+fn the_swept_commit_saves_a_zero_pre_image_entry() {
+    if !crash_support::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return;
+    }
+    let fx = Fixture::new(&crash_support::raw_single());
+    let sim = fx.fresh();
+    let (e, _) = crash_support::engine(&sim, &fx.bases).unwrap();
+
+    crash_support::commit_tx(&e, false).unwrap();
+
+    let spare = sim
+        .read_live(crash_support::spare_of(&fx.bases[0]))
+        .unwrap();
+    assert!(crash_support::zero_entries(&spare).unwrap() > 0);
+}
+
 #[test]
 fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
     if !crash_support::have("qemu-io") {

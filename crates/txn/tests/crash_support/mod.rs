@@ -139,6 +139,9 @@ impl Rng {
     }
 }
 
+/// Where a fixture's base reads zeros (see `Fixture::new`).
+const ZERO_AREA: std::ops::Range<usize> = (192 << 10)..(256 << 10);
+
 fn content(size: u64, seed: u64) -> Vec<u8> {
     let mut rng = Rng(seed);
     (0..size).map(|_| (rng.next() >> 24) as u8).collect()
@@ -220,7 +223,13 @@ impl Fixture {
         let sim = SimFs::new();
         let mut old = Vec::new();
         for (i, s) in specs.iter().enumerate() {
-            let bytes = content(s.size, 0xb45e + i as u64);
+            let mut bytes = content(s.size, 0xb45e + i as u64);
+            // Bases of 256 KiB and more read zeros in [192K, 256K), like the free space of a
+            // sparse image: the edits there (raw_single's compressed cluster, raw_pair's zero
+            // cluster) save zero pre-image entries, which the sweeps then cross too.
+            if let Some(free) = bytes.get_mut(ZERO_AREA) {
+                free.fill(0);
+            }
             sim.put_durable(s.base, &bytes);
             old.push(bytes);
         }
@@ -228,7 +237,7 @@ impl Fixture {
         // The first base has a spare an earlier commit kept, so the sweeps cross its reuse
         // (renamed, overwritten, cut short) and the others' new pre-image files. Its header
         // matches what this commit will write; its entries are another transaction's.
-        let mut stale = b"IMGTXUN2".to_vec();
+        let mut stale = b"IMGTXUN3".to_vec();
         stale.extend_from_slice(&specs[0].size.to_le_bytes());
         stale.extend(content(3 * specs[0].size, 0x5a4e));
         sim.put_durable(spare_of(&bases[0]), &stale);
@@ -399,15 +408,23 @@ fn journal_of(fs: &SimFs, base: &Path) -> Option<(String, PathBuf)> {
     })
 }
 
-/// The (offset, len) entries of a pre-image file, per the layout in `crates/txn/src/undo.rs`.
-fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
+/// How many entries of the pre-image file `bytes` are zero entries (saved without data).
+pub fn zero_entries(bytes: &[u8]) -> Option<usize> {
+    Some(undo_entries(bytes)?.iter().filter(|e| e.2).count())
+}
+
+/// The (offset, len, zeros) entries of a pre-image file, per the layout in
+/// `crates/txn/src/undo.rs`.
+fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64, bool)>> {
     let mut out = Vec::new();
     let mut pos = 16usize;
-    // Version 2 starts each entry's data at a multiple of 4 KiB; version 1 right after its
-    // 24-byte header.
-    let align = match bytes.get(..8)? {
-        b"IMGTXUN2" => 4096,
-        b"IMGTXUN1" => 1,
+    // Versions 2 and 3 start each entry's data at a multiple of 4 KiB, version 1 right after
+    // its 24-byte header; a version 3 entry with the top bit of its length set read zeros
+    // and has no data.
+    let (align, zero_flag) = match bytes.get(..8)? {
+        b"IMGTXUN3" => (4096, 1u64 << 63),
+        b"IMGTXUN2" => (4096, 0),
+        b"IMGTXUN1" => (1, 0),
         _ => return None,
     };
     let u64_at = |p: usize| {
@@ -417,7 +434,12 @@ fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
     };
     while pos < bytes.len() {
         let (off, len) = (u64_at(pos)?, u64_at(pos + 8)?);
-        out.push((off, len));
+        if len & zero_flag != 0 {
+            out.push((off, len & !zero_flag, true));
+            pos = pos.checked_add(24)?;
+            continue;
+        }
+        out.push((off, len, false));
         pos = pos
             .checked_add(24)?
             .checked_next_multiple_of(align)?
@@ -426,8 +448,8 @@ fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64)>> {
     Some(out)
 }
 
-fn covered(entries: &[(u64, u64)], start: u64, end: u64) -> bool {
-    let mut ranges: Vec<(u64, u64)> = entries.iter().map(|&(o, l)| (o, o + l)).collect();
+fn covered(entries: &[(u64, u64, bool)], start: u64, end: u64) -> bool {
+    let mut ranges: Vec<(u64, u64)> = entries.iter().map(|&(o, l, _)| (o, o + l)).collect();
     ranges.sort_unstable();
     let mut at = start;
     for (a, b) in ranges {
