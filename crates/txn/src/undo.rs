@@ -131,6 +131,7 @@ pub fn save<S: Fs>(
     // Reflinks are tried until the file system first refuses one; `shared` counts their bytes,
     // `zeros` those of ranges saved as a header alone.
     let (mut share, mut shared, mut zeros) = (true, 0u64, 0u64);
+    let too_large = || Error::Invalid("the pre-image file would be too large".into());
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         let (offset, len) = (piece.offset, data.len() as u64);
         let mut head = Vec::with_capacity(DATA_ALIGN as usize);
@@ -140,6 +141,11 @@ pub fn save<S: Fs>(
             head.extend_from_slice(&0u32.to_le_bytes());
             let c = entry_crc(&head, tx);
             head.extend_from_slice(&c.to_le_bytes());
+            // Padded to the block's end like any header, for the same reason: the next
+            // header lands in this block, which must not be read from a spare first. The
+            // padding is overwritten by what follows or cut off at the end.
+            let block_end = data_at(pos, true).ok_or_else(too_large)?;
+            head.resize(usize::try_from(block_end - pos).unwrap_or(24), 0);
             out.write_all_at(&head, pos)
                 .map_err(Error::io("write", path))?;
             pos += ENTRY_HEADER;
@@ -153,8 +159,7 @@ pub fn save<S: Fs>(
         head.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
         let c = entry_crc(&head, tx);
         head.extend_from_slice(&c.to_le_bytes());
-        let at = data_at(pos, true)
-            .ok_or_else(|| Error::Invalid("the pre-image file would be too large".into()))?;
+        let at = data_at(pos, true).ok_or_else(too_large)?;
         // The header with its padding, in one write: when `pos` starts a block, a spare's
         // block is then replaced whole instead of read from the disk first to be patched
         // (measured: 0.4 s of reads per 256 MiB of pre-images in 4 MiB entries).
@@ -197,8 +202,9 @@ pub fn save<S: Fs>(
         Err(Stopped::Write(e)) => return Err(e),
     }
     summary.file_len = pos;
-    // A spare longer than this save keeps only what the journal will vouch for. Shorter or
-    // equal, as when one pipeline commits similar changes again, nothing is freed or allocated.
+    // A file longer than this save (a spare, or a last zero entry's padding) keeps only what
+    // the journal will vouch for. Shorter or equal, as when one pipeline commits similar
+    // changes again, nothing is freed or allocated.
     if out.len().map_err(Error::io("stat", path))? > pos {
         out.set_len(pos).map_err(Error::io("truncate", path))?;
     }
@@ -682,6 +688,30 @@ mod tests {
         assert_eq!(s.file_len, 2 * (4096 + (64 << 10)));
         assert!(s.file_len < saved_data);
         base.write_all_at(&vec![0xee; 256 << 10], 0).unwrap();
+        restore(
+            &fs,
+            (&undo_path, &base, &base_path),
+            tx,
+            &s,
+            uid(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&base_path).unwrap(), old);
+
+        // Ending on a zero entry: its padding past the header is cut off again.
+        let (s, _) = save(
+            &fs,
+            &base,
+            (&base_path, &undo_path, &dir.path().join("b.spare")),
+            (tx, uid()),
+            (256 << 10, &small[..3]),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.file_len, 4096 + (64 << 10) + 2 * 24);
+        assert_eq!(std::fs::metadata(&undo_path).unwrap().len(), s.file_len);
+        base.write_all_at(&vec![0xee; 192 << 10], 0).unwrap();
         restore(
             &fs,
             (&undo_path, &base, &base_path),
