@@ -29,7 +29,8 @@ use bench::Config;
 pub type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 const USAGE: &str = "\
-usage: imgtx-bench [--imgtx PATH] [--workdir DIR] [--scenario small|large|meta|all|tiny]
+usage: imgtx-bench [--imgtx PATH] [--workdir DIR]
+                   [--scenario small|large|sparse|meta|all|tiny]
                    [--rounds N] [--seed N] [--json]
 
   --imgtx PATH     the imgtx binary to measure (without it only qemu-img runs)
@@ -37,8 +38,10 @@ usage: imgtx-bench [--imgtx PATH] [--workdir DIR] [--scenario small|large|meta|a
                    pristine images are kept there and reused by later runs
   --scenario S     small: 1 GiB raw base, 256 MiB changed
                    large: 16 GiB virtual base, 2 GiB changed
+                   sparse: 1 GiB base holding 256 MiB of data, 256 MiB changed mostly
+                          in its holes (a guest filling free space)
                    meta:  begin on a 16 GiB base; status and diff of 100 000 changed clusters
-                   all:   small, large and meta [default]
+                   all:   small, large, sparse and meta [default]
                    tiny:  a few-second smoke test of the harness
   --rounds N       timed runs per contestant, interleaved [5]
   --seed N         seed of every pseudo-random choice [7]

@@ -104,15 +104,16 @@ pub fn single_clusters(disk_size: u64, count: u64, seed: u64) -> Plan {
     }
 }
 
-/// Byte ranges of a sparse base that must hold data: every range the plan writes, widened to
-/// whole MiB, plus `extra` random 4 MiB ranges that the overlay leaves alone (so unchanged,
-/// non-zero base data exists too). Sorted and merged.
-pub fn base_regions(disk_size: u64, plan: &Plan, extra: u64, seed: u64) -> Vec<(u64, u64)> {
+/// Byte ranges of a sparse base that must hold data: with a plan, every range it writes,
+/// widened to whole MiB; and `extra` random 4 MiB ranges (which the plan's writes may or
+/// may not touch). Without a plan the writes land wherever the base is a hole: a guest
+/// filling its free space. Sorted and merged.
+pub fn base_regions(disk_size: u64, plan: Option<&Plan>, extra: u64, seed: u64) -> Vec<(u64, u64)> {
     const MIB: u64 = 1 << 20;
     const EXTRA_LEN: u64 = 4 * MIB;
     let mut rng = Rng::new(seed ^ 0x5eed_ba5e);
     let mut ranges: Vec<(u64, u64)> = plan
-        .ops
+        .map_or(&[][..], |p| &p.ops)
         .iter()
         .map(|op| {
             let start = op.offset / MIB * MIB;
@@ -174,7 +175,7 @@ mod tests {
     fn base_regions_cover_every_write_and_are_merged() {
         let plan = scattered(16 * GIB, 64 << 20, 2);
 
-        let regions = base_regions(16 * GIB, &plan, 8, 2);
+        let regions = base_regions(16 * GIB, Some(&plan), 8, 2);
 
         assert!(regions.windows(2).all(|w| w[0].1 < w[1].0));
         assert!(plan.ops.iter().all(|op| regions
