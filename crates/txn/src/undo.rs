@@ -7,9 +7,9 @@
 //! id, so an entry from another transaction's file can never validate. Each entry holds at
 //! most [`CHUNK`] bytes.
 //!
-//! A range that reads as zeros (a hole of a sparse base, or written zeros) is saved as its
-//! header alone, with [`ZEROS`] set in `len` and no data: restoring it makes the range read
-//! as zeros again. Raw images are usually sparse and guests often write into their free
+//! A run of 64 KiB grains that read as zeros (a hole of a sparse base, or written zeros) is
+//! saved as its header alone, with [`ZEROS`] set in `len` and no data: restoring it makes
+//! the range read as zeros again. Raw images are usually sparse and guests often write into their free
 //! space, so this is the commonest pre-image there is, and it costs no data write at all.
 //!
 //! The data is block-aligned so that, where the file system can share blocks (XFS, btrfs),
@@ -50,6 +50,25 @@ fn data_at(pos: u64, aligned: bool) -> Option<u64> {
     } else {
         Some(after)
     }
+}
+
+/// The grain at which a piece is split into runs of zeros and runs of data: the qcow2
+/// default cluster, so a guest write into a sparse image's free space, which fills whole
+/// clusters, saves only the data it overwrites.
+const ZERO_GRAIN: usize = 64 << 10;
+
+/// `data` cut into maximal runs `(start, end, all zeros)` of whole [`ZERO_GRAIN`]s (the last
+/// one shorter); at most one run when it holds no zero grain.
+fn zero_runs(data: &[u8]) -> Vec<(usize, usize, bool)> {
+    let mut runs: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, grain) in data.chunks(ZERO_GRAIN).enumerate() {
+        let (start, zero) = (i * ZERO_GRAIN, all_zeros(grain));
+        match runs.last_mut() {
+            Some(last) if last.2 == zero => last.1 = start + grain.len(),
+            _ => runs.push((start, start + grain.len(), zero)),
+        }
+    }
+    runs
 }
 
 /// Whether `data` is all zeros; compiled to wide compares, and stops at the first block
@@ -132,11 +151,12 @@ pub fn save<S: Fs>(
     // `zeros` those of ranges saved as a header alone.
     let (mut share, mut shared, mut zeros) = (true, 0u64, 0u64);
     let too_large = || Error::Invalid("the pre-image file would be too large".into());
-    let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
-        let (offset, len) = (piece.offset, data.len() as u64);
+    // One entry: `data` is the old content at `offset`, all zeros when `zero`.
+    let mut entry = |offset: u64, data: &[u8], zero: bool| -> Result<()> {
+        let len = data.len() as u64;
         let mut head = Vec::with_capacity(DATA_ALIGN as usize);
         head.extend_from_slice(&offset.to_le_bytes());
-        if all_zeros(data) {
+        if zero {
             head.extend_from_slice(&(len | ZEROS).to_le_bytes());
             head.extend_from_slice(&0u32.to_le_bytes());
             let c = entry_crc(&head, tx);
@@ -192,6 +212,12 @@ pub fn save<S: Fs>(
         summary.entries += 1;
         summary.bytes += len;
         saved(summary.bytes);
+        Ok(())
+    };
+    let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
+        for (start, end, zero) in zero_runs(data) {
+            entry(piece.offset + start as u64, &data[start..end], zero)?;
+        }
         Ok(())
     });
     match copied {
@@ -654,9 +680,10 @@ mod tests {
         )
         .unwrap();
 
-        // One piece of 256 KiB that holds some data is saved whole, its zeros included.
-        assert_eq!(s.bytes, 256 << 10);
-        let saved_data = s.file_len;
+        // Data, then one zero entry for the written zeros and the hole together, then
+        // data: the zero grains cost 24 bytes of the block after the first data.
+        assert_eq!((s.entries, s.bytes), (3, 256 << 10));
+        assert_eq!(s.file_len, 2 * (4096 + (64 << 10)));
         base.write_all_at(&vec![0xee; 256 << 10], 0).unwrap();
         restore(
             &fs,
@@ -669,7 +696,7 @@ mod tests {
         .unwrap();
         assert_eq!(std::fs::read(&base_path).unwrap(), old);
 
-        // Pieces of 64 KiB: the two zero ones are headers alone, and restore as zeros.
+        // Pieces of 64 KiB: the two zero ones are an entry each.
         let small: Vec<(u64, u64)> = (0..4).map(|i| (i << 16, 1 << 16)).collect();
         base.write_all_at(&old, 0).unwrap();
         base.zero_range(128 << 10, 64 << 10).unwrap();
@@ -683,10 +710,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.entries, s.bytes), (4, 256 << 10));
-        // Data 1 at 4 KiB, the zero entries' headers right after it, and data 4 at the
-        // next block boundary: what the zero ranges cost is 48 bytes of one block.
         assert_eq!(s.file_len, 2 * (4096 + (64 << 10)));
-        assert!(s.file_len < saved_data);
         base.write_all_at(&vec![0xee; 256 << 10], 0).unwrap();
         restore(
             &fs,
@@ -722,6 +746,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(std::fs::read(&base_path).unwrap(), old);
+    }
+
+    #[test]
+    fn zero_runs_cut_at_whole_grains_and_merge_neighbours() {
+        let g = ZERO_GRAIN;
+        let mut data = vec![0u8; 5 * g + 100];
+        data[0] = 1; // grain 0 data
+        data[3 * g + 5] = 1; // grain 3 data, grains 1-2 zeros, grain 4 and the tail zeros
+
+        assert_eq!(
+            zero_runs(&data),
+            [
+                (0, g, false),
+                (g, 3 * g, true),
+                (3 * g, 4 * g, false),
+                (4 * g, 5 * g + 100, true)
+            ]
+        );
+        assert_eq!(zero_runs(&[7; 100]), [(0, 100, false)]);
+        assert!(zero_runs(&[]).is_empty());
     }
 
     #[test]
