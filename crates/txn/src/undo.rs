@@ -9,8 +9,8 @@
 //!
 //! A run of 64 KiB grains that read as zeros (a hole of a sparse base, or written zeros) is
 //! saved as its header alone, with [`ZEROS`] set in `len` and no data: restoring it makes
-//! the range read as zeros again. Raw images are usually sparse and guests often write into their free
-//! space, so this is the commonest pre-image there is, and it costs no data write at all.
+//! the range read as zeros again. Raw images are usually sparse and guests often write into
+//! their free space, so this is a common pre-image, and it costs no data write at all.
 //!
 //! The data is block-aligned so that, where the file system can share blocks (XFS, btrfs),
 //! an aligned range is not copied at all: the pre-image file gets a reflink of the base's
@@ -39,7 +39,7 @@ const MAGIC_V1: &[u8; 8] = b"IMGTXUN1";
 const ZEROS: u64 = 1 << 63;
 const HEADER: u64 = 16;
 const ENTRY_HEADER: u64 = 24;
-/// Where a version 2 entry's data starts: a multiple of this.
+/// Where a version 2 or 3 entry's data starts: a multiple of this.
 const DATA_ALIGN: u64 = 4096;
 
 /// Where the data of the entry whose header is at `pos` starts.
@@ -81,6 +81,7 @@ fn all_zeros(data: &[u8]) -> bool {
         .all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0)
         && rest.iter().all(|&x| x == 0)
 }
+
 /// The largest piece of data read or written at once.
 pub const CHUNK: u64 = 4 << 20;
 /// How many reads of up to [`CHUNK`] bytes a copy keeps in flight (a reader thread each): the
