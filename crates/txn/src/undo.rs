@@ -469,23 +469,31 @@ mod tests {
         nix::unistd::geteuid().as_raw()
     }
 
-    /// Saves 8 KiB of a base of 0x5a bytes into `b.undo` of `dir`, with `b.spare` as the spare.
-    fn save_with_spare(dir: &Path) -> (UndoSummary, PathBuf) {
+    const TX: &str = "tx-0123456789";
+
+    /// Saves `ranges` of `dir/b.img` (`old_len` long) into `dir/b.undo` for [`TX`].
+    fn save_ranges(dir: &Path, old_len: u64, ranges: &[(u64, u64)]) -> UndoSummary {
         let fs = OsFs;
         let base_path = dir.join("b.img");
-        let base = fs.create_new(&base_path).unwrap();
-        base.write_all_at(&[0x5a; 16384], 0).unwrap();
-        let undo_path = dir.join("b.undo");
+        let base = fs.open(&base_path, false).unwrap();
+        let spare = dir.join("b.spare");
         let (s, _) = save(
             &fs,
             &base,
-            (&base_path, &undo_path, &dir.join("b.spare")),
-            ("tx-0123456789", uid()),
-            (16384, &[(4096, 8192)]),
+            (&base_path, &dir.join("b.undo"), &spare),
+            (TX, uid()),
+            (old_len, ranges),
             &mut |_| {},
         )
         .unwrap();
-        (s, undo_path)
+        s
+    }
+
+    /// Saves 8 KiB of a base of 0x5a bytes into `b.undo` of `dir`, with `b.spare` as the spare.
+    fn save_with_spare(dir: &Path) -> (UndoSummary, PathBuf) {
+        let base = OsFs.create_new(&dir.join("b.img")).unwrap();
+        base.write_all_at(&[0x5a; 16384], 0).unwrap();
+        (save_ranges(dir, 16384, &[(4096, 8192)]), dir.join("b.undo"))
     }
 
     #[test]
@@ -506,7 +514,7 @@ mod tests {
             s.file_len,
             "stale bytes past the save were kept"
         );
-        verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+        verify(&OsFs, &undo_path, TX, &s, uid()).unwrap();
     }
 
     #[test]
@@ -535,7 +543,7 @@ mod tests {
                 "the untrusted spare was left (linked {linked})"
             );
             assert_eq!(std::fs::read(&victim).unwrap(), vec![0xee; 1 << 20]);
-            verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+            verify(&OsFs, &undo_path, TX, &s, uid()).unwrap();
         }
     }
 
@@ -549,7 +557,7 @@ mod tests {
 
         assert!(std::fs::symlink_metadata(&spare).unwrap().is_symlink());
         assert!(!dir.path().join("elsewhere").exists());
-        verify(&OsFs, &undo_path, "tx-0123456789", &s, uid()).unwrap();
+        verify(&OsFs, &undo_path, TX, &s, uid()).unwrap();
     }
 
     #[test]
@@ -566,7 +574,7 @@ mod tests {
             &fs,
             &base,
             (&base_path, &undo_path, &dir.path().join("b.spare")),
-            ("tx-0123456789", uid()),
+            (TX, uid()),
             (100_000, &[(10, 500), (90_000, 10_000)]),
             &mut |n| saved.push(n),
         )
@@ -575,14 +583,9 @@ mod tests {
         base.write_all_at(&[0xab; 20_000], 85_000).unwrap();
         base.write_all_at(&[0xcd; 100], 0).unwrap();
         let mut restored = Vec::new();
-        restore(
-            &fs,
-            (&undo_path, &base, &base_path),
-            "tx-0123456789",
-            &s,
-            0,
-            &mut |n| restored.push(n),
-        )
+        restore(&fs, (&undo_path, &base, &base_path), TX, &s, 0, &mut |n| {
+            restored.push(n)
+        })
         .unwrap();
 
         let mut now = vec![0u8; usize::try_from(base.len().unwrap()).unwrap()];
@@ -608,7 +611,7 @@ mod tests {
         let fs = OsFs;
         let base = fs.create_new(&base_path).unwrap();
         base.write_all_at(&[9; 300], 0).unwrap();
-        let tx = "tx-0123456789";
+        let tx = TX;
         let old = [5u8; 100];
         let mut file = MAGIC_V1.to_vec();
         file.extend_from_slice(&300u64.to_le_bytes());
@@ -646,26 +649,6 @@ mod tests {
         base.read_exact_at(&mut now, 0).unwrap();
         assert_eq!(&now[..200], &[9; 200]);
         assert_eq!(&now[200..], &old);
-    }
-
-    const TX: &str = "tx-0123456789";
-
-    /// Saves `ranges` of `dir/b.img` (`old_len` long) into `dir/b.undo` for [`TX`].
-    fn save_ranges(dir: &Path, old_len: u64, ranges: &[(u64, u64)]) -> UndoSummary {
-        let fs = OsFs;
-        let base_path = dir.join("b.img");
-        let base = fs.open(&base_path, false).unwrap();
-        let spare = dir.join("b.spare");
-        let (s, _) = save(
-            &fs,
-            &base,
-            (&base_path, &dir.join("b.undo"), &spare),
-            (TX, uid()),
-            (old_len, ranges),
-            &mut |_| {},
-        )
-        .unwrap();
-        s
     }
 
     /// Overwrites the first `len` bytes of `dir/b.img`, restores `dir/b.undo` into it and
@@ -774,23 +757,12 @@ mod tests {
     #[test]
     fn entry_data_starts_on_a_block_boundary() {
         let dir = tempfile::tempdir().unwrap();
-        let base_path = dir.path().join("b.img");
-        let undo_path = dir.path().join("b.undo");
-        let fs = OsFs;
-        let base = fs.create_new(&base_path).unwrap();
+        let base = OsFs.create_new(&dir.path().join("b.img")).unwrap();
         base.write_all_at(&[3; 3 * 4096], 0).unwrap();
 
-        let (s, _) = save(
-            &fs,
-            &base,
-            (&base_path, &undo_path, &dir.path().join("b.spare")),
-            ("tx-0123456789", uid()),
-            (3 * 4096, &[(0, 100), (4096, 8192)]),
-            &mut |_| {},
-        )
-        .unwrap();
+        let s = save_ranges(dir.path(), 3 * 4096, &[(0, 100), (4096, 8192)]);
 
-        let raw = std::fs::read(&undo_path).unwrap();
+        let raw = std::fs::read(dir.path().join("b.undo")).unwrap();
         assert_eq!(&raw[..8], MAGIC);
         // Entry 1: header at 16, data at 4096; entry 2: header at 4196, data at 8192.
         assert_eq!(&raw[4096..4196], &[3; 100]);
@@ -801,21 +773,11 @@ mod tests {
     #[test]
     fn a_file_of_another_transaction_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let base_path = dir.path().join("b.img");
         let undo_path = dir.path().join("b.undo");
-        let fs = OsFs;
-        let base = fs.create_new(&base_path).unwrap();
+        let base = OsFs.create_new(&dir.path().join("b.img")).unwrap();
         base.write_all_at(&[7; 4096], 0).unwrap();
-        let (s, _) = save(
-            &fs,
-            &base,
-            (&base_path, &undo_path, &dir.path().join("b.spare")),
-            ("tx-0123456789", uid()),
-            (4096, &[(0, 4096)]),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert!(verify(&fs, &undo_path, "tx-aaaaaaaaaa", &s, 0).is_err());
-        assert!(verify(&fs, &undo_path, "tx-0123456789", &s, 0).is_ok());
+        let s = save_ranges(dir.path(), 4096, &[(0, 4096)]);
+        assert!(verify(&OsFs, &undo_path, "tx-aaaaaaaaaa", &s, 0).is_err());
+        assert!(verify(&OsFs, &undo_path, TX, &s, 0).is_ok());
     }
 }
