@@ -3,6 +3,7 @@
 //! A thin shell over the `txn` engine: parse the command line, turn it into engine options,
 //! run, print human or JSON output, and map the engine's error class to the exit status.
 
+mod advice;
 mod args;
 mod demo;
 mod generate;
@@ -19,7 +20,9 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::json;
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, ErrorClass, Format, OsHost, RecoverOptions, Wait};
+use txn::{
+    BeginOptions, CommitOptions, Engine, ErrorClass, Format, OsHost, RecoverOptions, TxId, Wait,
+};
 
 use args::{BaseFormat, BeginArgs, Cli, Command};
 
@@ -78,11 +81,19 @@ fn main() -> ExitCode {
             }
             let chain: Vec<String> = f.error.chain().map(ToString::to_string).collect();
             let message = chain.join(": ");
+            let hint = f
+                .error
+                .chain()
+                .find_map(|c| c.downcast_ref::<txn::Error>())
+                .and_then(advice::for_error);
             if json {
-                let text = json!({ "error": message, "exit_code": f.code });
+                let text = json!({ "error": message, "hint": hint, "exit_code": f.code });
                 let _ = writeln!(io::stderr(), "{text}");
             } else {
                 let _ = writeln!(io::stderr(), "imgtx: error: {message}");
+                if let Some(hint) = hint {
+                    let _ = writeln!(io::stderr(), "hint: {hint}");
+                }
             }
             ExitCode::from(f.code)
         }
@@ -143,6 +154,15 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
             .map_err(|e| anyhow::anyhow!("could not create {}: {e}", parent.display()))?;
     }
     Ok(dir)
+}
+
+/// The transaction the user named `given`.
+fn tx_id(given: &str) -> Result<TxId, Failure> {
+    TxId::parse(given).ok_or_else(|| {
+        Failure::from(txn::Error::NotFound {
+            tx: given.to_owned(),
+        })
+    })
 }
 
 /// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
@@ -208,13 +228,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.commit(&tx, commit.into(), &mut |p| bar.report(p))?;
+            let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| bar.report(p))?;
             bar.finish();
             out.commit(&r)?;
         }
         Command::Rollback { tx } => {
-            engine.rollback(&tx)?;
-            out.rollback(&tx)?;
+            let id = tx_id(&tx)?;
+            engine.rollback(&id)?;
+            out.rollback(&id)?;
         }
         Command::Recover {
             undo,
@@ -242,8 +263,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         } => {
             return run_command(&engine, &out, &opts, commit.into(), &bases, command);
         }
-        Command::Status { tx } => out.status(&engine.status(tx.as_deref())?)?,
-        Command::Diff { tx } => out.diff(&tx, &engine.diff(&tx)?)?,
+        Command::Status { tx } => {
+            let id = tx.as_deref().map(tx_id).transpose()?;
+            out.status(&engine.status(id.as_ref())?)?;
+        }
+        Command::Diff { tx } => {
+            let id = tx_id(&tx)?;
+            out.diff(&id, &engine.diff(&id)?)?;
+        }
         Command::Log { base } => {
             let base = base
                 .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
@@ -287,7 +314,7 @@ fn run_command(
     let mut child = std::process::Command::new(&argv[0]);
     child
         .args(&argv[1..])
-        .env("IMGTX_TX", &m.id)
+        .env("IMGTX_TX", m.id.as_str())
         .env("IMGTX_OVERLAY", &overlays[0]);
     for (i, o) in overlays.iter().enumerate() {
         child.env(format!("IMGTX_OVERLAY_{i}"), o);
@@ -386,7 +413,7 @@ mod tests {
         assert_eq!(exit_code(&busy), 3);
         let rec = txn::Error::RecoveryNeeded {
             path: "/x".into(),
-            tx: "tx-0123456789".into(),
+            tx: TxId::parse("tx-0123456789").unwrap(),
         };
         assert_eq!(exit_code(&rec), 4);
         assert_eq!(exit_code(&txn::Error::Invalid("x".into())), 1);

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 
 use serde_json::{json, Value};
-use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxStatus};
+use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxId, TxStatus};
 
 /// How to print.
 pub struct Out {
@@ -42,7 +42,7 @@ impl Out {
             return print_json(&json!({"id": m.id, "name": m.name, "images": images_json(m)}));
         }
         // The id alone on stdout, so `TX=$(imgtx begin ...)` works; the overlays on stderr.
-        human(std::slice::from_ref(&m.id))?;
+        human(&[m.id.to_string()])?;
         if !self.quiet {
             for i in &m.images {
                 eprintln!(
@@ -75,7 +75,7 @@ impl Out {
         human(&lines)
     }
 
-    pub fn rollback(&self, tx: &str) -> io::Result<()> {
+    pub fn rollback(&self, tx: &TxId) -> io::Result<()> {
         if self.json {
             return print_json(&json!({"id": tx, "outcome": "rolled_back"}));
         }
@@ -87,7 +87,7 @@ impl Out {
 
     pub fn run(
         &self,
-        tx: &str,
+        tx: &TxId,
         committed: bool,
         exit_code: i32,
         r: Option<&CommitReport>,
@@ -120,7 +120,7 @@ impl Out {
     }
 
     /// `run` stopped by signal `sig` and rolled back.
-    pub fn interrupted(&self, tx: &str, sig: i32) -> io::Result<()> {
+    pub fn interrupted(&self, tx: &TxId, sig: i32) -> io::Result<()> {
         let name = nix::sys::signal::Signal::try_from(sig)
             .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
         if self.json {
@@ -151,7 +151,11 @@ impl Out {
             .iter()
             .map(|a| {
                 let bases: Vec<String> = a.bases.iter().map(|b| b.display().to_string()).collect();
-                format!("{prefix}{} {} {}", a.tx, a.action, bases.join(" "))
+                let action = serde_json::to_value(a.action)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                format!("{prefix}{} {action} {}", a.tx, bases.join(" "))
             })
             .collect();
         human(&lines)
@@ -210,7 +214,7 @@ impl Out {
         human(&lines)
     }
 
-    pub fn diff(&self, tx: &str, images: &[ImageDiff]) -> io::Result<()> {
+    pub fn diff(&self, tx: &TxId, images: &[ImageDiff]) -> io::Result<()> {
         if self.json {
             return print_json(&json!({"id": tx, "images": images}));
         }

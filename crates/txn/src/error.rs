@@ -1,12 +1,89 @@
 //! The one error type of the engine, and the class each error belongs to.
+//!
+//! Messages say what happened, never which command or flag to use next: the engine is a
+//! library, and the front end (the `imgtx` command) adds its own advice. The cause of an
+//! error travels as its `#[source]`, never flattened into the message.
 
 use std::io;
 use std::path::PathBuf;
+
+use crate::id::TxId;
 
 /// Everything that can go wrong in a transaction operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The base starts like a qcow2 image but is not one imgtx can use as qcow2, so its
+    /// format cannot be decided safely.
+    #[error("base {} starts like a qcow2 image but does not open as one", path.display())]
+    AmbiguousFormat {
+        /// The base.
+        path: PathBuf,
+        /// Why it does not open as qcow2.
+        #[source]
+        source: qcow::Error,
+    },
+    /// The base was modified since the transaction began.
+    #[error("base {} changed since transaction {tx} began: {what}", path.display())]
+    BaseChanged {
+        /// The base.
+        path: PathBuf,
+        /// The transaction.
+        tx: TxId,
+        /// What differs.
+        what: String,
+    },
+    /// The base is claimed by another open transaction.
+    #[error("base {} is held by transaction {holder}", path.display())]
+    Busy {
+        /// The base as the user named it.
+        path: PathBuf,
+        /// The transaction holding it, as its claim names it.
+        holder: String,
+    },
+    /// A commit failed after its commit point; recovery finishes it.
+    #[error("commit of transaction {tx} stopped after its commit point")]
+    CommitInterrupted {
+        /// The transaction.
+        tx: TxId,
+        /// What stopped it.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A file imgtx wrote is damaged.
+    #[error("{} is damaged: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A qemu process (or anything speaking qemu's lock protocol) uses the image.
+    #[error("image {} is in use by a qemu process", path.display())]
+    InUse {
+        /// The image file.
+        path: PathBuf,
+    },
+    /// A transaction was interrupted during begin, rollback or cleanup and must be
+    /// recovered first.
+    #[error("transaction {tx} was interrupted while {doing}")]
+    Interrupted {
+        /// The transaction.
+        tx: TxId,
+        /// What it was doing ("beginning", "rolling back").
+        doing: &'static str,
+    },
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// A base is not acceptable for a transaction.
+    #[error("base {} cannot be used: {reason}", path.display())]
+    InvalidBase {
+        /// The base.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("could not {action} {}", path.display())]
     Io {
@@ -27,6 +104,50 @@ pub enum Error {
         #[source]
         source: journal::Error,
     },
+    /// Another imgtx process works on this transaction right now.
+    #[error("transaction {tx} is being worked on by another imgtx process")]
+    Locked {
+        /// The transaction.
+        tx: TxId,
+    },
+    /// A manifest in the state directory is not one.
+    #[error("{} is not a transaction manifest", path.display())]
+    ManifestUnreadable {
+        /// The manifest file.
+        path: PathBuf,
+        /// What the JSON parser reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// No open transaction has this id.
+    #[error("no open transaction {tx}")]
+    NotFound {
+        /// The id asked for, as given.
+        tx: String,
+    },
+    /// An overlay's qcow2 structure cannot be read.
+    #[error("overlay {} of transaction {tx} is not usable: {what}", path.display())]
+    OverlayDamaged {
+        /// The overlay.
+        path: PathBuf,
+        /// The transaction.
+        tx: TxId,
+        /// What could not be read ("its cluster map cannot be read").
+        what: &'static str,
+        /// What the qcow2 reader reported (boxed: it is large, and rare).
+        #[source]
+        source: Box<qcow::Error>,
+    },
+    /// An overlay is missing or not the one `begin` created.
+    #[error("overlay {} of transaction {tx} is not usable: {reason}", path.display())]
+    OverlayInvalid {
+        /// The overlay.
+        path: PathBuf,
+        /// The transaction.
+        tx: TxId,
+        /// Why it was refused.
+        reason: String,
+    },
     /// A qcow2 image could not be read or is not acceptable.
     #[error("image {} is not a usable qcow2 image", path.display())]
     Qcow {
@@ -36,13 +157,46 @@ pub enum Error {
         #[source]
         source: qcow::Error,
     },
-    /// The base is claimed by another open transaction.
-    #[error("base {} is held by transaction {holder}; commit or roll it back first, or pass --wait", path.display())]
-    Busy {
-        /// The base as the user named it.
+    /// `qemu-img commit` ran and failed.
+    #[error("qemu-img commit of {} into {} failed ({status}): {stderr}", overlay.display(), base.display())]
+    QemuImg {
+        /// The overlay.
+        overlay: PathBuf,
+        /// The base.
+        base: PathBuf,
+        /// How it exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
+    /// `qemu-img commit` could not be run at all.
+    #[error("could not {action} qemu-img to commit {} into {}", overlay.display(), base.display())]
+    QemuImgRun {
+        /// The overlay.
+        overlay: PathBuf,
+        /// The base.
+        base: PathBuf,
+        /// What failed ("start", "wait for").
+        action: &'static str,
+        /// The operating-system error.
+        #[source]
+        source: io::Error,
+    },
+    /// A base has an interrupted commit that must be finished first.
+    #[error("base {} has an interrupted commit (transaction {tx})", path.display())]
+    RecoveryNeeded {
+        /// The base.
         path: PathBuf,
-        /// The transaction holding it.
-        holder: String,
+        /// The interrupted transaction.
+        tx: TxId,
+    },
+    /// Recovery cannot proceed in any safe direction.
+    #[error("cannot recover transaction {tx}: {reason}; nothing was changed")]
+    Unrecoverable {
+        /// The transaction.
+        tx: TxId,
+        /// Why.
+        reason: String,
     },
     /// Waiting for a base timed out.
     #[error("gave up waiting for base {} held by transaction {holder}", path.display())]
@@ -51,114 +205,6 @@ pub enum Error {
         path: PathBuf,
         /// The transaction still holding it.
         holder: String,
-    },
-    /// A qemu process (or anything speaking qemu's lock protocol) uses the image.
-    #[error("image {} is in use by a qemu process; stop it first", path.display())]
-    InUse {
-        /// The image file.
-        path: PathBuf,
-    },
-    /// The base was modified since the transaction began.
-    #[error("base {} changed since transaction {tx} began ({what}); roll the transaction back", path.display())]
-    BaseChanged {
-        /// The base.
-        path: PathBuf,
-        /// The transaction.
-        tx: String,
-        /// What differs.
-        what: String,
-    },
-    /// An overlay is missing or not the one `begin` created.
-    #[error("overlay {} of transaction {tx} is not usable: {reason}", path.display())]
-    OverlayInvalid {
-        /// The overlay.
-        path: PathBuf,
-        /// The transaction.
-        tx: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// A base has an interrupted commit that must be finished first.
-    #[error("base {} has an interrupted commit (transaction {tx}); run `imgtx recover {}`", path.display(), path.display())]
-    RecoveryNeeded {
-        /// The base.
-        path: PathBuf,
-        /// The interrupted transaction.
-        tx: String,
-    },
-    /// A transaction was interrupted during begin or rollback and must be cleaned up first.
-    #[error("transaction {tx} was interrupted while {doing}; run `imgtx recover`")]
-    Interrupted {
-        /// The transaction.
-        tx: String,
-        /// What it was doing ("beginning", "rolling back").
-        doing: &'static str,
-    },
-    /// No open transaction has this id.
-    #[error("no open transaction {tx}; `imgtx status` lists them")]
-    NotFound {
-        /// The id asked for.
-        tx: String,
-    },
-    /// Another imgtx process works on this transaction right now.
-    #[error(
-        "transaction {tx} is being worked on by another imgtx process; try again when it finishes"
-    )]
-    Locked {
-        /// The transaction.
-        tx: String,
-    },
-    /// The base's format cannot be decided safely.
-    #[error("base {} starts like a qcow2 image but is not a plain qcow2 image without a backing file; say what it is with --base-format raw|qcow2", path.display())]
-    AmbiguousFormat {
-        /// The base.
-        path: PathBuf,
-    },
-    /// A base is not acceptable for a transaction.
-    #[error("base {} cannot be used: {reason}", path.display())]
-    InvalidBase {
-        /// The base.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-    /// The request itself is wrong.
-    #[error("{0}")]
-    Invalid(String),
-    /// `qemu-img commit` failed.
-    #[error("qemu-img commit of {} into {} failed: {detail}", overlay.display(), base.display())]
-    QemuImg {
-        /// The overlay.
-        overlay: PathBuf,
-        /// The base.
-        base: PathBuf,
-        /// Exit status and what qemu-img said.
-        detail: String,
-    },
-    /// A commit failed after its commit point; recovery finishes it.
-    #[error("commit of transaction {tx} stopped after its commit point; run `imgtx recover` to finish it")]
-    CommitInterrupted {
-        /// The transaction.
-        tx: String,
-        /// What stopped it.
-        #[source]
-        source: Box<Error>,
-    },
-    /// Recovery cannot proceed in any safe direction.
-    #[error("cannot recover transaction {tx}: {reason}; nothing was changed")]
-    Unrecoverable {
-        /// The transaction.
-        tx: String,
-        /// Why.
-        reason: String,
-    },
-    /// A file imgtx wrote is damaged.
-    #[error("{} is damaged: {reason}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
     },
 }
 
@@ -200,11 +246,13 @@ impl Error {
             | Self::InvalidBase { .. }
             | Self::Invalid(_)
             | Self::OverlayInvalid { .. }
+            | Self::OverlayDamaged { .. }
             | Self::Qcow { .. } => ErrorClass::Invalid,
-            Self::Io { .. } | Self::QemuImg { .. } => ErrorClass::Io,
-            Self::Journal { .. } | Self::Corrupt { .. } | Self::Unrecoverable { .. } => {
-                ErrorClass::Corrupt
-            }
+            Self::Io { .. } | Self::QemuImg { .. } | Self::QemuImgRun { .. } => ErrorClass::Io,
+            Self::Journal { .. }
+            | Self::Corrupt { .. }
+            | Self::ManifestUnreadable { .. }
+            | Self::Unrecoverable { .. } => ErrorClass::Corrupt,
         }
     }
 

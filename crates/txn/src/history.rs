@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use storage::Fs;
 
 use crate::error::{Error, Result};
+use crate::id::TxId;
 
 const IDENTITY: &[u8] = b"imgtx history v1";
 
@@ -36,7 +37,7 @@ pub struct HistoryImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// The transaction id.
-    pub id: String,
+    pub id: TxId,
     /// Its name, if any.
     pub name: Option<String>,
     /// How it ended.
@@ -74,7 +75,7 @@ pub fn append<S: Fs>(fs: &S, path: &Path, entry: &HistoryEntry) -> Result<()> {
         Err(e) if never_written(fs, path, &e) => {
             // Its creation was interrupted, so it never held an entry; under the history
             // lock nobody else is creating it now.
-            crate::state::remove_if_exists(fs, path)?;
+            crate::files::remove_if_exists(fs, path)?;
             J::<S::File>::create(fs, path, IDENTITY).map_err(Error::journal(path))?
         }
         Err(e) => return Err(Error::journal(path)(e)),

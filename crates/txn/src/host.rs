@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::error::Result;
+use crate::id::TxId;
+use crate::manifest::Format;
 use crate::release::Released;
-use crate::state::Format;
 
 /// The machine-dependent services of the engine.
 pub trait Host: Send + Sync {
@@ -54,7 +55,7 @@ pub trait Host: Send + Sync {
     fn now(&self) -> SystemTime;
 
     /// A fresh random transaction id such as `tx-3f9a2c1d7e`.
-    fn new_id(&self) -> Result<String>;
+    fn new_id(&self) -> Result<TxId>;
 
     /// Sleeps while waiting for a busy base.
     fn sleep(&self, d: Duration);
@@ -146,15 +147,14 @@ impl Host for OsHost {
         SystemTime::now()
     }
 
-    fn new_id(&self) -> Result<String> {
+    fn new_id(&self) -> Result<TxId> {
         let mut bytes = [0u8; 5];
         getrandom::fill(&mut bytes).map_err(|e| crate::Error::Io {
             action: "get random bytes for",
             path: "the transaction id".into(),
-            source: std::io::Error::other(e.to_string()),
+            source: std::io::Error::other(e),
         })?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(format!("tx-{hex}"))
+        Ok(TxId::from_random(bytes))
     }
 
     fn sleep(&self, d: Duration) {

@@ -1,16 +1,19 @@
-//! Read-only views: `status`, `diff` and `log`.
+//! Read-only views: `status`, `diff` and `log`. Nothing here writes a file.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use storage::Fs;
 
+use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::history::History;
+use crate::host::Host;
+use crate::id::TxId;
+use crate::manifest::{Manifest, TxState};
 use crate::overlay::open_checked;
 use crate::plan::Step;
-use crate::state::{Manifest, TxState};
-use crate::{Engine, Host};
+use crate::txjournal;
 
 /// The condition of a registered transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -56,83 +59,85 @@ pub struct ImageDiff {
     pub changed_bytes: u64,
 }
 
-impl<S: Fs, H: Host> Engine<S, H> {
-    /// Every registered transaction (or just `id`), with its condition.
-    pub fn status(&self, id: Option<&str>) -> Result<Vec<TxStatus>> {
-        let single = id.is_some();
-        let ids = match id {
-            Some(id) => vec![id.to_owned()],
-            None => self.state.list(&self.fs)?,
-        };
-        let mut out = Vec::new();
-        for id in ids {
-            let Some(manifest) = self.state.load(&self.fs, &id)? else {
-                if single {
-                    return Err(Error::NotFound { tx: id });
-                }
-                continue;
-            };
-            let mut condition = match manifest.state {
-                TxState::Open => Condition::Open,
-                TxState::Beginning => Condition::BeginInterrupted,
-                TxState::RollingBack => Condition::RollbackInterrupted,
-                TxState::Finished => Condition::CleanupInterrupted,
-            };
-            for img in &manifest.images {
-                if self.journals_beside(&img.base)?.contains(&id) {
-                    condition = Condition::CommitInterrupted;
-                }
-            }
-            match self.host.lock_exclusive(&self.state.lock(&id), false)? {
-                None => condition = Condition::InProgress,
-                Some(_guard) => {}
-            }
-            out.push(TxStatus {
-                condition,
+/// Every registered transaction (or just `id`), with its condition.
+pub(crate) fn status<S: Fs, H: Host>(e: &Ctx<S, H>, id: Option<&TxId>) -> Result<Vec<TxStatus>> {
+    let ids = match id {
+        Some(id) => vec![id.clone()],
+        None => e.state.list(&e.fs)?,
+    };
+    let mut out = Vec::new();
+    for tx in ids {
+        match e.state.load(&e.fs, &tx)? {
+            Some(manifest) => out.push(TxStatus {
+                condition: condition(e, &tx, &manifest)?,
                 manifest,
-            });
+            }),
+            None if id.is_some() => return Err(Error::NotFound { tx: tx.to_string() }),
+            // Listed a moment ago and gone now: it ended meanwhile.
+            None => {}
         }
-        Ok(out)
     }
+    Ok(out)
+}
 
-    /// What each overlay of transaction `id` changes.
-    pub fn diff(&self, id: &str) -> Result<Vec<ImageDiff>> {
-        let m = self.load_open(id)?;
-        let mut out = Vec::new();
-        for img in &m.images {
-            let ov = open_checked(
-                &self.fs,
-                id,
-                &img.overlay,
-                img.overlay_dev_ino,
-                &img.base,
-                img.base_format,
-            )?;
-            let meta = self
-                .fs
-                .metadata(&img.base)
+/// The condition of transaction `id` whose manifest is `m`.
+fn condition<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId, m: &Manifest) -> Result<Condition> {
+    let mut condition = match m.state {
+        TxState::Open => Condition::Open,
+        TxState::Beginning => Condition::BeginInterrupted,
+        TxState::RollingBack => Condition::RollbackInterrupted,
+        TxState::Finished => Condition::CleanupInterrupted,
+    };
+    for img in &m.images {
+        if txjournal::beside(&e.fs, &img.base)?.contains(id) {
+            condition = Condition::CommitInterrupted;
+        }
+    }
+    if e.host.lock_exclusive(&e.state.lock(id), false)?.is_none() {
+        condition = Condition::InProgress;
+    }
+    Ok(condition)
+}
+
+/// What each overlay of transaction `id` changes.
+pub(crate) fn diff<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<Vec<ImageDiff>> {
+    let m = e.load_open(id)?;
+    let mut out = Vec::new();
+    for img in &m.images {
+        let ov = open_checked(
+            &e.fs,
+            id,
+            (&img.overlay, img.overlay_dev_ino),
+            (&img.base, img.base_format),
+        )?;
+        let meta =
+            e.fs.metadata(&img.base)
                 .map_err(Error::io("stat", &img.base))?;
-            let len = meta.map_or(img.base_id.size, |x| x.len);
-            let plan = self.plan_of(id, &ov, &img.overlay, len, img.base_format, &img.base)?;
-            out.push(ImageDiff {
-                base: img.base.clone(),
-                overlay: img.overlay.clone(),
-                old_size: plan.old_len,
-                new_size: plan.virtual_size,
-                changed_bytes: plan.changed_bytes(),
-                extents: plan.steps,
-            });
-        }
-        Ok(out)
+        let len = meta.map_or(img.base_id.size, |x| x.len);
+        let plan = crate::plan::for_overlay(
+            &e.fs,
+            id,
+            (&ov, &img.overlay),
+            (&img.base, len, img.base_format),
+        )?;
+        out.push(ImageDiff {
+            base: img.base.clone(),
+            overlay: img.overlay.clone(),
+            old_size: plan.old_len,
+            new_size: plan.virtual_size,
+            changed_bytes: plan.changed_bytes(),
+            extents: plan.steps,
+        });
     }
+    Ok(out)
+}
 
-    /// The history, or only the entries touching `base`.
-    pub fn log(&self, base: Option<&Path>) -> Result<History> {
-        let mut h = crate::history::read(&self.fs, &self.state.history())?;
-        if let Some(base) = base {
-            h.entries
-                .retain(|e| e.images.iter().any(|i| i.base == base));
-        }
-        Ok(h)
+/// The history, or only the entries touching `base`.
+pub(crate) fn log<S: Fs, H: Host>(e: &Ctx<S, H>, base: Option<&Path>) -> Result<History> {
+    let mut h = crate::history::read(&e.fs, &e.state.history())?;
+    if let Some(base) = base {
+        h.entries
+            .retain(|entry| entry.images.iter().any(|i| i.base == base));
     }
+    Ok(h)
 }

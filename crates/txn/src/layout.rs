@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::id::TxId;
 
 const SUFFIX_JOURNAL: &str = ".imgtx.journal";
 
@@ -31,38 +32,50 @@ pub fn dir_of(base: &Path) -> Result<&Path> {
 }
 
 /// The overlay path for `base` in transaction `id`.
-pub fn overlay(base: &Path, id: &str) -> Result<PathBuf> {
+pub fn overlay(base: &Path, id: &TxId) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!("{name}.{id}.imgtx.qcow2")))
 }
 
 /// The journal path for `base` in transaction `id`.
-pub fn journal(base: &Path, id: &str) -> Result<PathBuf> {
+pub fn journal(base: &Path, id: &TxId) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!(".{name}.{id}{SUFFIX_JOURNAL}")))
 }
 
 /// The pre-image path for `base` in transaction `id`.
-pub fn undo(base: &Path, id: &str) -> Result<PathBuf> {
+pub fn undo(base: &Path, id: &TxId) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!(".{name}.{id}.imgtx.undo")))
 }
 
 /// Where the pre-image file of `base`'s last commit is kept for the next one to overwrite
-/// (see [`crate::undo::save`]). It belongs to no transaction.
+/// (its pre-image save renames it back first). It belongs to no transaction.
 pub fn spare(base: &Path) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!(".{name}.imgtx.spare")))
 }
 
 /// The transaction id in a journal file name of `base`, if `file_name` is one.
-pub fn journal_id<'a>(base_name: &str, file_name: &'a str) -> Option<&'a str> {
+pub fn journal_id(base_name: &str, file_name: &str) -> Option<TxId> {
     let rest = file_name
         .strip_prefix('.')?
         .strip_prefix(base_name)?
         .strip_prefix('.')?;
-    let id = rest.strip_suffix(SUFFIX_JOURNAL)?;
-    crate::state::valid_id(id).then_some(id)
+    TxId::parse(rest.strip_suffix(SUFFIX_JOURNAL)?)
+}
+
+/// The base whose journal in transaction `id` is `journal`: the inverse of [`journal()`].
+pub fn base_of_journal(journal: &Path, id: &TxId) -> Option<PathBuf> {
+    let dir = journal.parent()?;
+    let name = journal
+        .file_name()?
+        .to_str()?
+        .strip_prefix('.')?
+        .strip_suffix(SUFFIX_JOURNAL)?
+        .strip_suffix(id.as_str())?
+        .strip_suffix('.')?;
+    (!name.is_empty()).then(|| dir.join(name))
 }
 
 /// The file name of `base`.
@@ -74,19 +87,23 @@ pub fn base_name(base: &Path) -> Result<&str> {
 mod tests {
     use super::*;
 
+    fn tx() -> TxId {
+        TxId::parse("tx-0123456789").unwrap()
+    }
+
     #[test]
     fn files_sit_beside_the_base_and_name_the_transaction() {
         let b = Path::new("/d/b.img");
         assert_eq!(
-            overlay(b, "tx-0123456789").unwrap(),
+            overlay(b, &tx()).unwrap(),
             Path::new("/d/b.img.tx-0123456789.imgtx.qcow2")
         );
         assert_eq!(
-            journal(b, "tx-0123456789").unwrap(),
+            journal(b, &tx()).unwrap(),
             Path::new("/d/.b.img.tx-0123456789.imgtx.journal")
         );
         assert_eq!(
-            undo(b, "tx-0123456789").unwrap(),
+            undo(b, &tx()).unwrap(),
             Path::new("/d/.b.img.tx-0123456789.imgtx.undo")
         );
     }
@@ -95,7 +112,7 @@ mod tests {
     fn journal_names_are_recognised_only_for_their_base() {
         assert_eq!(
             journal_id("b.img", ".b.img.tx-0123456789.imgtx.journal"),
-            Some("tx-0123456789")
+            Some(tx())
         );
         assert_eq!(
             journal_id("a.img", ".b.img.tx-0123456789.imgtx.journal"),
@@ -105,7 +122,16 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_names_its_base() {
+        let b = Path::new("/d/b.img.x");
+        let j = journal(b, &tx()).unwrap();
+        assert_eq!(base_of_journal(&j, &tx()).as_deref(), Some(b));
+        let other = TxId::parse("tx-aaaaaaaaaa").unwrap();
+        assert_eq!(base_of_journal(&j, &other), None);
+    }
+
+    #[test]
     fn relative_bases_are_refused() {
-        assert!(overlay(Path::new("b.img"), "tx-0123456789").is_err());
+        assert!(overlay(Path::new("b.img"), &tx()).is_err());
     }
 }

@@ -1,14 +1,16 @@
-//! Checking that an overlay is exactly the one `begin` created, before trusting its content.
+//! Checking that an overlay is exactly the one `begin` created, before trusting its content;
+//! and [`Reader`], through which the qcow2 reader reads any seam file.
 
 use std::path::Path;
 
 use storage::{File, FileKind, Fs};
 
 use crate::error::{Error, Result};
-use crate::state::Format;
+use crate::id::TxId;
+use crate::manifest::{DevIno, Format};
 
 /// Positional reads of a seam file, for the qcow2 reader.
-pub struct Reader<'a, F>(pub &'a F);
+pub(crate) struct Reader<'a, F>(pub &'a F);
 
 impl<F: File> qcow::ReadAt for Reader<'_, F> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
@@ -28,34 +30,40 @@ impl<F: File> qcow::ReadAt for Reader<'_, F> {
 /// recorded (device, inode), and that its header names exactly `base` and `base_format` as
 /// written at begin. The header check is what stops a tampered overlay from pointing the
 /// commit at another file.
-pub fn open_checked<S: Fs>(
+pub(crate) fn open_checked<S: Fs>(
     fs: &S,
-    tx: &str,
-    overlay: &Path,
-    dev_ino: Option<(u64, u64)>,
-    base: &Path,
-    base_format: Format,
+    tx: &TxId,
+    (overlay, dev_ino): (&Path, Option<DevIno>),
+    (base, base_format): (&Path, Format),
 ) -> Result<S::File> {
     let bad = |reason: String| Error::OverlayInvalid {
         path: overlay.to_path_buf(),
-        tx: tx.to_owned(),
+        tx: tx.clone(),
         reason,
+    };
+    let damaged = |what: &'static str| {
+        move |source| Error::OverlayDamaged {
+            path: overlay.to_path_buf(),
+            tx: tx.clone(),
+            what,
+            source: Box::new(source),
+        }
     };
     let meta = fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
     let meta = meta.ok_or_else(|| bad("it does not exist".into()))?;
     if meta.kind != FileKind::File {
         return Err(bad("it is not a regular file".into()));
     }
-    if dev_ino.is_some_and(|di| di != (meta.dev, meta.ino)) {
+    if dev_ino.is_some_and(|di| di != DevIno::of(&meta)) {
         return Err(bad("it was replaced by another file".into()));
     }
     let file = fs
         .open(overlay, false)
         .map_err(Error::io("open", overlay))?;
     // The name may have been swapped between the lstat above and the open: only what the
-    // descriptor itself reports says which file is read (issue 6, T24).
+    // descriptor itself reports says which file is read.
     let opened = file.stat().map_err(Error::io("stat", overlay))?;
-    if opened.kind != FileKind::File || (opened.dev, opened.ino) != (meta.dev, meta.ino) {
+    if opened.kind != FileKind::File || DevIno::of(&opened) != DevIno::of(&meta) {
         return Err(bad(
             "it was replaced by another file while being opened".into()
         ));
@@ -67,8 +75,8 @@ pub fn open_checked<S: Fs>(
         )));
     }
     {
-        let img = qcow::Image::open(Reader(&file))
-            .map_err(|e| bad(format!("it is not a valid qcow2 image ({e})")))?;
+        let img =
+            qcow::Image::open(Reader(&file)).map_err(damaged("it is not a valid qcow2 image"))?;
         let h = img.header();
         if h.backing_file.as_deref() != base.to_str() {
             return Err(bad(
@@ -86,13 +94,13 @@ pub fn open_checked<S: Fs>(
         // (a fuzzer finding). Decode each one now, in bounded memory, and refuse instead.
         let map = img
             .map()
-            .map_err(|e| bad(format!("its cluster map cannot be read ({e})")))?;
+            .map_err(damaged("its cluster map cannot be read"))?;
         for e in map
             .iter()
             .filter(|e| e.kind == qcow::ExtentKind::Compressed)
         {
             img.read_extent(e, 1 << 20, |_, _| Ok(()))
-                .map_err(|e| bad(format!("a compressed cluster cannot be read ({e})")))?;
+                .map_err(damaged("a compressed cluster cannot be read"))?;
         }
     }
     Ok(file)

@@ -1,6 +1,39 @@
 //! What a commit will do, computed from the overlay's map before any I/O on the base.
+//!
+//! A [`Plan`] is pure data: the changed guest ranges and the lengths before and after. It is
+//! journaled as part of the intent, so recovery redoes exactly what the commit planned, and
+//! unit tests assert on it without any I/O. Carrying it out is the job of the engine's `apply` module.
+
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use storage::Fs;
+
+use crate::error::{Error, Result};
+use crate::id::TxId;
+use crate::manifest::Format;
+use crate::overlay::Reader;
+
+/// A range of bytes of one file or image: `len` bytes from `offset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteRange {
+    /// Where it starts.
+    pub offset: u64,
+    /// How many bytes.
+    pub len: u64,
+}
+
+impl ByteRange {
+    /// `len` bytes from `offset`.
+    pub fn new(offset: u64, len: u64) -> Self {
+        Self { offset, len }
+    }
+
+    /// One past the last byte (saturating).
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.len)
+    }
+}
 
 /// How one changed guest range reaches the base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,34 +116,66 @@ impl Plan {
             .fold(0, u64::saturating_add)
     }
 
-    /// Guest ranges the commit writes, as (offset, len).
-    pub fn ranges(&self) -> Vec<(u64, u64)> {
-        self.steps.iter().map(|s| (s.offset, s.len)).collect()
+    /// Guest ranges the commit writes.
+    pub fn ranges(&self) -> Vec<ByteRange> {
+        self.steps
+            .iter()
+            .map(|s| ByteRange::new(s.offset, s.len))
+            .collect()
     }
 
     /// The existing base bytes a raw commit overwrites: every step clipped to the old length.
     /// Bytes past the old length need no pre-image: undo truncates them away.
-    pub fn raw_preimage_ranges(&self) -> Vec<(u64, u64)> {
+    pub fn raw_preimage_ranges(&self) -> Vec<ByteRange> {
         self.steps
             .iter()
             .filter(|s| s.offset < self.old_len)
             .map(|s| {
                 let end = s.offset.saturating_add(s.len).min(self.old_len);
-                (s.offset, end - s.offset)
+                ByteRange::new(s.offset, end - s.offset)
             })
             .collect()
     }
 }
 
-/// Splits `(offset, len)` ranges into pieces of at most `max` bytes.
-pub fn chunks(ranges: &[(u64, u64)], max: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-    ranges.iter().flat_map(move |&(offset, len)| {
-        let n = len.div_ceil(max.max(1));
+/// Splits `ranges` into pieces of at most `max` bytes.
+pub fn chunks(ranges: &[ByteRange], max: u64) -> impl Iterator<Item = ByteRange> + '_ {
+    ranges.iter().flat_map(move |r| {
+        let n = r.len.div_ceil(max.max(1));
+        let (offset, len) = (r.offset, r.len);
         (0..n).map(move |i| {
             let start = offset + i * max;
-            (start, max.min(offset + len - start))
+            ByteRange::new(start, max.min(offset + len - start))
         })
     })
+}
+
+/// The plan for the overlay `ov` (at `ov_path`, of transaction `tx`) over the base `base`
+/// of format `format`, whose length is `base_len` if raw; a qcow2 base's virtual size is
+/// read from the base itself.
+pub(crate) fn for_overlay<S: Fs>(
+    fs: &S,
+    tx: &TxId,
+    (ov, ov_path): (&S::File, &Path),
+    (base, base_len, format): (&Path, u64, Format),
+) -> Result<Plan> {
+    let damaged = |source| Error::OverlayDamaged {
+        path: ov_path.to_path_buf(),
+        tx: tx.clone(),
+        what: "its cluster map cannot be read",
+        source: Box::new(source),
+    };
+    let img = qcow::Image::open(Reader(ov)).map_err(damaged)?;
+    let map = img.map().map_err(damaged)?;
+    let old_len = match format {
+        Format::Raw => base_len,
+        Format::Qcow2 => {
+            let b = fs.open(base, false).map_err(Error::io("open", base))?;
+            let base_img = qcow::Image::open(Reader(&b)).map_err(Error::qcow(base))?;
+            base_img.header().virtual_size
+        }
+    };
+    Ok(Plan::from_map(old_len, img.header().virtual_size, &map))
 }
 
 #[cfg(test)]
@@ -179,7 +244,7 @@ mod tests {
             ),
         ];
         let plan = Plan::from_map(20, 40, &map);
-        assert_eq!(plan.raw_preimage_ranges(), vec![(10, 10)]);
+        assert_eq!(plan.raw_preimage_ranges(), vec![ByteRange::new(10, 10)]);
         assert_eq!(plan.new_len(), 40);
     }
 
@@ -192,7 +257,9 @@ mod tests {
 
     #[test]
     fn chunks_cover_each_range_exactly() {
-        let got: Vec<_> = chunks(&[(5, 25), (100, 4)], 10).collect();
+        let got: Vec<_> = chunks(&[ByteRange::new(5, 25), ByteRange::new(100, 4)], 10)
+            .map(|r| (r.offset, r.len))
+            .collect();
         assert_eq!(got, vec![(5, 10), (15, 10), (25, 5), (100, 4)]);
     }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
-use crate::state::Format;
+use crate::manifest::Format;
 
 /// Escapes a value for qemu's `key=value,...` option syntax (a comma is written twice).
 pub(crate) fn escape_opt(value: &str) -> String {
@@ -24,13 +24,12 @@ pub(crate) fn image_opts(overlay: &str, base: &str, base_format: Format) -> Stri
 }
 
 pub(crate) fn commit(overlay: &Path, base: &Path, base_format: Format) -> Result<()> {
-    let fail = |detail: String| Error::QemuImg {
-        overlay: overlay.to_path_buf(),
-        base: base.to_path_buf(),
-        detail,
-    };
     let (Some(ov), Some(b)) = (overlay.to_str(), base.to_str()) else {
-        return Err(fail("paths must be UTF-8".to_owned()));
+        return Err(Error::Invalid(format!(
+            "qemu-img is given paths as text, and {} or {} is not UTF-8",
+            overlay.display(),
+            base.display()
+        )));
     };
     run(overlay, base, &image_opts(ov, b, base_format), Vec::new())
 }
@@ -41,21 +40,22 @@ pub(crate) fn commit(overlay: &Path, base: &Path, base_format: Format) -> Result
 /// qemu opens `/dev/fd/N`, which the kernel resolves to the file behind the descriptor
 /// whatever its name points at by then: the overlay qemu reads is the inode `open_checked`
 /// validated, and the base it writes is the one the engine opened, even if a name was
-/// swapped for a symlink or another image in the meantime (issue 6, hole 3).
+/// swapped for a symlink or another image in the meantime.
 pub(crate) fn commit_open(
     overlay: (&Path, BorrowedFd<'_>),
     base: (&Path, BorrowedFd<'_>),
     base_format: Format,
 ) -> Result<()> {
-    let fail = |detail: String| Error::QemuImg {
+    let fail = |source: nix::Error| Error::QemuImgRun {
         overlay: overlay.0.to_path_buf(),
         base: base.0.to_path_buf(),
-        detail,
+        action: "hand the images to",
+        source: source.into(),
     };
     // `dup` gives copies without FD_CLOEXEC, so the child inherits them; the engine's own
     // descriptors stay close-on-exec and reach no other child.
-    let ov_fd = nix::unistd::dup(overlay.1).map_err(|e| fail(format!("could not dup: {e}")))?;
-    let base_fd = nix::unistd::dup(base.1).map_err(|e| fail(format!("could not dup: {e}")))?;
+    let ov_fd = nix::unistd::dup(overlay.1).map_err(fail)?;
+    let base_fd = nix::unistd::dup(base.1).map_err(fail)?;
     let opts = image_opts(
         &format!("/dev/fd/{}", ov_fd.as_raw_fd()),
         &format!("/dev/fd/{}", base_fd.as_raw_fd()),
@@ -67,10 +67,13 @@ pub(crate) fn commit_open(
 /// Runs `qemu-img commit` with `opts`; `inherited` are closed in this process once the
 /// child has its copies.
 fn run(overlay: &Path, base: &Path, opts: &str, inherited: Vec<OwnedFd>) -> Result<()> {
-    let fail = |detail: String| Error::QemuImg {
-        overlay: overlay.to_path_buf(),
-        base: base.to_path_buf(),
-        detail,
+    let fail = |action: &'static str| {
+        move |source| Error::QemuImgRun {
+            overlay: overlay.to_path_buf(),
+            base: base.to_path_buf(),
+            action,
+            source,
+        }
     };
     tracing::debug!(%opts, "running qemu-img commit");
     // `-d` leaves the overlay untouched, so a crash mid-commit can redo from it.
@@ -80,16 +83,18 @@ fn run(overlay: &Path, base: &Path, opts: &str, inherited: Vec<OwnedFd>) -> Resu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| fail(format!("could not run qemu-img: {e}")))?;
+        .map_err(fail("start"))?;
     drop(inherited);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(format!("could not wait for qemu-img: {e}")))?;
+    let out = child.wait_with_output().map_err(fail("wait for"))?;
     if out.status.success() {
         Ok(())
     } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        Err(fail(format!("{}: {}", out.status, stderr.trim())))
+        Err(Error::QemuImg {
+            overlay: overlay.to_path_buf(),
+            base: base.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 

@@ -1,12 +1,16 @@
 //! The records of a transaction journal (one journal beside each base; the first image's
 //! journal is the coordinator and alone holds the commit point).
+//!
+//! Their encoding is the `journal` crate's (postcard payloads in checksummed frames); what
+//! each record means for recovery is in `docs/commit-protocol.md`.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::id::TxId;
+use crate::manifest::{DevIno, Format};
 use crate::plan::Plan;
-use crate::state::Format;
 
 /// Which way recovery of a committed transaction goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +55,7 @@ pub enum Record {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Intent {
     /// The transaction id.
-    pub tx: String,
+    pub tx: TxId,
     /// This image's index in the transaction.
     pub index: u32,
     /// Journals of all images, coordinator first.
@@ -61,11 +65,11 @@ pub struct Intent {
     /// Its format.
     pub base_format: Format,
     /// Its (device, inode).
-    pub base_dev_ino: (u64, u64),
+    pub base_dev_ino: DevIno,
     /// The overlay.
     pub overlay: PathBuf,
     /// The overlay's (device, inode).
-    pub overlay_dev_ino: (u64, u64),
+    pub overlay_dev_ino: DevIno,
     /// Whether pre-images are saved.
     pub undo: bool,
     /// The changed extents and lengths.

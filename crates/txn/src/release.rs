@@ -6,7 +6,7 @@
 //! for the overlay at the very end of every commit and rollback (and for the pre-image file
 //! of a commit that does not keep it as a spare), after everything that makes it durable and
 //! after the names are durably gone.
-//! [`hand_off`] passes those last references to a child process that exits as soon as this
+//! `hand_off` passes those last references to a child process that exits as soon as this
 //! process drops the returned [`Released`], so the freeing happens there, not in the command
 //! the user waits for. A crash before it happens loses nothing: an unlinked file still open
 //! is an orphan the file system frees when it next mounts.
@@ -16,11 +16,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
-use storage::File;
 
-use crate::Host;
-
-/// Keeps the holder processes of [`hand_off`] alive. Drop it once the caller's own
+/// Keeps the holder processes of `hand_off` alive. Drop it once the caller's own
 /// descriptors of the files are closed: the holders then see end-of-file and exit, and the
 /// kernel frees the files' blocks in them.
 #[derive(Debug, Default)]
@@ -57,22 +54,6 @@ pub(crate) fn hand_off(files: &[BorrowedFd<'_>]) -> io::Result<Released> {
         std::thread::spawn(move || child.wait());
     }
     Ok(Released { _pipe: Some(write) })
-}
-
-/// Closes `files` through `host`'s [`Host::release_later`] where their names are durably
-/// gone, so freeing their blocks is not waited for here; a file still named (a pre-image
-/// file kept as a spare) frees nothing when closed, and is closed here.
-pub(crate) fn close_later<H: Host, F: File>(host: &H, files: Vec<F>) {
-    let unnamed = |f: &&F| f.stat().map_or(true, |m| m.nlink == 0);
-    let open: Vec<_> = files
-        .iter()
-        .filter(unnamed)
-        .filter_map(File::as_fd)
-        .collect();
-    let released = host.release_later(&open);
-    drop(open);
-    drop(files);
-    drop(released);
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 mod crash_support;
 
-use crash_support::{sweep, Edit, Fixture, ImageSpec, SimEngine, TX};
+use crash_support::{sweep, Edit, Fixture, ImageSpec, SimEngine};
 
 fn plain() -> Vec<ImageSpec> {
     vec![
@@ -65,7 +65,7 @@ fn rollback_leaves_the_base_untouched_after_a_crash_at_every_operation() {
             pattern: 9,
         }],
     }]);
-    let run = |e: &SimEngine| e.rollback(TX).is_ok();
+    let run = |e: &SimEngine| e.rollback(&crash_support::tx()).is_ok();
 
     let stats = sweep(&fx, &|| fx.fresh(), &run, false, 4, "rollback");
 

@@ -7,7 +7,7 @@ mod crash_support;
 
 use std::path::PathBuf;
 
-use crash_support::{engine, recover_and_check, Fixture, Rng, Stats, TX};
+use crash_support::{engine, recover_and_check, tx, Fixture, Rng, Stats};
 use storage::sim::{Damage, Fault, LoggedOp, Op, Outcome, SimFs};
 use txn::{CommitOptions, RecoverOptions};
 
@@ -214,7 +214,7 @@ fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
     let crashed = {
         let fs = fx.fresh();
         let (e, _) = engine(&fs, &fx.bases).expect("engine");
-        e.commit(TX, CommitOptions::default(), &mut |_| {})
+        e.commit(&tx(), CommitOptions::default(), &mut |_| {})
             .expect("clean commit");
         let point = fs
             .log()
@@ -225,7 +225,9 @@ fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
         let fs = fx.fresh();
         fs.crash_at(point + 1);
         let (e, _) = engine(&fs, &fx.bases).expect("engine");
-        assert!(e.commit(TX, CommitOptions::default(), &mut |_| {}).is_err());
+        assert!(e
+            .commit(&tx(), CommitOptions::default(), &mut |_| {})
+            .is_err());
         fs.crashed_image(Damage::KeepAll, 0)
     };
     let n = {

@@ -8,7 +8,7 @@ mod crash_support;
 
 use std::path::{Path, PathBuf};
 
-use crash_support::{check_settled, engine, Ended, Fixture, Stats, TX};
+use crash_support::{check_settled, engine, tx, Ended, Fixture, Stats};
 use journal::format::BLOCK;
 use storage::sim::{Damage, Op, SimFs, SECTOR};
 use storage::{File, Fs};
@@ -29,9 +29,9 @@ fn points(fx: &Fixture) -> Points {
     engine(&fs, &fx.bases)
         .expect("engine")
         .0
-        .commit(TX, CommitOptions::default(), &mut |_| {})
+        .commit(&tx(), CommitOptions::default(), &mut |_| {})
         .expect("commit");
-    let journal = txn::layout::journal(&fx.bases[0], TX).expect("journal path");
+    let journal = txn::layout::journal(&fx.bases[0], &tx()).expect("journal path");
     let log = fs.log();
     let on = |p: &Option<PathBuf>, q: &Path| p.as_deref() == Some(q);
     let first_base = log
@@ -85,7 +85,9 @@ fn crashed(fx: &Fixture, k: u64, damage: Damage) -> SimFs {
     let fs = fx.fresh();
     fs.crash_at(k);
     let (e, _) = engine(&fs, &fx.bases).expect("engine");
-    assert!(e.commit(TX, CommitOptions::default(), &mut |_| {}).is_err());
+    assert!(e
+        .commit(&tx(), CommitOptions::default(), &mut |_| {})
+        .is_err());
     fs.crashed_image(damage, k)
 }
 

@@ -14,7 +14,7 @@ struct Scene {
     base: PathBuf,
     victim: PathBuf,
     overlay: PathBuf,
-    tx: String,
+    tx: txn::TxId,
 }
 
 fn scene() -> Scene {

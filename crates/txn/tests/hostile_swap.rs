@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use forwarding::{CommitPointStop, HookedFs, HookedHost};
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsHost, RecoverOptions};
+use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsHost, RecoverOptions, TxId};
 
 /// Held by every test here for its whole run. Tests that spawn qemu tools would otherwise
 /// fork while another test holds a transaction's lock file open: the child's copy of the
@@ -212,7 +212,7 @@ fn recover_undo_refuses_a_base_swapped_between_its_check_and_its_open() {
 
 /// Runs a commit of `tx` that the host stops at its commit point (by unwinding, which leaves
 /// journal and pre-images as a killed process would), and asserts that it was stopped.
-fn stop_at_commit_point(engine: &Engine<HookedFs, HookedHost>, tx: &str) {
+fn stop_at_commit_point(engine: &Engine<HookedFs, HookedHost>, tx: &TxId) {
     let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         engine.commit(tx, CommitOptions::default(), &mut |_| {})
     }));

@@ -7,7 +7,7 @@ mod crash_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crash_support::{SimHost, STATE, TX as ID};
+use crash_support::{tx as id, SimHost, STATE};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
 use txn::{CommitOptions, Engine, Format, RecoverOptions};
@@ -100,7 +100,7 @@ fn a_commit_crashed_at_any_operation_recovers_to_old_or_new() {
         let disk = snap.crashed_image(Damage::KeepAll, 0);
         let e = engine(&disk);
         disk.crash_at(disk.ops() + k);
-        let result = e.commit(ID, CommitOptions::default(), &mut |_| {});
+        let result = e.commit(&id(), CommitOptions::default(), &mut |_| {});
         if !disk.is_crashed() {
             result.expect("commit without a crash succeeds");
             assert_eq!(disk.read_live(BASE).unwrap(), new);
@@ -121,7 +121,7 @@ fn a_commit_crashed_at_any_operation_recovers_to_old_or_new() {
             );
             if base == old {
                 // Not committed: the transaction is still open and commits cleanly now.
-                e.commit(ID, CommitOptions::default(), &mut |_| {})
+                e.commit(&id(), CommitOptions::default(), &mut |_| {})
                     .unwrap_or_else(|err| {
                         panic!("commit after recovery, crash at op {k} ({damage:?}): {err:?}")
                     });

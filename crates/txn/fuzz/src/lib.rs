@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use storage::sim::SimFs;
 use storage::{File, Fs};
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host};
+use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, TxId};
 
 /// The base every run commits into. The directory exists on the machine that made the seed
 /// corpus with qemu-img, so the seeds carry this exact backing name.
@@ -67,8 +67,8 @@ impl Host for QuietHost {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
 
-    fn new_id(&self) -> txn::Result<String> {
-        Ok("tx-00000f0220".to_owned())
+    fn new_id(&self) -> txn::Result<TxId> {
+        Ok(TxId::parse("tx-00000f0220").expect("a valid id"))
     }
 
     fn sleep(&self, _d: Duration) {}

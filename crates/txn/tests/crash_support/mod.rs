@@ -18,12 +18,17 @@ use storage::monitor::{Change, Monitor, View};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
 use txn::plan::Plan;
-use txn::{BeginOptions, Direction, Engine, Error, Format, Host, RecoverOptions};
+use txn::{BeginOptions, Direction, Engine, Error, Format, Host, RecoverOptions, TxId};
 
 /// Where the engine keeps its registry in every simulation.
 pub const STATE: &str = "/state";
 /// The id the simulation host hands out.
 pub const TX: &str = "tx-00000000a1";
+
+/// [`TX`] as a transaction id.
+pub fn tx() -> TxId {
+    TxId::parse(TX).expect("TX is an id")
+}
 const CLUSTER: u64 = 64 << 10;
 
 /// Locks are no-ops (a simulated disk has no descriptors), qemu-img is absent, time and ids
@@ -50,7 +55,8 @@ impl Host for SimHost {
         Err(Error::QemuImg {
             overlay: overlay.to_path_buf(),
             base: base.to_path_buf(),
-            detail: "qemu-img cannot write into the simulated disk".into(),
+            status: "not run".into(),
+            stderr: "qemu-img cannot write into the simulated disk".into(),
         })
     }
 
@@ -66,8 +72,8 @@ impl Host for SimHost {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000)
     }
 
-    fn new_id(&self) -> txn::Result<String> {
-        Ok(TX.into())
+    fn new_id(&self) -> txn::Result<TxId> {
+        Ok(tx())
     }
 
     fn sleep(&self, _d: Duration) {}
@@ -398,11 +404,11 @@ pub struct UndoSummary {
 }
 
 /// The journal beside `base`, if exactly one transaction has one.
-fn journal_of(fs: &SimFs, base: &Path) -> Option<(String, PathBuf)> {
+fn journal_of(fs: &SimFs, base: &Path) -> Option<(TxId, PathBuf)> {
     let dir = base.parent()?;
     let name = base.file_name()?.to_str()?;
     fs.read_dir(dir).ok()?.into_iter().find_map(|n| {
-        let id = txn::layout::journal_id(name, n.to_str()?)?.to_owned();
+        let id = txn::layout::journal_id(name, n.to_str()?)?;
         let path = txn::layout::journal(base, &id).ok()?;
         Some((id, path))
     })
@@ -648,7 +654,7 @@ pub fn commit_tx(e: &SimEngine, no_undo: bool) -> txn::Result<txn::CommitReport>
         no_undo,
         ..Default::default()
     };
-    e.commit(TX, opts, &mut |_| {})
+    e.commit(&tx(), opts, &mut |_| {})
 }
 
 /// Where the engine keeps `base`'s spare pre-image file between commits.
@@ -706,7 +712,7 @@ pub fn check_settled(fx: &Fixture, after: &SimFs, told_new: bool, ctx: &str) -> 
     if open.is_some() {
         // The transaction stayed open: it must still be whole and commit to new.
         let (e, mon) = engine(&fs, &fx.bases).unwrap_or_else(|e| panic!("{ctx}: engine: {e}"));
-        e.commit(TX, txn::CommitOptions::default(), &mut |_| {})
+        e.commit(&tx(), txn::CommitOptions::default(), &mut |_| {})
             .unwrap_or_else(|e| panic!("{ctx}: the open transaction no longer commits: {e:?}"));
         assert_eq!(
             mon.violations(),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{BeginOptions, Engine, Format, Host, OsGuard, OsHost, Released};
+use txn::{BeginOptions, Engine, Format, Host, OsGuard, OsHost, Released, TxId};
 
 type OpenHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
@@ -179,7 +179,7 @@ impl Host for HookedHost {
         self.os.now()
     }
 
-    fn new_id(&self) -> txn::Result<String> {
+    fn new_id(&self) -> txn::Result<TxId> {
         self.os.new_id()
     }
 

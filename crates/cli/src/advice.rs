@@ -1,0 +1,59 @@
+//! What to do next about an engine error. The engine says what happened and never names a
+//! command or a flag; this module is where the command line adds which `imgtx` command or
+//! option helps, printed as a `hint:` line (or a `"hint"` field with `--json`).
+
+use txn::Error;
+
+/// The advice for `e`, when there is one.
+pub fn for_error(e: &Error) -> Option<String> {
+    let text = match e {
+        Error::AmbiguousFormat { .. } => {
+            "if it is a raw image whose guest wrote a qcow2 header at its start, say so with \
+             --base-format raw; if it is a damaged qcow2 image, `qemu-img check` tells what is wrong"
+                .to_owned()
+        }
+        Error::BaseChanged { tx, .. } => format!(
+            "something wrote the base outside the transaction; `imgtx rollback {tx}` drops the \
+             transaction's changes, then begin again"
+        ),
+        Error::Busy { .. } => "commit or roll that transaction back first, or pass --wait to \
+                               wait for it"
+            .to_owned(),
+        Error::CommitInterrupted { .. } => {
+            "run `imgtx recover` to finish it (`imgtx recover --undo` takes it back instead)"
+                .to_owned()
+        }
+        Error::InUse { .. } => "stop the qemu process that uses it, then try again".to_owned(),
+        Error::Interrupted { .. } => "run `imgtx recover`".to_owned(),
+        Error::Locked { .. } => "try again when that process finishes".to_owned(),
+        Error::NotFound { .. } => {
+            "`imgtx status` lists open transactions, `imgtx log` finished ones".to_owned()
+        }
+        Error::RecoveryNeeded { path, .. } => {
+            format!("run `imgtx recover {}`", path.display())
+        }
+        Error::WaitTimedOut { .. } => {
+            "the holding transaction is still open; `imgtx status` shows it".to_owned()
+        }
+        _ => return None,
+    };
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advice_names_the_command_that_helps() {
+        let e = Error::RecoveryNeeded {
+            path: "/vm/disk.img".into(),
+            tx: txn::TxId::parse("tx-0123456789").unwrap(),
+        };
+        assert_eq!(
+            for_error(&e).as_deref(),
+            Some("run `imgtx recover /vm/disk.img`")
+        );
+        assert!(for_error(&Error::Invalid("x".into())).is_none());
+    }
+}

@@ -1,0 +1,59 @@
+//! [`Ctx`], what every operation works with: the file system, the machine, and the state
+//! directory; plus the few steps every operation shares (the transaction lock, loading an
+//! open transaction, the time).
+//!
+//! The orchestrators take a `&Ctx` rather than the public [`crate::Engine`], so that no
+//! module below the crate root depends on the root.
+
+use storage::Fs;
+
+use crate::error::{Error, Result};
+use crate::host::Host;
+use crate::id::TxId;
+use crate::manifest::Manifest;
+use crate::statedir::StateDir;
+
+/// The file system `S`, the host `H` and the state directory an operation works with.
+#[derive(Debug)]
+pub(crate) struct Ctx<S, H> {
+    /// Every file access goes through it.
+    pub fs: S,
+    /// Locks, qemu, identity, time.
+    pub host: H,
+    /// The registry of this user's transactions.
+    pub state: StateDir,
+}
+
+impl<S: Fs, H: Host> Ctx<S, H> {
+    /// Takes the lock serializing work on transaction `id`.
+    pub(crate) fn lock_tx(&self, id: &TxId) -> Result<H::Guard> {
+        self.host
+            .lock_exclusive(&self.state.lock(id), false)?
+            .ok_or_else(|| Error::Locked { tx: id.clone() })
+    }
+
+    /// Loads the manifest of transaction `id`, which must be open.
+    pub(crate) fn load_open(&self, id: &TxId) -> Result<Manifest> {
+        let m = self
+            .state
+            .load(&self.fs, id)?
+            .ok_or_else(|| Error::NotFound { tx: id.to_string() })?;
+        match m.state.doing() {
+            None => Ok(m),
+            Some(doing) => Err(Error::Interrupted {
+                tx: id.clone(),
+                doing,
+            }),
+        }
+    }
+
+    /// Removes the lock file of a transaction that no longer exists (while holding it).
+    pub(crate) fn drop_lock_file(&self, id: &TxId) {
+        let _ = crate::files::remove_if_exists(&self.fs, &self.state.lock(id));
+    }
+
+    /// The time now, as history and manifests record it.
+    pub(crate) fn now(&self) -> String {
+        crate::time::rfc3339(self.host.now())
+    }
+}

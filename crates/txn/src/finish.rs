@@ -1,0 +1,167 @@
+//! Ending a transaction's commit: the history entry of its outcome, the removal of what it
+//! left beside its bases and in the state directory, and the discarding of a commit that
+//! never reached its commit point.
+//!
+//! Every removal here is made durable in the order recovery relies on: files a journal
+//! explains go before the journal, participant journals before the coordinator, and the
+//! journals before the manifest that lets recovery find them.
+
+use std::path::{Path, PathBuf};
+
+use storage::{File, Fs};
+
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::files::{remove_durably, remove_if_exists, sync_dir};
+use crate::history::{HistoryEntry, HistoryImage, Outcome};
+use crate::host::Host;
+use crate::id::TxId;
+use crate::manifest::{DevIno, Leftover, Manifest, TxState};
+use crate::options::Spare;
+use crate::{layout, txjournal};
+
+/// Appends the history entry of transaction `tx`, which ended with `outcome`; `m` is its
+/// manifest when there still is one (recovery from journals alone may have none).
+pub(crate) fn log_outcome<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    m: Option<&Manifest>,
+    tx: &TxId,
+    outcome: Outcome,
+    images: Vec<HistoryImage>,
+) -> Result<()> {
+    let (user, uid) = e.host.user();
+    let ended = e.now();
+    let entry = HistoryEntry {
+        id: tx.clone(),
+        name: m.and_then(|m| m.name.clone()),
+        outcome,
+        user,
+        uid,
+        host: e.host.hostname(),
+        started: m.map_or_else(|| ended.clone(), |m| m.created.clone()),
+        ended,
+        images,
+        command: m.and_then(|m| m.command.clone()),
+    };
+    let _lock = e.host.lock_exclusive(&e.state.history_lock(), true)?;
+    crate::history::append(&e.fs, &e.state.history(), &entry)
+}
+
+/// Removes overlays, pre-images and journals of a finished commit, then its registration.
+/// `journals` lists coordinator first. With `keep_spare` each pre-image file is renamed to
+/// its base's spare instead, for the next commit to overwrite (see
+/// [`crate::preimage::save`]); the spares kept are returned.
+pub(crate) fn cleanup<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    tx: &TxId,
+    leftovers: &[Leftover],
+    journals: &[PathBuf],
+    keep_spare: bool,
+) -> Result<Vec<Spare>> {
+    if let Some(mut m) = e.state.load(&e.fs, tx)? {
+        if m.state != TxState::Finished {
+            m.state = TxState::Finished;
+            // Recorded before the journals go, so a crash during cleanup still leaves
+            // `recover` a trace of what to finish.
+            e.state.save(&e.fs, &m)?;
+        }
+    }
+    let mut spares = Vec::new();
+    for l in leftovers {
+        spares.extend(remove_beside(&e.fs, tx, l, keep_spare)?);
+    }
+    e.host.step("files-removed");
+    remove_journals(&e.fs, journals)?;
+    e.host.step("journals-removed");
+    if let Some(m) = e.state.load(&e.fs, tx)? {
+        for img in &m.images {
+            e.state.release_base(&e.fs, img.base_id.dev_ino(), tx)?;
+        }
+        e.state.remove_manifest(&e.fs, tx)?;
+    }
+    e.drop_lock_file(tx);
+    Ok(spares)
+}
+
+/// Removes the overlay and the pre-image file (or keeps it as the spare) beside one base.
+fn remove_beside<S: Fs>(
+    fs: &S,
+    tx: &TxId,
+    l: &Leftover,
+    keep_spare: bool,
+) -> Result<Option<Spare>> {
+    let meta = fs
+        .metadata(&l.overlay)
+        .map_err(Error::io("stat", &l.overlay))?;
+    // Only remove the file begin created; a stranger under that name is left alone.
+    let ours = |m: &storage::Metadata| l.overlay_dev_ino.is_none_or(|di| di == DevIno::of(m));
+    if meta.is_some_and(|m| ours(&m)) {
+        remove_if_exists(fs, &l.overlay)?;
+    }
+    let undo = layout::undo(&l.base, tx)?;
+    let spare_path = layout::spare(&l.base)?;
+    let spare = if keep_spare && keep_as_spare(fs, &undo, &spare_path) {
+        // Only reported: a spare whose length cannot be read is still a spare.
+        let bytes = fs.metadata(&spare_path).ok().flatten().map_or(0, |m| m.len);
+        Some(Spare {
+            path: spare_path,
+            bytes,
+        })
+    } else {
+        remove_if_exists(fs, &undo)?;
+        None
+    };
+    // Barrier: overlays and pre-images are gone (or renamed) for good before the journals
+    // that explain them are removed.
+    sync_dir(fs, layout::dir_of(&l.base)?)?;
+    Ok(spare)
+}
+
+/// Renames the pre-image file `undo` to `spare`; false if there is none or it cannot be.
+fn keep_as_spare<S: Fs>(fs: &S, undo: &Path, spare: &Path) -> bool {
+    match fs.rename(undo, spare) {
+        Ok(()) => true,
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::debug!(path = %undo.display(), error = %e, "pre-image file not kept");
+            }
+            false
+        }
+    }
+}
+
+/// Removes the journals `journals` (coordinator first) durably: participants first,
+/// coordinator last, so a participant journal never outlives it.
+fn remove_journals<S: Fs>(fs: &S, journals: &[PathBuf]) -> Result<()> {
+    for j in journals.iter().skip(1).chain(journals.first()) {
+        txjournal::remove(fs, j)?;
+    }
+    Ok(())
+}
+
+/// Removes pre-images and journals of a commit that never reached its commit point.
+/// The bases were not touched; the transaction stays open.
+pub(crate) fn discard_uncommitted<S: Fs>(fs: &S, tx: &TxId, journals: &[PathBuf]) -> Result<()> {
+    for j in journals {
+        if let Some(base) = layout::base_of_journal(j, tx) {
+            remove_durably(fs, &layout::undo(&base, tx)?, layout::dir_of(&base)?)?;
+        }
+    }
+    remove_journals(fs, journals)
+}
+
+/// Closes `files` through `host`'s [`Host::release_later`] where their names are durably
+/// gone, so freeing their blocks is not waited for here; a file still named (a pre-image
+/// file kept as a spare) frees nothing when closed, and is closed here.
+pub(crate) fn close_later<H: Host, F: File>(host: &H, files: Vec<F>) {
+    let unnamed = |f: &&F| f.stat().map_or(true, |m| m.nlink == 0);
+    let open: Vec<_> = files
+        .iter()
+        .filter(unnamed)
+        .filter_map(File::as_fd)
+        .collect();
+    let released = host.release_later(&open);
+    drop(open);
+    drop(files);
+    drop(released);
+}

@@ -1,0 +1,166 @@
+//! Carrying out a recovery decision for an interrupted commit: bringing every base to the
+//! outcome of one direction (redo from the overlays, or undo from the pre-images), then the
+//! history entry and cleanup, each step journaled so a crash during recovery resumes it.
+
+use storage::{File, Fs};
+
+use super::discover::{CommitState, ImageJournal};
+use crate::apply::{self, Target};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::history::{HistoryImage, Outcome};
+use crate::host::Host;
+use crate::manifest::DevIno;
+use crate::options::{Phase, Progress};
+use crate::record::{Direction, Intent, Record};
+use crate::{finish, layout, overlay, preimage, txjournal};
+
+/// Brings every base of `st` to the outcome of `dir`, logs it, and cleans up.
+pub(crate) fn go<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    st: &CommitState,
+    dir: Direction,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let coordinator = &st.journals[0];
+    if st.recorded != Some(dir) {
+        // Barrier: the chosen direction is durable before any base write, so a rerun after
+        // a crash continues the same way.
+        txjournal::append_to(&e.fs, coordinator, &Record::Recovering(dir))?;
+    }
+    e.host.step("recover-direction");
+    for (index, image) in st.images.iter().flatten().enumerate() {
+        if image.applied.contains(&dir) {
+            continue;
+        }
+        let Some(intent) = &image.intent else {
+            continue;
+        };
+        let mut report = |done, total| {
+            let phase = match dir {
+                Direction::Forward => Phase::Apply,
+                Direction::Back => Phase::Restore,
+            };
+            progress(Progress {
+                image: index,
+                phase,
+                done,
+                total,
+            });
+        };
+        check_base_is_the_same(&e.fs, st, intent)?;
+        let _fence = e.host.fence_image(&intent.base)?;
+        match dir {
+            Direction::Forward => redo(e, intent, &mut report)?,
+            Direction::Back => undo(e, st, image, intent, &mut report)?,
+        }
+        // Barrier: the base was synced; recording it lets a rerun skip this image.
+        txjournal::append_to(&e.fs, &image.path, &Record::Applied(dir))?;
+        e.host.step("recover-applied");
+    }
+    let manifest = e.state.load(&e.fs, &st.tx).ok().flatten();
+    let (outcome, changed): (_, fn(&Intent) -> u64) = match dir {
+        Direction::Forward => (Outcome::RecoveredForward, |i| i.plan.changed_bytes()),
+        Direction::Back => (Outcome::RecoveredBack, |_| 0),
+    };
+    let images = st
+        .intents()
+        .map(|i| HistoryImage {
+            base: i.base.clone(),
+            changed_bytes: changed(i),
+        })
+        .collect();
+    finish::log_outcome(e, manifest.as_ref(), &st.tx, outcome, images)?;
+    txjournal::append_to(&e.fs, coordinator, &Record::Logged)?;
+    e.host.step("recover-logged");
+    // Undone or finished, the transaction is over: its overlays go too.
+    finish::cleanup(e, &st.tx, &st.leftovers(), &st.journals, false).map(drop)
+}
+
+/// Refuses unless the base of `intent` is still the inode the commit wrote.
+fn check_base_is_the_same<S: Fs>(fs: &S, st: &CommitState, intent: &Intent) -> Result<()> {
+    let meta = fs
+        .metadata(&intent.base)
+        .map_err(Error::io("stat", &intent.base))?;
+    if meta.is_none_or(|m| DevIno::of(&m) != intent.base_dev_ino) {
+        return Err(Error::Unrecoverable {
+            tx: st.tx.clone(),
+            reason: format!(
+                "base {} was replaced by another file",
+                intent.base.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Redo: writes the overlay's planned changes into the base again.
+fn redo<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    intent: &Intent,
+    report: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let _ov_fence = e.host.fence_image(&intent.overlay)?;
+    let ov = overlay::open_checked(
+        &e.fs,
+        &intent.tx,
+        (&intent.overlay, Some(intent.overlay_dev_ino)),
+        (&intent.base, intent.base_format),
+    )?;
+    let target = Target {
+        path: &intent.base,
+        dev_ino: intent.base_dev_ino,
+        format: intent.base_format,
+    };
+    apply::forward(
+        (&e.fs, &e.host),
+        &intent.tx,
+        (&ov, &intent.overlay),
+        target,
+        &intent.plan,
+        report,
+    )
+}
+
+/// Undo: writes the saved pre-images back into the base, after checking them all.
+fn undo<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    st: &CommitState,
+    image: &ImageJournal,
+    intent: &Intent,
+    report: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let unrecoverable = |reason: String| Error::Unrecoverable {
+        tx: st.tx.clone(),
+        reason,
+    };
+    let summary = image
+        .undo
+        .as_ref()
+        .ok_or_else(|| unrecoverable("pre-images are missing".into()))?;
+    if let Some(reason) = super::discover::untrusted_preimages(e, st)? {
+        return Err(unrecoverable(reason));
+    }
+    let base =
+        e.fs.open(&intent.base, true)
+            .map_err(Error::io("open for writing", &intent.base))?;
+    // The name was checked before; the descriptor is what gets written, and the name may
+    // have been swapped in between.
+    let opened = base.stat().map_err(Error::io("stat", &intent.base))?;
+    if DevIno::of(&opened) != intent.base_dev_ino {
+        return Err(unrecoverable(format!(
+            "base {} was replaced by another file",
+            intent.base.display()
+        )));
+    }
+    let total = summary.bytes;
+    report(0, total);
+    preimage::restore(
+        &e.fs,
+        (&layout::undo(&intent.base, &st.tx)?, &base, &intent.base),
+        &st.tx,
+        summary,
+        e.host.user().1,
+        &mut |done| report(done, total),
+    )
+}

@@ -1,0 +1,138 @@
+//! Recovery of what the state directory shows was interrupted outside a commit's journals:
+//! begins, rollbacks and post-commit cleanups (from manifests), and the orphans a killed
+//! process leaves there (claims without a manifest, temporary manifests, lock files).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use storage::Fs;
+
+use crate::ctx::Ctx;
+use crate::error::Result;
+use crate::host::Host;
+use crate::id::TxId;
+use crate::manifest::{Manifest, TxState};
+use crate::options::{RecoverAction, RecoverOptions, RecoveryAction};
+use crate::{begin, finish, layout, rollback};
+
+/// Finishes the interrupted begins, rollbacks and cleanups among `manifests` that touch one
+/// of `bases` (all of them when the user named no path).
+pub(crate) fn interrupted<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    manifests: &[Manifest],
+    bases: &[PathBuf],
+    opts: &RecoverOptions,
+) -> Result<Vec<RecoverAction>> {
+    let wanted = |m: &Manifest| {
+        opts.paths.is_empty()
+            || m.images
+                .iter()
+                .any(|i| bases.iter().any(|p| same_file(&e.fs, p, &i.base)))
+    };
+    let mut actions = Vec::new();
+    for m in manifests
+        .iter()
+        .filter(|m| m.state != TxState::Open && wanted(m))
+    {
+        // A live begin or rollback holds the lock; only a dead one is cleaned up.
+        let Some(_guard) = e.host.lock_exclusive(&e.state.lock(&m.id), false)? else {
+            continue;
+        };
+        let Some(m) = e.state.load(&e.fs, &m.id)? else {
+            continue;
+        };
+        let action = match m.state {
+            TxState::Beginning => RecoveryAction::CleanedBegin,
+            TxState::RollingBack => RecoveryAction::FinishedRollback,
+            TxState::Finished => RecoveryAction::FinishedCleanup,
+            TxState::Open => continue,
+        };
+        if !opts.dry_run {
+            match m.state {
+                TxState::Beginning => begin::undo_begin(e, &m)?,
+                TxState::RollingBack => rollback::finish_rollback(e, &m)?,
+                TxState::Finished => {
+                    let journals = m
+                        .images
+                        .iter()
+                        .map(|i| layout::journal(&i.base, &m.id))
+                        .collect::<Result<Vec<_>>>()?;
+                    finish::cleanup(e, &m.id, &m.leftovers(), &journals, false)?;
+                }
+                TxState::Open => {}
+            }
+            e.drop_lock_file(&m.id);
+        }
+        actions.push(RecoverAction {
+            tx: m.id.to_string(),
+            action,
+            bases: m.images.iter().map(|i| i.base.clone()).collect(),
+        });
+    }
+    Ok(actions)
+}
+
+/// Removes what killed processes left in the state directory: claims whose transaction has
+/// no manifest, manifest saves that never finished, and lock files of transactions that no
+/// longer exist. `commits` are the transactions recovery found journals of.
+pub(crate) fn orphans<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    commits: &BTreeMap<TxId, PathBuf>,
+    dry_run: bool,
+) -> Result<Vec<RecoverAction>> {
+    let mut actions = Vec::new();
+    for (path, holder) in e.state.list_claims(&e.fs)? {
+        let manifest = TxId::parse(&holder).and_then(|id| e.state.load(&e.fs, &id).ok().flatten());
+        if manifest.is_none() {
+            if !dry_run {
+                e.state.remove_claim(&e.fs, &path)?;
+            }
+            actions.push(RecoverAction {
+                tx: holder,
+                action: RecoveryAction::RemovedOrphanClaim,
+                bases: Vec::new(),
+            });
+        }
+    }
+    for (id, path) in e.state.list_tmp(&e.fs)? {
+        // A live save holds the transaction's lock; only a dead one's leftover goes.
+        let Some(_guard) = e.host.lock_exclusive(&e.state.lock(&id), false)? else {
+            continue;
+        };
+        if !dry_run {
+            tracing::debug!(path = %path.display(), "removing a manifest save that never finished");
+            e.state.remove_tmp(&e.fs, &path)?;
+            if e.state.load(&e.fs, &id)?.is_none() {
+                e.drop_lock_file(&id);
+            }
+        }
+    }
+    // A process killed between removing a manifest and its lock file leaves the lock file
+    // behind; it holds no state, but would stay forever. A live begin holds its lock while
+    // it creates the manifest, so a lock we can take without a manifest is a leftover.
+    // (Whoever opened the file meanwhile re-checks its name after locking.)
+    for id in e.state.list_locks(&e.fs)? {
+        if commits.contains_key(&id) || dry_run {
+            continue;
+        }
+        let Some(_guard) = e.host.lock_exclusive(&e.state.lock(&id), false)? else {
+            continue;
+        };
+        if e.state.load(&e.fs, &id)?.is_none() {
+            tracing::debug!(tx = %id, "removing a lock file its transaction left behind");
+            e.drop_lock_file(&id);
+        }
+    }
+    Ok(actions)
+}
+
+/// True when `a` and `b` name the same file.
+fn same_file<S: Fs>(fs: &S, a: &std::path::Path, b: &std::path::Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (fs.metadata(a), fs.metadata(b)) {
+        (Ok(Some(x)), Ok(Some(y))) => (x.dev, x.ino) == (y.dev, y.ino),
+        _ => false,
+    }
+}

@@ -1,0 +1,117 @@
+//! `recover`: finish or undo every interrupted operation found, idempotently.
+//!
+//! [`recover`] reads like "Recovery" in `docs/commit-protocol.md`: find the transactions
+//! with journals beside the bases ([`discover`]), decide each one's direction by the pure
+//! policy ([`decide`]), carry it out ([`execute`]); then finish what the state directory
+//! shows was interrupted outside a commit ([`leftovers`]).
+
+mod decide;
+mod discover;
+mod execute;
+mod leftovers;
+
+use std::path::{Path, PathBuf};
+
+use storage::Fs;
+
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::finish;
+use crate::host::Host;
+use crate::id::TxId;
+use crate::options::{Progress, RecoverAction, RecoverOptions, RecoverReport, RecoveryAction};
+use crate::record::Direction;
+use decide::{decide, Decision};
+
+/// Finishes or undoes every interrupted operation found beside `opts.paths` (or of every
+/// registered transaction when empty); `progress` hears about the data copied.
+pub(crate) fn recover<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    opts: &RecoverOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RecoverReport> {
+    let mut manifests = Vec::new();
+    for id in e.state.list(&e.fs)? {
+        manifests.extend(e.state.load(&e.fs, &id)?);
+    }
+    let bases: Vec<PathBuf> = if opts.paths.is_empty() {
+        manifests
+            .iter()
+            .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
+            .collect()
+    } else {
+        // User paths may reach a base through a symlink; what is stored never does.
+        opts.paths
+            .iter()
+            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
+            .collect::<Result<_>>()?
+    };
+    let mut actions = Vec::new();
+    // Interrupted commits: every transaction with a journal beside one of the bases.
+    let commits = discover::commits(&e.fs, &bases)?;
+    for (tx, journal) in &commits {
+        let _guard = e.lock_tx(tx)?;
+        actions.extend(recover_commit(e, tx, journal, opts, progress)?);
+    }
+    // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes.
+    actions.extend(leftovers::interrupted(e, &manifests, &bases, opts)?);
+    if opts.paths.is_empty() {
+        actions.extend(leftovers::orphans(e, &commits, opts.dry_run)?);
+    }
+    Ok(RecoverReport {
+        dry_run: opts.dry_run,
+        actions,
+    })
+}
+
+/// Decides and carries out the recovery of the interrupted commit `tx`, found by its
+/// journal `some_journal`.
+fn recover_commit<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    tx: &TxId,
+    some_journal: &Path,
+    opts: &RecoverOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Option<RecoverAction>> {
+    let st = discover::load(&e.fs, e.host.user().1, tx, some_journal)?;
+    let unrecoverable = |reason: String| Error::Unrecoverable {
+        tx: tx.clone(),
+        reason,
+    };
+    if st.committed && !st.logged && !st.complete() {
+        return Err(unrecoverable(
+            "a journal of one of its images is missing or has no intent".into(),
+        ));
+    }
+    let (facts, undo_refused) = discover::facts(e, &st, opts.undo)?;
+    let decision = decide(facts);
+    tracing::info!(%tx, ?facts, ?decision, "recovery decision");
+    if let (Decision::Go(Direction::Back) | Decision::Refuse(_), Some(reason)) =
+        (decision, undo_refused)
+    {
+        // Say why the pre-images cannot be used rather than that there are none.
+        return Err(unrecoverable(reason));
+    }
+    let action = match decision {
+        Decision::Discard => RecoveryAction::DiscardedUncommitted,
+        Decision::Cleanup => RecoveryAction::FinishedCleanup,
+        Decision::Go(Direction::Forward) => RecoveryAction::RecoveredForward,
+        Decision::Go(Direction::Back) => RecoveryAction::RecoveredBack,
+        Decision::Refuse(why) => return Err(unrecoverable(why.reason().to_owned())),
+    };
+    if !opts.dry_run {
+        match decision {
+            Decision::Discard => finish::discard_uncommitted(&e.fs, tx, &st.journals)?,
+            Decision::Cleanup => {
+                finish::cleanup(e, tx, &st.leftovers(), &st.journals, false)?;
+            }
+            Decision::Go(dir) => execute::go(e, &st, dir, progress)?,
+            Decision::Refuse(_) => {}
+        }
+    }
+    Ok(Some(RecoverAction {
+        tx: tx.to_string(),
+        action,
+        bases: st.bases(),
+    }))
+}

@@ -1,0 +1,257 @@
+//! The state directory: manifests of open transactions (`txns/ID.json`), per-base claims
+//! (`claims/DEV-INO`), transaction locks (`locks/ID.lock`) and the history log (`history`).
+//!
+//! It knows where things are and writes them durably; what a manifest says is
+//! [`crate::manifest`]'s, and the locks themselves are taken through the [`crate::Host`].
+
+use std::path::{Path, PathBuf};
+
+use storage::{File, Fs};
+
+use crate::error::{Error, Result};
+use crate::files::{read_small, remove_if_exists, sync_dir};
+use crate::id::TxId;
+use crate::manifest::{DevIno, Manifest};
+
+/// Paths inside the state directory.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    /// The state directory at `root` (absolute).
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    /// Its root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates the directory tree (0700) if missing.
+    pub fn create<S: Fs>(&self, fs: &S) -> Result<()> {
+        for dir in [self.root.clone(), self.txns(), self.claims(), self.locks()] {
+            fs.create_dir(&dir)
+                .map_err(Error::io("create the state directory", &dir))?;
+        }
+        // Barrier: a new directory's entry is durable only once its parent is synced; without
+        // this a power cut after the first begin can take the whole registry (manifest and
+        // claims) while the overlays beside the bases survive, unexplained. Synced every time,
+        // since an earlier process may have died between creating and syncing.
+        let parent = self.root.parent().unwrap_or(Path::new("/"));
+        for dir in [parent, self.root.as_path()] {
+            sync_dir(fs, dir)?;
+        }
+        Ok(())
+    }
+
+    fn txns(&self) -> PathBuf {
+        self.root.join("txns")
+    }
+
+    fn claims(&self) -> PathBuf {
+        self.root.join("claims")
+    }
+
+    fn locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// The history log.
+    pub fn history(&self) -> PathBuf {
+        self.root.join("history")
+    }
+
+    /// The lock serializing appends to the history.
+    pub fn history_lock(&self) -> PathBuf {
+        self.locks().join("history.lock")
+    }
+
+    /// The manifest of transaction `id`.
+    pub fn manifest(&self, id: &TxId) -> PathBuf {
+        self.txns().join(format!("{id}.json"))
+    }
+
+    /// The lock file of transaction `id`.
+    pub fn lock(&self, id: &TxId) -> PathBuf {
+        self.locks().join(format!("{id}.lock"))
+    }
+
+    /// The claim file of the base with this device and inode.
+    pub fn claim(&self, base: DevIno) -> PathBuf {
+        self.claims().join(format!("{}-{}", base.dev, base.ino))
+    }
+
+    /// The ids named by the entries of `dir` that end in `suffix`, sorted.
+    fn ids_in<S: Fs>(fs: &S, dir: &Path, suffix: &str) -> Result<Vec<TxId>> {
+        let mut ids: Vec<TxId> = fs
+            .read_dir(dir)
+            .map_err(Error::io("list", dir))?
+            .into_iter()
+            .filter_map(|n| TxId::parse(n.to_str()?.strip_suffix(suffix)?))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Ids of every transaction with a manifest.
+    pub fn list<S: Fs>(&self, fs: &S) -> Result<Vec<TxId>> {
+        Self::ids_in(fs, &self.txns(), ".json")
+    }
+
+    /// Leftover temporary manifests (`ID.json.tmp`) as (id, path): saves that died before
+    /// their rename.
+    pub fn list_tmp<S: Fs>(&self, fs: &S) -> Result<Vec<(TxId, PathBuf)>> {
+        let ids = Self::ids_in(fs, &self.txns(), ".json.tmp")?;
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let path = self.txns().join(format!("{id}.json.tmp"));
+                (id, path)
+            })
+            .collect())
+    }
+
+    /// Ids of every transaction lock file (`locks/ID.lock`); a missing directory is none.
+    pub fn list_locks<S: Fs>(&self, fs: &S) -> Result<Vec<TxId>> {
+        let dir = self.locks();
+        if !crate::files::exists(fs, &dir)? {
+            return Ok(Vec::new());
+        }
+        Self::ids_in(fs, &dir, ".lock")
+    }
+
+    /// Removes a leftover temporary manifest durably.
+    pub fn remove_tmp<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
+        crate::files::remove_durably(fs, path, &self.txns()).map(drop)
+    }
+
+    /// All claim files as (path, holder id as written).
+    pub fn list_claims<S: Fs>(&self, fs: &S) -> Result<Vec<(PathBuf, String)>> {
+        let dir = self.claims();
+        let mut out = Vec::new();
+        for name in fs.read_dir(&dir).map_err(Error::io("list", &dir))? {
+            let path = dir.join(&name);
+            if name.to_str().is_some_and(|n| !n.ends_with(".tmp")) {
+                let holder = read_small(fs, &path)?.unwrap_or_default();
+                out.push((path, String::from_utf8_lossy(&holder).trim().to_owned()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the manifest of `id`; `Ok(None)` when there is none.
+    pub fn load<S: Fs>(&self, fs: &S, id: &TxId) -> Result<Option<Manifest>> {
+        let path = self.manifest(id);
+        let Some(bytes) = read_small(fs, &path)? else {
+            return Ok(None);
+        };
+        let m: Manifest =
+            serde_json::from_slice(&bytes).map_err(|source| Error::ManifestUnreadable {
+                path: path.clone(),
+                source,
+            })?;
+        if m.id != *id || m.images.is_empty() {
+            return Err(Error::Corrupt {
+                path,
+                reason: "the manifest does not match its name".into(),
+            });
+        }
+        Ok(Some(m))
+    }
+
+    /// Writes the manifest durably: temporary file, sync, rename over, sync the directory.
+    pub fn save<S: Fs>(&self, fs: &S, m: &Manifest) -> Result<()> {
+        let path = self.manifest(&m.id);
+        let tmp = self.txns().join(format!("{}.json.tmp", m.id));
+        // Strings, numbers and lists only: serializing cannot fail.
+        let bytes = serde_json::to_vec_pretty(m).expect("a manifest serializes");
+        remove_if_exists(fs, &tmp)?;
+        let f = fs.create_new(&tmp).map_err(Error::io("create", &tmp))?;
+        f.write_all_at(&bytes, 0)
+            .map_err(Error::io("write", &tmp))?;
+        // Barrier: the new content must be durable before the rename can make it visible,
+        // or a crash could leave the manifest name pointing at an empty file.
+        f.sync_data().map_err(Error::io("sync", &tmp))?;
+        drop(f);
+        fs.rename(&tmp, &path)
+            .map_err(Error::io("rename into place", &path))?;
+        // Barrier: the rename itself is durable only once the directory is synced.
+        sync_dir(fs, &self.txns())
+    }
+
+    /// Removes the manifest durably.
+    pub fn remove_manifest<S: Fs>(&self, fs: &S, id: &TxId) -> Result<()> {
+        remove_if_exists(fs, &self.manifest(id))?;
+        // Barrier: the transaction is gone only once its manifest's removal is durable.
+        sync_dir(fs, &self.txns())
+    }
+
+    /// Claims the base `base` for `id`. `Ok(Err(holder))` when it is claimed already.
+    pub fn claim_base<S: Fs>(&self, fs: &S, base: DevIno, id: &TxId) -> Result<Result<(), String>> {
+        let path = self.claim(base);
+        match fs.create_new(&path) {
+            Ok(f) => {
+                f.write_all_at(id.as_str().as_bytes(), 0)
+                    .map_err(Error::io("write", &path))?;
+                // Barrier: a claim must survive a crash, or a second transaction could take
+                // the same base while the first still has an overlay over it.
+                f.sync_data().map_err(Error::io("sync", &path))?;
+                sync_dir(fs, &self.claims())?;
+                Ok(Ok(()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = read_small(fs, &path)?.unwrap_or_default();
+                Ok(Err(String::from_utf8_lossy(&holder).trim().to_owned()))
+            }
+            Err(e) => Err(Error::io("create the claim", &path)(e)),
+        }
+    }
+
+    /// Releases the claim on `base` if `id` holds it.
+    pub fn release_base<S: Fs>(&self, fs: &S, base: DevIno, id: &TxId) -> Result<()> {
+        let path = self.claim(base);
+        if read_small(fs, &path)?.is_some_and(|holder| holder == id.as_str().as_bytes()) {
+            remove_if_exists(fs, &path)?;
+            // Barrier: the release must be durable before the manifest goes, so a claim
+            // never outlives the manifest that explains it.
+            sync_dir(fs, &self.claims())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a claim whatever holds it (used by recover for orphans).
+    pub fn remove_claim<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
+        remove_if_exists(fs, path)?;
+        sync_dir(fs, &self.claims())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::tests::sample;
+
+    #[test]
+    fn manifest_saved_and_loaded_through_the_fs_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("state"));
+        sd.create(&storage::OsFs).unwrap();
+        sd.save(&storage::OsFs, &sample()).unwrap();
+        let id = TxId::parse("tx-0123456789").unwrap();
+        assert_eq!(sd.load(&storage::OsFs, &id).unwrap(), Some(sample()));
+        assert_eq!(sd.list(&storage::OsFs).unwrap(), vec![id]);
+    }
+
+    #[test]
+    fn names_that_are_no_ids_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sd = StateDir::new(dir.path().join("state"));
+        sd.create(&storage::OsFs).unwrap();
+        std::fs::write(dir.path().join("state/txns/tx-../x.json"), b"").ok();
+        std::fs::write(dir.path().join("state/txns/notes.json"), b"{}").unwrap();
+        assert!(sd.list(&storage::OsFs).unwrap().is_empty());
+    }
+}
