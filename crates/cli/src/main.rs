@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Parser;
 use serde_json::json;
 use storage::OsFs;
@@ -151,7 +152,7 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
     let dir = std::path::absolute(&dir)?;
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| anyhow::anyhow!("could not create {}: {e}", parent.display()))?;
+            .with_context(|| format!("could not create {}", parent.display()))?;
     }
     Ok(dir)
 }
@@ -168,10 +169,11 @@ fn tx_id(given: &str) -> Result<TxId, Failure> {
 /// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
 /// the overlay names the real file by absolute path.
 fn resolve(path: &Path) -> Result<PathBuf, Failure> {
-    std::fs::canonicalize(path).map_err(|e| {
-        Failure::from(txn::Error::InvalidBase {
+    std::fs::canonicalize(path).map_err(|source| {
+        Failure::from(txn::Error::Io {
+            action: "find",
             path: path.to_path_buf(),
-            reason: format!("it cannot be opened ({e})"),
+            source,
         })
     })
 }

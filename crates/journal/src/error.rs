@@ -26,6 +26,9 @@ pub enum Error {
         offset: u64,
         /// What check failed.
         reason: String,
+        /// Why its payload does not decode, when that is what failed.
+        #[source]
+        source: Option<crate::format::DecodeError>,
     },
 
     /// A record could not be encoded with postcard.
@@ -88,6 +91,19 @@ pub enum Error {
         len: usize,
         /// [`MAX_RECORD_LEN`](crate::format::MAX_RECORD_LEN).
         max: u32,
+    },
+
+    /// A record whose checksum passes does not decode: version skew or a writer bug, never
+    /// a torn write. Like [`Error::Corrupt`], nothing was truncated.
+    #[error("journal record {record} at offset {offset:#x} is not a record")]
+    Undecodable {
+        /// Byte offset of the record.
+        offset: u64,
+        /// Its sequence number.
+        record: u64,
+        /// Why it does not decode.
+        #[source]
+        source: crate::format::DecodeError,
     },
 
     /// The header names a format version this build does not know.

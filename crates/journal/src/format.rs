@@ -324,12 +324,23 @@ pub fn encode_payload<T: Serialize>(record: &T) -> Result<Vec<u8>> {
     postcard::to_stdvec(record).map_err(|source| Error::Encode { source })
 }
 
+/// Why a record payload whose checksum passed is not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// postcard refused the bytes.
+    #[error("its payload does not decode")]
+    Postcard(#[source] postcard::Error),
+    /// A record decoded from a prefix of the payload.
+    #[error("its payload has {0} trailing bytes")]
+    Trailing(usize),
+}
+
 /// Decodes a record payload, which must be consumed exactly. The one place bytes become records.
-pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     match postcard::take_from_bytes::<T>(payload) {
         Ok((v, [])) => Ok(v),
-        Ok((_, rest)) => Err(format!("payload has {} trailing bytes", rest.len())),
-        Err(e) => Err(format!("payload does not decode: {e}")),
+        Ok((_, rest)) => Err(DecodeError::Trailing(rest.len())),
+        Err(e) => Err(DecodeError::Postcard(e)),
     }
 }
 

@@ -253,6 +253,7 @@ pub(crate) fn scan<F: File, T: DeserializeOwned>(
                 let corrupt = |reason: String| Error::Corrupt {
                     offset: off,
                     reason: format!("record {next}: {reason}"),
+                    source: None,
                 };
                 if f.head.reserved != 0 {
                     return Err(corrupt(format!(
@@ -263,7 +264,13 @@ pub(crate) fn scan<F: File, T: DeserializeOwned>(
                 let end = off + f.total;
                 match FrameKind::from_u32(f.head.kind) {
                     Some(FrameKind::Record) => {
-                        records.push(decode_payload::<T>(&f.payload).map_err(corrupt)?);
+                        let record =
+                            decode_payload::<T>(&f.payload).map_err(|e| Error::Corrupt {
+                                offset: off,
+                                reason: format!("record {next} is not a record"),
+                                source: Some(e),
+                            })?;
+                        records.push(record);
                         next += 1;
                     }
                     Some(FrameKind::Pad) if end % BLOCK == 0 => {}
@@ -315,6 +322,7 @@ fn resolve<F: File>(
         RecoveryMode::AbsoluteConsistency => Err(Error::Corrupt {
             offset: off,
             reason: format!("record {next}: {reason}"),
+            source: None,
         }),
         RecoveryMode::SalvagePrefix => Ok(torn),
         RecoveryMode::TolerateTornTail => {
@@ -333,6 +341,7 @@ fn resolve<F: File>(
                 Some(why) => Err(Error::Corrupt {
                     offset: off,
                     reason: format!("record {next}: {reason}; {why}"),
+                    source: None,
                 }),
             }
         }

@@ -66,7 +66,7 @@ impl<F: File, T: Serialize + DeserializeOwned> Journal<F, T> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| Error::Io {
             path: path.display().to_string(),
-            source: std::io::Error::other(format!("no randomness for the journal nonce: {e}")),
+            source: std::io::Error::other(e),
         })?;
         let header = Header {
             nonce,

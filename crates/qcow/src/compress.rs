@@ -7,9 +7,45 @@
 use std::io::Read;
 
 use flate2::{Decompress, FlushDecompress};
+use ruzstd::decoding::errors::FrameDecoderError;
 use ruzstd::decoding::{BlockDecodingStrategy, FrameDecoder};
 
 use crate::header::Compression;
+
+/// Why compressed data is not exactly one cluster.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecompressError {
+    /// The deflate decoder refused the data.
+    #[error("invalid deflate data")]
+    Deflate(#[source] flate2::DecompressError),
+    /// The data decompressed to another size than one cluster.
+    #[error("the data produced {produced} bytes instead of {wanted}")]
+    WrongSize {
+        /// Bytes produced.
+        produced: u64,
+        /// Bytes of one cluster.
+        wanted: u64,
+    },
+    /// The data does not start with a zstd frame.
+    #[error("the data is not a zstd frame")]
+    NotZstd,
+    /// A zstd frame asks for a window larger than any single cluster needs.
+    #[error("the zstd frame asks for a {0}-byte window")]
+    ZstdWindow(u64),
+    /// The zstd frame header is invalid.
+    #[error("invalid zstd frame header")]
+    ZstdHeader(#[source] FrameDecoderError),
+    /// The zstd data is invalid.
+    #[error("invalid zstd data")]
+    Zstd(#[source] FrameDecoderError),
+    /// Reading decoded zstd data failed.
+    #[error("invalid zstd data")]
+    ZstdRead(#[source] std::io::Error),
+    /// The zstd data decompresses to more than one cluster.
+    #[error("zstd data decompresses to more than one cluster")]
+    ZstdTooLong,
+}
 
 /// Largest zstd window accepted; qemu compresses single clusters (≤ 2 MiB) in one pass, so
 /// real frames have small windows, and a hostile frame may not make the decoder reserve
@@ -17,31 +53,32 @@ use crate::header::Compression;
 const MAX_ZSTD_WINDOW: u64 = 8 << 20;
 
 /// Decompresses `input` into exactly `out.len()` bytes.
-pub(crate) fn decompress(kind: Compression, input: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decompress(
+    kind: Compression,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<(), DecompressError> {
     match kind {
         Compression::Deflate => inflate(input, out),
         Compression::Zstd => unzstd(input, out),
     }
 }
 
-fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), String> {
+fn inflate(input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
     // Raw deflate (no zlib header), as qemu's inflateInit2(-12). miniz_oxide always uses a
     // 32 KiB window, which decodes any stream written with a smaller one.
     let mut d = Decompress::new(false);
-    match d.decompress(input, out, FlushDecompress::Finish) {
-        Ok(_) => {}
-        Err(e) => return Err(format!("invalid deflate data: {e}")),
-    }
+    d.decompress(input, out, FlushDecompress::Finish)
+        .map_err(DecompressError::Deflate)?;
     // Like qemu: success means exactly one full cluster came out, whether the stream ended
     // there or the input merely ran out (Z_BUF_ERROR with avail_out == 0).
     if d.total_out() == out.len() as u64 {
         Ok(())
     } else {
-        Err(format!(
-            "deflate data produced {} bytes instead of {}",
-            d.total_out(),
-            out.len()
-        ))
+        Err(DecompressError::WrongSize {
+            produced: d.total_out(),
+            wanted: out.len() as u64,
+        })
     }
 }
 
@@ -69,30 +106,27 @@ fn zstd_window(input: &[u8]) -> Option<u64> {
     Some(if fcs_len == 2 { size + 256 } else { size })
 }
 
-fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), String> {
+fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
     // Like qemu: decode frame after frame until one full cluster is out; the frame that
     // fills the cluster must end exactly there.
     let mut done = 0usize;
     let mut dec = FrameDecoder::new();
     while done < out.len() {
-        let window = zstd_window(input).ok_or("the data is not a zstd frame")?;
+        let window = zstd_window(input).ok_or(DecompressError::NotZstd)?;
         if window > MAX_ZSTD_WINDOW {
-            return Err(format!("the zstd frame asks for a {window}-byte window"));
+            return Err(DecompressError::ZstdWindow(window));
         }
-        dec.reset(&mut input)
-            .map_err(|e| format!("invalid zstd frame header: {e}"))?;
+        dec.reset(&mut input).map_err(DecompressError::ZstdHeader)?;
         loop {
             let finished = dec
                 .decode_blocks(&mut input, BlockDecodingStrategy::UptoBlocks(1))
-                .map_err(|e| format!("invalid zstd data: {e}"))?;
+                .map_err(DecompressError::Zstd)?;
             while dec.can_collect() > 0 {
                 let room = &mut out[done..];
                 if room.is_empty() {
-                    return Err("zstd data decompresses to more than one cluster".to_owned());
+                    return Err(DecompressError::ZstdTooLong);
                 }
-                let n = dec
-                    .read(room)
-                    .map_err(|e| format!("invalid zstd data: {e}"))?;
+                let n = dec.read(room).map_err(DecompressError::ZstdRead)?;
                 if n == 0 {
                     break;
                 }
@@ -103,7 +137,7 @@ fn unzstd(mut input: &[u8], out: &mut [u8]) -> Result<(), String> {
             }
         }
         if dec.can_collect() > 0 {
-            return Err("zstd data decompresses to more than one cluster".to_owned());
+            return Err(DecompressError::ZstdTooLong);
         }
     }
     Ok(())
@@ -195,6 +229,9 @@ mod tests {
         let input = [0x28, 0xb5, 0x2f, 0xfd, 0x00, 20 << 3, 0, 0, 0];
         let mut out = vec![0u8; 4096];
         let err = decompress(Compression::Zstd, &input, &mut out).unwrap_err();
-        assert!(err.contains("window"), "{err}");
+        assert!(
+            matches!(err, super::DecompressError::ZstdWindow(_)),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,7 @@ pub enum Error {
     /// A compressed cluster did not decompress to exactly one cluster.
     #[error(
         "the compressed cluster for guest offset {guest:#x} (data at host offset {host:#x}) \
-         does not decompress to one cluster: {reason}"
+         does not decompress to one cluster"
     )]
     BadCompressedCluster {
         /// Guest offset of the cluster.
@@ -21,7 +21,8 @@ pub enum Error {
         /// Host byte offset of the compressed data.
         host: u64,
         /// What the decoder found.
-        reason: String,
+        #[source]
+        source: crate::DecompressError,
     },
     /// A table or entry read from the image breaks the format's rules.
     #[error("corrupt qcow2 image: {reason} (at host offset {offset:#x})")]

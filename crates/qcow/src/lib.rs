@@ -42,6 +42,7 @@ mod refs;
 
 use std::io;
 
+pub use compress::DecompressError;
 pub use create::create_overlay;
 pub use error::{Error, Result};
 pub use header::{BitmapsExtension, Compression, Header, RawHeader};

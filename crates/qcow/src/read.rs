@@ -60,11 +60,11 @@ impl<R: ReadAt> Image<R> {
                     cbuf.resize(len as usize, 0);
                     read_clamped(&self.source, &mut cbuf, offset, self.file_len)?;
                     cluster.resize(cs as usize, 0);
-                    decompress(self.header.compression, &cbuf, &mut cluster).map_err(|reason| {
+                    decompress(self.header.compression, &cbuf, &mut cluster).map_err(|source| {
                         Error::BadCompressedCluster {
                             guest: g,
                             host: offset,
-                            reason,
+                            source,
                         }
                     })?;
                     dst.copy_from_slice(&cluster[(s - g) as usize..(e - g) as usize]);
