@@ -9,6 +9,7 @@ mod guestfish;
 mod hostile;
 mod kill;
 mod kill_strace;
+mod operator;
 mod ops;
 mod progress;
 mod run_signals;

@@ -32,6 +32,11 @@ pub fn for_error(e: &Error) -> Option<String> {
         Error::RecoveryNeeded { path, .. } => {
             format!("run `imgtx recover {}`", path.display())
         }
+        Error::Unrecoverable { tx, .. } => format!(
+            "`imgtx recover --undo` uses the pre-images where the overlays are gone; if the \
+             base is gone for good, `imgtx recover --abandon {tx}` ends the transaction \
+             without writing any image"
+        ),
         Error::WaitTimedOut { .. } => {
             "the holding transaction is still open; `imgtx status` shows it".to_owned()
         }

@@ -24,6 +24,17 @@ Examples:
 Exit status: 0 ok, 1 error, 2 usage, 3 busy or conflict, 4 recovery needed.
 Documentation: docs/cli.md and docs/commit-protocol.md.";
 
+const RECOVER_HELP: &str = "\
+Examples:
+  imgtx recover                        # everything registered here
+  imgtx recover /vm/disk.img           # what lies beside this image
+  imgtx recover --undo --dry-run       # what undoing would do
+  imgtx recover --scan /var/lib/libvirt/images   # the state directory was lost
+  imgtx recover --abandon tx-3f9a2c1d7e          # its base is gone for good
+
+Every transaction that can be recovered is, even when another cannot; each failure is
+reported, and the exit status is then 4.";
+
 /// ACID transactions for VM disk images: changes go to a qcow2 overlay per image, and
 /// `commit` copies them into the images crash-safely, or `rollback` drops them.
 #[derive(Debug, Parser)]
@@ -132,16 +143,22 @@ Example:
         tx: String,
     },
     /// Finish or undo every interrupted commit, begin or rollback
-    #[command(
-        after_help = "Examples:\n  imgtx recover                 # everything registered here\n  imgtx recover /vm/disk.img    # what lies beside this image\n  imgtx recover --undo --dry-run"
-    )]
+    #[command(after_help = RECOVER_HELP)]
     Recover {
         /// Undo interrupted commits instead of finishing them (needs their pre-images)
-        #[arg(long)]
+        #[arg(long, conflicts_with = "abandon")]
         undo: bool,
         /// Only say what would be done
-        #[arg(long)]
+        #[arg(long, conflicts_with = "abandon")]
         dry_run: bool,
+        /// Also search DIR and the directories below it for journals beside images, for
+        /// when the state directory was lost (repeatable; $IMGTX_SCAN, colon-separated)
+        #[arg(long, value_name = "DIR", env = "IMGTX_SCAN", value_delimiter = ':')]
+        scan: Vec<PathBuf>,
+        /// End transaction TX without writing any image, when it can be neither finished
+        /// nor undone (its base was deleted or moved); its files are kept for forensics
+        #[arg(long, value_name = "TX")]
+        abandon: Option<String>,
         /// Bases to look beside (default: every registered transaction)
         #[arg(value_name = "PATH")]
         paths: Vec<PathBuf>,

@@ -29,6 +29,8 @@ use args::{BaseFormat, BeginArgs, Cli, Command};
 
 /// Exit status of a usage error (clap's own).
 const EXIT_USAGE: u8 = 2;
+/// Exit status when an interrupted transaction still needs recovery.
+const EXIT_RECOVERY_NEEDED: u8 = 4;
 
 /// A failure of the command, with the exit status it maps to.
 struct Failure {
@@ -47,7 +49,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 fn exit_code(e: &txn::Error) -> u8 {
     match e.class() {
         ErrorClass::Busy | ErrorClass::Conflict => 3,
-        ErrorClass::RecoveryNeeded => 4,
+        ErrorClass::RecoveryNeeded => EXIT_RECOVERY_NEEDED,
         _ => 1,
     }
 }
@@ -99,6 +101,17 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `e` and its sources, joined by ": ", as the error line shows them.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -240,15 +253,27 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             out.rollback(&id)?;
         }
         Command::Recover {
+            abandon: Some(tx),
+            paths,
+            ..
+        } => {
+            let paths: Vec<PathBuf> = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
+            let r = engine.abandon(&tx_id(&tx)?, &paths)?;
+            out.abandon(&r)?;
+        }
+        Command::Recover {
             undo,
             dry_run,
+            scan,
+            abandon: None,
             paths,
         } => {
             let paths = paths.iter().map(|p| resolve(p)).collect::<Result<_, _>>()?;
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.recover_with_progress(
+            let r = engine.recover_all(
                 &RecoverOptions {
                     paths,
+                    scan,
                     undo,
                     dry_run,
                 },
@@ -256,6 +281,10 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             )?;
             bar.finish();
             out.recover(&r)?;
+            if !r.failures.is_empty() {
+                // Something is still interrupted: the status that says recovery is needed.
+                return Ok(EXIT_RECOVERY_NEEDED);
+            }
         }
         Command::Run {
             opts,

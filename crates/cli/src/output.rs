@@ -3,7 +3,9 @@
 use std::io::{self, Write};
 
 use serde_json::{json, Value};
-use txn::{CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxId, TxStatus};
+use txn::{
+    AbandonReport, CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxId, TxStatus,
+};
 
 /// How to print.
 pub struct Out {
@@ -137,12 +139,33 @@ impl Out {
 
     pub fn recover(&self, r: &RecoverReport) -> io::Result<()> {
         if self.json {
-            return print_json(&json!(r));
+            let failures: Vec<Value> = r
+                .failures
+                .iter()
+                .map(|f| {
+                    json!({"tx": f.tx, "bases": f.bases, "error": crate::error_chain(&f.error),
+                           "hint": crate::advice::for_error(&f.error)})
+                })
+                .collect();
+            return print_json(
+                &json!({"dry_run": r.dry_run, "actions": r.actions, "failures": failures}),
+            );
+        }
+        // Failures are errors: on stderr, even with -q.
+        for f in &r.failures {
+            eprintln!(
+                "imgtx: error: transaction {} not recovered: {}",
+                f.tx,
+                crate::error_chain(&f.error)
+            );
+            if let Some(hint) = crate::advice::for_error(&f.error) {
+                eprintln!("hint: {hint}");
+            }
         }
         if self.quiet {
             return Ok(());
         }
-        if r.actions.is_empty() {
+        if r.actions.is_empty() && r.failures.is_empty() {
             return human(&["nothing to recover".to_owned()]);
         }
         let prefix = if r.dry_run { "would do: " } else { "" };
@@ -158,6 +181,24 @@ impl Out {
                 format!("{prefix}{} {action} {}", a.tx, bases.join(" "))
             })
             .collect();
+        human(&lines)
+    }
+
+    pub fn abandon(&self, r: &AbandonReport) -> io::Result<()> {
+        if self.json {
+            return print_json(
+                &json!({"id": r.id, "outcome": "abandoned", "bases": r.bases, "kept": r.kept}),
+            );
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        let mut lines = vec![format!(
+            "abandoned {}: no image was written; check each base before using it",
+            r.id
+        )];
+        lines.extend(r.bases.iter().map(|b| format!("  base {}", b.display())));
+        lines.extend(r.kept.iter().map(|k| format!("  kept {}", k.display())));
         human(&lines)
     }
 

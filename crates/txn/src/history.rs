@@ -22,6 +22,8 @@ pub enum Outcome {
     RecoveredForward,
     /// `recover` undid an interrupted commit.
     RecoveredBack,
+    /// `recover --abandon` ended it without writing any image; what it left is kept aside.
+    Abandoned,
 }
 
 /// One image in a history entry.

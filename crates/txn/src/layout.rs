@@ -56,6 +56,14 @@ pub fn spare(base: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.imgtx.spare")))
 }
 
+/// Where a journal or pre-image file of an abandoned transaction is kept for forensics: its
+/// own name with a suffix nothing of imgtx reads.
+pub fn abandoned(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".abandoned");
+    PathBuf::from(name)
+}
+
 /// The transaction id in a journal file name of `base`, if `file_name` is one.
 pub fn journal_id(base_name: &str, file_name: &str) -> Option<TxId> {
     let rest = file_name
@@ -63,6 +71,15 @@ pub fn journal_id(base_name: &str, file_name: &str) -> Option<TxId> {
         .strip_prefix(base_name)?
         .strip_prefix('.')?;
     TxId::parse(rest.strip_suffix(SUFFIX_JOURNAL)?)
+}
+
+/// The base name and transaction of a journal file name (`.NAME.ID.imgtx.journal`), if
+/// `file_name` is one.
+pub fn parse_journal_name(file_name: &str) -> Option<(&str, TxId)> {
+    let rest = file_name.strip_prefix('.')?.strip_suffix(SUFFIX_JOURNAL)?;
+    let (name, id) = rest.rsplit_once('.')?;
+    let id = TxId::parse(id)?;
+    (!name.is_empty()).then_some((name, id))
 }
 
 /// The base whose journal in transaction `id` is `journal`: the inverse of [`journal()`].
@@ -128,6 +145,16 @@ mod tests {
         assert_eq!(base_of_journal(&j, &tx()).as_deref(), Some(b));
         let other = TxId::parse("tx-aaaaaaaaaa").unwrap();
         assert_eq!(base_of_journal(&j, &other), None);
+    }
+
+    #[test]
+    fn a_journal_name_tells_its_base_and_transaction() {
+        assert_eq!(
+            parse_journal_name(".b.img.x.tx-0123456789.imgtx.journal"),
+            Some(("b.img.x", tx()))
+        );
+        assert_eq!(parse_journal_name("..tx-0123456789.imgtx.journal"), None);
+        assert_eq!(parse_journal_name(".b.img.tx-01234567.imgtx.journal"), None);
     }
 
     #[test]

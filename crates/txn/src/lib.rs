@@ -60,8 +60,8 @@ pub use id::TxId;
 pub use inspect::{Condition, ImageDiff, TxStatus};
 pub use manifest::{DevIno, FileId, Format, ImageEntry, Manifest, TxState};
 pub use options::{
-    BeginOptions, CommitOptions, CommitReport, Phase, Progress, RecoverAction, RecoverOptions,
-    RecoverReport, RecoveryAction, Spare, Wait,
+    AbandonReport, BeginOptions, CommitOptions, CommitReport, Phase, Progress, RecoverAction,
+    RecoverFailure, RecoverOptions, RecoverReport, RecoveryAction, Spare, Wait,
 };
 pub use record::Direction;
 pub use release::Released;
@@ -120,12 +120,43 @@ impl<S: Fs, H: Host> Engine<S, H> {
 
     /// [`Engine::recover`], with `progress` hearing about the data copied back into bases
     /// (a roll forward can copy as much as the commit it finishes).
+    ///
+    /// # Errors
+    /// The first transaction that could not be recovered, once every other one was; use
+    /// [`Engine::recover_all`] for the whole report.
     pub fn recover_with_progress(
         &self,
         opts: &RecoverOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RecoverReport> {
+        let mut report = self.recover_all(opts, progress)?;
+        if report.failures.is_empty() {
+            Ok(report)
+        } else {
+            Err(report.failures.swap_remove(0).error)
+        }
+    }
+
+    /// Recovers every transaction it can, and reports those it cannot in
+    /// [`RecoverReport::failures`] instead of stopping at the first.
+    ///
+    /// # Errors
+    /// Only when the transactions to recover cannot even be listed.
+    pub fn recover_all(
+        &self,
+        opts: &RecoverOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RecoverReport> {
         recover::recover(&self.ctx, opts, progress)
+    }
+
+    /// Ends transaction `id` without writing any image, when it can be neither finished nor
+    /// undone (its base was deleted or moved, say). Its journals and pre-image files are
+    /// renamed aside and its overlays left in place, for forensics; the history records it
+    /// as abandoned. `paths` name bases whose journals may belong to it, for a transaction
+    /// this state directory does not know.
+    pub fn abandon(&self, id: &TxId, paths: &[PathBuf]) -> Result<AbandonReport> {
+        recover::abandon::abandon(&self.ctx, id, paths)
     }
 
     /// Every registered transaction (or just `id`), with its condition.

@@ -97,8 +97,12 @@ pub struct Spare {
 /// What `recover` should do.
 #[derive(Debug, Clone, Default)]
 pub struct RecoverOptions {
-    /// Bases to look beside (absolute); empty means every registered transaction.
+    /// Bases to look beside (absolute); with `scan` also empty, every registered
+    /// transaction.
     pub paths: Vec<PathBuf>,
+    /// Directories to search (recursively) for journals beside images, for when the state
+    /// directory was lost or never knew the transactions.
+    pub scan: Vec<PathBuf>,
     /// Undo committed-but-unfinished commits instead of finishing them.
     pub undo: bool,
     /// Only report what would be done.
@@ -137,11 +141,37 @@ pub struct RecoverAction {
     pub bases: Vec<PathBuf>,
 }
 
-/// Everything recovery did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// A transaction recovery could not bring to an end, and why.
+#[derive(Debug)]
+pub struct RecoverFailure {
+    /// The transaction, as its files name it.
+    pub tx: String,
+    /// The bases involved, as far as known.
+    pub bases: Vec<PathBuf>,
+    /// What stopped it; nothing of this transaction was changed after the failure.
+    pub error: crate::Error,
+}
+
+/// Everything recovery did, and what it could not do.
+#[derive(Debug, Default)]
 pub struct RecoverReport {
     /// True when nothing was changed because of `dry_run`.
     pub dry_run: bool,
     /// The actions, in order.
     pub actions: Vec<RecoverAction>,
+    /// The transactions that remain interrupted, each with its reason. One failure never
+    /// stops recovery of the others.
+    pub failures: Vec<RecoverFailure>,
+}
+
+/// What `recover --abandon` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbandonReport {
+    /// The transaction.
+    pub id: TxId,
+    /// Its bases, none of which was written.
+    pub bases: Vec<PathBuf>,
+    /// The files it left for forensics: journals and pre-image files renamed aside, and
+    /// overlays where they were.
+    pub kept: Vec<PathBuf>,
 }

@@ -250,3 +250,45 @@ fn overlay_still_good<S: Fs, H: Host>(e: &Ctx<S, H>, intent: &Intent) -> bool {
         }
     }
 }
+
+/// How deep `--scan` descends below each directory it is given.
+const SCAN_DEPTH: usize = 16;
+
+/// The bases under `dirs` (recursively, following no symlink) that have an imgtx journal
+/// beside them: where the state directory was lost, these are the interrupted commits.
+pub(crate) fn scan<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let mut todo: Vec<(PathBuf, usize)> = dirs.iter().map(|d| (d.clone(), 0)).collect();
+    while let Some((dir, depth)) = todo.pop() {
+        let names = match fs.read_dir(&dir) {
+            Ok(names) => names,
+            // A directory given by the user must be readable; one found below is skipped
+            // with a warning, like `find` does.
+            Err(source) if depth == 0 => {
+                return Err(Error::Io {
+                    action: "scan",
+                    path: dir,
+                    source,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "not scanned");
+                continue;
+            }
+        };
+        for name in names {
+            let path = dir.join(&name);
+            let Some(meta) = fs.metadata(&path).map_err(Error::io("stat", &path))? else {
+                continue;
+            };
+            if meta.kind == storage::FileKind::Dir && depth < SCAN_DEPTH {
+                todo.push((path, depth + 1));
+            } else if let Some((base, _)) = name.to_str().and_then(layout::parse_journal_name) {
+                found.push(dir.join(base));
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}

@@ -12,64 +12,87 @@ use crate::error::Result;
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{Manifest, TxState};
-use crate::options::{RecoverAction, RecoverOptions, RecoveryAction};
+use crate::options::{
+    RecoverAction, RecoverFailure, RecoverOptions, RecoverReport, RecoveryAction,
+};
 use crate::{begin, finish, layout, rollback};
 
 /// Finishes the interrupted begins, rollbacks and cleanups among `manifests` that touch one
-/// of `bases` (all of them when the user named no path).
+/// of `bases` (all of them when the user named no path), into `report`.
 pub(crate) fn interrupted<S: Fs, H: Host>(
     e: &Ctx<S, H>,
     manifests: &[Manifest],
     bases: &[PathBuf],
     opts: &RecoverOptions,
-) -> Result<Vec<RecoverAction>> {
+    report: &mut RecoverReport,
+) {
     let wanted = |m: &Manifest| {
-        opts.paths.is_empty()
+        (opts.paths.is_empty() && opts.scan.is_empty())
             || m.images
                 .iter()
                 .any(|i| bases.iter().any(|p| same_file(&e.fs, p, &i.base)))
     };
-    let mut actions = Vec::new();
     for m in manifests
         .iter()
         .filter(|m| m.state != TxState::Open && wanted(m))
     {
-        // A live begin or rollback holds the lock; only a dead one is cleaned up.
-        let Some(_guard) = e.host.lock_exclusive(&e.state.lock(&m.id), false)? else {
-            continue;
-        };
-        let Some(m) = e.state.load(&e.fs, &m.id)? else {
-            continue;
-        };
-        let action = match m.state {
-            TxState::Beginning => RecoveryAction::CleanedBegin,
-            TxState::RollingBack => RecoveryAction::FinishedRollback,
-            TxState::Finished => RecoveryAction::FinishedCleanup,
-            TxState::Open => continue,
-        };
-        if !opts.dry_run {
-            match m.state {
-                TxState::Beginning => begin::undo_begin(e, &m)?,
-                TxState::RollingBack => rollback::finish_rollback(e, &m)?,
-                TxState::Finished => {
-                    let journals = m
-                        .images
-                        .iter()
-                        .map(|i| layout::journal(&i.base, &m.id))
-                        .collect::<Result<Vec<_>>>()?;
-                    finish::cleanup(e, &m.id, &m.leftovers(), &journals, false)?;
-                }
-                TxState::Open => {}
+        match finish_one(e, &m.id, opts.dry_run) {
+            Ok(Some(action)) => report.actions.push(RecoverAction {
+                tx: m.id.to_string(),
+                action,
+                bases: m.images.iter().map(|i| i.base.clone()).collect(),
+            }),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(tx = %m.id, %error, "transaction not recovered");
+                report.failures.push(RecoverFailure {
+                    tx: m.id.to_string(),
+                    bases: m.images.iter().map(|i| i.base.clone()).collect(),
+                    error,
+                });
             }
-            e.drop_lock_file(&m.id);
         }
-        actions.push(RecoverAction {
-            tx: m.id.to_string(),
-            action,
-            bases: m.images.iter().map(|i| i.base.clone()).collect(),
-        });
     }
-    Ok(actions)
+}
+
+/// Finishes the interrupted begin, rollback or cleanup of transaction `id`; `None` when it
+/// needs nothing (it is open, gone, or a live process works on it).
+fn finish_one<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    id: &TxId,
+    dry_run: bool,
+) -> Result<Option<RecoveryAction>> {
+    // A live begin or rollback holds the lock; only a dead one is cleaned up.
+    let Some(_guard) = e.host.lock_exclusive(&e.state.lock(id), false)? else {
+        return Ok(None);
+    };
+    let Some(m) = e.state.load(&e.fs, id)? else {
+        return Ok(None);
+    };
+    let action = match m.state {
+        TxState::Beginning => RecoveryAction::CleanedBegin,
+        TxState::RollingBack => RecoveryAction::FinishedRollback,
+        TxState::Finished => RecoveryAction::FinishedCleanup,
+        TxState::Open => return Ok(None),
+    };
+    if dry_run {
+        return Ok(Some(action));
+    }
+    match m.state {
+        TxState::Beginning => begin::undo_begin(e, &m)?,
+        TxState::RollingBack => rollback::finish_rollback(e, &m)?,
+        TxState::Finished => {
+            let journals = m
+                .images
+                .iter()
+                .map(|i| layout::journal(&i.base, &m.id))
+                .collect::<Result<Vec<_>>>()?;
+            finish::cleanup(e, &m.id, &m.leftovers(), &journals, false)?;
+        }
+        TxState::Open => {}
+    }
+    e.drop_lock_file(&m.id);
+    Ok(Some(action))
 }
 
 /// Removes what killed processes left in the state directory: claims whose transaction has

@@ -5,6 +5,7 @@
 //! policy ([`decide`]), carry it out ([`execute`]); then finish what the state directory
 //! shows was interrupted outside a commit ([`leftovers`]).
 
+pub(crate) mod abandon;
 mod decide;
 mod discover;
 mod execute;
@@ -19,7 +20,10 @@ use crate::error::{Error, Result};
 use crate::finish;
 use crate::host::Host;
 use crate::id::TxId;
-use crate::options::{Progress, RecoverAction, RecoverOptions, RecoverReport, RecoveryAction};
+use crate::layout;
+use crate::options::{
+    Progress, RecoverAction, RecoverFailure, RecoverOptions, RecoverReport, RecoveryAction,
+};
 use crate::record::Direction;
 use decide::{decide, Decision};
 
@@ -34,7 +38,7 @@ pub(crate) fn recover<S: Fs, H: Host>(
     for id in e.state.list(&e.fs)? {
         manifests.extend(e.state.load(&e.fs, &id)?);
     }
-    let bases: Vec<PathBuf> = if opts.paths.is_empty() {
+    let mut bases: Vec<PathBuf> = if opts.paths.is_empty() && opts.scan.is_empty() {
         manifests
             .iter()
             .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
@@ -46,22 +50,45 @@ pub(crate) fn recover<S: Fs, H: Host>(
             .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
             .collect::<Result<_>>()?
     };
-    let mut actions = Vec::new();
-    // Interrupted commits: every transaction with a journal beside one of the bases.
+    if !opts.scan.is_empty() {
+        let dirs = opts
+            .scan
+            .iter()
+            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
+            .collect::<Result<Vec<_>>>()?;
+        bases.extend(discover::scan(&e.fs, &dirs)?);
+    }
+    let mut report = RecoverReport {
+        dry_run: opts.dry_run,
+        ..RecoverReport::default()
+    };
+    // Interrupted commits: every transaction with a journal beside one of the bases. One
+    // that cannot be recovered is reported, and the others still are.
     let commits = discover::commits(&e.fs, &bases)?;
     for (tx, journal) in &commits {
-        let _guard = e.lock_tx(tx)?;
-        actions.extend(recover_commit(e, tx, journal, opts, progress)?);
+        let result = e
+            .lock_tx(tx)
+            .and_then(|_guard| recover_commit(e, tx, journal, opts, progress));
+        match result {
+            Ok(action) => report.actions.extend(action),
+            Err(error) => {
+                tracing::warn!(%tx, %error, "transaction not recovered");
+                report.failures.push(RecoverFailure {
+                    tx: tx.to_string(),
+                    bases: layout::base_of_journal(journal, tx).into_iter().collect(),
+                    error,
+                });
+            }
+        }
     }
     // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes.
-    actions.extend(leftovers::interrupted(e, &manifests, &bases, opts)?);
-    if opts.paths.is_empty() {
-        actions.extend(leftovers::orphans(e, &commits, opts.dry_run)?);
+    leftovers::interrupted(e, &manifests, &bases, opts, &mut report);
+    if opts.paths.is_empty() && opts.scan.is_empty() {
+        report
+            .actions
+            .extend(leftovers::orphans(e, &commits, opts.dry_run)?);
     }
-    Ok(RecoverReport {
-        dry_run: opts.dry_run,
-        actions,
-    })
+    Ok(report)
 }
 
 /// Decides and carries out the recovery of the interrupted commit `tx`, found by its
