@@ -70,7 +70,7 @@ fn one_transaction_that_cannot_be_recovered_does_not_stop_the_others() {
     fs::remove_file(&broken).unwrap();
     fs::write(&broken, vec![7u8; 4 << 20]).unwrap();
 
-    let r = recover_json(&t, &[], exit::RECOVERY_NEEDED);
+    let r = recover_json(&t, &[], exit::ERROR);
 
     assert_eq!(r["actions"][0]["tx"], good_tx.as_str(), "{r:#}");
     assert_eq!(r["actions"][0]["action"], "recovered_forward");
@@ -98,7 +98,7 @@ fn a_transaction_whose_base_is_gone_can_be_abandoned_and_its_files_are_kept() {
     fs::rename(&base, &moved).unwrap();
 
     // Recovery cannot write a base that is not there, and says where it looked.
-    let out = t.imgtx_code(&["recover"], exit::RECOVERY_NEEDED);
+    let out = t.imgtx_code(&["recover"], exit::ERROR);
     let err = stderr_of(&out);
     assert!(err.contains(&base.display().to_string()), "{err}");
     assert!(
@@ -163,4 +163,219 @@ fn with_the_state_directory_lost_a_scan_finds_and_recovers_interrupted_commits()
         .filter(|n| !n.ends_with(".imgtx.spare"))
         .collect();
     assert_eq!(left, vec!["disk.img"]);
+}
+
+/// A base with 1 MiB changed, committed (with `extra` commit flags) and killed right after
+/// the `step` it names. Returns the transaction, the base, its old and its new content.
+fn crashed_after(t: &TestDir, step: &str, extra: &[&str]) -> (String, PathBuf, Vec<u8>, Vec<u8>) {
+    let base = t.raw_image("disk.img", 4 * MIB, 6);
+    let old = fs::read(&base).unwrap();
+    let tx = t.begin(&[&base]);
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x66 1M 1M".as_ref(),
+        tx.overlay().as_os_str(),
+    ]);
+    let mut new = old.clone();
+    new[1 << 20..2 << 20].fill(0x66);
+    let mut kill = t.command();
+    kill.env("IMGTX_TEST_CRASH_AFTER", step)
+        .arg("commit")
+        .args(extra)
+        .arg(&tx.id);
+    assert_eq!(run(&mut kill).status.code(), Some(KILLED));
+    (tx.id, base, old, new)
+}
+
+#[test]
+fn a_base_truncated_or_extended_after_the_crash_is_refused_untouched() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    for change in ["truncate", "append"] {
+        let t = TestDir::new();
+        let (_tx, base, _old, _new) = crashed_after(&t, "commit-point", &[]);
+        let f = fs::OpenOptions::new().write(true).open(&base).unwrap();
+        match change {
+            "truncate" => f.set_len(3 * MIB).unwrap(),
+            _ => f.set_len(5 * MIB).unwrap(),
+        }
+        drop(f);
+        let before = fs::read(&base).unwrap();
+
+        let out = t.imgtx_code(&["recover"], exit::ERROR);
+
+        let err = stderr_of(&out);
+        assert!(
+            err.contains("neither its old length nor its new one"),
+            "{change}: {err}"
+        );
+        assert!(
+            fs::read(&base).unwrap() == before,
+            "{change}: the base was written"
+        );
+        let out = t.imgtx_code(&["recover", "--undo"], exit::ERROR);
+        assert!(stderr_of(&out).contains("length"), "{change}");
+        assert!(
+            fs::read(&base).unwrap() == before,
+            "{change}: --undo wrote the base"
+        );
+    }
+}
+
+#[test]
+fn an_overlay_written_after_the_crash_is_not_redone_the_old_content_comes_back() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (tx, base, old, _new) = crashed_after(&t, "commit-point", &[]);
+    // The same clusters again: the overlay's map, hence the plan, stays the same.
+    let overlay = t.image(&format!("disk.img.{tx}.imgtx.qcow2"));
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x77 1M 64k".as_ref(),
+        overlay.as_os_str(),
+    ]);
+
+    let r = recover_json(&t, &[], exit::OK);
+
+    assert_eq!(r["actions"][0]["action"], "recovered_back", "{r:#}");
+    assert!(fs::read(&base).unwrap() == old, "a third state landed");
+}
+
+#[test]
+fn an_overlay_written_after_the_crash_of_a_no_undo_commit_is_refused() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (tx, base, _old, _new) = crashed_after(&t, "commit-point", &["--no-undo"]);
+    let overlay = t.image(&format!("disk.img.{tx}.imgtx.qcow2"));
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x77 1M 64k".as_ref(),
+        overlay.as_os_str(),
+    ]);
+    let before = fs::read(&base).unwrap();
+
+    let out = t.imgtx_code(&["recover"], exit::ERROR);
+
+    assert!(stderr_of(&out).contains("overlay"), "{}", stderr_of(&out));
+    assert!(fs::read(&base).unwrap() == before, "the base was written");
+}
+
+/// The offset of the last record frame in the journal at `path`: its last synced block holds
+/// the records of the last sync, one frame after another (see docs/journal-format.md).
+fn last_record_frame(path: &Path) -> u64 {
+    let bytes = fs::read(path).unwrap();
+    let block = bytes
+        .chunks(4096)
+        .rposition(|b| b.iter().any(|&x| x != 0))
+        .unwrap();
+    let (mut at, mut last) = (block * 4096, None);
+    while at + 32 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let kind = u32::from_le_bytes(bytes[at + 24..at + 28].try_into().unwrap());
+        if kind != 1 {
+            break;
+        }
+        last = Some(at);
+        at += (32 + len).next_multiple_of(8);
+    }
+    last.expect("a record frame") as u64
+}
+
+#[test]
+fn a_journal_that_lost_its_commit_record_never_throws_away_the_pre_images() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    for damage in ["cut", "flip"] {
+        let t = TestDir::new();
+        // Crashed after the base was fully written: base = new, journal ... Commit, Applied.
+        let (tx, base, old, new) = crashed_after(&t, "applied", &[]);
+        assert!(fs::read(&base).unwrap() == new);
+        let journal = t.image(&format!(".disk.img.{tx}.imgtx.journal"));
+        // Back to the sync of the commit record, then lose that record.
+        let applied = last_record_frame(&journal);
+        let f = fs::OpenOptions::new().write(true).open(&journal).unwrap();
+        f.set_len(applied - applied % 4096).unwrap();
+        drop(f);
+        let commit = last_record_frame(&journal);
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&journal)
+            .unwrap();
+        if damage == "cut" {
+            f.set_len(commit).unwrap();
+        } else {
+            use std::os::unix::fs::FileExt;
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, commit + 32).unwrap();
+            f.write_all_at(&[b[0] ^ 0x40], commit + 32).unwrap();
+        }
+        drop(f);
+
+        let out = t.imgtx(&["recover", "--undo", "--json"]);
+
+        let now = fs::read(&base).unwrap();
+        let undo = t.image(&format!(".disk.img.{tx}.imgtx.undo"));
+        if out.status.success() {
+            let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                r["actions"][0]["action"], "restored_uncommitted",
+                "{damage}: {r:#}"
+            );
+            assert!(now == old, "{damage}: the old content was not restored");
+            assert_eq!(
+                t.transactions().len(),
+                1,
+                "{damage}: the transaction stays open"
+            );
+        } else {
+            // Refusing is fine too, as long as the way back is kept.
+            assert!(
+                undo.exists(),
+                "{damage}: refused but the pre-images are gone"
+            );
+            assert!(now == new, "{damage}: refused but the base was written");
+        }
+    }
+}
+
+#[test]
+fn pre_images_whose_journal_was_deleted_are_found_kept_and_restored_on_request() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (tx, base, old, new) = crashed_after(&t, "applied", &[]);
+    fs::remove_file(t.image(&format!(".disk.img.{tx}.imgtx.journal"))).unwrap();
+    let undo = t.image(&format!(".disk.img.{tx}.imgtx.undo"));
+
+    let status = t.transactions();
+    assert_eq!(status[0]["state"], "pre_images_without_journal", "{status:#?}");
+    // Neither committing again nor rolling back may go past it: they would lose the way back.
+    t.imgtx_code(&["commit", &tx], exit::RECOVERY_NEEDED);
+    t.imgtx_code(&["rollback", &tx], exit::RECOVERY_NEEDED);
+    let r = recover_json(&t, &[], exit::ERROR);
+    let why = r["failures"][0]["error"].as_str().unwrap().to_owned();
+    assert!(why.contains("journal is missing"), "{why}");
+    assert!(undo.exists() && fs::read(&base).unwrap() == new, "refused, nothing touched");
+
+    let r = recover_json(&t, &["--undo"], exit::OK);
+
+    assert_eq!(r["actions"][0]["action"], "restored_uncommitted", "{r:#}");
+    assert!(fs::read(&base).unwrap() == old);
+    assert!(!undo.exists());
+    t.imgtx_ok(&["rollback", &tx]);
+    t.assert_no_transactions();
 }

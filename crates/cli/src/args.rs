@@ -33,7 +33,7 @@ Examples:
   imgtx recover --abandon tx-3f9a2c1d7e          # its base is gone for good
 
 Every transaction that can be recovered is, even when another cannot; each failure is
-reported, and the exit status is then 4.";
+reported, and the exit status is then that of the first failure.";
 
 /// ACID transactions for VM disk images: changes go to a qcow2 overlay per image, and
 /// `commit` copies them into the images crash-safely, or `rollback` drops them.

@@ -281,9 +281,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             )?;
             bar.finish();
             out.recover(&r)?;
-            if !r.failures.is_empty() {
-                // Something is still interrupted: the status that says recovery is needed.
-                return Ok(EXIT_RECOVERY_NEEDED);
+            if let Some(first) = r.failures.first() {
+                // Every failure was reported above; the status is the first one's.
+                return Ok(exit_code(&first.error));
             }
         }
         Command::Run {

@@ -156,6 +156,13 @@ pub struct Metadata {
     pub allocated: u64,
     /// Last modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Last status change (`ctime`), nanoseconds since the epoch: any write or metadata
+    /// change moves it, and unlike the modification time no user can set it back.
+    pub ctime_ns: i128,
+    /// Birth time (`statx` `btx_btime`), nanoseconds since the epoch, where the file system
+    /// records one: a file removed and created again under the same name (even with the
+    /// same inode number) has another.
+    pub btime_ns: Option<i128>,
     /// Permission bits (`st_mode & 0o7777`).
     pub mode: u32,
     /// Owner.

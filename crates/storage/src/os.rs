@@ -307,6 +307,13 @@ pub fn metadata_of(m: &fs::Metadata) -> Metadata {
         len: m.len(),
         allocated: m.blocks().saturating_mul(512),
         mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        // std fills `created` from statx where the kernel and file system have it.
+        btime_ns: m
+            .created()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)),
         mode: m.mode() & 0o7777,
         uid: m.uid(),
         nlink: m.nlink(),

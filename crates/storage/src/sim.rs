@@ -383,6 +383,10 @@ impl State {
             // The simulated disk has no holes: every byte of a file is stored.
             allocated: inode.live.len() as u64,
             mtime_ns: i128::from(inode.mtime) * 1000,
+            // Every change of a simulated file is a write, which moves both times alike.
+            ctime_ns: i128::from(inode.mtime) * 1000,
+            // Inode numbers are never reused here, so the inode alone tells files apart.
+            btime_ns: None,
             mode,
             uid: 0,
             nlink,

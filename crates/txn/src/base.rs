@@ -34,10 +34,17 @@ pub(crate) fn open<S: Fs>(
     Ok(base)
 }
 
-/// Refuses `base` with [`Error::RecoveryNeeded`] when a journal of an interrupted commit
-/// lies beside it.
+/// Refuses `base` with [`Error::RecoveryNeeded`] when a journal of an interrupted commit lies
+/// beside it, or a pre-image file whose journal is gone (which may be the only way back).
 pub(crate) fn check_no_interrupted<S: Fs>(fs: &S, base: &Path) -> Result<()> {
-    match crate::txjournal::beside(fs, base)?.into_iter().next() {
+    let journal = crate::txjournal::beside(fs, base)?.into_iter().next();
+    let interrupted = match journal {
+        Some(tx) => Some(tx),
+        None => crate::txjournal::strays_beside(fs, base)?
+            .into_iter()
+            .next(),
+    };
+    match interrupted {
         Some(tx) => Err(Error::RecoveryNeeded {
             path: base.to_path_buf(),
             tx,

@@ -223,10 +223,17 @@ fn check_holder_may_finish<S: Fs, H: Host>(e: &Ctx<S, H>, holder: &str) -> Resul
 
 /// Removes whatever a begin created: overlays, claims, manifest. Idempotent.
 pub(crate) fn undo_begin<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<()> {
+    let owners = [m.uid, e.host.user().1];
     for img in &m.images {
-        // The name carries this transaction's random id and was created exclusively, so
-        // a file there is this transaction's overlay.
-        remove_durably(&e.fs, &img.overlay, layout::dir_of(&img.overlay)?)?;
+        // The name carries this transaction's random id and was created exclusively, so a
+        // file there that passes the rule is this transaction's overlay; anything else (a
+        // file that stood in the way of the exclusive create) is left alone.
+        let meta =
+            e.fs.metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?;
+        if meta.is_some_and(|x| crate::trust::is_begins_overlay(&x, img.overlay_dev_ino, &owners)) {
+            remove_durably(&e.fs, &img.overlay, layout::dir_of(&img.overlay)?)?;
+        }
     }
     for img in &m.images {
         e.state.release_base(&e.fs, img.base_id.dev_ino(), &m.id)?;

@@ -19,7 +19,7 @@ use crate::id::TxId;
 use crate::manifest::{Format, ImageEntry, Manifest};
 use crate::options::{CommitOptions, CommitReport, Phase, Progress};
 use crate::plan::Plan;
-use crate::record::{Direction, Intent, Record};
+use crate::record::{Direction, FileState, Intent, Record, States};
 use crate::txjournal::TxJournal;
 use crate::{base, finish, layout, overlay, plan, preimage};
 
@@ -233,11 +233,14 @@ fn prepare<S: Fs, H: Host>(
             undo: !opts.no_undo,
             plan: c.plan.clone(),
         };
+        let states = states_of(e, &m.id, c)?;
         // `create` syncs the new journal and its directory. The coordinator (index 0) is
         // created first and removed last, so a participant journal never exists without it.
         let mut journal = TxJournal::create(&e.fs, &c.journal, &m.id, i)?;
-        // Barrier: the intent is durable before any pre-image or base write.
-        journal.append_sync(&Record::Intent(intent))?;
+        journal.append(&Record::Intent(intent))?;
+        // Barrier: the intent, and what the files were, are durable before any pre-image
+        // or base write.
+        journal.append_sync(&Record::States(states))?;
         prepared.push(Prepared {
             journal,
             preimages: None,
@@ -262,6 +265,27 @@ fn prepare<S: Fs, H: Host>(
     }
     e.host.step("undo");
     Ok(prepared)
+}
+
+/// What the base and the overlay of `c` are now, for recovery to recognise them.
+fn states_of<S: Fs, H: Host>(e: &Ctx<S, H>, tx: &TxId, c: &Checked<'_, S>) -> Result<States> {
+    let base = &c.img.base;
+    let base_meta = e.fs.metadata(base).map_err(Error::io("stat", base))?;
+    let overlay_meta = c
+        .overlay
+        .stat()
+        .map_err(Error::io("stat", &c.img.overlay))?;
+    match base_meta {
+        Some(b) => Ok(States {
+            base: FileState::of(&b),
+            overlay: FileState::of(&overlay_meta),
+        }),
+        None => Err(Error::BaseChanged {
+            path: base.clone(),
+            tx: tx.clone(),
+            what: "it no longer exists".to_owned(),
+        }),
+    }
 }
 
 /// Step 7 for image `index`: saves into its pre-image file every base range the commit can

@@ -198,6 +198,15 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The state directory, or something in it, could be changed by someone other than the
+    /// user running imgtx.
+    #[error("state directory {} is not safe to use: {reason}", path.display())]
+    UntrustedStateDir {
+        /// The directory or file refused.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Waiting for a base timed out.
     #[error("gave up waiting for base {} held by transaction {holder}", path.display())]
     WaitTimedOut {
@@ -247,7 +256,8 @@ impl Error {
             | Self::Invalid(_)
             | Self::OverlayInvalid { .. }
             | Self::OverlayDamaged { .. }
-            | Self::Qcow { .. } => ErrorClass::Invalid,
+            | Self::Qcow { .. }
+            | Self::UntrustedStateDir { .. } => ErrorClass::Invalid,
             Self::Io { .. } | Self::QemuImg { .. } | Self::QemuImgRun { .. } => ErrorClass::Io,
             Self::Journal { .. }
             | Self::Corrupt { .. }

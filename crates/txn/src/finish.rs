@@ -16,9 +16,9 @@ use crate::files::{remove_durably, remove_if_exists, sync_dir};
 use crate::history::{HistoryEntry, HistoryImage, Outcome};
 use crate::host::Host;
 use crate::id::TxId;
-use crate::manifest::{DevIno, Leftover, Manifest, TxState};
+use crate::manifest::{Leftover, Manifest, TxState};
 use crate::options::Spare;
-use crate::{layout, txjournal};
+use crate::{layout, trust, txjournal};
 
 /// Appends the history entry of transaction `tx`, which ended with `outcome`; `m` is its
 /// manifest when there still is one (recovery from journals alone may have none).
@@ -44,7 +44,7 @@ pub(crate) fn log_outcome<S: Fs, H: Host>(
         command: m.and_then(|m| m.command.clone()),
     };
     let _lock = e.host.lock_exclusive(&e.state.history_lock(), true)?;
-    crate::history::append(&e.fs, &e.state.history(), &entry)
+    crate::history::append(&e.fs, &e.state.history_checked(&e.fs)?, &entry)
 }
 
 /// Removes overlays, pre-images and journals of a finished commit, then its registration.
@@ -68,7 +68,7 @@ pub(crate) fn cleanup<S: Fs, H: Host>(
     }
     let mut spares = Vec::new();
     for l in leftovers {
-        spares.extend(remove_beside(&e.fs, tx, l, keep_spare)?);
+        spares.extend(remove_beside(&e.fs, (tx, e.host.user().1), l, keep_spare)?);
     }
     e.host.step("files-removed");
     remove_journals(&e.fs, journals)?;
@@ -86,7 +86,7 @@ pub(crate) fn cleanup<S: Fs, H: Host>(
 /// Removes the overlay and the pre-image file (or keeps it as the spare) beside one base.
 fn remove_beside<S: Fs>(
     fs: &S,
-    tx: &TxId,
+    (tx, runner): (&TxId, u32),
     l: &Leftover,
     keep_spare: bool,
 ) -> Result<Option<Spare>> {
@@ -94,8 +94,8 @@ fn remove_beside<S: Fs>(
         .metadata(&l.overlay)
         .map_err(Error::io("stat", &l.overlay))?;
     // Only remove the file begin created; a stranger under that name is left alone.
-    let ours = |m: &storage::Metadata| l.overlay_dev_ino.is_none_or(|di| di == DevIno::of(m));
-    if meta.is_some_and(|m| ours(&m)) {
+    let owners: Vec<u32> = l.owner.into_iter().chain([runner]).collect();
+    if meta.is_some_and(|m| trust::is_begins_overlay(&m, l.overlay_dev_ino, &owners)) {
         remove_if_exists(fs, &l.overlay)?;
     }
     let undo = layout::undo(&l.base, tx)?;

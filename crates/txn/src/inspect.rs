@@ -31,6 +31,9 @@ pub enum Condition {
     RollbackInterrupted,
     /// A commit finished but its cleanup was interrupted: run `imgtx recover`.
     CleanupInterrupted,
+    /// A pre-image file lies beside a base but the journal that explains it is gone (removed
+    /// by hand after an interrupted commit): the base may be torn; recovery decides.
+    PreImagesWithoutJournal,
 }
 
 /// One transaction as `status` shows it.
@@ -91,6 +94,8 @@ fn condition<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId, m: &Manifest) -> Result<C
     for img in &m.images {
         if txjournal::beside(&e.fs, &img.base)?.contains(id) {
             condition = Condition::CommitInterrupted;
+        } else if txjournal::strays_beside(&e.fs, &img.base)?.contains(id) {
+            condition = Condition::PreImagesWithoutJournal;
         }
     }
     if e.host.lock_exclusive(&e.state.lock(id), false)?.is_none() {
@@ -134,7 +139,7 @@ pub(crate) fn diff<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<Vec<Image
 
 /// The history, or only the entries touching `base`.
 pub(crate) fn log<S: Fs, H: Host>(e: &Ctx<S, H>, base: Option<&Path>) -> Result<History> {
-    let mut h = crate::history::read(&e.fs, &e.state.history())?;
+    let mut h = crate::history::read(&e.fs, &e.state.history_checked(&e.fs)?)?;
     if let Some(base) = base {
         h.entries
             .retain(|entry| entry.images.iter().any(|i| i.base == base));

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::id::TxId;
 
 const SUFFIX_JOURNAL: &str = ".imgtx.journal";
+const SUFFIX_UNDO: &str = ".imgtx.undo";
 
 fn split(base: &Path) -> Result<(&Path, &str)> {
     let dir = base.parent().filter(|d| !d.as_os_str().is_empty());
@@ -24,6 +25,15 @@ fn split(base: &Path) -> Result<(&Path, &str)> {
             reason: "its path must be absolute, UTF-8 and name a file".into(),
         }),
     }
+}
+
+/// True for an absolute path with no `.` or `..` component, as a resolved path is.
+pub fn is_plain_absolute(path: &Path) -> bool {
+    use std::path::Component;
+    path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
 /// The directory holding `base`.
@@ -46,7 +56,7 @@ pub fn journal(base: &Path, id: &TxId) -> Result<PathBuf> {
 /// The pre-image path for `base` in transaction `id`.
 pub fn undo(base: &Path, id: &TxId) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
-    Ok(dir.join(format!(".{name}.{id}.imgtx.undo")))
+    Ok(dir.join(format!(".{name}.{id}{SUFFIX_UNDO}")))
 }
 
 /// Where the pre-image file of `base`'s last commit is kept for the next one to overwrite
@@ -76,7 +86,18 @@ pub fn journal_id(base_name: &str, file_name: &str) -> Option<TxId> {
 /// The base name and transaction of a journal file name (`.NAME.ID.imgtx.journal`), if
 /// `file_name` is one.
 pub fn parse_journal_name(file_name: &str) -> Option<(&str, TxId)> {
-    let rest = file_name.strip_prefix('.')?.strip_suffix(SUFFIX_JOURNAL)?;
+    parse_hidden(file_name, SUFFIX_JOURNAL)
+}
+
+/// The base name and transaction of a pre-image file name (`.NAME.ID.imgtx.undo`), if
+/// `file_name` is one.
+pub fn parse_undo_name(file_name: &str) -> Option<(&str, TxId)> {
+    parse_hidden(file_name, SUFFIX_UNDO)
+}
+
+/// `.NAME.ID` + `suffix` split into NAME and ID.
+fn parse_hidden<'a>(file_name: &'a str, suffix: &str) -> Option<(&'a str, TxId)> {
+    let rest = file_name.strip_prefix('.')?.strip_suffix(suffix)?;
     let (name, id) = rest.rsplit_once('.')?;
     let id = TxId::parse(id)?;
     (!name.is_empty()).then_some((name, id))

@@ -80,8 +80,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let state_dir = fs
             .canonicalize(&state_dir)
             .map_err(Error::io("resolve", state_dir))?;
-        let state = statedir::StateDir::new(state_dir);
+        let state = statedir::StateDir::new(state_dir, host.user().1);
+        // Before creating anything in it, and again after: nothing but this user's own
+        // directories may hold what tells imgtx which files to remove.
+        state.check_trusted(&fs)?;
         state.create(&fs)?;
+        state.check_trusted(&fs)?;
         Ok(Self {
             ctx: ctx::Ctx { fs, host, state },
         })

@@ -187,6 +187,8 @@ pub(crate) struct Leftover {
     pub overlay: PathBuf,
     /// The overlay's (device, inode), if known.
     pub overlay_dev_ino: Option<DevIno>,
+    /// Who began the transaction, hence owns its overlay, if known.
+    pub owner: Option<u32>,
 }
 
 impl Manifest {
@@ -198,6 +200,7 @@ impl Manifest {
                 base: i.base.clone(),
                 overlay: i.overlay.clone(),
                 overlay_dev_ino: i.overlay_dev_ino,
+                owner: Some(self.uid),
             })
             .collect()
     }

@@ -116,6 +116,10 @@ pub enum RecoveryAction {
     /// A commit that never reached its commit point: its journals and pre-images were
     /// removed; the bases were never written and the transaction is still open.
     DiscardedUncommitted,
+    /// A commit whose journal holds no valid commit record (damaged or cut off) had written
+    /// to its bases: the pre-images were put back, the journals and pre-images removed, and
+    /// the transaction is still open.
+    RestoredUncommitted,
     /// An interrupted commit was finished: the bases hold the new content.
     RecoveredForward,
     /// An interrupted commit was undone: the bases hold the old content.
@@ -128,6 +132,9 @@ pub enum RecoveryAction {
     FinishedRollback,
     /// A claim whose transaction no longer exists was removed.
     RemovedOrphanClaim,
+    /// A pre-image file whose journal was gone was removed: its base held the old content
+    /// it kept, so nothing of the commit had reached the base.
+    RemovedStrayPreImages,
 }
 
 /// One thing recovery did (or would do).

@@ -49,6 +49,65 @@ pub enum Record {
     Applied(Direction),
     /// The history entry is written (coordinator only); only cleanup remains.
     Logged,
+    /// What the base and the overlay were when the intent was written, so recovery can tell
+    /// them from files that took their place or were changed since. Written right after
+    /// the intent, in the same sync; journals of older versions have none.
+    States(States),
+}
+
+/// What a file was at one moment: enough to tell it from any file that took its place
+/// (device, inode, birth time) and, for a file nobody may write, from itself changed
+/// (length, modification and status-change times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileState {
+    /// Its device and inode.
+    pub dev_ino: DevIno,
+    /// Its length.
+    pub len: u64,
+    /// Its modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Its status-change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+    /// Its birth time, where the file system records one.
+    pub btime_ns: Option<i128>,
+}
+
+impl FileState {
+    /// The state of a file from its metadata.
+    pub fn of(m: &storage::Metadata) -> Self {
+        Self {
+            dev_ino: DevIno::of(m),
+            len: m.len,
+            mtime_ns: m.mtime_ns,
+            ctime_ns: m.ctime_ns,
+            btime_ns: m.btime_ns,
+        }
+    }
+
+    /// True when `now` can be the same file (same inode, and same birth time where both
+    /// are known), whatever was written to it since.
+    pub fn same_file(&self, now: &Self) -> bool {
+        self.dev_ino == now.dev_ino
+            && match (self.btime_ns, now.btime_ns) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
+    /// True when `now` is this very file, unchanged since.
+    pub fn unchanged(&self, now: &Self) -> bool {
+        self.same_file(now)
+            && (self.len, self.mtime_ns, self.ctime_ns) == (now.len, now.mtime_ns, now.ctime_ns)
+    }
+}
+
+/// The base and the overlay of one image as the intent found them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct States {
+    /// The base, before the commit wrote it.
+    pub base: FileState,
+    /// The overlay, which nothing writes from then on.
+    pub overlay: FileState,
 }
 
 /// The intent record of one image.

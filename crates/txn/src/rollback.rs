@@ -29,7 +29,8 @@ pub(crate) fn rollback<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<()> {
         });
     }
     for img in &m.images {
-        if txjournal::beside(&e.fs, &img.base)?.contains(id) {
+        let stray = txjournal::strays_beside(&e.fs, &img.base)?.contains(id);
+        if stray || txjournal::beside(&e.fs, &img.base)?.contains(id) {
             return Err(Error::RecoveryNeeded {
                 path: img.base.clone(),
                 tx: id.clone(),
@@ -61,8 +62,9 @@ pub(crate) fn finish_rollback<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Re
     // Overlays removed but still open here: their last close, which frees their blocks,
     // is handed off at the end (see `crate::release`).
     let mut held = Vec::new();
+    let owners = [m.uid, e.host.user().1];
     for img in &m.images {
-        held.extend(remove_overlay(&e.fs, img)?);
+        held.extend(remove_overlay(&e.fs, img, &owners)?);
     }
     e.host.step("rollback-overlays");
     let images = m
@@ -82,16 +84,17 @@ pub(crate) fn finish_rollback<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Re
     Ok(())
 }
 
-/// Removes the overlay of `img` durably if it is the file begin created (or a symlink
-/// planted in its place); returns it still open when it was that very inode.
-fn remove_overlay<S: Fs>(fs: &S, img: &ImageEntry) -> Result<Option<S::File>> {
+/// Removes the overlay of `img` durably if it is the file begin created for one of `owners`
+/// (or a symlink planted in its place); returns it still open when it was that very inode.
+fn remove_overlay<S: Fs>(fs: &S, img: &ImageEntry, owners: &[u32]) -> Result<Option<S::File>> {
     let meta = fs
         .metadata(&img.overlay)
         .map_err(Error::io("stat", &img.overlay))?;
     // Unlinking a symlink never touches its target, and keeping it would leave a name that
     // points the next tool at someone else's file.
     let ours = |x: &storage::Metadata| {
-        x.kind == FileKind::Symlink || img.overlay_dev_ino.is_none_or(|di| di == DevIno::of(x))
+        x.kind == FileKind::Symlink
+            || crate::trust::is_begins_overlay(x, img.overlay_dev_ino, owners)
     };
     let Some(meta) = meta.filter(ours) else {
         return Ok(None);

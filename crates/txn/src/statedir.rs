@@ -13,21 +13,78 @@ use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::manifest::{DevIno, Manifest};
 
-/// Paths inside the state directory.
+/// Paths inside the state directory of user `uid`.
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// The user whose transactions it holds: only files of theirs are read.
+    uid: u32,
 }
 
 impl StateDir {
-    /// The state directory at `root` (absolute).
-    pub fn new(root: PathBuf) -> Self {
-        Self { root }
+    /// The state directory at `root` (absolute) of user `uid`.
+    pub fn new(root: PathBuf, uid: u32) -> Self {
+        Self { root, uid }
     }
 
     /// Its root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Refuses the state directory unless nobody but user `uid` can change what is in it,
+    /// the way sshd's `StrictModes` treats `~/.ssh`: the directory and its subdirectories
+    /// are owned by `uid` and writable by nobody else, and every directory above it is owned
+    /// by root or `uid` and writable by others only with the sticky bit set (like `/tmp`).
+    /// Whoever could write it could make imgtx remove or overwrite files in `uid`'s name.
+    ///
+    /// Files inside are checked as they are read ([`StateDir::load`], the history).
+    pub fn check_trusted<S: Fs>(&self, fs: &S) -> Result<()> {
+        let uid = self.uid;
+        let untrusted = |path: &Path, reason: String| Error::UntrustedStateDir {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for dir in self.root.ancestors().skip(1) {
+            let Some(m) = fs.metadata(dir).map_err(Error::io("stat", dir))? else {
+                continue;
+            };
+            if m.uid != 0 && m.uid != uid {
+                return Err(untrusted(
+                    dir,
+                    format!("a directory above it is owned by uid {}", m.uid),
+                ));
+            }
+            if m.mode & 0o022 != 0 && m.mode & 0o1000 == 0 {
+                return Err(untrusted(
+                    dir,
+                    format!(
+                        "a directory above it (mode {:o}) lets other users rename it",
+                        m.mode
+                    ),
+                ));
+            }
+        }
+        for dir in [self.root.clone(), self.txns(), self.claims(), self.locks()] {
+            if let Some(m) = fs.metadata(&dir).map_err(Error::io("stat", &dir))? {
+                if let Some(why) = crate::trust::untrusted_dir(&m, uid) {
+                    return Err(untrusted(&dir, why));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a small file of the state directory whole, if it exists and passes the trust
+    /// rule for files (see [`crate::trust`]); `Ok(None)` when missing.
+    fn read_trusted<S: Fs>(&self, fs: &S, path: &Path) -> Result<Option<Vec<u8>>> {
+        if let Some(why) = crate::trust::untrusted_path(fs, path, self.uid)? {
+            return Err(Error::UntrustedStateDir {
+                path: path.to_path_buf(),
+                reason: why,
+            });
+        }
+        read_small(fs, path)
     }
 
     /// Creates the directory tree (0700) if missing.
@@ -62,6 +119,16 @@ impl StateDir {
     /// The history log.
     pub fn history(&self) -> PathBuf {
         self.root.join("history")
+    }
+
+    /// The history log, after checking that it passes the trust rule for files (a missing
+    /// one does: it is created 0600).
+    pub fn history_checked<S: Fs>(&self, fs: &S) -> Result<PathBuf> {
+        let path = self.history();
+        if let Some(why) = crate::trust::untrusted_path(fs, &path, self.uid)? {
+            return Err(Error::UntrustedStateDir { path, reason: why });
+        }
+        Ok(path)
     }
 
     /// The lock serializing appends to the history.
@@ -135,7 +202,7 @@ impl StateDir {
         for name in fs.read_dir(&dir).map_err(Error::io("list", &dir))? {
             let path = dir.join(&name);
             if name.to_str().is_some_and(|n| !n.ends_with(".tmp")) {
-                let holder = read_small(fs, &path)?.unwrap_or_default();
+                let holder = self.read_trusted(fs, &path)?.unwrap_or_default();
                 out.push((path, String::from_utf8_lossy(&holder).trim().to_owned()));
             }
         }
@@ -145,7 +212,7 @@ impl StateDir {
     /// Reads the manifest of `id`; `Ok(None)` when there is none.
     pub fn load<S: Fs>(&self, fs: &S, id: &TxId) -> Result<Option<Manifest>> {
         let path = self.manifest(id);
-        let Some(bytes) = read_small(fs, &path)? else {
+        let Some(bytes) = self.read_trusted(fs, &path)? else {
             return Ok(None);
         };
         let m: Manifest =
@@ -158,6 +225,23 @@ impl StateDir {
                 path,
                 reason: "the manifest does not match its name".into(),
             });
+        }
+        // Every file imgtx may remove is named after a base and the id; a manifest naming
+        // any other file is not one imgtx wrote.
+        for img in &m.images {
+            let derived = crate::layout::overlay(&img.base, id).ok();
+            if !crate::layout::is_plain_absolute(&img.base)
+                || derived.as_ref() != Some(&img.overlay)
+            {
+                return Err(Error::Corrupt {
+                    path,
+                    reason: format!(
+                        "it names {} as the overlay of {}, which is not the name imgtx gives it",
+                        img.overlay.display(),
+                        img.base.display()
+                    ),
+                });
+            }
         }
         Ok(Some(m))
     }
@@ -203,7 +287,7 @@ impl StateDir {
                 Ok(Ok(()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let holder = read_small(fs, &path)?.unwrap_or_default();
+                let holder = self.read_trusted(fs, &path)?.unwrap_or_default();
                 Ok(Err(String::from_utf8_lossy(&holder).trim().to_owned()))
             }
             Err(e) => Err(Error::io("create the claim", &path)(e)),
@@ -213,7 +297,8 @@ impl StateDir {
     /// Releases the claim on `base` if `id` holds it.
     pub fn release_base<S: Fs>(&self, fs: &S, base: DevIno, id: &TxId) -> Result<()> {
         let path = self.claim(base);
-        if read_small(fs, &path)?.is_some_and(|holder| holder == id.as_str().as_bytes()) {
+        let holder = self.read_trusted(fs, &path)?;
+        if holder.is_some_and(|holder| holder == id.as_str().as_bytes()) {
             remove_if_exists(fs, &path)?;
             // Barrier: the release must be durable before the manifest goes, so a claim
             // never outlives the manifest that explains it.
@@ -237,7 +322,7 @@ mod tests {
     #[test]
     fn manifest_saved_and_loaded_through_the_fs_is_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(dir.path().join("state"));
+        let sd = StateDir::new(dir.path().join("state"), nix::unistd::geteuid().as_raw());
         sd.create(&storage::OsFs).unwrap();
         sd.save(&storage::OsFs, &sample()).unwrap();
         let id = TxId::parse("tx-0123456789").unwrap();
@@ -248,7 +333,7 @@ mod tests {
     #[test]
     fn names_that_are_no_ids_are_not_listed() {
         let dir = tempfile::tempdir().unwrap();
-        let sd = StateDir::new(dir.path().join("state"));
+        let sd = StateDir::new(dir.path().join("state"), nix::unistd::geteuid().as_raw());
         sd.create(&storage::OsFs).unwrap();
         std::fs::write(dir.path().join("state/txns/tx-../x.json"), b"").ok();
         std::fs::write(dir.path().join("state/txns/notes.json"), b"{}").unwrap();

@@ -11,6 +11,7 @@ use std::path::Path;
 use storage::{FileKind, Fs, Metadata};
 
 use crate::error::{Error, Result};
+use crate::manifest::DevIno;
 
 /// Why a file with metadata `m` must not be obeyed by user `uid`, or `None` if it may be:
 /// a regular file with one link, mode 0600 or stricter, owned by root or by `uid`.
@@ -24,6 +25,34 @@ pub(crate) fn untrusted_file(m: &Metadata, uid: u32) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Why a directory with metadata `m` must not be relied on by user `uid` to hold what only
+/// `uid` wrote, or `None`: a directory owned by `uid` that nobody else may write.
+pub(crate) fn untrusted_dir(m: &Metadata, uid: u32) -> Option<String> {
+    if m.kind != FileKind::Dir {
+        Some("it is not a directory".into())
+    } else if m.uid != uid {
+        Some(format!(
+            "it is owned by uid {}, not by uid {uid} running imgtx",
+            m.uid
+        ))
+    } else if m.mode & 0o022 != 0 {
+        Some(format!("its mode {:o} lets other users write it", m.mode))
+    } else {
+        None
+    }
+}
+
+/// True when `m` describes the overlay begin created for a transaction: a regular file with
+/// one link, the recorded (device, inode) when one was recorded, owned by one of `owners`
+/// (the user who began it, or the one cleaning up). Anything else under an overlay's name is
+/// someone else's file and is never removed.
+pub(crate) fn is_begins_overlay(m: &Metadata, recorded: Option<DevIno>, owners: &[u32]) -> bool {
+    m.kind == FileKind::File
+        && m.nlink == 1
+        && recorded.is_none_or(|di| di == DevIno::of(m))
+        && owners.contains(&m.uid)
 }
 
 /// [`untrusted_file`] of whatever `path` names (without following a symlink); `None` also
@@ -46,6 +75,8 @@ mod tests {
             len: 0,
             allocated: 0,
             mtime_ns: 0,
+            ctime_ns: 0,
+            btime_ns: None,
             mode,
             uid,
             nlink,

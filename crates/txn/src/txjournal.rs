@@ -128,3 +128,20 @@ pub(crate) fn beside<S: Fs>(fs: &S, base: &Path) -> Result<Vec<TxId>> {
     ids.sort();
     Ok(ids)
 }
+
+/// Ids of the transactions with a pre-image file beside `base` but no journal: a journal
+/// removed by hand after an interrupted commit (imgtx removes pre-images first), sorted.
+pub(crate) fn strays_beside<S: Fs>(fs: &S, base: &Path) -> Result<Vec<TxId>> {
+    let dir = crate::layout::dir_of(base)?;
+    let name = crate::layout::base_name(base)?;
+    let mut ids = Vec::new();
+    for entry in fs.read_dir(dir).map_err(Error::io("list", dir))? {
+        if let Some((of, tx)) = entry.to_str().and_then(crate::layout::parse_undo_name) {
+            if of == name && !crate::files::exists(fs, &crate::layout::journal(base, &tx)?)? {
+                ids.push(tx);
+            }
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}

@@ -34,7 +34,7 @@ use std::path::Path;
 
 use storage::File;
 
-pub(crate) use restore::{restore, verify};
+pub(crate) use restore::{for_each_saved, restore, summarize, verify};
 pub(crate) use save::save;
 
 use crate::error::{Error, Result};

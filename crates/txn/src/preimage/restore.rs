@@ -40,18 +40,14 @@ struct Entry {
     zeros: bool,
 }
 
-fn entries<F: File>(f: &F, path: &Path, tx: &TxId, s: &UndoSummary) -> Result<Vec<Entry>> {
+/// The entries of a whole pre-image file of transaction `tx`, each with its header checked;
+/// and the old base length its header holds. The data is not read.
+fn parse<F: File>(f: &F, path: &Path, tx: &TxId) -> Result<(u64, Vec<Entry>)> {
     let bad = |reason: String| Error::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
     let len = f.len().map_err(Error::io("stat", path))?;
-    if len != s.file_len {
-        return Err(bad(format!(
-            "its length is {len:#x}, the journal says {:#x}",
-            s.file_len
-        )));
-    }
     let mut header = [0u8; 16];
     f.read_exact_at(&mut header, 0)
         .map_err(Error::io("read", path))?;
@@ -59,14 +55,11 @@ fn entries<F: File>(f: &F, path: &Path, tx: &TxId, s: &UndoSummary) -> Result<Ve
         m if m == MAGIC => 3,
         m if m == MAGIC_V2 => 2,
         m if m == MAGIC_V1 => 1,
-        _ => 0,
+        _ => return Err(bad("it is not a pre-image file".into())),
     };
-    if version == 0 || header[8..] != s.old_len.to_le_bytes() {
-        return Err(bad("its header does not match the journal".into()));
-    }
+    let old_len = u64::from_le_bytes(header[8..].try_into().unwrap_or([0; 8]));
     let mut out = Vec::new();
     let mut pos = HEADER;
-    let mut bytes = 0u64;
     while pos < len {
         let mut head = [0u8; 24];
         f.read_exact_at(&mut head, pos)
@@ -87,7 +80,7 @@ fn entries<F: File>(f: &F, path: &Path, tx: &TxId, s: &UndoSummary) -> Result<Ve
             let at = data_at(pos, version >= 2);
             (at, at.and_then(|a| a.checked_add(n)))
         };
-        let fits = offset.checked_add(n).is_some_and(|e| e <= s.old_len);
+        let fits = offset.checked_add(n).is_some_and(|e| e <= old_len);
         match (at, end) {
             (Some(data_at), Some(end)) if end <= len && n <= CHUNK && fits => {
                 out.push(Entry {
@@ -97,16 +90,50 @@ fn entries<F: File>(f: &F, path: &Path, tx: &TxId, s: &UndoSummary) -> Result<Ve
                     data_at,
                     zeros,
                 });
-                bytes += n;
                 pos = end;
             }
             _ => return Err(bad(format!("the entry at {pos:#x} has impossible bounds"))),
         }
     }
+    Ok((old_len, out))
+}
+
+/// The entries of the pre-image file, checked against what the journal says of it.
+fn entries<F: File>(f: &F, path: &Path, tx: &TxId, s: &UndoSummary) -> Result<Vec<Entry>> {
+    let bad = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let len = f.len().map_err(Error::io("stat", path))?;
+    if len != s.file_len {
+        return Err(bad(format!(
+            "its length is {len:#x}, the journal says {:#x}",
+            s.file_len
+        )));
+    }
+    let (old_len, out) = parse(f, path, tx)?;
+    if old_len != s.old_len {
+        return Err(bad("its header does not match the journal".into()));
+    }
+    let bytes: u64 = out.iter().map(|e| e.len).sum();
     if out.len() as u64 != s.entries || bytes != s.bytes {
         return Err(bad("it does not hold what the journal says".into()));
     }
     Ok(out)
+}
+
+/// What a journal would say of the pre-image file at `path` of transaction `tx`, read from
+/// the file alone (opened under the trust rule for user `uid`): for a file whose journal is
+/// gone. Every entry's header is checked; [`verify`] with the result checks the data too.
+pub(crate) fn summarize<S: Fs>(fs: &S, path: &Path, tx: &TxId, uid: u32) -> Result<UndoSummary> {
+    let f = open_trusted(fs, path, uid)?;
+    let (old_len, entries) = parse(&f, path, tx)?;
+    Ok(UndoSummary {
+        old_len,
+        entries: entries.len() as u64,
+        bytes: entries.iter().map(|e| e.len).sum(),
+        file_len: f.len().map_err(Error::io("stat", path))?,
+    })
 }
 
 /// Reads every saved range of the pre-image file in order, checks its checksum, and hands it
@@ -141,6 +168,26 @@ fn for_each_checked<S: Fs>(
         each(&e, &buf)?;
     }
     Ok(())
+}
+
+/// Hands every saved range of the pre-image file to `each`, in order, as (offset, length,
+/// old content), the content `None` for a range that read as zeros; every range passed its
+/// checksum first. The file is opened under the trust rule for user `uid`.
+pub(crate) fn for_each_saved<S: Fs>(
+    fs: &S,
+    path: &Path,
+    (tx, uid): (&TxId, u32),
+    summary: &UndoSummary,
+    mut each: impl FnMut(u64, u64, Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    for_each_checked(
+        fs,
+        path,
+        (tx, uid),
+        summary,
+        |e| format!("the data at {:#x} fails its checksum", e.data_at),
+        |e, data| each(e.offset, e.len, (!e.zeros).then_some(data)),
+    )
 }
 
 /// Checks that the pre-image file is whole and matches `summary`, reading it all.

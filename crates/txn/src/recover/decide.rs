@@ -19,6 +19,10 @@ pub(crate) struct Facts {
     pub overlays_ok: bool,
     /// Every image has verified pre-images.
     pub undo_available: bool,
+    /// Every base verifiably holds its old content, or cannot be checked (no pre-images):
+    /// false when a base shows writes of the commit although the journal holds no durable
+    /// commit record (a damaged or truncated journal).
+    pub bases_untouched: bool,
 }
 
 /// Why neither direction is safe.
@@ -29,6 +33,9 @@ pub(crate) enum Refusal {
     NoWayAtAll,
     /// Back was asked for, and there are no pre-images to go back with.
     NoWayBack,
+    /// The commit record is gone but a base shows the commit's writes, and there are no
+    /// usable pre-images to take them back.
+    TornWithoutRecord,
 }
 
 impl Refusal {
@@ -43,6 +50,10 @@ impl Refusal {
                 "no usable pre-images exist (the commit ran without pre-images, or its \
                  pre-image file is missing, damaged or refused), so it can only be finished"
             }
+            Self::TornWithoutRecord => {
+                "its journal holds no valid commit record, yet a base holds writes of the \
+                 commit, and its pre-images cannot be used to take them back; they are kept"
+            }
         }
     }
 }
@@ -52,6 +63,9 @@ impl Refusal {
 pub(crate) enum Decision {
     /// Not committed: drop journals and pre-images; bases untouched; transaction stays open.
     Discard,
+    /// No commit record, yet the bases were written (the record was damaged or cut off):
+    /// restore the pre-images, then discard as above; the transaction stays open.
+    RestoreUncommitted,
     /// Outcome reached and logged: remove what is left.
     Cleanup,
     /// Bring every base to the outcome of this direction.
@@ -63,7 +77,11 @@ pub(crate) enum Decision {
 /// The recovery policy.
 pub(crate) fn decide(f: Facts) -> Decision {
     if !f.committed {
-        return Decision::Discard;
+        return match (f.bases_untouched, f.undo_available) {
+            (true, _) => Decision::Discard,
+            (false, true) => Decision::RestoreUncommitted,
+            (false, false) => Decision::Refuse(Refusal::TornWithoutRecord),
+        };
     }
     if f.logged {
         return Decision::Cleanup;
@@ -91,6 +109,7 @@ mod tests {
             want_undo: false,
             overlays_ok: true,
             undo_available: true,
+            bases_untouched: true,
         }
     }
 
@@ -104,6 +123,21 @@ mod tests {
             }),
             Decision::Discard
         );
+    }
+
+    #[test]
+    fn without_a_commit_record_bases_that_were_written_get_their_pre_images_back() {
+        let f = Facts {
+            committed: false,
+            bases_untouched: false,
+            ..facts()
+        };
+        assert_eq!(decide(f), Decision::RestoreUncommitted);
+        let f = Facts {
+            undo_available: false,
+            ..f
+        };
+        assert_eq!(decide(f), Decision::Refuse(Refusal::TornWithoutRecord));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use storage::Fs;
+use storage::{File, Fs};
 
 use super::decide::Facts;
 use crate::ctx::Ctx;
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{DevIno, Leftover};
-use crate::record::{Direction, Intent, Record, UndoSummary};
+use crate::record::{Direction, FileState, Intent, Record, States, UndoSummary};
 use crate::{layout, overlay, plan, preimage, trust, txjournal};
 
 /// What the journal of one image says.
@@ -30,6 +30,10 @@ pub(crate) struct ImageJournal {
     pub undo: Option<UndoSummary>,
     /// The directions in which its base was brought to an outcome and synced.
     pub applied: Vec<Direction>,
+    /// Who owns the journal: the user who committed, or root.
+    pub owner: u32,
+    /// What the base and overlay were at the intent; `None` in journals of older versions.
+    pub states: Option<States>,
 }
 
 /// What the journals of one transaction say.
@@ -71,12 +75,16 @@ impl CommitState {
 
     /// What the transaction left beside its bases, for cleanup.
     pub(crate) fn leftovers(&self) -> Vec<Leftover> {
-        self.intents()
-            .map(|i| Leftover {
+        self.images
+            .iter()
+            .flatten()
+            .filter_map(|j| Some((j, j.intent.as_ref()?)))
+            .map(|(j, i)| Leftover {
                 base: i.base.clone(),
                 overlay: i.overlay.clone(),
-                // Recorded as zeros when begin never learned it: then any file there goes.
+                // Recorded as zeros when begin never learned it: then only the name tells.
                 overlay_dev_ino: Some(i.overlay_dev_ino).filter(|d| *d != DevIno::default()),
+                owner: Some(j.owner),
             })
             .collect()
     }
@@ -99,12 +107,18 @@ fn read_image<S: Fs>(fs: &S, path: &Path, tx: &TxId, uid: u32) -> Result<Option<
     if !crate::files::exists(fs, path)? {
         return Ok(None);
     }
+    let owner = fs
+        .metadata(path)
+        .map_err(Error::io("stat", path))?
+        .map_or(uid, |m| m.uid);
     let mut records = txjournal::read_records(fs, path, uid)?.into_iter();
     let mut image = ImageJournal {
         path: path.to_path_buf(),
         intent: None,
         undo: None,
         applied: Vec::new(),
+        owner,
+        states: None,
     };
     // The intent is appended and synced right after creation; a journal without it is one
     // whose creator died before that.
@@ -122,6 +136,7 @@ fn read_image<S: Fs>(fs: &S, path: &Path, tx: &TxId, uid: u32) -> Result<Option<
         match r {
             Record::Undo(s) => image.undo = Some(s),
             Record::Applied(d) => image.applied.push(d),
+            Record::States(states) => image.states = Some(states),
             _ => {}
         }
     }
@@ -176,7 +191,12 @@ pub(crate) fn facts<S: Fs, H: Host>(
     want_undo: bool,
 ) -> Result<(Facts, Option<String>)> {
     let complete = st.complete();
-    let overlays_ok = complete && st.intents().all(|i| overlay_still_good(e, i));
+    let overlays_ok = complete
+        && st.images.iter().flatten().all(|j| {
+            j.intent
+                .as_ref()
+                .is_some_and(|i| overlay_still_good(e, i, j.states))
+        });
     let undo_refused = if st.committed && !st.logged {
         untrusted_preimages(e, st)?
     } else {
@@ -201,6 +221,7 @@ pub(crate) fn facts<S: Fs, H: Host>(
         want_undo,
         overlays_ok,
         undo_available,
+        bases_untouched: true,
     };
     Ok((facts, undo_refused))
 }
@@ -225,8 +246,13 @@ pub(crate) fn untrusted_preimages<S: Fs, H: Host>(
 }
 
 /// True when the overlay of `intent` is still the one begin created and still holds exactly
-/// the journaled plan, so a redo from it writes what the commit meant to write.
-fn overlay_still_good<S: Fs, H: Host>(e: &Ctx<S, H>, intent: &Intent) -> bool {
+/// the journaled plan (and, where the journal recorded it, is unchanged since the intent),
+/// so a redo from it writes what the commit meant to write.
+pub(crate) fn overlay_still_good<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    intent: &Intent,
+    states: Option<States>,
+) -> bool {
     let check = || -> Result<bool> {
         let ov = overlay::open_checked(
             &e.fs,
@@ -240,6 +266,15 @@ fn overlay_still_good<S: Fs, H: Host>(e: &Ctx<S, H>, intent: &Intent) -> bool {
             (&ov, &intent.overlay),
             (&intent.base, intent.plan.old_len, intent.base_format),
         )?;
+        // Written after the intent (by qemu, a guest, anything): a redo would land a third
+        // state, neither what was committed nor what was there.
+        if let Some(states) = states {
+            let now = FileState::of(&ov.stat().map_err(Error::io("stat", &intent.overlay))?);
+            if !states.overlay.unchanged(&now) {
+                tracing::warn!(overlay = %intent.overlay.display(), "the overlay changed after the commit was interrupted");
+                return Ok(false);
+            }
+        }
         Ok(plan.steps == intent.plan.steps && plan.virtual_size == intent.plan.virtual_size)
     };
     match check() {
@@ -254,8 +289,9 @@ fn overlay_still_good<S: Fs, H: Host>(e: &Ctx<S, H>, intent: &Intent) -> bool {
 /// How deep `--scan` descends below each directory it is given.
 const SCAN_DEPTH: usize = 16;
 
-/// The bases under `dirs` (recursively, following no symlink) that have an imgtx journal
-/// beside them: where the state directory was lost, these are the interrupted commits.
+/// The bases under `dirs` (recursively, following no symlink) that have an imgtx journal or
+/// pre-image file beside them: where the state directory was lost, these are the
+/// interrupted commits.
 pub(crate) fn scan<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut todo: Vec<(PathBuf, usize)> = dirs.iter().map(|d| (d.clone(), 0)).collect();
@@ -283,7 +319,10 @@ pub(crate) fn scan<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             };
             if meta.kind == storage::FileKind::Dir && depth < SCAN_DEPTH {
                 todo.push((path, depth + 1));
-            } else if let Some((base, _)) = name.to_str().and_then(layout::parse_journal_name) {
+            } else if let Some((base, _)) = name
+                .to_str()
+                .and_then(|n| layout::parse_journal_name(n).or_else(|| layout::parse_undo_name(n)))
+            {
                 found.push(dir.join(base));
             }
         }

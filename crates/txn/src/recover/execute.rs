@@ -48,7 +48,6 @@ pub(crate) fn go<S: Fs, H: Host>(
                 total,
             });
         };
-        check_base_is_the_same(&e.fs, st, intent)?;
         let _fence = e.host.fence_image(&intent.base)?;
         match dir {
             Direction::Forward => redo(e, intent, &mut report)?,
@@ -77,19 +76,28 @@ pub(crate) fn go<S: Fs, H: Host>(
     finish::cleanup(e, &st.tx, &st.leftovers(), &st.journals, false).map(drop)
 }
 
-/// Refuses unless the base of `intent` is still the inode the commit wrote.
-fn check_base_is_the_same<S: Fs>(fs: &S, st: &CommitState, intent: &Intent) -> Result<()> {
-    let meta = fs
-        .metadata(&intent.base)
-        .map_err(Error::io("stat", &intent.base))?;
-    if meta.is_none_or(|m| DevIno::of(&m) != intent.base_dev_ino) {
-        return Err(Error::Unrecoverable {
-            tx: st.tx.clone(),
-            reason: format!(
-                "base {} was replaced by another file",
-                intent.base.display()
-            ),
-        });
+/// Puts the pre-images of every image of `st` back into its base, without recording any
+/// direction: for a commit whose commit record is gone (`Decision::RestoreUncommitted`),
+/// after which the transaction stays open. Idempotent, like every restore.
+pub(crate) fn restore_all<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    st: &CommitState,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    for (index, image) in st.images.iter().flatten().enumerate() {
+        let (Some(intent), Some(_)) = (&image.intent, &image.undo) else {
+            continue;
+        };
+        let _fence = e.host.fence_image(&intent.base)?;
+        let mut report = |done, total| {
+            progress(Progress {
+                image: index,
+                phase: Phase::Restore,
+                done,
+                total,
+            });
+        };
+        undo(e, st, image, intent, &mut report)?;
     }
     Ok(())
 }

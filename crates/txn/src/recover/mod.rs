@@ -10,6 +10,8 @@ mod decide;
 mod discover;
 mod execute;
 mod leftovers;
+pub(crate) mod stray;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +83,21 @@ pub(crate) fn recover<S: Fs, H: Host>(
             }
         }
     }
+    // Pre-image files whose journal was removed by hand: the base may be torn.
+    for found in stray::find(&e.fs, &bases)? {
+        let manifest = manifests.iter().find(|m| m.id == found.tx);
+        match stray::recover_one(e, &found, manifest, opts) {
+            Ok(action) => report.actions.push(action),
+            Err(error) => {
+                tracing::warn!(tx = %found.tx, %error, "pre-images without a journal kept");
+                report.failures.push(RecoverFailure {
+                    tx: found.tx.to_string(),
+                    bases: vec![found.base.clone()],
+                    error,
+                });
+            }
+        }
+    }
     // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes.
     leftovers::interrupted(e, &manifests, &bases, opts, &mut report);
     if opts.paths.is_empty() && opts.scan.is_empty() {
@@ -110,7 +127,24 @@ fn recover_commit<S: Fs, H: Host>(
             "a journal of one of its images is missing or has no intent".into(),
         ));
     }
-    let (facts, undo_refused) = discover::facts(e, &st, opts.undo)?;
+    let (mut facts, undo_refused) = discover::facts(e, &st, opts.undo)?;
+    // Before anything writes a base, or drops pre-images of a base that may have been
+    // written: each base must still be the one the commit wrote, holding only old or new
+    // content, or recovery refuses and keeps everything.
+    let may_be_written = st.committed || st.images.iter().flatten().any(|i| i.undo.is_some());
+    if may_be_written && !st.logged && st.complete() {
+        for image in st.images.iter().flatten() {
+            let content = facts.undo_available && !st.committed;
+            match verify::base(e, &st, image, content)? {
+                Err(reason) if st.committed => return Err(unrecoverable(reason)),
+                // Not committed: discarding never writes the base; a replaced one just means
+                // the transaction cannot be committed later, which commit itself refuses.
+                Err(_) => {}
+                Ok(verify::Content::Old | verify::Content::Unchecked) => {}
+                Ok(verify::Content::Written) => facts.bases_untouched = false,
+            }
+        }
+    }
     let decision = decide(facts);
     tracing::info!(%tx, ?facts, ?decision, "recovery decision");
     if let (Decision::Go(Direction::Back) | Decision::Refuse(_), Some(reason)) =
@@ -121,6 +155,7 @@ fn recover_commit<S: Fs, H: Host>(
     }
     let action = match decision {
         Decision::Discard => RecoveryAction::DiscardedUncommitted,
+        Decision::RestoreUncommitted => RecoveryAction::RestoredUncommitted,
         Decision::Cleanup => RecoveryAction::FinishedCleanup,
         Decision::Go(Direction::Forward) => RecoveryAction::RecoveredForward,
         Decision::Go(Direction::Back) => RecoveryAction::RecoveredBack,
@@ -129,6 +164,10 @@ fn recover_commit<S: Fs, H: Host>(
     if !opts.dry_run {
         match decision {
             Decision::Discard => finish::discard_uncommitted(&e.fs, tx, &st.journals)?,
+            Decision::RestoreUncommitted => {
+                execute::restore_all(e, &st, progress)?;
+                finish::discard_uncommitted(&e.fs, tx, &st.journals)?;
+            }
             Decision::Cleanup => {
                 finish::cleanup(e, tx, &st.leftovers(), &st.journals, false)?;
             }

@@ -377,6 +377,25 @@ pub enum Record {
     Applied(Direction),
     /// History written.
     Logged,
+    /// What the base and overlay were at the intent.
+    States(States),
+}
+
+/// Mirror of the engine's file state (device and inode, length, times).
+#[derive(Debug, Deserialize)]
+pub struct FileState {
+    pub dev_ino: (u64, u64),
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub btime_ns: Option<i128>,
+}
+
+/// Mirror of the engine's states record.
+#[derive(Debug, Deserialize)]
+pub struct States {
+    pub base: FileState,
+    pub overlay: FileState,
 }
 
 /// Mirror of the engine's intent record.
