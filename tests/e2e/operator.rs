@@ -362,14 +362,20 @@ fn pre_images_whose_journal_was_deleted_are_found_kept_and_restored_on_request()
     let undo = t.image(&format!(".disk.img.{tx}.imgtx.undo"));
 
     let status = t.transactions();
-    assert_eq!(status[0]["state"], "pre_images_without_journal", "{status:#?}");
+    assert_eq!(
+        status[0]["state"], "pre_images_without_journal",
+        "{status:#?}"
+    );
     // Neither committing again nor rolling back may go past it: they would lose the way back.
     t.imgtx_code(&["commit", &tx], exit::RECOVERY_NEEDED);
     t.imgtx_code(&["rollback", &tx], exit::RECOVERY_NEEDED);
     let r = recover_json(&t, &[], exit::ERROR);
     let why = r["failures"][0]["error"].as_str().unwrap().to_owned();
     assert!(why.contains("journal is missing"), "{why}");
-    assert!(undo.exists() && fs::read(&base).unwrap() == new, "refused, nothing touched");
+    assert!(
+        undo.exists() && fs::read(&base).unwrap() == new,
+        "refused, nothing touched"
+    );
 
     let r = recover_json(&t, &["--undo"], exit::OK);
 
@@ -378,4 +384,120 @@ fn pre_images_whose_journal_was_deleted_are_found_kept_and_restored_on_request()
     assert!(!undo.exists());
     t.imgtx_ok(&["rollback", &tx]);
     t.assert_no_transactions();
+}
+
+#[test]
+fn a_state_directory_others_can_write_is_refused_with_a_way_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    fs::set_permissions(t.state_dir(), fs::Permissions::from_mode(0o777)).unwrap();
+
+    for args in [
+        &["status"][..],
+        &["recover"],
+        &["begin", base.to_str().unwrap()],
+    ] {
+        let out = t.imgtx_code(args, exit::ERROR);
+        let err = stderr_of(&out);
+        assert!(err.contains("lets other users write it"), "{args:?}: {err}");
+        assert!(
+            err.contains("chmod"),
+            "{args:?}: the hint says how to fix it: {err}"
+        );
+    }
+    assert!(
+        fs::read_dir(t.images()).unwrap().count() == 1,
+        "nothing was created"
+    );
+}
+
+#[test]
+fn a_state_directory_of_another_user_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to give the state directory to another user");
+        return;
+    }
+    let t = TestDir::new();
+    let nobody = nix::unistd::Uid::from_raw(65534);
+    nix::unistd::chown(&t.state_dir(), Some(nobody), None).unwrap();
+
+    let out = t.imgtx_code(&["recover"], exit::ERROR);
+
+    assert!(
+        stderr_of(&out).contains("owned by uid 65534"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+#[test]
+fn a_forged_manifest_cannot_make_recovery_remove_another_file() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    let tx = t.begin(&[&base]);
+    let victim = t.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    // What a user who could write the state directory would plant: a manifest whose
+    // rollback "finishes" by removing the victim.
+    let manifest = t.state_dir().join("txns").join(format!("{}.json", tx.id));
+    let mut m: Value = serde_json::from_slice(&fs::read(&manifest).unwrap()).unwrap();
+    m["state"] = "rolling_back".into();
+    m["images"][0]["overlay"] = victim.to_str().unwrap().into();
+    m["images"][0]["overlay_dev_ino"] = Value::Null;
+    fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+
+    let out = t.imgtx(&["recover"]);
+
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("not the name imgtx gives it"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+}
+
+#[test]
+fn reading_commands_create_nothing_and_a_user_on_roots_state_directory_is_told_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestDir::new();
+    let fresh = t.path().join("fresh-state");
+    for args in [&["status"][..], &["log"]] {
+        let mut cmd = std::process::Command::new(crate::util::imgtx_bin());
+        cmd.arg("--state-dir").arg(&fresh).args(args);
+        let out = crate::util::expect_code(&mut cmd, exit::OK);
+        assert!(!fresh.exists(), "{args:?} created {}", fresh.display());
+        let _ = out;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped the other half: needs root to run imgtx as another user");
+        return;
+    }
+    // Root's state directory, as a user would meet it.
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let roots = t.path().join("var-lib-imgtx");
+    fs::create_dir(&roots).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(crate::util::imgtx_bin())
+            .arg("--state-dir")
+            .arg(roots.join("state"))
+            .args(args);
+        run(&mut cmd)
+    };
+
+    let status = as_nobody(&["status"]);
+    assert_eq!(status.status.code(), Some(exit::OK), "{}", stderr_of(&status));
+    let begin = as_nobody(&["begin", "/nonexistent-but-never-reached.img"]);
+
+    let err = stderr_of(&begin);
+    assert_eq!(begin.status.code(), Some(exit::ERROR), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("sudo") && err.contains("--state-dir"), "{err}");
+    assert!(!roots.join("state").exists());
 }

@@ -37,6 +37,22 @@ pub fn for_error(e: &Error) -> Option<String> {
              base is gone for good, `imgtx recover --abandon {tx}` ends the transaction \
              without writing any image"
         ),
+        Error::UntrustedStateDir { path, .. } => format!(
+            "whoever can change it could make imgtx remove or overwrite files in your name: \
+             make it yours and private (`chown $(id -u) {0}; chmod 700 {0}`) once you know \
+             nobody planted anything in it, or use a state directory of your own \
+             (--state-dir DIR, or $IMGTX_STATE_DIR)",
+            path.display()
+        ),
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            if nix::unistd::geteuid().is_root() {
+                return None;
+            }
+            "you are not root: for root's transactions run imgtx with sudo; for your own, \
+             use a state directory you can write (--state-dir DIR or $IMGTX_STATE_DIR; the \
+             default for users is ~/.local/state/imgtx)"
+                .to_owned()
+        }
         Error::WaitTimedOut { .. } => {
             "the holding transaction is still open; `imgtx status` shows it".to_owned()
         }

@@ -142,7 +142,7 @@ fn init_tracing(cli: &Cli) {
 
 /// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else
 /// `$XDG_STATE_HOME/imgtx` (default `~/.local/state/imgtx`).
-fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
+fn state_dir(given: Option<PathBuf>, create_parent: bool) -> Result<PathBuf, Failure> {
     let env = |k: &str| {
         std::env::var_os(k)
             .filter(|v| !v.is_empty())
@@ -163,7 +163,7 @@ fn state_dir(given: Option<PathBuf>) -> Result<PathBuf, Failure> {
         .into());
     };
     let dir = std::path::absolute(&dir)?;
-    if let Some(parent) = dir.parent() {
+    if let Some(parent) = dir.parent().filter(|_| create_parent) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("could not create {}", parent.display()))?;
     }
@@ -231,11 +231,18 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Generate(args) => return Ok(generate::run(args)?),
         _ => {}
     }
-    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir)?)?;
     let out = output::Out {
         json: cli.json,
         quiet: cli.quiet,
     };
+    // Commands that only read never create a state directory (or anything in it).
+    if let Command::Status { .. } | Command::Log { .. } | Command::Diff { .. } = &cli.command {
+        let dir = state_dir(cli.state_dir, false)?;
+        let engine = Engine::open_existing(OsFs, OsHost::from_env(), dir)?;
+        read_only(engine.as_ref(), &out, cli.command)?;
+        return Ok(0);
+    }
+    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir, true)?)?;
     match cli.command {
         Command::Begin { opts, bases } => {
             let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
@@ -294,25 +301,53 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         } => {
             return run_command(&engine, &out, &opts, commit.into(), &bases, command);
         }
+        Command::Status { .. }
+        | Command::Diff { .. }
+        | Command::Log { .. }
+        | Command::Demo(_)
+        | Command::Generate(_) => {
+            unreachable!("handled before the engine is made")
+        }
+    }
+    Ok(0)
+}
+
+/// `status`, `diff` and `log`, over the state directory if there is one.
+fn read_only(
+    engine: Option<&Engine<OsFs, OsHost>>,
+    out: &output::Out,
+    command: Command,
+) -> Result<(), Failure> {
+    match command {
         Command::Status { tx } => {
             let id = tx.as_deref().map(tx_id).transpose()?;
-            out.status(&engine.status(id.as_ref())?)?;
+            let list = match (engine, &id) {
+                (Some(e), _) => e.status(id.as_ref())?,
+                (None, None) => Vec::new(),
+                (None, Some(id)) => {
+                    return Err(txn::Error::NotFound { tx: id.to_string() }.into());
+                }
+            };
+            out.status(&list)?;
         }
         Command::Diff { tx } => {
             let id = tx_id(&tx)?;
+            let engine = engine.ok_or_else(|| txn::Error::NotFound { tx: tx.clone() })?;
             out.diff(&id, &engine.diff(&id)?)?;
         }
         Command::Log { base } => {
             let base = base
                 .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
                 .transpose()?;
-            out.log(&engine.log(base.as_deref())?)?;
+            let history = match engine {
+                Some(e) => e.log(base.as_deref())?,
+                None => txn::History::default(),
+            };
+            out.log(&history)?;
         }
-        Command::Demo(_) | Command::Generate(_) => {
-            unreachable!("handled before the engine is made")
-        }
+        _ => unreachable!("only read-only commands come here"),
     }
-    Ok(0)
+    Ok(())
 }
 
 /// `run`: begin, run the command on the overlays, commit on exit 0, else roll back.

@@ -61,7 +61,7 @@ pub struct HistoryEntry {
 }
 
 /// The history as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct History {
     /// Entries, oldest first.
     pub entries: Vec<HistoryEntry>,

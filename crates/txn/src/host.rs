@@ -22,6 +22,13 @@ pub trait Host: Send + Sync {
     /// creating `path` if needed. `Ok(None)` when another process holds it and `wait` is false.
     fn lock_exclusive(&self, path: &Path, wait: bool) -> Result<Option<Self::Guard>>;
 
+    /// True when another process holds the exclusive lock of `path` (see
+    /// [`Host::lock_exclusive`]); a missing lock file is not held. Creates nothing where it
+    /// can: read-only commands use it. The default takes and drops the lock.
+    fn is_locked(&self, path: &Path) -> Result<bool> {
+        Ok(self.lock_exclusive(path, false)?.is_none())
+    }
+
     /// True when some process holds qemu's "I use this image" locks on `path`.
     fn image_in_use(&self, path: &Path) -> Result<bool>;
 
@@ -104,6 +111,10 @@ impl Host for OsHost {
 
     fn lock_exclusive(&self, path: &Path, wait: bool) -> Result<Option<OsGuard>> {
         crate::lock::lock_exclusive(path, wait).map(|f| f.map(|f| OsGuard { _file: f }))
+    }
+
+    fn is_locked(&self, path: &Path) -> Result<bool> {
+        crate::lock::is_locked(path)
     }
 
     fn image_in_use(&self, path: &Path) -> Result<bool> {

@@ -98,7 +98,7 @@ fn condition<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId, m: &Manifest) -> Result<C
             condition = Condition::PreImagesWithoutJournal;
         }
     }
-    if e.host.lock_exclusive(&e.state.lock(id), false)?.is_none() {
+    if e.host.is_locked(&e.state.lock(id))? {
         condition = Condition::InProgress;
     }
     Ok(condition)

@@ -91,6 +91,26 @@ impl<S: Fs, H: Host> Engine<S, H> {
         })
     }
 
+    /// An engine over the existing state directory `state_dir`, for commands that only read:
+    /// `None` when there is none (then there is nothing to show), and nothing is created.
+    pub fn open_existing(fs: S, host: H, state_dir: PathBuf) -> Result<Option<Self>> {
+        let state_dir = fs
+            .canonicalize(&state_dir)
+            .map_err(Error::io("resolve", state_dir))?;
+        if fs
+            .metadata(&state_dir)
+            .map_err(Error::io("stat", &state_dir))?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let state = statedir::StateDir::new(state_dir, host.user().1);
+        state.check_trusted(&fs)?;
+        Ok(Some(Self {
+            ctx: ctx::Ctx { fs, host, state },
+        }))
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         self.ctx.state.root()

@@ -53,6 +53,21 @@ pub(crate) fn lock_exclusive(path: &Path, wait: bool) -> Result<Option<File>> {
     }
 }
 
+/// True when another process holds the exclusive lock of `path`; a missing file is not
+/// held. Nothing is created.
+pub(crate) fn is_locked(path: &Path) -> Result<bool> {
+    let file = match open_no_symlinks(path, OFlag::O_RDONLY, Mode::empty()) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io("open the lock file", path)(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", path)(e)),
+    }
+}
+
 fn flock(l_type: i32, start: i64, len: i64) -> libc::flock {
     libc::flock {
         l_type: l_type as libc::c_short,
