@@ -750,7 +750,8 @@ fn overlay_symlinked_after_the_commit_point_is_not_followed_by_recover() {
     s.assert_untouched();
 }
 
-/// The state directory is private, whatever the umask.
+/// The state directory is private, whatever the umask. (`recover` makes it: commands that
+/// only read, like `status`, create nothing.)
 #[test]
 fn state_directory_is_0700() {
     use std::os::unix::fs::PermissionsExt;
@@ -759,7 +760,7 @@ fn state_directory_is_0700() {
     let mut cmd = Command::new(util::imgtx_bin());
     cmd.arg("--state-dir")
         .arg(&fresh)
-        .arg("status")
+        .arg("recover")
         .stdin(Stdio::null());
     util::expect_code(&mut cmd, exit::OK);
     let mode = fs::metadata(&fresh)
