@@ -5,6 +5,7 @@
 
 mod util;
 
+mod commit_signals;
 mod guestfish;
 mod hostile;
 mod kill;

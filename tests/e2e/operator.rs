@@ -492,7 +492,12 @@ fn reading_commands_create_nothing_and_a_user_on_roots_state_directory_is_told_w
     };
 
     let status = as_nobody(&["status"]);
-    assert_eq!(status.status.code(), Some(exit::OK), "{}", stderr_of(&status));
+    assert_eq!(
+        status.status.code(),
+        Some(exit::OK),
+        "{}",
+        stderr_of(&status)
+    );
     let begin = as_nobody(&["begin", "/nonexistent-but-never-reached.img"]);
 
     let err = stderr_of(&begin);

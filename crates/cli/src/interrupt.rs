@@ -1,5 +1,11 @@
-//! Termination signals during `imgtx run`: caught, passed on to the command, and answered
-//! with a rollback instead of a dead imgtx and a transaction left open.
+//! Termination signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT) during every command that changes
+//! something: caught, so that imgtx never dies halfway through a commit, a recovery or a
+//! rollback. The engine hears of them through a flag ([`Interrupts::flag`]) and stops only
+//! where stopping changes nothing (before a commit point); whatever is past that point is
+//! finished first, and a second signal is answered with how much is left.
+//!
+//! During `imgtx run` they are also passed on to the command, and answered with a rollback
+//! instead of a dead imgtx and a transaction left open.
 //!
 //! A terminal's Ctrl-C reaches the whole foreground process group, so the command already
 //! has it; a signal another process sent to imgtx alone (`kill`, systemd, a batch
@@ -12,8 +18,8 @@
 //! signal, and the caught signals are blocked in every thread but the main one: the kernel
 //! runs the handler on the main thread, at the latest on its way back from `wait`.
 
-use std::io;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -34,6 +40,9 @@ pub struct Interrupts {
     latest: Arc<AtomicUsize>,
     flags: Vec<SigId>,
     child: Arc<AtomicI32>,
+    /// Bytes the operation still has to copy, as progress last said; `u64::MAX` until the
+    /// operation is one a signal does not stop (a second signal then says so).
+    left: Arc<AtomicU64>,
     handle: Handle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -53,7 +62,8 @@ impl Interrupts {
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
         let child = Arc::new(AtomicI32::new(0));
-        let (first2, child2) = (Arc::clone(&first), Arc::clone(&child));
+        let left = Arc::new(AtomicU64::new(u64::MAX));
+        let (first2, child2, left2) = (Arc::clone(&first), Arc::clone(&child), Arc::clone(&left));
         // Spawned with the signals blocked, which it inherits; then unblocked here again.
         let mut caught = SigSet::empty();
         for sig in CAUGHT {
@@ -64,16 +74,14 @@ impl Interrupts {
             .name("signals".into())
             .spawn(move || {
                 for origin in signals.forever() {
-                    let _ = first2.compare_exchange(
-                        0,
-                        origin.signal,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    );
-                    tracing::info!(
-                        signal = origin.signal,
-                        "signal received; rolling back once the command exits"
-                    );
+                    let again = first2
+                        .compare_exchange(0, origin.signal, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_err();
+                    tracing::info!(signal = origin.signal, "signal received");
+                    let left = left2.load(Ordering::SeqCst);
+                    if again && left != u64::MAX {
+                        still_finishing(left);
+                    }
                     let pid = child2.load(Ordering::SeqCst);
                     // A signal the kernel sent (a terminal's Ctrl-C, a hangup) went to the whole
                     // process group and so to the command already; sending it again would make
@@ -92,9 +100,21 @@ impl Interrupts {
             latest,
             flags,
             child,
+            left,
             handle,
             thread: Some(thread),
         })
+    }
+
+    /// The flag the engine watches: set to the signal's number by the handler itself.
+    pub fn flag(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.latest)
+    }
+
+    /// Notes that the operation under way is one a signal does not stop, and how many bytes
+    /// it still has to copy, for the answer to a second signal.
+    pub fn left(&self, bytes: u64) {
+        self.left.store(bytes, Ordering::SeqCst);
     }
 
     /// Forwards later signals to process `pid`.
@@ -118,6 +138,19 @@ impl Interrupts {
             s => Some(s),
         }
     }
+}
+
+/// Says, on stderr, why a second signal does not stop imgtx either.
+fn still_finishing(left: u64) {
+    let left = if left > 0 {
+        format!(", {} left", indicatif::HumanBytes(left))
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        io::stderr(),
+        "imgtx: still finishing{left}: stopping now would leave images half written"
+    );
 }
 
 impl Drop for Interrupts {

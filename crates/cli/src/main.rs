@@ -47,6 +47,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 fn exit_code(e: &txn::Error) -> u8 {
+    if let txn::Error::Stopped { signal } = e {
+        return signal_exit(*signal);
+    }
     match e.class() {
         ErrorClass::Busy | ErrorClass::Conflict => 3,
         ErrorClass::RecoveryNeeded => EXIT_RECOVERY_NEEDED,
@@ -242,7 +245,11 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         read_only(engine.as_ref(), &out, cli.command)?;
         return Ok(0);
     }
-    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir, true)?)?;
+    // Caught from here on: no signal may kill imgtx halfway through changing something. The
+    // engine stops where that changes nothing, and finishes whatever is past that point.
+    let interrupts = interrupt::Interrupts::catch()?;
+    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir, true)?)?
+        .with_interrupt(interrupts.flag());
     match cli.command {
         Command::Begin { opts, bases } => {
             let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
@@ -250,14 +257,26 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| bar.report(p))?;
+            let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| {
+                watch(&interrupts, p);
+                bar.report(p);
+            })?;
             bar.finish();
             out.commit(&r)?;
+            if let Some(sig) = interrupts.received() {
+                out.finished_despite(sig, "the commit was finished")?;
+                return Ok(signal_exit(sig));
+            }
         }
         Command::Rollback { tx } => {
             let id = tx_id(&tx)?;
+            interrupts.left(0);
             engine.rollback(&id)?;
             out.rollback(&id)?;
+            if let Some(sig) = interrupts.received() {
+                out.finished_despite(sig, "the rollback was finished")?;
+                return Ok(signal_exit(sig));
+            }
         }
         Command::Recover {
             abandon: Some(tx),
@@ -284,10 +303,17 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     undo,
                     dry_run,
                 },
-                &mut |p| bar.report(p),
+                &mut |p| {
+                    watch(&interrupts, p);
+                    bar.report(p);
+                },
             )?;
             bar.finish();
             out.recover(&r)?;
+            if let Some(sig) = r.stopped.or_else(|| interrupts.received()) {
+                out.finished_despite(sig, "recovery stopped between two transactions")?;
+                return Ok(signal_exit(sig));
+            }
             if let Some(first) = r.failures.first() {
                 // Every failure was reported above; the status is the first one's.
                 return Ok(exit_code(&first.error));
@@ -299,7 +325,13 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             bases,
             command,
         } => {
-            return run_command(&engine, &out, &opts, commit.into(), &bases, command);
+            return run_command(
+                (&engine, &interrupts),
+                &out,
+                &opts,
+                commit.into(),
+                (&bases, command),
+            );
         }
         Command::Status { .. }
         | Command::Diff { .. }
@@ -352,16 +384,14 @@ fn read_only(
 
 /// `run`: begin, run the command on the overlays, commit on exit 0, else roll back.
 fn run_command(
-    engine: &Engine<OsFs, OsHost>,
+    (engine, interrupts): (&Engine<OsFs, OsHost>, &interrupt::Interrupts),
     out: &output::Out,
     opts: &BeginArgs,
     commit: CommitOptions,
-    bases: &[PathBuf],
-    command: Vec<String>,
+    (bases, command): (&[PathBuf], Vec<String>),
 ) -> Result<u8, Failure> {
     let argv_template = command.clone();
     // Caught from before begin: a signal now rolls back instead of leaving the transaction open.
-    let interrupts = interrupt::Interrupts::catch()?;
     let m = engine.begin(&begin_options(opts, bases, Some(command))?)?;
     if let Some(sig) = interrupts.received() {
         engine.rollback(&m.id)?;
@@ -424,8 +454,20 @@ fn run_command(
         // A signal from here on is noted but does not stop the commit: stopping it halfway
         // would only leave work for `imgtx recover`, which would finish it anyway.
         let mut bar = progress::Reporter::new(out.json, out.quiet);
-        let r = engine.commit(&m.id, commit, &mut |p| bar.report(p))?;
+        let committed = engine.commit(&m.id, commit, &mut |p| {
+            watch(interrupts, p);
+            bar.report(p);
+        });
         bar.finish();
+        let r = match committed {
+            // Stopped before its commit point: nothing of the command's work lands.
+            Err(txn::Error::Stopped { signal }) => {
+                engine.rollback(&m.id)?;
+                out.interrupted(&m.id, signal)?;
+                return Ok(signal_exit(signal));
+            }
+            other => other?,
+        };
         if let Some(sig) = interrupts.received() {
             tracing::warn!(
                 signal = sig,
@@ -442,6 +484,14 @@ fn run_command(
     engine.rollback(&m.id)?;
     out.run(&m.id, false, code, None)?;
     Ok(u8::try_from(code).unwrap_or(1).max(1))
+}
+
+/// Passes progress on to `interrupts`: once the engine writes bases (applying or restoring),
+/// a signal no longer stops it, and a second one is answered with how much is left.
+fn watch(interrupts: &interrupt::Interrupts, p: txn::Progress) {
+    if p.phase != txn::Phase::PreImages {
+        interrupts.left(p.total.saturating_sub(p.done));
+    }
 }
 
 /// The conventional exit status of a process stopped by signal `sig`.

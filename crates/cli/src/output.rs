@@ -121,10 +121,20 @@ impl Out {
         Ok(())
     }
 
+    /// A signal `sig` came while something was under way that is finished whatever the user
+    /// asks (`what` says what): said on stderr, as an error would be, even with `-q`.
+    pub fn finished_despite(&self, sig: i32, what: &str) -> io::Result<()> {
+        let name = signal_name(sig);
+        if self.json {
+            let text = json!({"warning": format!("{name} received: {what}"), "signal": name});
+            return writeln!(io::stderr(), "{text}");
+        }
+        writeln!(io::stderr(), "imgtx: {name} received: {what}")
+    }
+
     /// `run` stopped by signal `sig` and rolled back.
     pub fn interrupted(&self, tx: &TxId, sig: i32) -> io::Result<()> {
-        let name = nix::sys::signal::Signal::try_from(sig)
-            .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned());
+        let name = signal_name(sig);
         if self.json {
             return print_json(
                 &json!({"id": tx, "outcome": "rolled_back", "exit_code": 128 + sig, "signal": name, "images": []}),
@@ -318,6 +328,12 @@ impl Out {
         }
         human(&lines)
     }
+}
+
+/// A signal's name (`SIGINT`), or its number.
+fn signal_name(sig: i32) -> String {
+    nix::sys::signal::Signal::try_from(sig)
+        .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
 }
 
 /// Where each kept spare is and how large, so its disk space is never a surprise.

@@ -26,6 +26,7 @@ pub(crate) fn begin<S: Fs, H: Host>(e: &Ctx<S, H>, opts: &BeginOptions) -> Resul
     if opts.bases.is_empty() {
         return Err(Error::Invalid("name at least one base image".into()));
     }
+    e.check_interrupt()?;
     // 1. Check every base and decide its format, once.
     let mut images: Vec<ImageEntry> = Vec::new();
     let mut sizes = Vec::new();
@@ -167,6 +168,7 @@ fn claim_with_wait<S: Fs, H: Host>(
 ) -> Result<()> {
     let mut waited = Duration::ZERO;
     loop {
+        e.check_interrupt()?;
         let Err(holder) = e.state.claim_base(&e.fs, dev_ino, id)? else {
             return Ok(());
         };

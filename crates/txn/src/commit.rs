@@ -61,6 +61,7 @@ pub(crate) fn commit<S: Fs, H: Host>(
         .map(|img| check(e, &m.id, img))
         .collect::<Result<Vec<_>>>()?;
     let journals: Vec<PathBuf> = checked.iter().map(|c| c.journal.clone()).collect();
+    e.check_interrupt()?;
     // 6-7. Intent and pre-images. Nothing of any base is touched yet: a failure drops what
     // the attempt wrote and leaves the transaction open.
     let mut prepared = match prepare_warming(e, &m, opts, &checked, progress) {
@@ -221,6 +222,7 @@ fn prepare<S: Fs, H: Host>(
     let journals: Vec<PathBuf> = checked.iter().map(|c| c.journal.clone()).collect();
     let mut prepared = Vec::new();
     for (i, c) in checked.iter().enumerate() {
+        e.check_interrupt()?;
         let intent = Intent {
             tx: m.id.clone(),
             index: u32::try_from(i).unwrap_or(u32::MAX),
@@ -248,6 +250,8 @@ fn prepare<S: Fs, H: Host>(
     }
     e.host.step("intent");
     if opts.no_undo {
+        // The last moment a stop changes nothing: the commit record is next.
+        e.check_interrupt()?;
         return Ok(prepared);
     }
     for (i, (c, p)) in checked.iter().zip(&mut prepared).enumerate() {
@@ -264,6 +268,8 @@ fn prepare<S: Fs, H: Host>(
         }
     }
     e.host.step("undo");
+    // The last moment a stop changes nothing: the commit record is next.
+    e.check_interrupt()?;
     Ok(prepared)
 }
 
@@ -308,8 +314,10 @@ fn save_preimages<S: Fs, H: Host>(
             done,
             total,
         });
+        // Between pieces of the save: stopping there drops only the pre-images.
+        e.check_interrupt()
     };
-    saved(0);
+    saved(0)?;
     preimage::save(
         &e.fs,
         &base,

@@ -5,6 +5,9 @@
 //! The orchestrators take a `&Ctx` rather than the public [`crate::Engine`], so that no
 //! module below the crate root depends on the root.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use storage::Fs;
 
 use crate::error::{Error, Result};
@@ -22,6 +25,9 @@ pub(crate) struct Ctx<S, H> {
     pub host: H,
     /// The registry of this user's transactions.
     pub state: StateDir,
+    /// Set (to the signal's number) when the user asked to stop; see
+    /// [`Ctx::check_interrupt`].
+    pub interrupt: Option<Arc<AtomicUsize>>,
 }
 
 impl<S: Fs, H: Host> Ctx<S, H> {
@@ -50,6 +56,18 @@ impl<S: Fs, H: Host> Ctx<S, H> {
     /// Removes the lock file of a transaction that no longer exists (while holding it).
     pub(crate) fn drop_lock_file(&self, id: &TxId) {
         let _ = crate::files::remove_if_exists(&self.fs, &self.state.lock(id));
+    }
+
+    /// Fails with [`Error::Stopped`] once the user asked to stop. Called only where stopping
+    /// leaves nothing behind but what the caller's error path removes: before a commit
+    /// point, never after it (a commit past it is finished, whatever the user asks).
+    pub(crate) fn check_interrupt(&self) -> Result<()> {
+        match self.interrupt.as_ref().map(|f| f.load(Ordering::SeqCst)) {
+            Some(signal) if signal != 0 => Err(Error::Stopped {
+                signal: i32::try_from(signal).unwrap_or(0),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The time now, as history and manifests record it.

@@ -190,6 +190,15 @@ pub enum Error {
         /// The interrupted transaction.
         tx: TxId,
     },
+    /// A writer of an interrupted commit (its `qemu-img commit` child) still has the base
+    /// open: nothing may touch the base until it is gone.
+    #[error("base {} is still open for writing by the interrupted commit's qemu-img{}", path.display(), pids_text(pids))]
+    WriterRunning {
+        /// The base.
+        path: PathBuf,
+        /// The processes seen holding it open.
+        pids: Vec<u32>,
+    },
     /// Recovery cannot proceed in any safe direction.
     #[error("cannot recover transaction {tx}: {reason}; nothing was changed")]
     Unrecoverable {
@@ -197,6 +206,13 @@ pub enum Error {
         tx: TxId,
         /// Why.
         reason: String,
+    },
+    /// The user asked to stop (a signal) at a point where stopping changes nothing: the
+    /// operation undid what it had begun and left the transaction as it was.
+    #[error("stopped by signal {signal}; nothing was changed")]
+    Stopped {
+        /// The signal's number.
+        signal: i32,
     },
     /// The state directory, or something in it, could be changed by someone other than the
     /// user running imgtx.
@@ -236,6 +252,8 @@ pub enum ErrorClass {
     Io,
     /// A file imgtx relies on is damaged.
     Corrupt,
+    /// The user asked to stop, and nothing was changed.
+    Stopped,
 }
 
 impl Error {
@@ -243,6 +261,7 @@ impl Error {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Busy { .. }
+            | Self::WriterRunning { .. }
             | Self::WaitTimedOut { .. }
             | Self::InUse { .. }
             | Self::Locked { .. } => ErrorClass::Busy,
@@ -251,6 +270,7 @@ impl Error {
             | Self::Interrupted { .. }
             | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
             Self::NotFound { .. } => ErrorClass::NotFound,
+            Self::Stopped { .. } => ErrorClass::Stopped,
             Self::AmbiguousFormat { .. }
             | Self::InvalidBase { .. }
             | Self::Invalid(_)
@@ -287,6 +307,15 @@ impl Error {
         let path = path.into();
         move |source| Self::Qcow { path, source }
     }
+}
+
+/// " (pid 1, 2)" for messages, or nothing when no process is known.
+fn pids_text(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+    format!(" (pid {})", list.join(", "))
 }
 
 /// Shorthand for results of this crate.

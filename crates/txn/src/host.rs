@@ -52,6 +52,20 @@ pub trait Host: Send + Sync {
         self.qemu_img_commit(overlay.0, base.0, base_format)
     }
 
+    /// True when a `qemu-img commit` child of an imgtx process still has `base` open, so it
+    /// may still write it (see `docs/commit-protocol.md`). The default: never.
+    fn writer_running(&self, base: &Path) -> Result<bool> {
+        let _ = base;
+        Ok(false)
+    }
+
+    /// The processes that have `path` open, as far as this process may see (for messages).
+    /// The default: none known.
+    fn holders(&self, path: &Path) -> Vec<u32> {
+        let _ = path;
+        Vec::new()
+    }
+
     /// The user name and uid running the operation.
     fn user(&self) -> (String, u32);
 
@@ -136,6 +150,14 @@ impl Host for OsHost {
         base_format: Format,
     ) -> Result<()> {
         crate::qemu::commit_open(overlay, base, base_format)
+    }
+
+    fn writer_running(&self, base: &Path) -> Result<bool> {
+        crate::qemu::writer_running(base)
+    }
+
+    fn holders(&self, path: &Path) -> Vec<u32> {
+        crate::lock::holders(path)
     }
 
     fn user(&self) -> (String, u32) {

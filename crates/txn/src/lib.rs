@@ -18,7 +18,8 @@
 //! `lock`, `qemu`, `release` (the machine).
 
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// One audited exception: `qemu` sets the qemu-img child's parent-death signal before exec.
+#![deny(unsafe_code)]
 
 mod apply;
 mod base;
@@ -50,6 +51,8 @@ mod trust;
 mod txjournal;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 
 use storage::Fs;
 
@@ -87,7 +90,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
         state.create(&fs)?;
         state.check_trusted(&fs)?;
         Ok(Self {
-            ctx: ctx::Ctx { fs, host, state },
+            ctx: ctx::Ctx {
+                fs,
+                host,
+                state,
+                interrupt: None,
+            },
         })
     }
 
@@ -107,8 +115,23 @@ impl<S: Fs, H: Host> Engine<S, H> {
         let state = statedir::StateDir::new(state_dir, host.user().1);
         state.check_trusted(&fs)?;
         Ok(Some(Self {
-            ctx: ctx::Ctx { fs, host, state },
+            ctx: ctx::Ctx {
+                fs,
+                host,
+                state,
+                interrupt: None,
+            },
         }))
+    }
+
+    /// This engine, stopping its operations with [`Error::Stopped`] once `flag` is set
+    /// (to a signal's number), wherever stopping changes nothing: a begin (also while it
+    /// waits), a commit before its commit point, recovery between transactions. A commit
+    /// past its commit point, a recovery under way and a rollback are finished first.
+    #[must_use]
+    pub fn with_interrupt(mut self, flag: Arc<AtomicUsize>) -> Self {
+        self.ctx.interrupt = Some(flag);
+        self
     }
 
     /// The state directory.

@@ -117,3 +117,33 @@ pub(crate) fn fence_image(path: &Path) -> Result<File> {
     }
     Ok(file)
 }
+
+/// The processes (other than this one) with a descriptor of the file `path` names, found by
+/// reading `/proc/*/fd`; those this process may not look into are missed.
+pub(crate) fn holders(path: &Path) -> Vec<u32> {
+    let Ok(target) = std::fs::metadata(path) else {
+        return Vec::new();
+    };
+    let wanted = (target.dev(), target.ino());
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == wanted));
+        if holds && pid != me {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}

@@ -169,6 +169,9 @@ pub struct RecoverReport {
     /// The transactions that remain interrupted, each with its reason. One failure never
     /// stops recovery of the others.
     pub failures: Vec<RecoverFailure>,
+    /// The signal that stopped recovery between two transactions, if one did: those not
+    /// reached yet are neither in `actions` nor in `failures`.
+    pub stopped: Option<i32>,
 }
 
 /// What `recover --abandon` did.

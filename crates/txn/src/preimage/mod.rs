@@ -108,7 +108,7 @@ mod test_util {
             (&base_path, &dir.join("b.undo"), &dir.join("b.spare")),
             (&tx(), uid()),
             (old_len, &ranges),
-            &mut |_| {},
+            &mut |_| Ok(()),
         )
         .unwrap();
         s

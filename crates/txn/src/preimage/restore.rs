@@ -278,7 +278,10 @@ mod tests {
                 100_000,
                 &[ByteRange::new(10, 500), ByteRange::new(90_000, 10_000)],
             ),
-            &mut |n| saved.push(n),
+            &mut |n| {
+                saved.push(n);
+                Ok(())
+            },
         )
         .unwrap();
 

@@ -45,7 +45,7 @@ fn all_zeros(data: &[u8]) -> bool {
 }
 
 /// Saves `ranges` of `base` (whose length is `old_len`) into the file at `path`, durably;
-/// `saved` hears the bytes saved so far after each piece. Returns the file still open, so
+/// `saved` hears the bytes saved so far after each piece, and stops the save by failing. Returns the file still open, so
 /// its last close can be handed off (see [`crate::release`]).
 ///
 /// The file is the `spare` an earlier commit left, renamed, when there is a trustworthy one
@@ -60,7 +60,7 @@ pub(crate) fn save<S: Fs>(
     (base_path, path, spare): (&Path, &Path, &Path),
     (tx, uid): (&TxId, u32),
     (old_len, ranges): (u64, &[ByteRange]),
-    saved: &mut dyn FnMut(u64),
+    saved: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<(UndoSummary, S::File)> {
     // A leftover from an attempt that died before its summary was journaled is worthless.
     crate::files::remove_if_exists(fs, path)?;
@@ -93,7 +93,7 @@ pub(crate) fn save<S: Fs>(
     let copied = read_ahead(base, pieces, READ_AHEAD, |piece, data| {
         for (start, end, zero) in zero_runs(data) {
             w.entry(base, piece.offset + start as u64, &data[start..end], zero)?;
-            saved(w.summary.bytes);
+            saved(w.summary.bytes)?;
         }
         Ok(())
     });

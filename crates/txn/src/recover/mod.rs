@@ -68,6 +68,9 @@ pub(crate) fn recover<S: Fs, H: Host>(
     // that cannot be recovered is reported, and the others still are.
     let commits = discover::commits(&e.fs, &bases)?;
     for (tx, journal) in &commits {
+        if stop_here(e, &mut report) {
+            return Ok(report);
+        }
         let result = e
             .lock_tx(tx)
             .and_then(|_guard| recover_commit(e, tx, journal, opts, progress));
@@ -85,6 +88,9 @@ pub(crate) fn recover<S: Fs, H: Host>(
     }
     // Pre-image files whose journal was removed by hand: the base may be torn.
     for found in stray::find(&e.fs, &bases)? {
+        if stop_here(e, &mut report) {
+            return Ok(report);
+        }
         let manifest = manifests.iter().find(|m| m.id == found.tx);
         match stray::recover_one(e, &found, manifest, opts) {
             Ok(action) => report.actions.push(action),
@@ -99,6 +105,9 @@ pub(crate) fn recover<S: Fs, H: Host>(
         }
     }
     // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes.
+    if stop_here(e, &mut report) {
+        return Ok(report);
+    }
     leftovers::interrupted(e, &manifests, &bases, opts, &mut report);
     if opts.paths.is_empty() && opts.scan.is_empty() {
         report
@@ -106,6 +115,18 @@ pub(crate) fn recover<S: Fs, H: Host>(
             .extend(leftovers::orphans(e, &commits, opts.dry_run)?);
     }
     Ok(report)
+}
+
+/// True (and noted in `report`) when the user asked to stop: recovery stops between
+/// transactions, never inside one.
+fn stop_here<S: Fs, H: Host>(e: &Ctx<S, H>, report: &mut RecoverReport) -> bool {
+    match e.check_interrupt() {
+        Err(Error::Stopped { signal }) => {
+            report.stopped = Some(signal);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Decides and carries out the recovery of the interrupted commit `tx`, found by its
@@ -126,6 +147,9 @@ fn recover_commit<S: Fs, H: Host>(
         return Err(unrecoverable(
             "a journal of one of its images is missing or has no intent".into(),
         ));
+    }
+    for base in st.bases() {
+        verify::wait_for_writer(e, &base)?;
     }
     let (mut facts, undo_refused) = discover::facts(e, &st, opts.undo)?;
     // Before anything writes a base, or drops pre-images of a base that may have been

@@ -121,6 +121,7 @@ fn restore<S: Fs, H: Host>(
     summary: &crate::record::UndoSummary,
     recorded: Option<DevIno>,
 ) -> Result<()> {
+    verify::wait_for_writer(e, &stray.base)?;
     let _fence = e.host.fence_image(&stray.base)?;
     let base =
         e.fs.open(&stray.base, true)

@@ -142,3 +142,25 @@ fn read_or_zeros<F: File>(f: &F, path: &Path, buf: &mut [u8], offset: u64) -> Re
     }
     Ok(())
 }
+
+/// How long recovery waits for a `qemu-img` of the interrupted commit to die (it is killed
+/// when its imgtx dies, and exits within moments) before it refuses.
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (briefly) until no writer of the interrupted commit has `base` open, or refuses:
+/// recovering while it may still write would leave the base neither old nor new.
+pub(crate) fn wait_for_writer<S: Fs, H: Host>(e: &Ctx<S, H>, base: &Path) -> Result<()> {
+    let step = std::time::Duration::from_millis(100);
+    let mut waited = std::time::Duration::ZERO;
+    while e.host.writer_running(base)? {
+        if waited >= WRITER_GRACE {
+            return Err(Error::WriterRunning {
+                path: base.to_path_buf(),
+                pids: e.host.holders(base),
+            });
+        }
+        e.host.sleep(step);
+        waited += step;
+    }
+    Ok(())
+}
