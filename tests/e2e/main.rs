@@ -10,6 +10,7 @@ mod guestfish;
 mod hostile;
 mod kill;
 mod kill_strace;
+mod names;
 mod operator;
 mod ops;
 mod progress;

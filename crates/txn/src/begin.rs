@@ -93,7 +93,7 @@ fn check_base<S: Fs, H: Host>(
     if meta.kind != FileKind::File {
         return Err(invalid("it is not a regular file"));
     }
-    layout::dir_of(base)?;
+    layout::check_room_for_names(base)?;
     if earlier
         .iter()
         .any(|i| i.base_id.dev_ino() == DevIno::of(&meta))

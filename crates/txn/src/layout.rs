@@ -36,6 +36,31 @@ pub fn is_plain_absolute(path: &Path) -> bool {
             .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
 }
 
+/// The longest file name a file system takes (`NAME_MAX` on Linux's file systems).
+const NAME_MAX: usize = 255;
+
+/// Refuses a base whose name leaves no room for the longest name imgtx derives from it
+/// (`.NAME.ID.imgtx.journal.abandoned`): checked at begin, so that no later step can fail
+/// halfway on a name the file system will not take.
+pub fn check_room_for_names(base: &Path) -> Result<()> {
+    let name = base_name(base)?;
+    let sample = TxId::from_random([0; 5]);
+    let longest = abandoned(&journal(base, &sample)?);
+    let len = longest.file_name().map_or(0, |n| n.len());
+    if len > NAME_MAX {
+        return Err(Error::InvalidBase {
+            path: base.to_path_buf(),
+            reason: format!(
+                "its file name is {} bytes long; imgtx keeps files named after it beside it, and \
+                 those need it to be at most {} bytes",
+                name.len(),
+                name.len() - (len - NAME_MAX)
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The directory holding `base`.
 pub fn dir_of(base: &Path) -> Result<&Path> {
     split(base).map(|(d, _)| d)
@@ -176,6 +201,17 @@ mod tests {
         );
         assert_eq!(parse_journal_name("..tx-0123456789.imgtx.journal"), None);
         assert_eq!(parse_journal_name(".b.img.tx-01234567.imgtx.journal"), None);
+    }
+
+    #[test]
+    fn a_base_name_must_leave_room_for_every_derived_name() {
+        let ok = format!("/d/{}", "a".repeat(216));
+        assert!(check_room_for_names(Path::new(&ok)).is_ok());
+        let long = format!("/d/{}", "a".repeat(217));
+        let err = check_room_for_names(Path::new(&long))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 216 bytes"), "{err}");
     }
 
     #[test]
