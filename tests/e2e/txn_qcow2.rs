@@ -124,3 +124,127 @@ fn a_qcow2_base_with_a_backing_file_is_refused() {
         exit::ERROR,
     );
 }
+
+/// The flags of the persistent bitmaps of the qcow2 image `path`, as qemu-img reports them.
+fn bitmap_flags(path: &Path) -> Vec<Vec<String>> {
+    let info = qemu_img(&[
+        "info".as_ref(),
+        "-U".as_ref(),
+        "--output=json".as_ref(),
+        path.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    v["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|b| {
+                    b["flags"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_qcow2_commit_whose_qemu_img_died_recovers_to_what_a_clean_commit_makes() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    for no_undo in [false, true] {
+        let t = TestDir::new();
+        // Small clusters and a persistent bitmap: what a half-done redo gets wrong.
+        let base = t.image("disk.qcow2");
+        qemu_img(&[
+            "create".as_ref(),
+            "-q".as_ref(),
+            "-f".as_ref(),
+            "qcow2".as_ref(),
+            "-o".as_ref(),
+            "cluster_size=512".as_ref(),
+            base.as_os_str(),
+            "64M".as_ref(),
+        ]);
+        qcow2_io(&base, "write -P 0x11 0 8M");
+        qemu_img(&[
+            "bitmap".as_ref(),
+            "--add".as_ref(),
+            base.as_os_str(),
+            "b0".as_ref(),
+        ]);
+        let tx = t.begin(&[&base]);
+        qcow2_io(tx.overlay(), "write -P 0x33 4M 40M");
+        let expected = to_raw(&t, tx.overlay(), "expected.raw");
+        let mut cmd = t.command();
+        cmd.arg("commit");
+        if no_undo {
+            cmd.arg("--no-undo");
+        }
+        cmd.arg(&tx.id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut imgtx = cmd.spawn().unwrap();
+        // Kill qemu-img alone, in the middle of its commit: imgtx stops past its commit point.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let child = loop {
+            let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|p| {
+                let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+                let (comm, rest) = stat.split_once(") ")?;
+                let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+                (ppid == imgtx.id() && comm.ends_with("(qemu-img"))
+                    .then(|| p.file_name().to_string_lossy().parse::<i32>().ok())
+                    .flatten()
+            });
+            if let Some(pid) = found {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "qemu-img never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let status = imgtx.wait().unwrap();
+        if status.success() {
+            eprintln!("no_undo={no_undo}: qemu-img finished before the kill; nothing to recover");
+            continue;
+        }
+        assert_eq!(
+            status.code(),
+            Some(exit::RECOVERY_NEEDED),
+            "no_undo={no_undo}"
+        );
+
+        t.imgtx_ok(&["recover"]);
+
+        same_content(&base, &expected);
+        let mut check = Command::new("qemu-img");
+        check.arg("check").arg(&base);
+        let out = run(&mut check);
+        assert_eq!(
+            out.status.code(),
+            Some(exit::OK),
+            "no_undo={no_undo}: qemu-img check after recovery:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if !no_undo {
+            for flags in bitmap_flags(&base) {
+                assert!(
+                    !flags.iter().any(|f| f == "in-use"),
+                    "the bitmap is left in use: {flags:?}"
+                );
+            }
+        }
+        t.assert_no_transactions();
+    }
+}

@@ -52,6 +52,21 @@ pub trait Host: Send + Sync {
         self.qemu_img_commit(overlay.0, base.0, base_format)
     }
 
+    /// Runs `qemu-img check -r leaks` on the qcow2 image `base`, with qemu's locking off
+    /// (the caller holds the fences): after a redo over a half-committed qcow2 base, which
+    /// leaves clusters nothing refers to. The default does nothing.
+    fn qemu_img_repair_leaks(&self, base: &Path) -> Result<()> {
+        let _ = base;
+        Ok(())
+    }
+
+    /// The names of the persistent dirty bitmaps of the qcow2 image `base` that are flagged
+    /// in use (inconsistent), which qemu refuses to use. The default: none known.
+    fn bitmaps_in_use(&self, base: &Path) -> Result<Vec<String>> {
+        let _ = base;
+        Ok(Vec::new())
+    }
+
     /// True when a `qemu-img commit` child of an imgtx process still has `base` open, so it
     /// may still write it (see `docs/commit-protocol.md`). The default: never.
     fn writer_running(&self, base: &Path) -> Result<bool> {
@@ -154,6 +169,14 @@ impl Host for OsHost {
 
     fn writer_running(&self, base: &Path) -> Result<bool> {
         crate::qemu::writer_running(base)
+    }
+
+    fn qemu_img_repair_leaks(&self, base: &Path) -> Result<()> {
+        crate::qemu::repair_leaks(base)
+    }
+
+    fn bitmaps_in_use(&self, base: &Path) -> Result<Vec<String>> {
+        crate::qemu::bitmaps_in_use(base)
     }
 
     fn holders(&self, path: &Path) -> Vec<u32> {

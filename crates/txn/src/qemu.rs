@@ -137,6 +137,78 @@ fn run(overlay: &Path, base: &Path, opts: &str, inherited: Vec<OwnedFd>) -> Resu
     }
 }
 
+/// `qemu-img check -r leaks` of the qcow2 image `base`, locking off (the caller holds the
+/// fences). It must end clean (exit 0): leaks it could not repair, or any corruption, fail.
+pub(crate) fn repair_leaks(base: &Path) -> Result<()> {
+    let fail = |action: &'static str| {
+        move |source| Error::QemuImgRun {
+            overlay: base.to_path_buf(),
+            base: base.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let Some(b) = base.to_str() else {
+        return Err(Error::Invalid(format!(
+            "qemu-img is given paths as text, and {} is not UTF-8",
+            base.display()
+        )));
+    };
+    let opts = format!(
+        "driver=qcow2,file.driver=file,file.filename={},file.locking=off",
+        escape_opt(b)
+    );
+    let out = Command::new(qemu_img().map_err(fail("find"))?)
+        .args(["check", "-q", "-r", "leaks", "--image-opts", &opts])
+        .stdin(Stdio::null())
+        .process_group(0)
+        .output()
+        .map_err(fail("run"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::QemuImg {
+            overlay: base.to_path_buf(),
+            base: base.to_path_buf(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// The persistent bitmaps of the qcow2 image `base` flagged `in-use`, from
+/// `qemu-img info -U --output=json` (which takes no lock).
+pub(crate) fn bitmaps_in_use(base: &Path) -> Result<Vec<String>> {
+    let fail = |action: &'static str| {
+        move |source| Error::QemuImgRun {
+            overlay: base.to_path_buf(),
+            base: base.to_path_buf(),
+            action,
+            source,
+        }
+    };
+    let out = Command::new(qemu_img().map_err(fail("find"))?)
+        .args(["info", "-U", "--output=json", "-f", "qcow2"])
+        .arg(base)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(fail("run"))?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let bitmaps = info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned();
+    Ok(bitmaps
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| {
+            b["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "in-use"))
+        })
+        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// The byte of a base that a running `qemu-img commit` child of imgtx holds locked (shared,
 /// through the descriptor it inherited). qemu's own lock bytes are 100-104 and 200-204.
 const WRITER_BYTE: i64 = 300;

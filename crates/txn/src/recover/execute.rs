@@ -10,16 +10,21 @@ use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::history::{HistoryImage, Outcome};
 use crate::host::Host;
-use crate::manifest::DevIno;
+use crate::manifest::{DevIno, Format};
 use crate::options::{Phase, Progress};
 use crate::record::{Direction, Intent, Record};
 use crate::{finish, layout, overlay, preimage, txjournal};
 
 /// Brings every base of `st` to the outcome of `dir`, logs it, and cleans up.
+/// `undo_ok` says the pre-images passed their checks: a qcow2 base is then put back to its
+/// old file before `qemu-img commit` runs again, so that the result is exactly what a clean
+/// commit makes (a redo over a half-committed qcow2 file leaks clusters, and leaves its
+/// persistent bitmaps flagged in use). Without them, the redo is followed by a repair of the
+/// leaks.
 pub(crate) fn go<S: Fs, H: Host>(
     e: &Ctx<S, H>,
     st: &CommitState,
-    dir: Direction,
+    (dir, undo_ok): (Direction, bool),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     let coordinator = &st.journals[0];
@@ -49,7 +54,28 @@ pub(crate) fn go<S: Fs, H: Host>(
             });
         };
         let _fence = e.host.fence_image(&intent.base)?;
+        let qcow2 = intent.base_format == Format::Qcow2;
         match dir {
+            Direction::Forward if qcow2 && undo_ok => {
+                undo(e, st, image, intent, &mut |_, _| {})?;
+                redo(e, intent, &mut report)?;
+            }
+            Direction::Forward if qcow2 => {
+                redo(e, intent, &mut report)?;
+                e.host.qemu_img_repair_leaks(&intent.base)?;
+                let in_use = e.host.bitmaps_in_use(&intent.base)?;
+                if !in_use.is_empty() {
+                    // Without pre-images the file cannot be put back first, and qemu keeps
+                    // bitmaps a killed writer left in use out of every backup from now on.
+                    tracing::warn!(
+                        base = %intent.base.display(),
+                        bitmaps = ?in_use,
+                        "persistent bitmaps are left flagged in use by the interrupted commit \
+                         (it ran without pre-images): qemu refuses them; remove them with \
+                         `qemu-img bitmap --remove` and start a new backup chain"
+                    );
+                }
+            }
             Direction::Forward => redo(e, intent, &mut report)?,
             Direction::Back => undo(e, st, image, intent, &mut report)?,
         }

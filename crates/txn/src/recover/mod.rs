@@ -195,7 +195,7 @@ fn recover_commit<S: Fs, H: Host>(
             Decision::Cleanup => {
                 finish::cleanup(e, tx, &st.leftovers(), &st.journals, false)?;
             }
-            Decision::Go(dir) => execute::go(e, &st, dir, progress)?,
+            Decision::Go(dir) => execute::go(e, &st, (dir, facts.undo_available), progress)?,
             Decision::Refuse(_) => {}
         }
     }
