@@ -506,3 +506,139 @@ fn reading_commands_create_nothing_and_a_user_on_roots_state_directory_is_told_w
     assert!(err.contains("sudo") && err.contains("--state-dir"), "{err}");
     assert!(!roots.join("state").exists());
 }
+
+/// Flips one byte in the middle of the state directory's history.
+fn damage_history(t: &TestDir) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let history = t.state_dir().join("history");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&history)
+        .unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+    history
+}
+
+/// Two finished transactions, so the history has a middle to damage.
+fn some_history(t: &TestDir, base: &Path) {
+    for _ in 0..2 {
+        let tx = t.begin(&[base]);
+        t.imgtx_ok(&["rollback", &tx.id]);
+    }
+}
+
+#[test]
+fn a_damaged_history_refuses_a_commit_before_it_writes_and_never_blocks_recovery() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 4 * MIB, 6);
+    some_history(&t, &base);
+    let history = damage_history(&t);
+    let before = fs::read(&base).unwrap();
+    let tx = t.begin(&[&base]);
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x66 1M 1M".as_ref(),
+        tx.overlay().as_os_str(),
+    ]);
+
+    let out = t.imgtx_code(&["commit", &tx.id], exit::ERROR);
+
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&history.display().to_string()),
+        "names the file: {err}"
+    );
+    assert!(fs::read(&base).unwrap() == before, "the base was written");
+    assert_eq!(t.transactions()[0]["state"], "open");
+    // Moved aside, the history starts afresh and the commit goes through.
+    fs::rename(&history, t.state_dir().join("history.damaged")).unwrap();
+    t.imgtx_ok(&["commit", &tx.id]);
+}
+
+#[test]
+fn an_outcome_the_history_cannot_take_after_the_commit_point_waits_and_is_recorded_later() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (tx, base, _old, new) = crashed_after(&t, "commit-point", &[]);
+    some_history(&t, &t.raw_image("other.img", MIB, 2));
+    let history = damage_history(&t);
+
+    let out = t.imgtx_code(&["recover"], exit::OK);
+
+    assert!(
+        stderr_of(&out).contains("pending"),
+        "warned: {}",
+        stderr_of(&out)
+    );
+    assert!(fs::read(&base).unwrap() == new, "the commit was finished");
+    t.assert_no_transactions();
+    // Once the damaged history is moved aside, the next command appends what waited.
+    fs::rename(&history, t.state_dir().join("history.damaged")).unwrap();
+    t.imgtx_ok(&["recover"]);
+    let log = t.imgtx_json(&["log"]);
+    let entries = log["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["id"] == tx.as_str() && e["outcome"] == "recovered_forward"),
+        "{log:#}"
+    );
+}
+
+#[test]
+fn a_full_state_directory_refuses_a_commit_before_it_writes() {
+    if !require_tools(&["qemu-img", "qemu-io", "mount"]) || !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let t = TestDir::new();
+    let state = t.state_dir();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    if !mounted.success() {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let base = t.raw_image("disk.img", 4 * MIB, 6);
+    let before = fs::read(&base).unwrap();
+    let tx = t.begin(&[&base]);
+    qemu_io(&[
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-c".as_ref(),
+        "write -P 0x66 1M 1M".as_ref(),
+        tx.overlay().as_os_str(),
+    ]);
+    // Fill it up.
+    let filler = state.join("filler");
+    let _ = fs::write(&filler, vec![0u8; 1 << 20]);
+
+    let out = t.imgtx(&["commit", &tx.id]);
+
+    assert!(!out.status.success(), "{}", stderr_of(&out));
+    assert!(fs::read(&base).unwrap() == before, "the base was written");
+    let _ = fs::remove_file(&filler);
+    assert_eq!(t.transactions()[0]["state"], "open", "{}", stderr_of(&out));
+    t.imgtx_ok(&["commit", &tx.id]);
+}

@@ -21,7 +21,7 @@ use crate::options::{CommitOptions, CommitReport, Phase, Progress};
 use crate::plan::Plan;
 use crate::record::{Direction, FileState, Intent, Record, States};
 use crate::txjournal::TxJournal;
-use crate::{base, finish, layout, overlay, plan, preimage};
+use crate::{audit, base, finish, layout, overlay, plan, preimage};
 
 /// One image of the commit once its base and overlay are checked and its plan is made.
 struct Checked<'m, S: Fs> {
@@ -61,7 +61,23 @@ pub(crate) fn commit<S: Fs, H: Host>(
         .map(|img| check(e, &m.id, img))
         .collect::<Result<Vec<_>>>()?;
     let journals: Vec<PathBuf> = checked.iter().map(|c| c.journal.clone()).collect();
-    e.check_interrupt()?;
+    let images: Vec<HistoryImage> = checked
+        .iter()
+        .map(|c| HistoryImage {
+            base: c.img.base.clone(),
+            changed_bytes: c.plan.changed_bytes(),
+        })
+        .collect();
+    // Its outcome must be recordable before anything is written: afterwards nothing about
+    // the history may stop the commit.
+    audit::reserve(
+        e,
+        &audit::entry(e, Some(&m), &m.id, Outcome::Committed, images.clone()),
+    )?;
+    if let Err(err) = e.check_interrupt() {
+        audit::release(e, &m.id);
+        return Err(err);
+    }
     // 6-7. Intent and pre-images. Nothing of any base is touched yet: a failure drops what
     // the attempt wrote and leaves the transaction open.
     let mut prepared = match prepare_warming(e, &m, opts, &checked, progress) {
@@ -70,6 +86,7 @@ pub(crate) fn commit<S: Fs, H: Host>(
             if let Err(clean) = finish::discard_uncommitted(&e.fs, &m.id, &journals) {
                 tracing::warn!(tx = %m.id, error = %clean, "could not clean up a failed commit");
             }
+            audit::release(e, &m.id);
             return Err(err);
         }
     };
@@ -94,15 +111,12 @@ pub(crate) fn commit<S: Fs, H: Host>(
             .map_err(after)?;
     }
     e.host.step("applied");
-    // 10. History, then `Logged`: from here on only cleanup remains.
-    let images: Vec<HistoryImage> = checked
-        .iter()
-        .map(|c| HistoryImage {
-            base: c.img.base.clone(),
-            changed_bytes: c.plan.changed_bytes(),
-        })
-        .collect();
-    finish::log_outcome(e, Some(&m), &m.id, Outcome::Committed, images.clone()).map_err(after)?;
+    // 10. History (or a pending entry, if the history cannot take it now), then `Logged`:
+    // from here on only cleanup remains.
+    audit::record(
+        e,
+        &audit::entry(e, Some(&m), &m.id, Outcome::Committed, images.clone()),
+    );
     prepared[0]
         .journal
         .append_sync(&Record::Logged)

@@ -84,6 +84,16 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The history cannot take the outcome of a commit that has not reached its commit
+    /// point yet: the commit is refused, so that no commit goes unrecorded.
+    #[error("the history {} cannot record this commit", path.display())]
+    HistoryUnusable {
+        /// The history, or the file that was to reserve its entry.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// A file operation failed.
     #[error("could not {action} {}", path.display())]
     Io {
@@ -280,6 +290,7 @@ impl Error {
             | Self::UntrustedStateDir { .. } => ErrorClass::Invalid,
             Self::Io { .. } | Self::QemuImg { .. } | Self::QemuImgRun { .. } => ErrorClass::Io,
             Self::Journal { .. }
+            | Self::HistoryUnusable { .. }
             | Self::Corrupt { .. }
             | Self::ManifestUnreadable { .. }
             | Self::Unrecoverable { .. } => ErrorClass::Corrupt,
@@ -307,6 +318,17 @@ impl Error {
         let path = path.into();
         move |source| Self::Qcow { path, source }
     }
+}
+
+/// `e` and its sources, joined by ": ", for log lines.
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
 }
 
 /// " (pid 1, 2)" for messages, or nothing when no process is known.

@@ -13,39 +13,11 @@ use storage::{File, Fs};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::files::{remove_durably, remove_if_exists, sync_dir};
-use crate::history::{HistoryEntry, HistoryImage, Outcome};
 use crate::host::Host;
 use crate::id::TxId;
-use crate::manifest::{Leftover, Manifest, TxState};
+use crate::manifest::{Leftover, TxState};
 use crate::options::Spare;
 use crate::{layout, trust, txjournal};
-
-/// Appends the history entry of transaction `tx`, which ended with `outcome`; `m` is its
-/// manifest when there still is one (recovery from journals alone may have none).
-pub(crate) fn log_outcome<S: Fs, H: Host>(
-    e: &Ctx<S, H>,
-    m: Option<&Manifest>,
-    tx: &TxId,
-    outcome: Outcome,
-    images: Vec<HistoryImage>,
-) -> Result<()> {
-    let (user, uid) = e.host.user();
-    let ended = e.now();
-    let entry = HistoryEntry {
-        id: tx.clone(),
-        name: m.and_then(|m| m.name.clone()),
-        outcome,
-        user,
-        uid,
-        host: e.host.hostname(),
-        started: m.map_or_else(|| ended.clone(), |m| m.created.clone()),
-        ended,
-        images,
-        command: m.and_then(|m| m.command.clone()),
-    };
-    let _lock = e.host.lock_exclusive(&e.state.history_lock(), true)?;
-    crate::history::append(&e.fs, &e.state.history_checked(&e.fs)?, &entry)
-}
 
 /// Removes overlays, pre-images and journals of a finished commit, then its registration.
 /// `journals` lists coordinator first. With `keep_spare` each pre-image file is renamed to

@@ -22,6 +22,7 @@
 #![deny(unsafe_code)]
 
 mod apply;
+mod audit;
 mod base;
 mod begin;
 mod commit;
@@ -89,14 +90,15 @@ impl<S: Fs, H: Host> Engine<S, H> {
         state.check_trusted(&fs)?;
         state.create(&fs)?;
         state.check_trusted(&fs)?;
-        Ok(Self {
-            ctx: ctx::Ctx {
-                fs,
-                host,
-                state,
-                interrupt: None,
-            },
-        })
+        let ctx = ctx::Ctx {
+            fs,
+            host,
+            state,
+            interrupt: None,
+        };
+        // Outcomes an earlier command could not record wait for the history: now, maybe.
+        audit::flush_pending(&ctx);
+        Ok(Self { ctx })
     }
 
     /// An engine over the existing state directory `state_dir`, for commands that only read:

@@ -13,7 +13,7 @@ use crate::history::{HistoryImage, Outcome};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{DevIno, ImageEntry, Manifest, TxState};
-use crate::{finish, layout, txjournal};
+use crate::{audit, finish, layout, txjournal};
 
 /// Rolls transaction `id` back: removes its overlays, claims and registration.
 pub(crate) fn rollback<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<()> {
@@ -75,7 +75,10 @@ pub(crate) fn finish_rollback<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Re
             changed_bytes: 0,
         })
         .collect();
-    finish::log_outcome(e, Some(m), &m.id, Outcome::RolledBack, images)?;
+    audit::record(
+        e,
+        &audit::entry(e, Some(m), &m.id, Outcome::RolledBack, images),
+    );
     for img in &m.images {
         e.state.release_base(&e.fs, img.base_id.dev_ino(), &m.id)?;
     }

@@ -65,7 +65,14 @@ impl StateDir {
                 ));
             }
         }
-        for dir in [self.root.clone(), self.txns(), self.claims(), self.locks()] {
+        let dirs = [
+            self.root.clone(),
+            self.txns(),
+            self.claims(),
+            self.locks(),
+            self.pending_dir(),
+        ];
+        for dir in dirs {
             if let Some(m) = fs.metadata(&dir).map_err(Error::io("stat", &dir))? {
                 if let Some(why) = crate::trust::untrusted_dir(&m, uid) {
                     return Err(untrusted(&dir, why));
@@ -114,6 +121,47 @@ impl StateDir {
 
     fn locks(&self) -> PathBuf {
         self.root.join("locks")
+    }
+
+    /// Where outcomes wait that the history could not take yet (see `crate::audit`).
+    pub fn pending_dir(&self) -> PathBuf {
+        self.root.join("pending")
+    }
+
+    /// The pending file of transaction `id`: `ID.next` for a reservation, `ID.entry` for an
+    /// outcome waiting for the history.
+    pub fn pending(&self, id: &TxId, kind: &str) -> PathBuf {
+        self.pending_dir().join(format!("{id}.{kind}"))
+    }
+
+    /// The pending outcomes (`pending/ID.entry`), in no particular order; none when the
+    /// directory does not exist.
+    pub fn list_pending<S: Fs>(&self, fs: &S) -> Result<Vec<PathBuf>> {
+        let dir = self.pending_dir();
+        if !crate::files::exists(fs, &dir)? {
+            return Ok(Vec::new());
+        }
+        Ok(Self::ids_in(fs, &dir, ".entry")?
+            .into_iter()
+            .map(|id| self.pending(&id, "entry"))
+            .collect())
+    }
+
+    /// Reservations and half-written pending files (`ID.next`, `ID.next.tmp`,
+    /// `ID.entry.tmp`) as (id, path): what a commit or a recording that died leaves.
+    pub fn list_reservations<S: Fs>(&self, fs: &S) -> Result<Vec<(TxId, PathBuf)>> {
+        let dir = self.pending_dir();
+        if !crate::files::exists(fs, &dir)? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for suffix in [".next", ".next.tmp", ".entry.tmp"] {
+            for id in Self::ids_in(fs, &dir, suffix)? {
+                let path = dir.join(format!("{id}{suffix}"));
+                out.push((id, path));
+            }
+        }
+        Ok(out)
     }
 
     /// The history log.

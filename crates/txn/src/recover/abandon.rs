@@ -16,7 +16,7 @@ use crate::history::{HistoryImage, Outcome};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::options::AbandonReport;
-use crate::{finish, layout};
+use crate::{audit, layout};
 
 /// Abandons transaction `id`, found through its manifest or through a journal beside one of
 /// `paths` (bases, as the journals name them).
@@ -71,7 +71,8 @@ pub(crate) fn abandon<S: Fs, H: Host>(
             changed_bytes: 0,
         })
         .collect();
-    finish::log_outcome(e, manifest.as_ref(), id, Outcome::Abandoned, images)?;
+    let entry = audit::entry(e, manifest.as_ref(), id, Outcome::Abandoned, images);
+    audit::record(e, &entry);
     if let Some(m) = &manifest {
         for img in &m.images {
             e.state.release_base(&e.fs, img.base_id.dev_ino(), id)?;

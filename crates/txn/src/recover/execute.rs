@@ -13,7 +13,7 @@ use crate::host::Host;
 use crate::manifest::{DevIno, Format};
 use crate::options::{Phase, Progress};
 use crate::record::{Direction, Intent, Record};
-use crate::{finish, layout, overlay, preimage, txjournal};
+use crate::{audit, finish, layout, overlay, preimage, txjournal};
 
 /// Brings every base of `st` to the outcome of `dir`, logs it, and cleans up.
 /// `undo_ok` says the pre-images passed their checks: a qcow2 base is then put back to its
@@ -95,7 +95,10 @@ pub(crate) fn go<S: Fs, H: Host>(
             changed_bytes: changed(i),
         })
         .collect();
-    finish::log_outcome(e, manifest.as_ref(), &st.tx, outcome, images)?;
+    audit::record(
+        e,
+        &audit::entry(e, manifest.as_ref(), &st.tx, outcome, images),
+    );
     txjournal::append_to(&e.fs, coordinator, &Record::Logged)?;
     e.host.step("recover-logged");
     // Undone or finished, the transaction is over: its overlays go too.

@@ -130,6 +130,33 @@ pub(crate) fn orphans<S: Fs, H: Host>(
             }
         }
     }
+    // A history reservation (or a half-written pending file) of a transaction whose commit
+    // is not under way (its lock is free) and left no journal: its commit died before the
+    // intent, so the reservation records nothing.
+    for (id, path) in e.state.list_reservations(&e.fs)? {
+        if commits.contains_key(&id) || dry_run {
+            continue;
+        }
+        let Some(_guard) = e.host.lock_exclusive(&e.state.lock(&id), false)? else {
+            continue;
+        };
+        let bases: Vec<PathBuf> = e
+            .state
+            .load(&e.fs, &id)?
+            .map(|m| m.images.into_iter().map(|i| i.base).collect())
+            .unwrap_or_default();
+        let mut journaled = false;
+        for base in &bases {
+            journaled |= crate::files::exists(&e.fs, &layout::journal(base, &id)?)?;
+        }
+        if !journaled {
+            tracing::debug!(path = %path.display(), "removing a history reservation nothing uses");
+            crate::files::remove_durably(&e.fs, &path, &e.state.pending_dir())?;
+            if e.state.load(&e.fs, &id)?.is_none() {
+                e.drop_lock_file(&id);
+            }
+        }
+    }
     // A process killed between removing a manifest and its lock file leaves the lock file
     // behind; it holds no state, but would stay forever. A live begin holds its lock while
     // it creates the manifest, so a lock we can take without a manifest is a leftover.

@@ -187,10 +187,14 @@ fn recover_commit<S: Fs, H: Host>(
     };
     if !opts.dry_run {
         match decision {
-            Decision::Discard => finish::discard_uncommitted(&e.fs, tx, &st.journals)?,
+            Decision::Discard => {
+                finish::discard_uncommitted(&e.fs, tx, &st.journals)?;
+                crate::audit::release(e, tx);
+            }
             Decision::RestoreUncommitted => {
                 execute::restore_all(e, &st, progress)?;
                 finish::discard_uncommitted(&e.fs, tx, &st.journals)?;
+                crate::audit::release(e, tx);
             }
             Decision::Cleanup => {
                 finish::cleanup(e, tx, &st.leftovers(), &st.journals, false)?;
