@@ -211,6 +211,18 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
             ));
         }
         let off = e & L1E_OFFSET_MASK;
+        // With the reserved bits clear, only the COPIED flag (bit 63) can be left. qemu's
+        // read path takes offset 0 as "no L2 table" whatever the flags say, but `qemu-img
+        // check` skips only all-zero entries (`check_refcounts_l1`): it counts the header
+        // cluster as this entry's L2 table ("ERROR cluster 0 refcount=1 reference=2") and
+        // decodes the header as L2 entries. The two readings of the entry disagree, so
+        // neither is believed.
+        if off == 0 && e != 0 {
+            return Err(corrupt(
+                at,
+                format!("L1 entry {i} ({e:#018x}) has the COPIED flag but no L2 table offset"),
+            ));
+        }
         if off != 0 {
             check_cluster(at, off, Meta::L2 { l1_index: i })?;
         }

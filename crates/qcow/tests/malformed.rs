@@ -335,6 +335,11 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             corrupt,
         ),
         (
+            "L1 entry with COPIED and no offset",
+            with(&|c| set64(c, l1 + 8, 1 << 63)),
+            corrupt,
+        ),
+        (
             "L1 entry unaligned",
             with(&|c| set64(c, l1, l2 + 512)),
             corrupt,
