@@ -173,6 +173,19 @@ pub(crate) fn decode(
                 format!("L2 entry points to compressed data at {offset:#x}, past the end of the file ({file_len:#x})"),
             ));
         }
+        // qemu's files may end inside the last compressed cluster, so `qemu-img check`
+        // tolerates data running past the end of the file by less than one cluster, and
+        // calls anything longer a corruption ("counting reference for region exceeding the
+        // end of the file by one cluster or more", `qcow2_inc_refcounts_imrt`).
+        if offset + len >= file_len.saturating_add(cs) {
+            return Err(corrupt(
+                at,
+                format!(
+                    "L2 entry points to {len:#x} bytes of compressed data at {offset:#x}, \
+                     reaching a cluster or more past the end of the file ({file_len:#x})"
+                ),
+            ));
+        }
         // The whole sectors holding the data may not share a metadata cluster either.
         check_host(
             layout,

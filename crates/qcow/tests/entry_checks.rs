@@ -14,7 +14,9 @@ use common::synth::{build, Built, Kind};
 use qcow::{Error, Image};
 
 const CB: u32 = 12;
+const CS: u64 = 1 << CB;
 const COPIED: u64 = 1 << 63;
+const COMPRESSED: u64 = 1 << 62;
 
 /// 16 MiB guest, 4 KiB clusters: data in guest clusters 0 and 1, a zero cluster at 100.
 fn image() -> (Built, Vec<u8>) {
@@ -101,4 +103,36 @@ fn l2_entries_with_flags_and_no_offset_that_qemu_accepts_are_accepted() {
         set64(&mut c, e, entry);
         accepted_like_qemu(&c);
     }
+}
+
+#[test]
+fn compressed_data_reaching_a_cluster_past_the_end_of_the_file_is_refused() {
+    // Arrange: guest cluster 1 gives up the last host cluster (left leaked, which qemu
+    // tolerates), and guest cluster 2 becomes compressed data starting 512 bytes before the
+    // end of the file with 16 sectors (the most 4 KiB clusters allow): it ends 7.5 KiB, more
+    // than a cluster, past the end.
+    let (b, mut v) = image();
+    set64(&mut v, b.l2_entry_offset(1), 0);
+    let e = b.l2_entry_offset(2);
+    set64(&mut v, e, COMPRESSED | 0xf << 58 | (b.file_len - 512));
+    // Act + Assert
+    refused_like_qemu(&v, e, "past the end of the file");
+}
+
+#[test]
+fn compressed_data_ending_less_than_a_cluster_past_the_end_of_the_file_is_accepted() {
+    // Arrange: as above with 2 sectors, ending 512 bytes past the end, in a cluster whose
+    // refcount is 1 (qemu's own files may end inside the last compressed cluster).
+    let (b, mut v) = image();
+    set64(&mut v, b.l2_entry_offset(1), 0);
+    set64(
+        &mut v,
+        b.l2_entry_offset(2),
+        COMPRESSED | 1 << 58 | (b.file_len - 512),
+    );
+    let past_end = b.file_len / CS;
+    let rb = b.refblock_offsets[0] + past_end * 2;
+    v[rb as usize..rb as usize + 2].copy_from_slice(&1u16.to_be_bytes());
+    // Act + Assert
+    accepted_like_qemu(&v);
 }

@@ -406,6 +406,14 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             corrupt,
         ),
         (
+            "compressed reaching a cluster past EOF",
+            with(&|c| {
+                set64(c, b.l2_entry_offset(1), 0);
+                set64(c, e2, 1 << 62 | 0xf << 58 | (len - 512));
+            }),
+            corrupt,
+        ),
+        (
             "compressed in the L1",
             with(&|c| set64(c, e2, 1 << 62 | (l1 + 100))),
             corrupt,
@@ -413,10 +421,13 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
         (
             "compressed with the largest sector count over garbage",
             with(&|c| {
-                // Over the last data cluster, taken from its entry: compressed data may not
-                // share a host cluster with a data cluster (that is refused as sharing).
+                // Over both data clusters, taken from their entries: compressed data may not
+                // share a host cluster with a data cluster (that is refused as sharing), nor
+                // reach a cluster past the end of the file (16 sectors of 512 bytes are two
+                // 4 KiB clusters, the last two of the file).
+                set64(c, b.l2_entry_offset(0), 0);
                 set64(c, b.l2_entry_offset(1), 0);
-                set64(c, e2, 1 << 62 | 0xf << 58 | b.data[1].1);
+                set64(c, e2, 1 << 62 | 0xf << 58 | b.data[0].1);
             }),
             |e| matches!(e, Error::BadCompressedCluster { .. }),
         ),
