@@ -8,7 +8,8 @@ use crate::meta::Layout;
 const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Reserved bits of a standard L2 entry (qemu `L2E_STD_RESERVED_MASK`).
 const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
-const OFLAG_COPIED: u64 = 1 << 63;
+/// The L2 entry flag saying a standard cluster's refcount is 1 (qemu `QCOW_OFLAG_COPIED`).
+pub(crate) const OFLAG_COPIED: u64 = 1 << 63;
 const OFLAG_COMPRESSED: u64 = 1 << 62;
 const OFLAG_ZERO: u64 = 1;
 
