@@ -119,6 +119,9 @@ impl<R: ReadAt> Image<R> {
     /// active layer. [`Image::map_range`] does not do this check, since a part of the disk
     /// cannot see every user of a cluster.
     ///
+    /// Like `qemu-img check`, the checks cover every entry of every active L2 table, also
+    /// those past the virtual size, which map no guest byte.
+    ///
     /// The refcount check (what `qemu-img check` reports as corruptions between the active
     /// tree and the refcounts): every L2 table, data cluster and cluster of compressed data
     /// the active tree uses has a stored refcount above 0, and the COPIED flag of every
@@ -145,20 +148,33 @@ impl<R: ReadAt> Image<R> {
         if let Some(rc) = refcounts.as_mut() {
             rc.check_l1(&self.layout, self.header.l1_table_offset.0)?;
         }
-        let mut out = Coalescer::default();
         let mut first_uses = Vec::new();
-        self.walk_entries(0, end, |g, l, cl, entry| {
+        let mut check = |g: u64, cl: &Cluster, entry: u64| -> Result<()> {
             first_uses.clear();
-            if let Some(clash) = used.claim(&cl, &mut first_uses) {
+            if let Some(clash) = used.claim(cl, &mut first_uses) {
                 return Err(self.clash_error(clash, g));
             }
             if let Some(rc) = refcounts.as_mut() {
-                if let Some(reason) = rc.check_l2_entry(entry, &cl, &first_uses)? {
+                if let Some(reason) = rc.check_l2_entry(entry, cl, &first_uses)? {
                     return Err(corrupt(self.l2_entry_at(g), reason));
                 }
             }
+            Ok(())
+        };
+        let mut out = Coalescer::default();
+        self.walk_entries(0, end, |g, l, cl, entry| {
+            check(g, &cl, entry)?;
             out.push_cluster(g, l, cl, cs, 0, end);
             Ok(())
+        })?;
+        // `qemu-img check` decodes every entry of every active L2 table (`check_refcounts_l2`
+        // runs over `l2_size` entries for each of the `l1_size` L1 entries), so the entries
+        // past the virtual size get the same checks, though they map no guest byte: the rest
+        // of the last table, and the tables of L1 entries beyond what the size needs. The
+        // walk above decoded the cluster holding the last guest byte already.
+        let tail_end = u64::from(self.header.l1_size) * self.header.l2_coverage();
+        self.walk_entries(end.div_ceil(cs) * cs, tail_end, |g, _, cl, entry| {
+            check(g, &cl, entry)
         })?;
         Ok(out.extents)
     }

@@ -288,3 +288,34 @@ fn qemu_images_of_every_refcount_width_map_and_a_cleared_copied_flag_is_refused(
         refused_like_qemu(&v, l2, "lacks the COPIED flag");
     }
 }
+
+/// 1 MiB guest, 4 KiB clusters: its one L2 table maps 2 MiB, so entries 256 to 511 lie past
+/// the virtual size. Data in guest clusters 0 and 1.
+fn half_used_table() -> (Built, Vec<u8>) {
+    let b = build(CB, 1 << 20, &[(0, Kind::Data(1)), (1, Kind::Data(2))], true);
+    let v = b.to_vec();
+    (b, v)
+}
+
+#[test]
+fn l2_entry_past_the_virtual_size_with_reserved_bits_is_refused() {
+    // qemu-img check decodes every entry of every active L2 table, mapped or not.
+    let (b, mut v) = half_used_table();
+    let e = b.l2_entry_offset(300);
+    set64(&mut v, e, 1 << 57);
+    refused_like_qemu(&v, e, "reserved bits");
+}
+
+#[test]
+fn l2_entry_past_the_virtual_size_sharing_a_data_cluster_is_refused() {
+    // Entry 300 points at guest cluster 1's data cluster: qemu-img check counts two
+    // references to a cluster whose refcount is 1.
+    let (b, mut v) = half_used_table();
+    let e = b.l2_entry_offset(300);
+    set64(&mut v, e, b.data[1].1 | COPIED);
+    if let Some(code) = qemu_check(&v) {
+        assert_eq!(code, 2);
+    }
+    let err = map(&v).unwrap_err();
+    assert!(matches!(err, Error::SharedCluster { .. }), "{err:?}");
+}
