@@ -441,6 +441,24 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             corrupt,
         ),
         (
+            "L1 entry without COPIED over an unshared L2 table",
+            with(&|c| set64(c, l1, l2)),
+            corrupt,
+        ),
+        (
+            "L2 entry without COPIED over an unshared data cluster",
+            with(&|c| set64(c, b.l2_entry_offset(0), data0)),
+            corrupt,
+        ),
+        (
+            "data cluster with refcount 0",
+            with(&|c| {
+                let rb = (b.refblock_offsets[0] + data0 / CS * 2) as usize;
+                c[rb..rb + 2].copy_from_slice(&[0, 0]);
+            }),
+            corrupt,
+        ),
+        (
             "refcount block entry unaligned",
             with(&|c| set64(c, rt, b.refblock_offsets[0] + 8)),
             corrupt,
