@@ -212,7 +212,8 @@ pub struct Header {
     pub version: u32,
     /// log2 of the cluster size, 9..=21.
     pub cluster_bits: u32,
-    /// Guest-visible size in bytes.
+    /// Guest-visible size in bytes: the header's size field rounded down to a multiple of
+    /// 512, as qemu reads it (qemu keeps the size in sectors, `header.size / 512`).
     pub virtual_size: u64,
     /// The backing file name as stored (relative names are relative to the image's
     /// directory). Never opened by this crate.
@@ -288,6 +289,22 @@ impl Header {
     pub fn refcount_bits(&self) -> u64 {
         1u64 << self.refcount_order
     }
+}
+
+/// The guest disk size of an image whose header size field is `size`: `size` rounded down
+/// to a multiple of 512.
+///
+/// qemu keeps a disk's size in 512-byte sectors: `qcow2_do_open` sets `bs->total_sectors =
+/// header.size / BDRV_SECTOR_SIZE`, and everything after that (`qemu-img info`, `map`,
+/// `convert`, guest reads, the size `qemu-img commit` grows a base to) sees the rounded-down
+/// size, while `qemu-img check` calls the image clean. qemu never writes such a field itself
+/// (`qemu-img create` rounds up; `qcow2_co_truncate` refuses "The new size must be a multiple
+/// of 512"), but since it accepts one silently and the rule is a single division, this crate
+/// follows it rather than refusing the image: the same overlay then gives the same disk
+/// under imgtx and under qemu. Only the L1 size check keeps the raw field, as qemu's does
+/// (`size_to_l1(s, header.size)`).
+pub(crate) fn virtual_size(size: u64) -> u64 {
+    size / 512 * 512
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -525,6 +542,8 @@ fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Resu
             raw.size
         )));
     }
+    // qemu checks the raw field here, not the sector-rounded size (`size_to_l1(s,
+    // header.size)` in `qcow2_do_open`).
     let needed = raw.size.div_ceil(coverage);
     if u64::from(raw.l1_size) < needed {
         return Err(invalid(format!(
@@ -555,10 +574,19 @@ fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Resu
         None
     };
 
+    let virtual_size = virtual_size(raw.size);
+    if virtual_size != raw.size {
+        tracing::debug!(
+            size_field = raw.size,
+            virtual_size,
+            "size field is not a multiple of 512; read as rounded down, as qemu does"
+        );
+    }
+
     Ok(Header {
         version: raw.version,
         cluster_bits: raw.cluster_bits,
-        virtual_size: raw.size,
+        virtual_size,
         backing_file,
         backing_format: exts.backing_format,
         dirty: incompat & INCOMPAT_DIRTY != 0,

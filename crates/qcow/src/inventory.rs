@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::meta::for_each_u64;
+use crate::refs::refcount_entry;
 use crate::{read_clamped, GuestOffset, HostOffset, HostRange, Image, Inventory, ReadAt};
 
 /// Bitmap table entry bits holding a data cluster offset.
@@ -124,45 +125,12 @@ impl<R: ReadAt> Image<R> {
             read_clamped(&self.source, &mut block, off, self.file_len)?;
             for cc in c..block_end {
                 let j = cc % per_block;
-                if refcount(&block, j, bits) == 0 {
+                if refcount_entry(&block, j, bits) == 0 {
                     push(cc, ranges);
                 }
             }
             c = block_end;
         }
         Ok(())
-    }
-}
-
-/// Entry `j` of a refcount block of `bits`-wide entries (sub-byte widths LSB-first, wider
-/// ones big-endian).
-fn refcount(block: &[u8], j: u64, bits: u64) -> u64 {
-    if bits < 8 {
-        let bit = j * bits;
-        let byte = block[(bit / 8) as usize];
-        u64::from(byte >> (bit % 8)) & ((1 << bits) - 1)
-    } else {
-        let w = (bits / 8) as usize;
-        let at = j as usize * w;
-        block[at..at + w]
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::refcount;
-
-    #[test]
-    fn refcount_decodes_packed_and_wide_entries() {
-        let block = [0b1011_0001u8, 0x12, 0x34, 0, 0, 0, 0, 0];
-        assert_eq!(refcount(&block, 0, 1), 1);
-        assert_eq!(refcount(&block, 1, 1), 0);
-        assert_eq!(refcount(&block, 3, 2), 0b10);
-        assert_eq!(refcount(&block, 1, 4), 0b1011);
-        assert_eq!(refcount(&block, 1, 8), 0x12);
-        assert_eq!(refcount(&block, 0, 16), 0xb112);
-        assert_eq!(refcount(&block, 0, 64), 0xb112_3400_0000_0000);
     }
 }

@@ -8,7 +8,8 @@ use crate::meta::Layout;
 const L2E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// Reserved bits of a standard L2 entry (qemu `L2E_STD_RESERVED_MASK`).
 const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
-const OFLAG_COPIED: u64 = 1 << 63;
+/// The L2 entry flag saying a standard cluster's refcount is 1 (qemu `QCOW_OFLAG_COPIED`).
+pub(crate) const OFLAG_COPIED: u64 = 1 << 63;
 const OFLAG_COMPRESSED: u64 = 1 << 62;
 const OFLAG_ZERO: u64 = 1;
 
@@ -171,6 +172,19 @@ pub(crate) fn decode(
             return Err(corrupt(
                 at,
                 format!("L2 entry points to compressed data at {offset:#x}, past the end of the file ({file_len:#x})"),
+            ));
+        }
+        // qemu's files may end inside the last compressed cluster, so `qemu-img check`
+        // tolerates data running past the end of the file by less than one cluster, and
+        // calls anything longer a corruption ("counting reference for region exceeding the
+        // end of the file by one cluster or more", `qcow2_inc_refcounts_imrt`).
+        if offset + len >= file_len.saturating_add(cs) {
+            return Err(corrupt(
+                at,
+                format!(
+                    "L2 entry points to {len:#x} bytes of compressed data at {offset:#x}, \
+                     reaching a cluster or more past the end of the file ({file_len:#x})"
+                ),
             ));
         }
         // The whole sectors holding the data may not share a metadata cluster either.

@@ -6,7 +6,8 @@
 //! trusts the file), loads the active L1 and refcount tables, and cross-checks every
 //! metadata region. [`Image::map`] walks the L2 tables one at a time into sorted, coalesced
 //! [`Extent`]s and refuses host clusters shared by two active L2 entries (which qemu never
-//! writes); [`Image::read_at`] returns guest bytes, decompressing deflate and zstd
+//! writes) and entries whose COPIED flag or refcount `qemu-img check` would call corrupt;
+//! [`Image::read_at`] returns guest bytes, decompressing deflate and zstd
 //! clusters; [`Image::inventory`] lists every host byte range a commit may overwrite;
 //! [`create_overlay`] returns the bytes of a fresh, empty qcow2 v3 overlay.
 //!

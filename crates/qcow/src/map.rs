@@ -3,7 +3,7 @@
 use crate::error::{corrupt, Error, Result};
 use crate::header::be64;
 use crate::l2::{self, Cluster, PieceKind};
-use crate::refs::{self, Clash, HostUse, Use};
+use crate::refs::{self, Clash, HostUse, Refcounts, Use};
 use crate::{read_clamped, Extent, ExtentKind, GuestOffset, HostOffset, Image, ReadAt};
 
 /// L2 entries decoded per read: a bounded buffer however large the range.
@@ -33,6 +33,17 @@ impl<R: ReadAt> Image<R> {
         end: u64,
         mut f: impl FnMut(u64, u64, Cluster) -> Result<()>,
     ) -> Result<()> {
+        self.walk_entries(start, end, |g, len, cl, _| f(g, len, cl))
+    }
+
+    /// As [`Image::walk`], also passing the first word of the L2 entry each cluster was
+    /// decoded from (0 for runs of empty entries).
+    fn walk_entries(
+        &self,
+        start: u64,
+        end: u64,
+        mut f: impl FnMut(u64, u64, Cluster, u64) -> Result<()>,
+    ) -> Result<()> {
         let h = &self.header;
         let cs = h.cluster_size();
         let cov = h.l2_coverage();
@@ -50,7 +61,7 @@ impl<R: ReadAt> Image<R> {
                 .copied()
                 .unwrap_or(0);
             if l2_off == 0 {
-                f(g, table_end - g, Cluster::Unallocated)?;
+                f(g, table_end - g, Cluster::Unallocated, 0)?;
                 g = table_end;
                 continue;
             }
@@ -70,7 +81,7 @@ impl<R: ReadAt> Image<R> {
                         continue;
                     }
                     if let Some(r) = run.take() {
-                        f(r, cg - r, Cluster::Unallocated)?;
+                        f(r, cg - r, Cluster::Unallocated, 0)?;
                     }
                     let entry = be64(e, 0);
                     let bitmap = if esz == 16 { be64(e, 8) } else { 0 };
@@ -82,10 +93,10 @@ impl<R: ReadAt> Image<R> {
                         entry,
                         bitmap,
                     )?;
-                    f(cg, cs, cl)?;
+                    f(cg, cs, cl, entry)?;
                 }
                 if let Some(r) = run {
-                    f(r, g + count * cs - r, Cluster::Unallocated)?;
+                    f(r, g + count * cs - r, Cluster::Unallocated, 0)?;
                 }
                 g += count * cs;
             }
@@ -108,11 +119,21 @@ impl<R: ReadAt> Image<R> {
     /// active layer. [`Image::map_range`] does not do this check, since a part of the disk
     /// cannot see every user of a cluster.
     ///
+    /// Like `qemu-img check`, the checks cover every entry of every active L2 table, also
+    /// those past the virtual size, which map no guest byte.
+    ///
+    /// The refcount check (what `qemu-img check` reports as corruptions between the active
+    /// tree and the refcounts): every L2 table, data cluster and cluster of compressed data
+    /// the active tree uses has a stored refcount above 0, and the COPIED flag of every
+    /// allocated L1 entry and standard L2 entry with a host offset is set exactly when that
+    /// refcount is 1. Skipped for a dirty image, whose refcounts may be stale (qemu repairs
+    /// them on its next read-write open).
+    ///
     /// # Errors
     /// [`Error::Corrupt`] for any invalid L2 entry (reserved bits, unaligned offsets, host
     /// offsets past the end of the file or inside metadata or bitmap data, invalid
-    /// subcluster bitmaps); [`Error::SharedCluster`] when two L2 entries share a host
-    /// cluster; [`Error::Unsupported`] when the file has more host clusters than the check
+    /// subcluster bitmaps) and for an L1 or L2 entry the refcount check refuses;
+    /// [`Error::SharedCluster`] when two L2 entries share a host cluster; [`Error::Unsupported`] when the file has more host clusters than the check
     /// tracks (2^26); [`Error::Io`].
     pub fn map(&self) -> Result<Vec<Extent>> {
         let cs = self.header.cluster_size();
@@ -120,13 +141,40 @@ impl<R: ReadAt> Image<R> {
         self.check_l2_tables_allocated()?;
         let mut used = HostUse::new(self.file_len, cs)?;
         used.mark_meta(&self.source, &self.layout)?;
-        let mut out = Coalescer::default();
-        self.walk(0, end, |g, l, cl| {
-            if let Some(clash) = used.claim(&cl) {
+        // A dirty image's refcounts (and so its COPIED flags) may be stale by design: qemu
+        // repairs both on its next read-write open, so they are not held against it here.
+        let mut refcounts = (!self.header.dirty)
+            .then(|| Refcounts::new(&self.source, &self.header, &self.layout, self.file_len));
+        if let Some(rc) = refcounts.as_mut() {
+            rc.check_l1(&self.layout, self.header.l1_table_offset.0)?;
+        }
+        let mut first_uses = Vec::new();
+        let mut check = |g: u64, cl: &Cluster, entry: u64| -> Result<()> {
+            first_uses.clear();
+            if let Some(clash) = used.claim(cl, &mut first_uses) {
                 return Err(self.clash_error(clash, g));
             }
+            if let Some(rc) = refcounts.as_mut() {
+                if let Some(reason) = rc.check_l2_entry(entry, cl, &first_uses)? {
+                    return Err(corrupt(self.l2_entry_at(g), reason));
+                }
+            }
+            Ok(())
+        };
+        let mut out = Coalescer::default();
+        self.walk_entries(0, end, |g, l, cl, entry| {
+            check(g, &cl, entry)?;
             out.push_cluster(g, l, cl, cs, 0, end);
             Ok(())
+        })?;
+        // `qemu-img check` decodes every entry of every active L2 table (`check_refcounts_l2`
+        // runs over `l2_size` entries for each of the `l1_size` L1 entries), so the entries
+        // past the virtual size get the same checks, though they map no guest byte: the rest
+        // of the last table, and the tables of L1 entries beyond what the size needs. The
+        // walk above decoded the cluster holding the last guest byte already.
+        let tail_end = u64::from(self.header.l1_size) * self.header.l2_coverage();
+        self.walk_entries(end.div_ceil(cs) * cs, tail_end, |g, _, cl, entry| {
+            check(g, &cl, entry)
         })?;
         Ok(out.extents)
     }

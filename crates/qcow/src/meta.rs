@@ -12,6 +12,8 @@ use crate::{read_exact, ReadAt};
 pub(crate) const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
 /// L1 entry bits holding the L2 table offset (qemu `L1E_OFFSET_MASK`).
 pub(crate) const L1E_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// The L1 entry flag saying the L2 table's refcount is 1 (qemu `QCOW_OFLAG_COPIED`).
+const L1E_COPIED: u64 = 1 << 63;
 /// Refcount table entry bits holding the refblock offset (qemu `REFT_OFFSET_MASK`).
 pub(crate) const REFT_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 /// qemu's `QCOW_MAX_SNAPSHOTS_SIZE`.
@@ -82,6 +84,9 @@ pub(crate) struct Layout {
     pub regions: Vec<Region>,
     /// L2 table offset of each active L1 entry (0 = unallocated).
     pub l1: Vec<u64>,
+    /// The COPIED flag of each active L1 entry, one bit each (entry `i` is bit `i % 64` of
+    /// word `i / 64`): at most 512 KiB beside the L1's 32 MiB.
+    pub l1_copied: Vec<u64>,
     /// Refcount block offset of each refcount table entry (0 = none).
     pub refblocks: Vec<u64>,
     /// (offset, entries) of each bitmap table.
@@ -89,6 +94,13 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
+    /// Whether active L1 entry `i` has the COPIED flag (its L2 table's refcount is 1).
+    pub fn l1_copied(&self, i: usize) -> bool {
+        self.l1_copied
+            .get(i / 64)
+            .is_some_and(|w| w >> (i % 64) & 1 == 1)
+    }
+
     /// The region of [`Layout::regions`] overlapping `[start, end)`, if any.
     pub fn overlapping(&self, start: u64, end: u64) -> Option<&Region> {
         overlapping(&self.regions, start, end)
@@ -202,6 +214,7 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
 
     // Active L1: header validation already bounded it by the file length.
     let mut l1 = Vec::with_capacity(h.l1_size as usize);
+    let mut l1_copied = vec![0u64; (h.l1_size as usize).div_ceil(64)];
     for_each_u64(src, l1_off, u64::from(h.l1_size), |i, e| {
         let at = l1_off + i * 8;
         if e & L1E_RESERVED_MASK != 0 {
@@ -211,8 +224,23 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
             ));
         }
         let off = e & L1E_OFFSET_MASK;
+        // With the reserved bits clear, only the COPIED flag (bit 63) can be left. qemu's
+        // read path takes offset 0 as "no L2 table" whatever the flags say, but `qemu-img
+        // check` skips only all-zero entries (`check_refcounts_l1`): it counts the header
+        // cluster as this entry's L2 table ("ERROR cluster 0 refcount=1 reference=2") and
+        // decodes the header as L2 entries. The two readings of the entry disagree, so
+        // neither is believed.
+        if off == 0 && e != 0 {
+            return Err(corrupt(
+                at,
+                format!("L1 entry {i} ({e:#018x}) has the COPIED flag but no L2 table offset"),
+            ));
+        }
         if off != 0 {
             check_cluster(at, off, Meta::L2 { l1_index: i })?;
+        }
+        if e & L1E_COPIED != 0 {
+            l1_copied[(i / 64) as usize] |= 1 << (i % 64);
         }
         l1.push(off);
         Ok(())
@@ -239,6 +267,7 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
     Ok(Layout {
         regions,
         l1,
+        l1_copied,
         refblocks,
         bitmap_tables,
     })

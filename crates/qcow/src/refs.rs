@@ -12,12 +12,16 @@
 //!
 //! The memory is two bits per host cluster of the *file* (not of any header claim), capped
 //! at [`MAX_TRACKED_CLUSTERS`]: at most 16 MiB whatever the input.
+//!
+//! [`Refcounts`] adds the checks `qemu-img check` makes between the active tree and the
+//! stored refcounts: every host cluster the tree uses has a refcount above 0, and the COPIED
+//! flag of an L1 or standard L2 entry is set exactly when its cluster's refcount is 1.
 
 use crate::error::{corrupt, Error, Result};
 use crate::header::Header;
-use crate::l2::Cluster;
+use crate::l2::{Cluster, OFLAG_COPIED};
 use crate::meta::{for_each_u64, Layout, Meta};
-use crate::ReadAt;
+use crate::{read_clamped, ReadAt};
 
 /// The most host clusters the check tracks: 2^26 clusters at two bits each is 16 MiB, which
 /// keeps a whole `map` of a hostile overlay inside issue 6's 64 MiB. That is a 4 TiB image
@@ -151,8 +155,12 @@ impl HostUse {
         Ok(())
     }
 
-    /// Records the host clusters `cl` uses; the first clash found, if any.
-    pub fn claim(&mut self, cl: &Cluster) -> Option<Clash> {
+    /// Records the host clusters `cl` uses; the first clash found, if any. Appends to
+    /// `first_uses` the clusters `cl` is the first entry to use (every one of a data cluster,
+    /// whose users must be unique; for compressed data, clusters no compressed cluster before
+    /// used) and the clusters past the end of the file that compressed data reaches, which
+    /// are not tracked and so are reported at every use.
+    pub fn claim(&mut self, cl: &Cluster, first_uses: &mut Vec<u64>) -> Option<Clash> {
         let cs = self.cluster_size;
         let (claim, first, last) = match *cl {
             Cluster::Unallocated => return None,
@@ -171,7 +179,10 @@ impl HostUse {
         for c in first..=last.min(self.clusters.saturating_sub(1)) {
             let held = self.get(c);
             match (held, claim) {
-                (Use::Free, _) => self.set(c, claim),
+                (Use::Free, _) => {
+                    self.set(c, claim);
+                    first_uses.push(c);
+                }
                 (Use::Compressed, Use::Compressed) => {}
                 _ => {
                     return Some(Clash {
@@ -182,7 +193,199 @@ impl HostUse {
                 }
             }
         }
+        first_uses.extend(first.max(self.clusters)..=last);
         None
+    }
+}
+
+/// Bytes of a refcount block [`Refcounts`] reads at a time.
+const SLICE: u64 = 512;
+/// Slices [`Refcounts`] keeps, direct-mapped by host offset: 32 KiB in all.
+const SLOTS: u64 = 64;
+
+/// The stored refcounts of host clusters, read one 512-byte slice of a refcount block at a
+/// time through a small direct-mapped cache: 32 KiB whatever the image. qemu allocates
+/// clusters mostly in ascending host order, so a qemu-written image reads each refcount
+/// block about once; `Image::map` looks up each host cluster at most once (when an entry
+/// first uses it), so even a hostile image costs at most one slice read per host cluster.
+pub(crate) struct Refcounts<'a, R: ?Sized> {
+    src: &'a R,
+    refblocks: &'a [u64],
+    file_len: u64,
+    /// Refcount width in bits.
+    bits: u64,
+    /// Entries per refcount block.
+    per_block: u64,
+    cluster_size: u64,
+    /// Host offset of the slice in each slot (`u64::MAX`: empty).
+    keys: Vec<u64>,
+    slices: Vec<u8>,
+}
+
+impl<'a, R: ReadAt + ?Sized> Refcounts<'a, R> {
+    /// A lookup over `layout`'s refcount table.
+    pub fn new(src: &'a R, h: &Header, layout: &'a Layout, file_len: u64) -> Self {
+        let bits = h.refcount_bits();
+        Refcounts {
+            src,
+            refblocks: &layout.refblocks,
+            file_len,
+            bits,
+            per_block: h.cluster_size() * 8 / bits,
+            cluster_size: h.cluster_size(),
+            keys: vec![u64::MAX; SLOTS as usize],
+            slices: vec![0; (SLOTS * SLICE) as usize],
+        }
+    }
+
+    /// The stored refcount of host cluster `c`: 0 when no refcount block covers it, as qemu's
+    /// `qcow2_get_refcount` answers. Open checked that every refcount block starts below the
+    /// end of the file; bytes past it read as zeros.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn get(&mut self, c: u64) -> Result<u64> {
+        let block = usize::try_from(c / self.per_block)
+            .ok()
+            .and_then(|i| self.refblocks.get(i))
+            .copied()
+            .unwrap_or(0);
+        if block == 0 {
+            return Ok(0);
+        }
+        let per_slice = SLICE * 8 / self.bits;
+        let j = c % self.per_block;
+        let key = block + j / per_slice * SLICE;
+        let slot = (key / SLICE % SLOTS) as usize;
+        let at = slot * SLICE as usize;
+        let slice = &mut self.slices[at..at + SLICE as usize];
+        if self.keys[slot] != key {
+            read_clamped(self.src, slice, key, self.file_len)?;
+            self.keys[slot] = key;
+        }
+        Ok(refcount_entry(slice, j % per_slice, self.bits))
+    }
+
+    /// Checks every allocated active L1 entry against its L2 table's refcount, as `qemu-img
+    /// check` does: the refcount may not be 0 (`compare_refcounts`: "ERROR cluster N
+    /// refcount=0 reference=1"), and the COPIED flag is set exactly when it is 1
+    /// (`check_oflag_copied`: "ERROR OFLAG_COPIED L2 cluster").
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] at the L1 entry; [`Error::Io`].
+    pub fn check_l1(&mut self, layout: &Layout, l1_offset: u64) -> Result<()> {
+        for (i, &table) in layout.l1.iter().enumerate() {
+            if table == 0 {
+                continue;
+            }
+            let r = self.get(table / self.cluster_size)?;
+            let copied = layout.l1_copied(i);
+            let what = || format!("L1 entry {i}");
+            if let Some(reason) = copied_mismatch(what, "L2 table", table, copied, r) {
+                return Err(corrupt(l1_offset + i as u64 * 8, reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks an active L2 entry (first word `entry`, decoded as `cl`) against the refcounts
+    /// of `first_uses`, the host clusters it is the first to use ([`HostUse::claim`]), as
+    /// `qemu-img check` does: none may have refcount 0, and a standard cluster with a host
+    /// offset (data, a preallocated zero cluster, an extended-L2 cluster) has the COPIED
+    /// flag exactly when its refcount is 1 (`check_oflag_copied`: "ERROR OFLAG_COPIED data
+    /// cluster"). Compressed clusters never have the flag (`l2::decode` refuses it); their
+    /// host clusters only need a refcount above 0, since qemu packs several into one.
+    ///
+    /// Returns what is wrong, for the caller to report at the entry's offset.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn check_l2_entry(
+        &mut self,
+        entry: u64,
+        cl: &Cluster,
+        first_uses: &[u64],
+    ) -> Result<Option<String>> {
+        let cs = self.cluster_size;
+        match *cl {
+            Cluster::Data { host }
+            | Cluster::Zero { host: Some(host) }
+            | Cluster::Sub {
+                host: Some(host), ..
+            } => {
+                let r = self.get(host / cs)?;
+                let copied = entry & OFLAG_COPIED != 0;
+                Ok(copied_mismatch(
+                    || format!("L2 entry {entry:#018x}"),
+                    "data cluster",
+                    host,
+                    copied,
+                    r,
+                ))
+            }
+            Cluster::Compressed { offset, .. } => {
+                for &c in first_uses {
+                    if self.get(c)? == 0 {
+                        return Ok(Some(format!(
+                            "L2 entry {entry:#018x} points to compressed data at {offset:#x} \
+                             in the host cluster at {:#x}, whose refcount is 0",
+                            c * cs
+                        )));
+                    }
+                }
+                Ok(None)
+            }
+            Cluster::Unallocated
+            | Cluster::Zero { host: None }
+            | Cluster::Sub { host: None, .. } => Ok(None),
+        }
+    }
+}
+
+/// What is wrong when an entry (named by `what`, called only then) pointing at the
+/// `target` at `host` has the COPIED flag `copied` and the target's refcount is `r`, if
+/// anything.
+fn copied_mismatch(
+    what: impl FnOnce() -> String,
+    target: &str,
+    host: u64,
+    copied: bool,
+    r: u64,
+) -> Option<String> {
+    if r == 0 {
+        Some(format!(
+            "{} points to the {target} at {host:#x}, whose refcount is 0",
+            what()
+        ))
+    } else if copied && r != 1 {
+        Some(format!(
+            "{} has the COPIED flag, but the {target} at {host:#x} has refcount {r}",
+            what()
+        ))
+    } else if !copied && r == 1 {
+        Some(format!(
+            "{} lacks the COPIED flag, but the {target} at {host:#x} has refcount 1 \
+             (it is used by nothing else)",
+            what()
+        ))
+    } else {
+        None
+    }
+}
+
+/// Entry `j` of a refcount block (or a slice of one) of `bits`-wide entries: sub-byte widths
+/// are packed LSB-first, wider ones are big-endian.
+pub(crate) fn refcount_entry(block: &[u8], j: u64, bits: u64) -> u64 {
+    if bits < 8 {
+        let bit = j * bits;
+        let byte = block[(bit / 8) as usize];
+        u64::from(byte >> (bit % 8)) & ((1 << bits) - 1)
+    } else {
+        let w = (bits / 8) as usize;
+        let at = j as usize * w;
+        block[at..at + w]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
     }
 }
 
@@ -229,4 +432,21 @@ pub(crate) fn meta_users<R: ReadAt + ?Sized>(
         })?;
     }
     Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refcount_entry;
+
+    #[test]
+    fn refcount_entry_decodes_packed_and_wide_entries() {
+        let block = [0b1011_0001u8, 0x12, 0x34, 0, 0, 0, 0, 0];
+        assert_eq!(refcount_entry(&block, 0, 1), 1);
+        assert_eq!(refcount_entry(&block, 1, 1), 0);
+        assert_eq!(refcount_entry(&block, 3, 2), 0b10);
+        assert_eq!(refcount_entry(&block, 1, 4), 0b1011);
+        assert_eq!(refcount_entry(&block, 1, 8), 0x12);
+        assert_eq!(refcount_entry(&block, 0, 16), 0xb112);
+        assert_eq!(refcount_entry(&block, 0, 64), 0xb112_3400_0000_0000);
+    }
 }

@@ -335,6 +335,11 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             corrupt,
         ),
         (
+            "L1 entry with COPIED and no offset",
+            with(&|c| set64(c, l1 + 8, 1 << 63)),
+            corrupt,
+        ),
+        (
             "L1 entry unaligned",
             with(&|c| set64(c, l1, l2 + 512)),
             corrupt,
@@ -401,6 +406,14 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
             corrupt,
         ),
         (
+            "compressed reaching a cluster past EOF",
+            with(&|c| {
+                set64(c, b.l2_entry_offset(1), 0);
+                set64(c, e2, 1 << 62 | 0xf << 58 | (len - 512));
+            }),
+            corrupt,
+        ),
+        (
             "compressed in the L1",
             with(&|c| set64(c, e2, 1 << 62 | (l1 + 100))),
             corrupt,
@@ -408,10 +421,13 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
         (
             "compressed with the largest sector count over garbage",
             with(&|c| {
-                // Over the last data cluster, taken from its entry: compressed data may not
-                // share a host cluster with a data cluster (that is refused as sharing).
+                // Over both data clusters, taken from their entries: compressed data may not
+                // share a host cluster with a data cluster (that is refused as sharing), nor
+                // reach a cluster past the end of the file (16 sectors of 512 bytes are two
+                // 4 KiB clusters, the last two of the file).
+                set64(c, b.l2_entry_offset(0), 0);
                 set64(c, b.l2_entry_offset(1), 0);
-                set64(c, e2, 1 << 62 | 0xf << 58 | b.data[1].1);
+                set64(c, e2, 1 << 62 | 0xf << 58 | b.data[0].1);
             }),
             |e| matches!(e, Error::BadCompressedCluster { .. }),
         ),
@@ -421,6 +437,24 @@ fn structure_cases() -> Vec<(&'static str, Vec<u8>, Check)> {
                 // The last data cluster precedes nothing but EOF; point into the L1's cluster
                 // predecessor so the sector range reaches the L2 table.
                 set64(c, e2, 1 << 62 | 0xf << 58 | (l2 - 512));
+            }),
+            corrupt,
+        ),
+        (
+            "L1 entry without COPIED over an unshared L2 table",
+            with(&|c| set64(c, l1, l2)),
+            corrupt,
+        ),
+        (
+            "L2 entry without COPIED over an unshared data cluster",
+            with(&|c| set64(c, b.l2_entry_offset(0), data0)),
+            corrupt,
+        ),
+        (
+            "data cluster with refcount 0",
+            with(&|c| {
+                let rb = (b.refblock_offsets[0] + data0 / CS * 2) as usize;
+                c[rb..rb + 2].copy_from_slice(&[0, 0]);
             }),
             corrupt,
         ),
