@@ -7,7 +7,8 @@ mod crash_support;
 
 use std::path::PathBuf;
 
-use crash_support::{engine, recover_and_check, Fixture, Rng, Stats, TX};
+use crash_support::{engine, recover_and_check, Fixture, Stats, TX};
+use splitmix::SplitMix64;
 use storage::sim::{Damage, Fault, LoggedOp, Op, Outcome, SimFs};
 use txn::{CommitOptions, RecoverOptions};
 
@@ -125,7 +126,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
     };
     let mut stats = Stats::default();
     let mut failures = Vec::new();
-    let mut rng = Rng(0xfa017);
+    let mut rng = SplitMix64::new(0xfa017);
     for k in 1..=n {
         for fault in faults_at(k) {
             let ctx = format!("{name} with {fault:?} @{k}/{n}");
@@ -169,7 +170,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
                 after_fault(&fx, &fs, told_new, &ctx, &mut local);
                 local
             }));
-            rng.next();
+            rng.next_u64();
             match checked {
                 Ok(local) => stats.add(local),
                 Err(p) => failures.push(crash_support::panic_text(&p)),

@@ -144,11 +144,11 @@ fn a_commit_record_torn_at_any_byte_counts_as_not_written() {
 /// byte with zeros or garbage, as a torn append of the last record can.
 fn damage_final_sector(whole: &[u8], from: u64, unit: u64, garbage: bool) -> Vec<u8> {
     let end = (whole.len() as u64).div_ceil(unit) * unit;
-    let mut rng = crash_support::Rng(7);
+    let mut rng = splitmix::SplitMix64::new(7);
     let mut bytes = whole.to_vec();
     bytes.resize(usize::try_from(end).unwrap(), 0);
     for b in &mut bytes[usize::try_from(from).unwrap()..] {
-        *b = if garbage { rng.next() as u8 } else { 0 };
+        *b = if garbage { rng.next_u64() as u8 } else { 0 };
     }
     bytes
 }

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use splitmix::SplitMix64;
 use storage::monitor::{Change, Monitor, View};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
@@ -119,32 +120,12 @@ pub struct Fixture {
     pub new: Vec<Vec<u8>>,
 }
 
-/// A deterministic generator (SplitMix64) for contents, samples and seeds.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next value.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Where a fixture's base reads zeros (see `Fixture::new`).
 const ZERO_AREA: std::ops::Range<usize> = (192 << 10)..(256 << 10);
 
 fn content(size: u64, seed: u64) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    (0..size).map(|_| (rng.next() >> 24) as u8).collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..size).map(|_| (rng.next_u64() >> 24) as u8).collect()
 }
 
 fn apply_edits(old: &[u8], edits: &[Edit]) -> Vec<u8> {
@@ -594,7 +575,7 @@ pub fn variants(k: u64, sample: usize) -> Vec<Damage> {
     if full() || sample >= Damage::ALL.len() {
         return Damage::ALL.to_vec();
     }
-    let mut rng = Rng(k.wrapping_mul(0x51ed) ^ 0xc0ffee);
+    let mut rng = SplitMix64::new(k.wrapping_mul(0x51ed) ^ 0xc0ffee);
     let mut out = vec![Damage::DropUnsynced];
     while out.len() < sample {
         let d = Damage::ALL[rng.below(Damage::ALL.len() as u64) as usize];
@@ -747,7 +728,7 @@ pub fn recover_and_check(
     stats.recoveries += 1;
     let n = first.ops();
     let end = check_settled(fx, &first, told_new, ctx);
-    let mut rng = Rng(seed(n, Damage::KeepAll) ^ ctx.len() as u64);
+    let mut rng = SplitMix64::new(seed(n, Damage::KeepAll) ^ ctx.len() as u64);
     let points: Vec<u64> = if full() {
         (1..=n).collect()
     } else {
