@@ -4,7 +4,8 @@
 //! files). Only the hooks differ from test to test, so the forwarding is written once, here.
 //!
 //! They are not simulations: every call reaches real files and real processes. For a disk
-//! that can crash at any operation, use `storage`'s simulated disk.
+//! that can crash at any operation, use `storage`'s simulated disk with
+//! [`crate::sim_host::SimHost`].
 
 use std::ffi::OsString;
 use std::fmt;

@@ -2,17 +2,19 @@
 //! written once: doubles of the machine for the transaction engine, runners for the qemu
 //! tools, a heap-counting allocator, and the switch for the full crash sweeps.
 //!
-//! It is a dev-dependency only: nothing shipped links it, and it enables no feature of a
-//! shipped crate, which the shipped binary could pick up by feature unification.
+//! It is a dev-dependency only (and a dependency of `crates/txn/fuzz`, outside the
+//! workspace): nothing shipped links it, and it enables no feature of a shipped crate, which
+//! the shipped binary could pick up by feature unification.
 //!
 //! # Layout and features
 //!
 //! - Always there, depending on no imgtx crate: [`heap`] (the counting allocator), [`qemu`]
 //!   (is a tool here; run `qemu-img` and `qemu-io`), [`sweep`] (`IMGTX_CRASH_SWEEP=full`).
-//! - Feature `engine`, for `txn`'s tests (named in plain text here, since
+//! - Feature `engine`, for `txn`'s tests and fuzz crate (named in plain text here, since
 //!   they are absent from a build without it): `hooked` (the real file system and machine
-//!   with hooks), `commit_point` (stop a commit at its commit point), `fixture` (raw bases,
-//!   transactions over them, overlays written by qemu-io).
+//!   with hooks), `commit_point` (stop a commit at its commit point), `sim_host` (the host of
+//!   every simulation), `fixture` (raw bases, transactions over them, overlays written by
+//!   qemu-io).
 //!
 //! The feature is what keeps the dependency graph sound. `qcow`'s tests use this crate, and
 //! `txn` depends on `qcow`: a testkit that always depended on `txn` would make every qcow test
@@ -44,4 +46,6 @@ pub mod heap;
 #[cfg(feature = "engine")]
 pub mod hooked;
 pub mod qemu;
+#[cfg(feature = "engine")]
+pub mod sim_host;
 pub mod sweep;

@@ -4,7 +4,8 @@
 
 mod crash_support;
 
-use crash_support::{sweep, Edit, Fixture, ImageSpec, SimEngine, TX};
+use crash_support::{sweep, Edit, Fixture, ImageSpec, SimEngine};
+use testkit::sim_host::TX;
 
 fn plain() -> Vec<ImageSpec> {
     vec![
@@ -23,12 +24,12 @@ fn plain() -> Vec<ImageSpec> {
 
 #[test]
 fn begin_leaves_no_transaction_or_a_whole_one_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
     let fx = Fixture::new(&plain());
-    let opts = crash_support::begin_options(&fx.bases);
+    let opts = testkit::fixture::begin_options(&fx.bases);
     let run = |e: &SimEngine| e.begin(&opts).is_ok();
 
     let stats = sweep(
@@ -52,7 +53,7 @@ fn begin_leaves_no_transaction_or_a_whole_one_after_a_crash_at_every_operation()
 
 #[test]
 fn rollback_leaves_the_base_untouched_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }

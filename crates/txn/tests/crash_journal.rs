@@ -8,10 +8,11 @@ mod crash_support;
 
 use std::path::{Path, PathBuf};
 
-use crash_support::{check_settled, engine, Ended, Fixture, Stats, TX};
+use crash_support::{check_settled, engine, Ended, Fixture, Stats};
 use journal::format::BLOCK;
 use storage::sim::{Damage, Op, SimFs, SECTOR};
 use storage::{File, Fs};
+use testkit::sim_host::TX;
 use txn::{CommitOptions, ErrorClass, RecoverOptions};
 
 struct Points {
@@ -105,7 +106,7 @@ fn recover_ok(fx: &Fixture, fs: &SimFs, ctx: &str) -> Ended {
 }
 
 fn fixture() -> Option<Fixture> {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return None;
     }

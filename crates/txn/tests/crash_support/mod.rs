@@ -1,4 +1,4 @@
-//! Shared machinery of the engine's crash tests: a simulation [`Host`], fixtures whose
+//! Shared machinery of the engine's crash tests: fixtures on the simulated disk whose
 //! overlays are written by the real `qemu-io`, the write-ordering rule (T8), and the checks
 //! every crash point ends with ("every base old or new, durable, no stray files").
 //!
@@ -11,70 +11,21 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use splitmix::SplitMix64;
 use storage::monitor::{Change, Monitor, View};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
+use testkit::fixture;
+use testkit::sim_host::{SimHost, TX};
+use testkit::sweep::full;
 use txn::plan::Plan;
-use txn::{BeginOptions, Direction, Engine, Error, Format, Host, RecoverOptions};
+use txn::{Direction, Engine, Format, RecoverOptions};
 
 /// Where the engine keeps its registry in every simulation.
 pub const STATE: &str = "/state";
-/// The id the simulation host hands out.
-pub const TX: &str = "tx-00000000a1";
 const CLUSTER: u64 = 64 << 10;
-
-/// Locks are no-ops (a simulated disk has no descriptors), qemu-img is absent, time and ids
-/// are fixed so every run of a sweep is the same run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SimHost;
-
-impl Host for SimHost {
-    type Guard = ();
-
-    fn lock_exclusive(&self, _path: &Path, _wait: bool) -> txn::Result<Option<()>> {
-        Ok(Some(()))
-    }
-
-    fn image_in_use(&self, _path: &Path) -> txn::Result<bool> {
-        Ok(false)
-    }
-
-    fn fence_image(&self, _path: &Path) -> txn::Result<()> {
-        Ok(())
-    }
-
-    fn qemu_img_commit(&self, overlay: &Path, base: &Path, _f: Format) -> txn::Result<()> {
-        Err(Error::QemuImg {
-            overlay: overlay.to_path_buf(),
-            base: base.to_path_buf(),
-            detail: "qemu-img cannot write into the simulated disk".into(),
-        })
-    }
-
-    fn user(&self) -> (String, u32) {
-        ("sim".into(), 0)
-    }
-
-    fn hostname(&self) -> String {
-        "sim".into()
-    }
-
-    fn now(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000)
-    }
-
-    fn new_id(&self) -> txn::Result<String> {
-        Ok(TX.into())
-    }
-
-    fn sleep(&self, _d: Duration) {}
-
-    fn step(&self, _name: &str) {}
-}
 
 /// The engine as every sweep runs it: over the monitored simulated disk.
 pub type SimEngine = Engine<Monitor<SimFs>, SimHost>;
@@ -164,14 +115,6 @@ fn qemu_io_commands(edits: &[Edit]) -> Vec<String> {
         .collect()
 }
 
-/// Whether `tool` runs here.
-pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Edits the overlay bytes `ov` (whose header names a simulated path) with the real qemu-io,
 /// giving it the real copy of the base as backing so partial-cluster writes copy real data.
 fn edit_with_qemu_io(ov: &[u8], base: &[u8], edits: &[Edit]) -> Vec<u8> {
@@ -224,7 +167,9 @@ impl Fixture {
         sim.put_durable(spare_of(&bases[0]), &stale);
         let before_begin = sim.crashed_image(Damage::KeepAll, 0);
         let engine = Engine::new(sim.clone(), SimHost, STATE.into()).expect("engine");
-        let m = engine.begin(&begin_options(&bases)).expect("begin");
+        let m = engine
+            .begin(&fixture::begin_options(&bases))
+            .expect("begin");
         let overlays: Vec<PathBuf> = m.images.iter().map(|i| i.overlay.clone()).collect();
         let mut new = Vec::new();
         for (i, s) in specs.iter().enumerate() {
@@ -249,15 +194,6 @@ impl Fixture {
     /// A private copy of the prepared disk.
     pub fn fresh(&self) -> SimFs {
         self.template.crashed_image(Damage::KeepAll, 0)
-    }
-}
-
-/// `begin` options for raw `bases`.
-pub fn begin_options(bases: &[PathBuf]) -> BeginOptions {
-    BeginOptions {
-        bases: bases.to_vec(),
-        base_format: Some(Format::Raw),
-        ..BeginOptions::default()
     }
 }
 
@@ -562,11 +498,6 @@ impl Stats {
         self.ended_new += o.ended_new;
         self.leftovers += o.leftovers;
     }
-}
-
-/// Whether the full sweep was asked for (`IMGTX_CRASH_SWEEP=full`).
-pub fn full() -> bool {
-    std::env::var("IMGTX_CRASH_SWEEP").is_ok_and(|v| v == "full")
 }
 
 /// The damage variants applied at crash point `k`: all in the full sweep, otherwise a
