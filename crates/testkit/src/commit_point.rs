@@ -3,7 +3,7 @@
 //!
 //! It unwinds out of the engine (the test catches the panic), which leaves the journal and
 //! pre-images behind. It is not the binary's `IMGTX_TEST_CRASH_AFTER` hook, which ends a real
-//! process.
+//! process and exists only in test builds of `txn` (its `crash-hooks` feature).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -3,8 +3,9 @@
 //! tools, a heap-counting allocator, and the switch for the full crash sweeps.
 //!
 //! It is a dev-dependency only (and a dependency of `crates/txn/fuzz`, outside the
-//! workspace): nothing shipped links it, and it enables no feature of a shipped crate, which
-//! the shipped binary could pick up by feature unification.
+//! workspace): nothing shipped links it, and it enables no feature of a shipped crate (not
+//! `storage`'s `sim`, not `txn`'s `crash-hooks`), which the shipped binary could pick up by
+//! feature unification.
 //!
 //! # Layout and features
 //!
