@@ -17,37 +17,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use clap::Args;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::pipe2;
 
-/// `imgtx demo` options.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Edit with qemu-io even when guestfish is installed (guestfish boots a small VM:
-    /// seconds with KVM, minutes without)
-    #[arg(long)]
-    pub no_guestfish: bool,
-    /// Keep the temporary directory (images, state directory) instead of removing it
-    #[arg(long)]
-    pub keep: bool,
-}
-
-/// The `--help` text after the options.
-pub const AFTER_HELP: &str = "\
-The demo makes a 64 MiB ext4 image in a new temporary directory, then runs the real imgtx
-commands on it, printing each one: begin, an edit inside the overlay (guestfish if
-installed, else qemu-io), diff, commit; then a commit killed with SIGKILL while it writes,
-status, recover, and log. Hashes prove each step: the base is untouched until commit, and
-after the crash and recovery it is wholly old or wholly new. It needs qemu-img and qemu-io
-(Debian: qemu-utils); mke2fs and debugfs (e2fsprogs) and guestfish (guestfish) are used when
-installed. It exits 0 when every proof holds, 1 otherwise. Takes about 15 s without guestfish.
-It always uses its own state directory, so --state-dir does not apply; nor does --json.
-
-Examples:
-  imgtx demo                   # the whole story, then clean up
-  imgtx demo --no-guestfish    # quicker: edit with qemu-io
-  imgtx demo --keep            # keep the images and state to look at afterwards";
+use crate::args::DemoArgs;
 
 /// The image size: small enough to be quick, big enough for a 48 MiB change.
 const IMAGE_MIB: u64 = 64;
