@@ -23,6 +23,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use testkit::sweep::full;
+
 use crate::util::{
     describe, exit, imgtx_bin, listing, listing_but_spares, qemu_img, qemu_io, require_tools, run,
     TestDir,
@@ -156,10 +158,6 @@ const NON_MUTATING: &[&str] = &[
 /// The kill that lands after the last mutating call: every process ends in `exit_group`.
 const AFTER_LAST: &str = "exit_group";
 const KIB: u64 = 1 << 10;
-
-fn full() -> bool {
-    std::env::var("IMGTX_CRASH_SWEEP").is_ok_and(|v| v == "full")
-}
 
 /// The bases a sweep works on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,6 @@ mod floor;
 mod measure;
 mod plan;
 mod report;
-mod rng;
 mod sys;
 
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 //! qemu-img commits, and each overlay `imgtx begin` creates), so all contestants commit the
 //! same changes laid out the same way.
 
-use crate::rng::Rng;
+use splitmix::SplitMix64;
 
 /// The qcow2 default cluster size, the unit of every change.
 pub const CLUSTER: u64 = 64 * 1024;
@@ -47,7 +47,7 @@ pub struct Plan {
 /// size would leave only a few hundred mostly-large writes); one write in eight is a zero range.
 pub fn scattered(disk_size: u64, target: u64, seed: u64) -> Plan {
     let clusters = disk_size / CLUSTER;
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut touched = vec![false; clusters as usize];
     let mut changed = 0u64;
     let mut ops = Vec::new();
@@ -83,7 +83,7 @@ pub fn scattered(disk_size: u64, target: u64, seed: u64) -> Plan {
 pub fn single_clusters(disk_size: u64, count: u64, seed: u64) -> Plan {
     let clusters = disk_size / CLUSTER;
     assert!(count <= clusters, "more changed clusters than the disk has");
-    let mut rng = Rng::new(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut index: Vec<u64> = (0..clusters).collect();
     // Partial Fisher-Yates: the first `count` slots end up a uniform random sample.
     for i in 0..count {
@@ -111,7 +111,7 @@ pub fn single_clusters(disk_size: u64, count: u64, seed: u64) -> Plan {
 pub fn base_regions(disk_size: u64, plan: Option<&Plan>, extra: u64, seed: u64) -> Vec<(u64, u64)> {
     const MIB: u64 = 1 << 20;
     const EXTRA_LEN: u64 = 4 * MIB;
-    let mut rng = Rng::new(seed ^ 0x5eed_ba5e);
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_ba5e);
     let mut ranges: Vec<(u64, u64)> = plan
         .map_or(&[][..], |p| &p.ops)
         .iter()

@@ -5,8 +5,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use splitmix::SplitMix64;
+
 use crate::plan::Op;
-use crate::rng::Rng;
 use crate::BoxResult;
 
 /// Write granularity when filling a base: big enough that the device, not syscalls, sets the pace.
@@ -60,7 +61,7 @@ pub fn fill_base(
         let mut off = start;
         while off < end {
             let len = (end - off).min(FILL_CHUNK) as usize;
-            Rng::new(seed ^ off.rotate_left(17)).fill(&mut buf[..len]);
+            SplitMix64::new(seed ^ off.rotate_left(17)).fill(&mut buf[..len]);
             file.write_all_at(&buf[..len], off)?;
             off += len as u64;
         }

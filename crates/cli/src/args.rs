@@ -1,8 +1,13 @@
 //! The command line as clap parses it ("low" arguments), before any file is touched.
+//!
+//! Every clap type of every command lives here, `demo`'s and `generate`'s included: those
+//! modules use their argument types from here, and this module uses nothing of theirs, so
+//! the parser does not depend on what the commands do.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::Shell;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -34,6 +39,21 @@ Examples:
 
 Every transaction that can be recovered is, even when another cannot; each failure is
 reported, and the exit status is then that of the first failure.";
+/// `imgtx demo --help`'s text after the options.
+const DEMO_AFTER_HELP: &str = "\
+The demo makes a 64 MiB ext4 image in a new temporary directory, then runs the real imgtx
+commands on it, printing each one: begin, an edit inside the overlay (guestfish if
+installed, else qemu-io), diff, commit; then a commit killed with SIGKILL while it writes,
+status, recover, and log. Hashes prove each step: the base is untouched until commit, and
+after the crash and recovery it is wholly old or wholly new. It needs qemu-img and qemu-io
+(Debian: qemu-utils); mke2fs and debugfs (e2fsprogs) and guestfish (guestfish) are used when
+installed. It exits 0 when every proof holds, 1 otherwise. Takes about 15 s without guestfish.
+It always uses its own state directory, so --state-dir does not apply; nor does --json.
+
+Examples:
+  imgtx demo                   # the whole story, then clean up
+  imgtx demo --no-guestfish    # quicker: edit with qemu-io
+  imgtx demo --keep            # keep the images and state to look at afterwards";
 
 /// ACID transactions for VM disk images: changes go to a qcow2 overlay per image, and
 /// `commit` copies them into the images crash-safely, or `rollback` drops them.
@@ -205,14 +225,53 @@ Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {
     },
     /// Show the whole story on a scratch image: begin, edit, diff, commit, a commit killed
     /// partway, recover, log
-    #[command(after_help = crate::demo::AFTER_HELP)]
-    Demo(crate::demo::DemoArgs),
+    #[command(after_help = DEMO_AFTER_HELP)]
+    Demo(DemoArgs),
     /// Write man pages or shell completions (for packagers: scripts/gen-docs runs it)
     #[command(
         hide = true,
         after_help = "Examples:\n  imgtx generate man target/man\n  imgtx generate completions bash > imgtx.bash"
     )]
-    Generate(crate::generate::GenerateArgs),
+    Generate(GenerateArgs),
+}
+
+/// `imgtx demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Edit with qemu-io even when guestfish is installed (guestfish boots a small VM:
+    /// seconds with KVM, minutes without)
+    #[arg(long)]
+    pub no_guestfish: bool,
+    /// Keep the temporary directory (images, state directory) instead of removing it
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What to generate.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Man pages or completions.
+    #[command(subcommand)]
+    pub what: What,
+}
+
+/// The kinds of generated files.
+#[derive(Debug, Subcommand)]
+pub enum What {
+    /// Write imgtx.1 and one page per command (imgtx-begin.1, ...) into DIR
+    Man {
+        /// The directory to write into (created if missing)
+        dir: PathBuf,
+    },
+    /// Print the completion script for SHELL, or write it into DIR (bash: imgtx.bash,
+    /// zsh: _imgtx, fish: imgtx.fish)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: Shell,
+        /// The directory to write into (created if missing); stdout when omitted
+        dir: Option<PathBuf>,
+    },
 }
 
 #[cfg(test)]

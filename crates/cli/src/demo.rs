@@ -9,42 +9,18 @@
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::{bail, Context as _};
-use clap::Args;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::pipe2;
 
-/// `imgtx demo` options.
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Edit with qemu-io even when guestfish is installed (guestfish boots a small VM:
-    /// seconds with KVM, minutes without)
-    #[arg(long)]
-    pub no_guestfish: bool,
-    /// Keep the temporary directory (images, state directory) instead of removing it
-    #[arg(long)]
-    pub keep: bool,
-}
-
-/// The `--help` text after the options.
-pub const AFTER_HELP: &str = "\
-The demo makes a 64 MiB ext4 image in a new temporary directory, then runs the real imgtx
-commands on it, printing each one: begin, an edit inside the overlay (guestfish if
-installed, else qemu-io), diff, commit; then a commit killed with SIGKILL while it writes,
-status, recover, and log. Hashes prove each step: the base is untouched until commit, and
-after the crash and recovery it is wholly old or wholly new. It needs qemu-img and qemu-io
-(Debian: qemu-utils); mke2fs and debugfs (e2fsprogs) and guestfish (guestfish) are used when
-installed. It exits 0 when every proof holds, 1 otherwise. Takes about 15 s without guestfish.
-It always uses its own state directory, so --state-dir does not apply; nor does --json.
-
-Examples:
-  imgtx demo                   # the whole story, then clean up
-  imgtx demo --no-guestfish    # quicker: edit with qemu-io
-  imgtx demo --keep            # keep the images and state to look at afterwards";
+use crate::args::DemoArgs;
 
 /// The image size: small enough to be quick, big enough for a 48 MiB change.
 const IMAGE_MIB: u64 = 64;
@@ -56,6 +32,8 @@ const BIG_CHANGE: &str = "48M";
 const BIG_OFFSET: &str = "12M";
 /// The line the first transaction appends to /etc/issue.net.
 const EDIT_LINE: &str = "edited inside an imgtx transaction\n";
+/// The size of the progress pipe and of each read from it: one page.
+const PACKET: usize = 4096;
 
 /// Runs the demo; `Ok(0)` when every proof held.
 pub fn run(args: &DemoArgs) -> anyhow::Result<u8> {
@@ -195,17 +173,22 @@ impl Demo {
         self.prove(!self.dir.join(&overlay).exists(), "The overlay is gone.")?;
 
         self.heading("A commit killed partway")?;
-        let mut crash = self.crash_commit("big-change", 0xc3, false)?;
-        if matches!(crash, Crash::Finished) {
+        let mut crash = self.crash_commit("big-change", 0xc3)?;
+        // The progress pipe keeps imgtx from finishing before the demo has read that it writes
+        // (see `progress_pipe`). Should a commit still win the race, a fresh transaction
+        // tries again.
+        for (name, byte) in [("big-change-2", 0x3c), ("big-change-3", 0x5a)] {
+            if !matches!(crash, Crash::Finished) {
+                break;
+            }
             self.say(
-                "The commit finished before the kill landed (this disk is fast). Once more, now with imgtx's \
-                 test hook IMGTX_TEST_CRASH_AFTER=commit-point, which makes it exit as if killed right \
-                 after its commit point, before it writes a byte of the image.",
+                "The commit finished before the kill landed (the demo did not get the processor in time). \
+                 Once more, with a fresh transaction.",
             )?;
-            crash = self.crash_commit("big-change-2", 0x3c, true)?;
+            crash = self.crash_commit(name, byte)?;
         }
         let Crash::Interrupted { tx, old, new } = crash else {
-            bail!("the commit could not be interrupted");
+            bail!("the commit could not be interrupted in three tries");
         };
         self.after_crash(&tx, &old, &new, fs)?;
 
@@ -301,10 +284,9 @@ impl Demo {
         Ok(())
     }
 
-    /// Begins a transaction on disk.img, writes a big change into it, and starts its commit
-    /// and stops it partway: with SIGKILL once it writes into the image, or with the test
-    /// hook when `hook`.
-    fn crash_commit(&mut self, name: &str, byte: u8, hook: bool) -> anyhow::Result<Crash> {
+    /// Begins a transaction on disk.img, writes a big change into it, starts its commit, and
+    /// kills it with SIGKILL as soon as it reports that it writes into the image.
+    fn crash_commit(&mut self, name: &str, byte: u8) -> anyhow::Result<Crash> {
         let old = self.hash("disk.img")?;
         let tx = self.begin(name)?;
         let overlay = overlay_of(&tx);
@@ -313,50 +295,39 @@ impl Demo {
         self.shown(self.tool("qemu-io", &["-f", "qcow2", "-c", &write, &overlay]))?;
         let new = self.expected(&overlay)?;
 
-        let mut cmd = self.imgtx_command(&["commit", &tx]);
-        if hook {
-            cmd.env("IMGTX_TEST_CRASH_AFTER", "commit-point");
-            self.say(&format!("$ {}", display(&cmd)))?;
-        } else {
-            self.say("Start the commit, and kill it with SIGKILL as soon as it starts writing into disk.img:")?;
-            self.say(&format!("$ {} &", display(&cmd)))?;
-        }
-        let base = self.dir.join("disk.img");
-        let before = mtime(&base)?;
+        let mut cmd = self.imgtx_command(&["--json", "commit", &tx]);
+        self.say(
+            "Start the commit with --json, so it reports its progress on stderr, and kill it with SIGKILL \
+             as soon as it reports writing into disk.img (phase \"apply\", past its commit point):",
+        )?;
+        self.say(&format!("$ {} &", display(&cmd)))?;
+        let (mut events, writer) = progress_pipe()?;
         let started = Instant::now();
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(writer)
             .spawn()
             .context("could not start imgtx commit")?;
-        let mut killed = false;
-        if !hook {
-            // The image's mtime moves at the first write, which comes only after the commit
-            // point (pre-images are read, not written): a kill now lands mid-copy.
-            while child.try_wait()?.is_none() && started.elapsed() < Duration::from_secs(120) {
-                if mtime(&base)? != before {
-                    child.kill().context("could not kill imgtx commit")?;
-                    killed = true;
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        // The demo's copy of the pipe's write end goes with `cmd`: end of file then means
+        // the commit has exited.
+        drop(cmd);
+        let mut stderr = Vec::new();
+        let writing = read_until_writing(&mut events, &mut stderr)?;
+        if writing {
+            child.kill().context("could not kill imgtx commit")?;
         }
         let out = child
             .wait_with_output()
             .context("could not wait for imgtx commit")?;
         let ms = started.elapsed().as_millis();
-        self.output(&out)?;
+        self.output(&Output { stderr, ..out })?;
         if out.status.success() {
             self.say(&format!("(imgtx commit exited 0 after {ms} ms)"))?;
             return Ok(Crash::Finished);
         }
-        match (out.status.signal(), out.status.code()) {
-            (Some(9), _) if killed => {
-                self.say(&format!("Killed imgtx commit with SIGKILL {ms} ms after it started, while it was writing into disk.img."))?;
-            }
-            (_, Some(137)) if hook => self.say(&format!(
-                "imgtx commit died at its commit point after {ms} ms (exit 137, as if killed)."
+        match out.status.signal() {
+            Some(9) if writing => self.say(&format!(
+                "Killed imgtx commit with SIGKILL {ms} ms after it started, as it began writing into disk.img."
             ))?,
             _ => bail!(
                 "imgtx commit ended with {} instead of being stopped partway",
@@ -545,9 +516,47 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn mtime(path: &Path) -> anyhow::Result<SystemTime> {
-    let meta = fs::metadata(path).with_context(|| format!("could not stat {}", path.display()))?;
-    Ok(meta.modified()?)
+/// A pipe for the commit's progress events that holds one write at a time: packet mode
+/// (`O_DIRECT`: each write its own packet) and one page, the least a pipe holds, which is one
+/// packet. imgtx then blocks in each progress write until the demo has read the one before,
+/// so it is never more than one write past what the demo has seen, however fast the disk or
+/// slow the demo; and it cannot finish a commit without writing the copy's last progress
+/// event after the first one. Today every progress line is many writes (stderr is unbuffered
+/// and the JSON goes out piece by piece), so once the demo has read the first "apply" line,
+/// imgtx cannot even finish its next line before the kill. Were a line one write, the commit
+/// could finish first only if the demo lost the processor between its read and its kill:
+/// hence the retries in `story`.
+fn progress_pipe() -> anyhow::Result<(fs::File, OwnedFd)> {
+    let (read, write) = pipe2(OFlag::O_DIRECT | OFlag::O_CLOEXEC)
+        .context("could not create a pipe for imgtx's progress")?;
+    fcntl(&read, FcntlArg::F_SETPIPE_SZ(PACKET as i32))
+        .context("could not shrink the progress pipe to one packet")?;
+    Ok((fs::File::from(read), write))
+}
+
+/// Reads progress events from `events` into `seen` until one says the commit writes into
+/// the image (`"phase":"apply"`): true then, false when the commit exited first.
+fn read_until_writing(events: &mut fs::File, seen: &mut Vec<u8>) -> anyhow::Result<bool> {
+    // A packet is at most a page: a read of that much takes one whole.
+    let mut packet = [0u8; PACKET];
+    let mut line_start = 0;
+    loop {
+        let n = match events.read(&mut packet) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("could not read imgtx's progress"),
+        };
+        seen.extend_from_slice(&packet[..n]);
+        while let Some(end) = seen[line_start..].iter().position(|&b| b == b'\n') {
+            let line = &seen[line_start..line_start + end];
+            line_start += end + 1;
+            let event: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+            if event.is_some_and(|v| v["event"] == "progress" && v["phase"] == "apply") {
+                return Ok(true);
+            }
+        }
+    }
 }
 
 fn on_path(tool: &str) -> bool {

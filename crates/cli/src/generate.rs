@@ -9,37 +9,9 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use clap::{Args, CommandFactory, Subcommand};
-use clap_complete::Shell;
+use clap::CommandFactory;
 
-use crate::args::Cli;
-
-/// What to generate.
-#[derive(Debug, Args)]
-pub struct GenerateArgs {
-    /// Man pages or completions.
-    #[command(subcommand)]
-    pub what: What,
-}
-
-/// The kinds of generated files.
-#[derive(Debug, Subcommand)]
-pub enum What {
-    /// Write imgtx.1 and one page per command (imgtx-begin.1, ...) into DIR
-    Man {
-        /// The directory to write into (created if missing)
-        dir: PathBuf,
-    },
-    /// Print the completion script for SHELL, or write it into DIR (bash: imgtx.bash,
-    /// zsh: _imgtx, fish: imgtx.fish)
-    Completions {
-        /// The shell
-        #[arg(value_enum)]
-        shell: Shell,
-        /// The directory to write into (created if missing); stdout when omitted
-        dir: Option<PathBuf>,
-    },
-}
+use crate::args::{Cli, GenerateArgs, What};
 
 /// Runs `imgtx generate`.
 pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {

@@ -28,6 +28,7 @@
 
 mod error;
 pub mod format;
+#[cfg(feature = "fuzz")]
 pub mod fuzz;
 mod replay;
 mod writer;

@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use common::{qemu_available, qemu_img, qemu_io};
 use qcow::{Error, Image};
+use testkit::qemu::{available as qemu_available, img as qemu_img, io as qemu_io};
 
 const COMPRESSED: u64 = 1 << 62;
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;

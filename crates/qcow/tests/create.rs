@@ -1,10 +1,8 @@
 //! `create_overlay` against qemu-img: the bytes must be an image qemu calls clean.
 #![allow(missing_docs)]
 
-mod common;
-
-use common::{qemu_available, qemu_img};
 use qcow::{create_overlay, Error, ExtentKind, Image};
+use testkit::qemu;
 
 fn write_overlay(dir: &std::path::Path, size: u64, backing: &str, fmt: &str) -> std::path::PathBuf {
     let bytes = create_overlay(size, backing, fmt).unwrap();
@@ -15,7 +13,7 @@ fn write_overlay(dir: &std::path::Path, size: u64, backing: &str, fmt: &str) -> 
 
 #[test]
 fn created_overlay_is_clean_and_names_its_backing_file() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for (size, fmt) in [
@@ -28,7 +26,7 @@ fn created_overlay_is_clean_and_names_its_backing_file() {
         // Arrange
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("base.img");
-        qemu_img(&[
+        qemu::img(&[
             "create",
             "-q",
             "-f",
@@ -39,14 +37,14 @@ fn created_overlay_is_clean_and_names_its_backing_file() {
         // Act
         let p = write_overlay(d.path(), size, "base.img", fmt);
         // Assert
-        let check = qemu_img(&["check", "--output=json", p.to_str().unwrap()]);
+        let check = qemu::img(&["check", "--output=json", p.to_str().unwrap()]);
         let v: serde_json::Value = serde_json::from_slice(&check).unwrap();
         assert_eq!(v["check-errors"], 0, "{v}");
         assert!(
             v.get("leaks").is_none() && v.get("corruptions").is_none(),
             "{v}"
         );
-        let info = qemu_img(&["info", "--output=json", p.to_str().unwrap()]);
+        let info = qemu::img(&["info", "--output=json", p.to_str().unwrap()]);
         let v: serde_json::Value = serde_json::from_slice(&info).unwrap();
         assert_eq!(v["backing-filename"], "base.img");
         assert_eq!(v["backing-filename-format"], fmt);

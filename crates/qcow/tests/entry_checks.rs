@@ -10,8 +10,8 @@ mod common;
 use std::process::Command;
 
 use common::synth::{build, Built, Kind};
-use common::{qemu_available, qemu_img, qemu_io};
 use qcow::{Error, Image};
+use testkit::qemu::{available as qemu_available, img as qemu_img, io as qemu_io};
 
 const CB: u32 = 12;
 const CS: u64 = 1 << CB;
@@ -268,11 +268,11 @@ fn qemu_images_of_every_refcount_width_map_and_a_cleared_copied_flag_is_refused(
         qemu_io(
             &p,
             &[
-                "write -P 0x11 0 8k".into(),
-                "write -z 8k 4k".into(),
-                "write -c -P 0x22 16k 4k".into(),
-                "write -c -P 0x33 20k 4k".into(),
-                "write -P 0x44 1M 4k".into(),
+                "write -P 0x11 0 8k",
+                "write -z 8k 4k",
+                "write -c -P 0x22 16k 4k",
+                "write -c -P 0x33 20k 4k",
+                "write -P 0x44 1M 4k",
             ],
         );
         let mut v = std::fs::read(&p).unwrap();

@@ -8,9 +8,9 @@ mod common;
 
 use std::io;
 
-use common::heap::Counting;
 use common::synth::build;
 use qcow::{Image, ReadAt};
+use testkit::heap::Counting;
 
 #[global_allocator]
 static ALLOC: Counting = Counting::new();

@@ -2,10 +2,8 @@
 //! old end of the file.
 #![allow(missing_docs)]
 
-mod common;
-
-use common::{qemu_available, qemu_img, qemu_io};
 use qcow::{ExtentKind, Image};
+use testkit::qemu;
 
 fn commit_and_check(
     base_opts: &str,
@@ -18,7 +16,7 @@ fn commit_and_check(
     let d = tempfile::tempdir().unwrap();
     let base = d.path().join("base.qcow2");
     let top = d.path().join("top.qcow2");
-    qemu_img(&[
+    qemu::img(&[
         "create",
         "-q",
         "-f",
@@ -28,13 +26,13 @@ fn commit_and_check(
         base.to_str().unwrap(),
         "64M",
     ]);
-    qemu_io(&base, base_writes);
+    qemu::io(&base, base_writes);
     if snapshot {
         // Shared clusters (refcount 2) make qemu copy on write into free clusters or EOF.
-        qemu_img(&["snapshot", "-c", "s1", base.to_str().unwrap()]);
-        qemu_io(&base, &["discard 30M 2M".to_owned()]);
+        qemu::img(&["snapshot", "-c", "s1", base.to_str().unwrap()]);
+        qemu::io(&base, &["discard 30M 2M".to_owned()]);
     }
-    qemu_img(&[
+    qemu::img(&[
         "create",
         "-q",
         "-f",
@@ -45,7 +43,7 @@ fn commit_and_check(
         "qcow2",
         top.to_str().unwrap(),
     ]);
-    qemu_io(&top, top_writes);
+    qemu::io(&top, top_writes);
     let overlay = Image::open(std::fs::File::open(&top).unwrap()).unwrap();
     let ranges: Vec<_> = overlay
         .map()
@@ -62,7 +60,7 @@ fn commit_and_check(
     assert_eq!(inv.file_len, before.len() as u64);
 
     // Act
-    qemu_img(&["commit", "-q", "-d", top.to_str().unwrap()]);
+    qemu::img(&["commit", "-q", "-d", top.to_str().unwrap()]);
 
     // Assert: every changed byte below the old length is inside a listed range.
     let after = std::fs::read(&base).unwrap();
@@ -95,7 +93,7 @@ fn commit_and_check(
 
 #[test]
 fn inventory_covers_every_byte_qemu_img_commit_changes() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let base_writes: Vec<String> = vec![

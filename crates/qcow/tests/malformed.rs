@@ -8,9 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::heap::Counting;
 use common::synth::{build, Built, Kind};
 use qcow::{Error, GuestOffset, Image};
+use testkit::heap::Counting;
 
 /// Counts live and peak heap bytes so the test can bound the memory each case uses.
 #[global_allocator]

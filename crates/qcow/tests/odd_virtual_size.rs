@@ -10,9 +10,10 @@
 
 mod common;
 
+use common::assert_matches_qemu;
 use common::synth::{build, Kind};
-use common::{assert_matches_qemu, qemu_available, qemu_img, qemu_io};
 use qcow::{Error, ExtentKind, GuestOffset, Image};
+use testkit::qemu::{available as qemu_available, img as qemu_img, io as qemu_io};
 
 /// A size one byte past 1 MiB: what qemu reads as 1 MiB.
 const ODD: u64 = (1 << 20) + 1;
@@ -67,7 +68,7 @@ fn odd_virtual_size_matches_qemu_img_info_map_convert_and_commit() {
     qemu_img(&[
         "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", top_s, "1M",
     ]);
-    qemu_io(&top, &["write -P 0x22 983040 65536".into()]);
+    qemu_io(&top, &["write -P 0x22 983040 65536"]);
     let mut bytes = std::fs::read(&top).unwrap();
     set_size(&mut bytes, ODD);
     std::fs::write(&top, &bytes).unwrap();

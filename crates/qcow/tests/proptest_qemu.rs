@@ -7,10 +7,11 @@
 
 mod common;
 
+use common::assert_matches_qemu;
 use common::synth::{build, Kind};
-use common::{assert_matches_qemu, qemu_available, qemu_img, qemu_io};
 use proptest::prelude::*;
 use qcow::{ExtentKind, GuestOffset, HostOffset, Image};
+use testkit::qemu;
 
 #[derive(Debug, Clone)]
 struct Config {
@@ -109,11 +110,11 @@ fn run_case(c: &Config, ops: &[(Op, u64, u64, u8)]) {
     if c.raw_backing {
         let base = d.path().join("base.raw");
         std::fs::write(&base, vec![0x5a; cs as usize * c.clusters as usize]).unwrap();
-        qemu_img(&[
+        qemu::img(&[
             "create", "-q", "-f", "qcow2", "-o", &opts, "-b", "base.raw", "-F", "raw", ps,
         ]);
     } else {
-        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &opts, ps, &size]);
+        qemu::img(&["create", "-q", "-f", "qcow2", "-o", &opts, ps, &size]);
     }
     // qemu only writes compressed clusters into unallocated ones: issue the compressed
     // writes first, on disjoint cluster ranges, then everything else over them.
@@ -135,7 +136,7 @@ fn run_case(c: &Config, ops: &[(Op, u64, u64, u8)]) {
             .filter(|op| !matches!(op.0, Op::Compressed))
             .map(|&(o, s, l, pat)| command(c, o, s, l, pat)),
     );
-    qemu_io(&p, &cmds);
+    qemu::io(&p, &cmds);
     assert_matches_qemu(&p, d.path(), !c.raw_backing);
 }
 
@@ -148,7 +149,7 @@ fn cases() -> u32 {
 
 #[test]
 fn random_qemu_images_map_and_read_like_qemu() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {

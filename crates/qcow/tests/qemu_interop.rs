@@ -6,8 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_matches_qemu, qemu_available, qemu_img, qemu_io};
+use common::assert_matches_qemu;
 use qcow::{Compression, ExtentKind, Header, Image};
+use testkit::qemu;
 
 fn create(dir: &Path, name: &str, size: &str, opts: &str) -> PathBuf {
     let p = dir.join(name);
@@ -18,7 +19,7 @@ fn create(dir: &Path, name: &str, size: &str, opts: &str) -> PathBuf {
     let ps = p.to_str().unwrap().to_owned();
     args.push(&ps);
     args.push(size);
-    qemu_img(&args);
+    qemu::img(&args);
     p
 }
 
@@ -42,7 +43,7 @@ fn mixed_writes(cs: u64) -> Vec<String> {
 fn qemu_made_image_matches(size: u64, opts: &str, writes: &[String]) -> Header {
     let d = tempfile::tempdir().unwrap();
     let p = create(d.path(), "a.qcow2", &size.to_string(), opts);
-    qemu_io(&p, writes);
+    qemu::io(&p, writes);
     assert_matches_qemu(&p, d.path(), true);
     Image::open(std::fs::File::open(&p).unwrap())
         .unwrap()
@@ -52,7 +53,7 @@ fn qemu_made_image_matches(size: u64, opts: &str, writes: &[String]) -> Header {
 
 #[test]
 fn maps_and_reads_match_qemu_for_every_cluster_size() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for bits in [12u32, 13, 14, 16, 18, 20, 21] {
@@ -68,7 +69,7 @@ fn maps_and_reads_match_qemu_for_every_cluster_size() {
 
 #[test]
 fn maps_and_reads_match_qemu_with_extended_l2() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for bits in [14u32, 16, 21] {
@@ -87,7 +88,7 @@ fn maps_and_reads_match_qemu_with_extended_l2() {
 
 #[test]
 fn maps_and_reads_match_qemu_for_compat_0_10() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let h = qemu_made_image_matches(16 << 20, "compat=0.10", &mixed_writes(65536));
@@ -96,7 +97,7 @@ fn maps_and_reads_match_qemu_for_compat_0_10() {
 
 #[test]
 fn maps_and_reads_match_qemu_with_zstd_compression() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for bits in [12u32, 16, 21] {
@@ -112,7 +113,7 @@ fn maps_and_reads_match_qemu_with_zstd_compression() {
 
 #[test]
 fn convert_compressed_image_matches_qemu() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for ty in ["zlib", "zstd"] {
@@ -131,7 +132,7 @@ fn convert_compressed_image_matches_qemu() {
         }
         std::fs::write(&raw, &bytes).unwrap();
         let p = d.path().join("c.qcow2");
-        qemu_img(&[
+        qemu::img(&[
             "convert",
             "-q",
             "-c",
@@ -157,18 +158,18 @@ fn convert_compressed_image_matches_qemu() {
 
 #[test]
 fn overlays_over_raw_and_qcow2_backing_files_match_qemu() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for fmt in ["raw", "qcow2"] {
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("base.img");
-        qemu_img(&["create", "-q", "-f", fmt, base.to_str().unwrap(), "32M"]);
+        qemu::img(&["create", "-q", "-f", fmt, base.to_str().unwrap(), "32M"]);
         let mut c = std::process::Command::new("qemu-io");
         c.args(["-f", fmt, "-c", "write -P 0xaa 0 32M"]).arg(&base);
         assert!(c.output().unwrap().status.success());
         let p = d.path().join("top.qcow2");
-        qemu_img(&[
+        qemu::img(&[
             "create",
             "-q",
             "-f",
@@ -179,7 +180,7 @@ fn overlays_over_raw_and_qcow2_backing_files_match_qemu() {
             fmt,
             p.to_str().unwrap(),
         ]);
-        qemu_io(&p, &mixed_writes(65536));
+        qemu::io(&p, &mixed_writes(65536));
         let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
         assert_eq!(image.header().backing_file.as_deref(), Some("base.img"));
         assert_eq!(image.header().backing_format.as_deref(), Some(fmt));
@@ -189,25 +190,22 @@ fn overlays_over_raw_and_qcow2_backing_files_match_qemu() {
 
 #[test]
 fn images_with_snapshots_bitmaps_and_preallocation_match_qemu() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
     // Internal snapshot, then writes that COW shared clusters.
     let p = create(d.path(), "snap.qcow2", "16M", "");
-    qemu_io(&p, &mixed_writes(65536));
-    qemu_img(&["snapshot", "-c", "s1", p.to_str().unwrap()]);
-    qemu_io(
-        &p,
-        &["write -P 0x99 0 256k".into(), "write -z 1M 64k".into()],
-    );
+    qemu::io(&p, &mixed_writes(65536));
+    qemu::img(&["snapshot", "-c", "s1", p.to_str().unwrap()]);
+    qemu::io(&p, &["write -P 0x99 0 256k", "write -z 1M 64k"]);
     let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
     assert_eq!(image.header().nb_snapshots, 1);
     assert_matches_qemu(&p, d.path(), true);
     // A persistent dirty bitmap: its directory and table become metadata.
     let p = create(d.path(), "bitmap.qcow2", "16M", "");
-    qemu_img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
-    qemu_io(&p, &mixed_writes(65536));
+    qemu::img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
+    qemu::io(&p, &mixed_writes(65536));
     let image = Image::open(std::fs::File::open(&p).unwrap()).unwrap();
     assert!(image.header().bitmaps.is_some());
     assert_matches_qemu(&p, d.path(), true);
@@ -224,14 +222,14 @@ fn images_with_snapshots_bitmaps_and_preallocation_match_qemu() {
             .into_iter()
             .filter(|c| !c.contains(" -c "))
             .collect();
-        qemu_io(&p, &w);
+        qemu::io(&p, &w);
         assert_matches_qemu(&p, d.path(), true);
     }
 }
 
 #[test]
 fn dirty_image_left_by_a_crash_with_lazy_refcounts_is_reported() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     // Arrange: qemu-io aborts after a write, leaving the dirty bit set.

@@ -5,18 +5,16 @@
 //! the oracle that they are inconsistent. Skips (with a message) when qemu is not installed.
 #![allow(missing_docs)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{qemu_available, qemu_img, qemu_io};
 use qcow::{Error, Extent, Image};
+use testkit::qemu;
 
 /// A qcow2 image made by qemu-img with `opts`, written by qemu-io with `writes`.
 fn qemu_image(dir: &Path, opts: &str, size: u64, writes: &[String]) -> PathBuf {
     let p = dir.join("a.qcow2");
-    qemu_img(&[
+    qemu::img(&[
         "create",
         "-q",
         "-f",
@@ -26,7 +24,7 @@ fn qemu_image(dir: &Path, opts: &str, size: u64, writes: &[String]) -> PathBuf {
         p.to_str().unwrap(),
         &size.to_string(),
     ]);
-    qemu_io(&p, writes);
+    qemu::io(&p, writes);
     p
 }
 
@@ -151,7 +149,7 @@ fn aliased_cases() -> Vec<Aliased> {
 
 #[test]
 fn two_l2_entries_sharing_a_data_cluster_are_refused_naming_both() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     for case in aliased_cases() {
@@ -198,7 +196,7 @@ fn two_l2_entries_sharing_a_data_cluster_are_refused_naming_both() {
 
 #[test]
 fn a_data_cluster_inside_compressed_data_is_refused() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     // Arrange: cluster 1 compressed, cluster 4 plain; cluster 4's entry then points at the
@@ -264,8 +262,8 @@ fn clusters_shared_with_an_internal_snapshot() -> Vec<u8> {
     let cs = 65536u64;
     let writes = [format!("write -P 0x11 0 {}", 4 * cs)];
     let p = qemu_image(d.path(), "cluster_size=65536", 8 * cs, &writes);
-    qemu_img(&["snapshot", "-c", "s1", p.to_str().unwrap()]);
-    qemu_io(&p, &[format!("write -P 0x22 {cs} {cs}")]);
+    qemu::img(&["snapshot", "-c", "s1", p.to_str().unwrap()]);
+    qemu::io(&p, &[format!("write -P 0x22 {cs} {cs}")]);
     std::fs::read(&p).unwrap()
 }
 
@@ -274,7 +272,7 @@ type QemuMade = fn() -> Vec<u8>;
 
 #[test]
 fn clusters_that_qemu_itself_shares_are_accepted() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let cases: [(&str, QemuMade); 2] = [
@@ -301,7 +299,7 @@ fn clusters_that_qemu_itself_shares_are_accepted() {
 
 #[test]
 fn a_file_with_more_host_clusters_than_the_check_tracks_is_refused() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     // Arrange: grown sparsely past 2^26 clusters (32 GiB).
@@ -318,7 +316,7 @@ fn a_file_with_more_host_clusters_than_the_check_tracks_is_refused() {
 
 #[test]
 fn a_file_at_the_tracked_cluster_limit_is_accepted() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     // Arrange: as above, but exactly 2^26 clusters.

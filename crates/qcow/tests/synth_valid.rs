@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::assert_matches_qemu;
 use common::synth::{build, Kind};
-use common::{assert_matches_qemu, qemu_available, qemu_img};
 use qcow::{ExtentKind, GuestOffset, HostOffset, Image};
+use testkit::qemu;
 
 #[test]
 fn synthesized_image_reads_back_as_built() {
@@ -45,7 +46,7 @@ fn synthesized_image_reads_back_as_built() {
 
 #[test]
 fn synthesized_image_is_clean_for_qemu() {
-    if !qemu_available() {
+    if !qemu::available() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -63,7 +64,7 @@ fn synthesized_image_is_clean_for_qemu() {
         })
         .collect();
     build(12, 2000 << 12, &clusters, true).write_to(&p);
-    let out = qemu_img(&["check", "--output=json", p.to_str().unwrap()]);
+    let out = qemu::img(&["check", "--output=json", p.to_str().unwrap()]);
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["check-errors"], 0, "{v}");
     assert!(

@@ -3,19 +3,28 @@
 //! [`Fs`] and [`File`] are the only ways the journal and the transaction engine touch storage:
 //! positional reads and writes, length changes, data syncs, and the handful of namespace
 //! operations (exclusive create, unlink, rename, directory sync) a commit protocol needs.
-//! [`OsFs`] maps them onto real files; the simulated disk in [`sim`] keeps live and durable
-//! state apart so tests can crash at any operation and inspect what survived.
+//! [`OsFs`] maps them onto real files. With the `sim` feature, the simulated disk (module
+//! `sim`) keeps live and durable state apart so tests can crash at any operation and inspect
+//! what survived, and the write-ordering monitor (module `monitor`) checks what was durable
+//! before each change.
 //!
 //! This crate is not a general VFS: no directory walking beyond listing one directory, no
 //! permissions model beyond what crash safety needs, and no buffering.
+//!
+//! # Features
+//!
+//! - `sim`: the modules `sim` and `monitor`. They are test machinery, so only dev-dependencies
+//!   and the test-support crates enable it; the `imgtx` binary is built without them.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod copy;
 mod direct;
+#[cfg(feature = "sim")]
 pub mod monitor;
 mod os;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 use std::ffi::OsString;

@@ -24,6 +24,8 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use splitmix::SplitMix64;
+
 use crate::{File, FileKind, Fs, Metadata};
 
 /// The sector size damage works in: a write is torn only at multiples of this in the file.
@@ -543,32 +545,10 @@ impl State {
     }
 }
 
-/// A small deterministic generator (SplitMix64), so damage needs no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn coin(&mut self) -> bool {
-        self.next() & 1 == 1
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for b in buf {
-            *b = self.next() as u8;
-        }
-    }
+/// Garbage for a damaged write: one byte per value drawn (not [`SplitMix64::fill`]'s eight),
+/// so that a seed keeps giving the damage it always gave.
+fn garbage(rng: &mut SplitMix64, len: usize) -> Vec<u8> {
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// What happens to one unsynced operation in a crash image.
@@ -603,15 +583,13 @@ fn sectors(off: u64, len: u64) -> Vec<(u64, u64)> {
     out
 }
 
-fn apply_fate(data: &mut Vec<u8>, op: &DataOp, fate: &Fate, rng: &mut Rng) {
+fn apply_fate(data: &mut Vec<u8>, op: &DataOp, fate: &Fate, rng: &mut SplitMix64) {
     match (fate, op) {
         (Fate::Drop, _) | (Fate::DataOnly, DataOp::SetLen(_)) => {}
         (Fate::Keep | Fate::DataOnly, _) | (_, DataOp::SetLen(_)) => apply_data(data, op),
         (Fate::Zero, DataOp::Write { off, bytes }) => write_into(data, *off, &vec![0; bytes.len()]),
         (Fate::Garbage, DataOp::Write { off, bytes }) => {
-            let mut g = vec![0; bytes.len()];
-            rng.fill(&mut g);
-            write_into(data, *off, &g);
+            write_into(data, *off, &garbage(rng, bytes.len()));
         }
         (Fate::LengthOnly, DataOp::Write { off, bytes }) => {
             let end = (*off as usize) + bytes.len();
@@ -635,9 +613,7 @@ fn apply_fate(data: &mut Vec<u8>, op: &DataOp, fate: &Fate, rng: &mut Rng) {
                 if k < keep {
                     write_into(data, s, piece);
                 } else {
-                    let mut g = vec![0; piece.len()];
-                    rng.fill(&mut g);
-                    write_into(data, s, &g);
+                    write_into(data, s, &garbage(rng, piece.len()));
                 }
             }
         }
@@ -743,7 +719,7 @@ impl SimFs {
     /// process crashed (a power cut needs no crash point).
     pub fn crashed_image(&self, damage: Damage, seed: u64) -> SimFs {
         let st = self.lock();
-        let mut rng = Rng(seed ^ (damage as u64).wrapping_mul(0xa076_1d64_78bd_642f));
+        let mut rng = SplitMix64::new(seed ^ (damage as u64).wrapping_mul(0xa076_1d64_78bd_642f));
         let n = st.pending.len();
         let last_write = st.pending.iter().rposition(|p| {
             matches!(

@@ -112,6 +112,7 @@ pub trait Host: Send + Sync {
 /// The real machine.
 #[derive(Debug, Default, Clone)]
 pub struct OsHost {
+    #[cfg(feature = "crash-hooks")]
     crash_after: Option<String>,
 }
 
@@ -119,9 +120,12 @@ impl OsHost {
     /// The real machine, with the test-only crash hook read from `IMGTX_TEST_CRASH_AFTER`.
     ///
     /// When that variable names a step (see `docs/commit-protocol.md`), the process exits with
-    /// status 137 right after that step, as if killed. It exists for the kill tests only.
+    /// status 137 right after that step, as if killed. It exists for the kill tests only, so
+    /// only a build with this crate's `crash-hooks` feature reads the variable; any other
+    /// build, the shipped binary's included, ignores it.
     pub fn from_env() -> Self {
         Self {
+            #[cfg(feature = "crash-hooks")]
             crash_after: std::env::var("IMGTX_TEST_CRASH_AFTER")
                 .ok()
                 .filter(|s| !s.is_empty()),
@@ -219,6 +223,7 @@ impl Host for OsHost {
 
     fn step(&self, name: &str) {
         tracing::debug!(step = name, "journaled step done");
+        #[cfg(feature = "crash-hooks")]
         if self.crash_after.as_deref() == Some(name) {
             // Test hook only: die like a killed process, without unwinding or cleanup.
             std::process::exit(137);

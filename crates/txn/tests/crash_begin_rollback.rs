@@ -5,6 +5,7 @@
 mod crash_support;
 
 use crash_support::{sweep, Edit, Fixture, ImageSpec, SimEngine};
+use testkit::sim_host::tx;
 
 fn plain() -> Vec<ImageSpec> {
     vec![
@@ -23,12 +24,12 @@ fn plain() -> Vec<ImageSpec> {
 
 #[test]
 fn begin_leaves_no_transaction_or_a_whole_one_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
     let fx = Fixture::new(&plain());
-    let opts = crash_support::begin_options(&fx.bases);
+    let opts = testkit::fixture::begin_options(&fx.bases);
     let run = |e: &SimEngine| e.begin(&opts).is_ok();
 
     let stats = sweep(
@@ -52,7 +53,7 @@ fn begin_leaves_no_transaction_or_a_whole_one_after_a_crash_at_every_operation()
 
 #[test]
 fn rollback_leaves_the_base_untouched_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -65,7 +66,7 @@ fn rollback_leaves_the_base_untouched_after_a_crash_at_every_operation() {
             pattern: 9,
         }],
     }]);
-    let run = |e: &SimEngine| e.rollback(&crash_support::tx()).is_ok();
+    let run = |e: &SimEngine| e.rollback(&tx()).is_ok();
 
     let stats = sweep(&fx, &|| fx.fresh(), &run, false, 4, "rollback");
 

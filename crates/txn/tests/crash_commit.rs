@@ -23,7 +23,7 @@ fn report(name: &str, s: crash_support::Stats) {
 /// one of the changed clusters, whose pre-image is then saved as a header alone.
 #[test]
 fn the_swept_commit_saves_a_zero_pre_image_entry() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -41,7 +41,7 @@ fn the_swept_commit_saves_a_zero_pre_image_entry() {
 
 #[test]
 fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -55,7 +55,7 @@ fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
 
 #[test]
 fn raw_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -76,7 +76,7 @@ fn raw_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation(
 
 #[test]
 fn two_image_commit_is_atomic_across_both_bases_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -97,7 +97,7 @@ fn two_image_commit_is_atomic_across_both_bases_after_a_crash_at_every_operation
 
 #[test]
 fn two_image_commit_without_undo_is_atomic_after_a_crash_at_every_operation() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -118,7 +118,7 @@ fn two_image_commit_without_undo_is_atomic_after_a_crash_at_every_operation() {
 
 #[test]
 fn the_ordering_rule_flags_a_base_write_before_the_journal_is_durable() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }

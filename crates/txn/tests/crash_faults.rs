@@ -7,8 +7,10 @@ mod crash_support;
 
 use std::path::PathBuf;
 
-use crash_support::{engine, recover_and_check, tx, Fixture, Rng, Stats};
+use crash_support::{engine, recover_and_check, Fixture, Stats};
+use splitmix::SplitMix64;
 use storage::sim::{Damage, Fault, LoggedOp, Op, Outcome, SimFs};
+use testkit::sim_host::tx;
 use txn::{CommitOptions, RecoverOptions};
 
 const FAULTS: [Fault; 2] = [Fault::Eio, Fault::Enospc];
@@ -16,7 +18,7 @@ const FAULTS: [Fault; 2] = [Fault::Eio, Fault::Enospc];
 /// The faults injected at operation `k`: both in the full sweep, otherwise they alternate
 /// (EIO at odd operations, ENOSPC at even ones) to keep CI fast.
 fn faults_at(k: u64) -> Vec<Fault> {
-    if crash_support::full() {
+    if testkit::sweep::full() {
         FAULTS.to_vec()
     } else {
         vec![FAULTS[usize::from(k.is_multiple_of(2))]]
@@ -125,7 +127,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
     };
     let mut stats = Stats::default();
     let mut failures = Vec::new();
-    let mut rng = Rng(0xfa017);
+    let mut rng = SplitMix64::new(0xfa017);
     for k in 1..=n {
         for fault in faults_at(k) {
             let ctx = format!("{name} with {fault:?} @{k}/{n}");
@@ -151,7 +153,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
                 }
                 assert_no_sync_retry(&log, &ctx);
                 let told_new = result.is_ok();
-                let d = if crash_support::full() {
+                let d = if testkit::sweep::full() {
                     Damage::ALL.to_vec()
                 } else {
                     vec![Damage::ALL[rng.clone().below(Damage::ALL.len() as u64) as usize]]
@@ -169,7 +171,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
                 after_fault(&fx, &fs, told_new, &ctx, &mut local);
                 local
             }));
-            rng.next();
+            rng.next_u64();
             match checked {
                 Ok(local) => stats.add(local),
                 Err(p) => failures.push(crash_support::panic_text(&p)),
@@ -186,7 +188,7 @@ fn fault_sweep(no_undo: bool, name: &str) {
 
 #[test]
 fn commit_never_reports_success_over_an_io_error_and_stays_recoverable() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -195,7 +197,7 @@ fn commit_never_reports_success_over_an_io_error_and_stays_recoverable() {
 
 #[test]
 fn commit_without_undo_never_reports_success_over_an_io_error_and_stays_recoverable() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }
@@ -204,7 +206,7 @@ fn commit_without_undo_never_reports_success_over_an_io_error_and_stays_recovera
 
 #[test]
 fn recover_survives_an_io_error_at_every_operation_and_a_rerun_converges() {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return;
     }

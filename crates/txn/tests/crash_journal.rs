@@ -8,10 +8,11 @@ mod crash_support;
 
 use std::path::{Path, PathBuf};
 
-use crash_support::{check_settled, engine, tx, Ended, Fixture, Stats};
+use crash_support::{check_settled, engine, Ended, Fixture, Stats};
 use journal::format::BLOCK;
 use storage::sim::{Damage, Op, SimFs, SECTOR};
 use storage::{File, Fs};
+use testkit::sim_host::tx;
 use txn::{CommitOptions, ErrorClass, RecoverOptions};
 
 struct Points {
@@ -107,7 +108,7 @@ fn recover_ok(fx: &Fixture, fs: &SimFs, ctx: &str) -> Ended {
 }
 
 fn fixture() -> Option<Fixture> {
-    if !crash_support::have("qemu-io") {
+    if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");
         return None;
     }
@@ -146,11 +147,11 @@ fn a_commit_record_torn_at_any_byte_counts_as_not_written() {
 /// byte with zeros or garbage, as a torn append of the last record can.
 fn damage_final_sector(whole: &[u8], from: u64, unit: u64, garbage: bool) -> Vec<u8> {
     let end = (whole.len() as u64).div_ceil(unit) * unit;
-    let mut rng = crash_support::Rng(7);
+    let mut rng = splitmix::SplitMix64::new(7);
     let mut bytes = whole.to_vec();
     bytes.resize(usize::try_from(end).unwrap(), 0);
     for b in &mut bytes[usize::try_from(from).unwrap()..] {
-        *b = if garbage { rng.next() as u8 } else { 0 };
+        *b = if garbage { rng.next_u64() as u8 } else { 0 };
     }
     bytes
 }

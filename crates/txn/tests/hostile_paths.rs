@@ -6,7 +6,8 @@ use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, OsHost};
+use testkit::fixture;
+use txn::{CommitOptions, Engine, OsHost};
 
 struct Scene {
     _tmp: tempfile::TempDir,
@@ -19,17 +20,11 @@ struct Scene {
 
 fn scene() -> Scene {
     let tmp = tempfile::tempdir().expect("a temporary directory");
-    let base = tmp.path().join("base.raw");
+    let base = fixture::write_base(tmp.path());
     let victim = tmp.path().join("victim.raw");
-    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
     fs::write(&victim, vec![0x77u8; 64 << 10]).expect("write the victim");
     let engine = Engine::new(OsFs, OsHost::default(), tmp.path().join("state")).expect("an engine");
-    let opts = BeginOptions {
-        bases: vec![base.clone()],
-        base_format: Some(Format::Raw),
-        ..BeginOptions::default()
-    };
-    let m = engine.begin(&opts).expect("begin");
+    let m = fixture::begin_raw(&engine, &base);
     Scene {
         overlay: m.images[0].overlay.clone(),
         tx: m.id,
@@ -90,18 +85,8 @@ fn commit_refuses_a_symlinked_overlay_without_touching_base_or_target() {
         .commit(&s.tx, CommitOptions::default(), &mut |_| {})
         .expect_err("commit must refuse");
     // Assert
-    assert!(
-        matches!(err, Error::OverlayInvalid { .. }),
-        "unexpected error: {err}"
-    );
-    assert!(
-        err.to_string().contains("not a regular file"),
-        "unexpected reason: {err}"
-    );
-    assert_eq!(
-        fs::read(&s.base).expect("read the base"),
-        vec![0x11u8; 64 << 10]
-    );
+    fixture::assert_overlay_refused(&err, "not a regular file");
+    fixture::assert_base_untouched(&s.base);
     assert!(aside.exists());
 }
 
@@ -123,8 +108,5 @@ fn a_fifo_in_the_overlays_place_blocks_neither_commit_nor_rollback() {
         err.to_string().contains("not a regular file"),
         "unexpected reason: {err}"
     );
-    assert_eq!(
-        fs::read(&s.base).expect("read the base"),
-        vec![0x11u8; 64 << 10]
-    );
+    fixture::assert_base_untouched(&s.base);
 }

@@ -11,24 +11,21 @@
 //! `IMGTX_CRASH_SWEEP=full` runs at least 10^4 racer iterations; otherwise a few hundred
 //! (a few seconds).
 
-mod forwarding;
-
 use std::fs;
 use std::os::unix::fs::{symlink, FileExt, MetadataExt, OpenOptionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forwarding::{CommitPointStop, HookedHost};
 use storage::OsFs;
-use txn::{BeginOptions, CommitOptions, Engine, Format, RecoverOptions};
-
-fn full() -> bool {
-    std::env::var("IMGTX_CRASH_SWEEP").is_ok_and(|v| v == "full")
-}
+use testkit::commit_point::CommitPointStop;
+use testkit::fixture;
+use testkit::hooked::HookedHost;
+use testkit::qemu;
+use testkit::sweep::full;
+use txn::{BeginOptions, CommitOptions, Engine, RecoverOptions};
 
 /// What must never change: the victim file and its directory.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,23 +127,12 @@ fn swap_once(round: u64, images: &Path, victim_dir: &Path, victim: &Path) {
 fn overlay_template(engine: &Engine<OsFs, HookedHost>, opts: &BeginOptions) -> Option<Vec<u8>> {
     let m = engine.begin(opts).expect("begin");
     let overlay = &m.images[0].overlay;
-    let written = Command::new("qemu-io")
-        .args([
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0xab 0 64k",
-            "-c",
-            "write -P 0xcd 128k 4k",
-        ])
-        .arg(overlay)
-        .output();
-    let template = match written {
-        Ok(out) if out.status.success() => Some(fs::read(overlay).expect("read the overlay")),
-        _ => {
-            eprintln!("qemu-io is not available: the racer's overlays stay empty");
-            None
-        }
+    let template = if qemu::have("qemu-io") {
+        qemu::io(overlay, &["write -P 0xab 0 64k", "write -P 0xcd 128k 4k"]);
+        Some(fs::read(overlay).expect("read the overlay"))
+    } else {
+        eprintln!("qemu-io is not available: the racer's overlays stay empty");
+        None
     };
     engine.rollback(&m.id).expect("rollback");
     template
@@ -171,19 +157,8 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
     let commit_point = CommitPointStop::default();
     let host = HookedHost::default().at_step(commit_point.hook());
     let engine = Engine::new(OsFs, host, root.join("state")).expect("an engine");
-    let template = overlay_template(
-        &engine,
-        &BeginOptions {
-            bases: vec![base.clone()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        },
-    );
-    let begin = BeginOptions {
-        bases: vec![base.clone()],
-        base_format: Some(Format::Raw),
-        ..BeginOptions::default()
-    };
+    let begin = fixture::begin_options(std::slice::from_ref(&base));
+    let template = overlay_template(&engine, &begin);
     let target: u64 = if full() { 10_000 } else { 300 };
     let min_cycles: u64 = if full() { 2_000 } else { 40 };
     let stop = Arc::new(AtomicBool::new(false));

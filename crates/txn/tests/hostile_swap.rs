@@ -5,16 +5,17 @@
 //! [`swap_before_qemu`] hit it every time by renaming a decoy over the overlay's name just
 //! before the engine's open, or just before `qemu-img commit` starts.
 
-mod forwarding;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use forwarding::{CommitPointStop, HookedFs, HookedHost};
 use storage::OsFs;
+use testkit::commit_point::CommitPointStop;
+use testkit::fixture;
+use testkit::hooked::{HookedFs, HookedHost};
+use testkit::qemu;
 use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, OsHost, RecoverOptions, TxId};
 
 /// Held by every test here for its whole run. Tests that spawn qemu tools would otherwise
@@ -96,14 +97,7 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
         .commit(&m.id, CommitOptions::default(), &mut |_| {})
         .expect_err("commit must refuse the decoy");
     // Assert
-    assert!(
-        matches!(err, Error::OverlayInvalid { .. }),
-        "unexpected error: {err}"
-    );
-    assert!(
-        err.to_string().contains("replaced by another file"),
-        "unexpected reason: {err}"
-    );
+    fixture::assert_overlay_refused(&err, "replaced by another file");
     assert_eq!(
         fs::metadata(&overlay)
             .expect("the decoy has the name")
@@ -111,25 +105,7 @@ fn commit_refuses_an_overlay_swapped_between_its_check_and_its_open() {
         decoy_ino,
         "the swap did not happen, so the test proved nothing"
     );
-    assert_eq!(
-        fs::read(&base).expect("read the base"),
-        vec![0x11u8; 64 << 10]
-    );
-}
-
-/// Runs a qemu tool; `None` (and a note) when it is not installed.
-fn qemu(tool: &str, args: &[&str]) -> Option<()> {
-    match Command::new(tool).args(args).output() {
-        Ok(out) if out.status.success() => Some(()),
-        Ok(out) => panic!(
-            "{tool} {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(e) => {
-            eprintln!("skipped: {tool} is not available ({e})");
-            None
-        }
-    }
+    fixture::assert_base_untouched(&base);
 }
 
 #[test]
@@ -141,9 +117,11 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let p = |name: &str| tmp.path().join(name).to_str().expect("UTF-8").to_owned();
     let (base, decoy) = (p("base.qcow2"), p("decoy.qcow2"));
-    if qemu("qemu-img", &["create", "-q", "-f", "qcow2", &base, "1M"]).is_none() {
+    if !qemu::have("qemu-img") {
+        eprintln!("skipped: qemu-img is not available");
         return;
     }
+    qemu::img(&["create", "-q", "-f", "qcow2", &base, "1M"]);
     let (swap, host) = swap_before_qemu();
     let engine = Engine::new(OsFs, host, tmp.path().join("state")).expect("an engine");
     let m = engine
@@ -155,17 +133,12 @@ fn qemu_img_commits_the_validated_overlay_even_if_its_name_is_swapped_before_qem
         .expect("begin");
     let overlay = m.images[0].overlay.to_str().expect("UTF-8").to_owned();
     let write = |img: &str, pattern: &str| {
-        let cmd = format!("write -P {pattern} 0 64k");
-        qemu("qemu-io", &["-f", "qcow2", "-c", &cmd, img]).expect("qemu-io");
+        qemu::io(Path::new(img), &[format!("write -P {pattern} 0 64k")]);
     };
     write(&overlay, "0xaa");
-    qemu(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &decoy,
-        ],
-    )
-    .expect("qemu-img");
+    qemu::img(&[
+        "create", "-q", "-f", "qcow2", "-b", &base, "-F", "qcow2", &decoy,
+    ]);
     write(&decoy, "0xbb");
     swap.arm(Path::new(&overlay), Path::new(&decoy));
     // Act
@@ -232,14 +205,13 @@ fn recover_undo_refusal<H: Host>(engine: &Engine<HookedFs, H>) -> Error {
         .expect_err("recover --undo must refuse the decoy")
 }
 
-/// A raw 64 KiB base of 0x11 in `tmp`, an engine over [`swap_on_open`] and `host`, and a
+/// The fixture base in `tmp`, an engine over [`swap_on_open`] and `host`, and a
 /// begun transaction over the base.
 fn begun_raw<H: Host>(tmp: &Path, host: H) -> (PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest) {
-    let base = tmp.join("base.raw");
-    fs::write(&base, vec![0x11u8; 64 << 10]).expect("write the base");
+    let base = fixture::write_base(tmp);
     let (swap, fs) = swap_on_open();
     let engine = Engine::new(fs, host, tmp.join("state")).expect("an engine");
-    let m = forwarding::begin_raw(&engine, &base);
+    let m = fixture::begin_raw(&engine, &base);
     (base, swap, engine, m)
 }
 
@@ -249,7 +221,7 @@ fn begun_raw_written<H: Host>(
     host: H,
 ) -> Option<(PathBuf, Swap, Engine<HookedFs, H>, txn::Manifest)> {
     let (base, swap, engine, m) = begun_raw(tmp, host);
-    forwarding::write_overlay(&m, "write -P 0xaa 0 64k")?;
+    fixture::write_overlay(&m, "write -P 0xaa 0 64k")?;
     Some((base, swap, engine, m))
 }
 
@@ -340,7 +312,7 @@ fn recover_undo_refuses_a_pre_image_file_swapped_between_its_check_and_its_open(
     );
     assert_eq!(
         fs::read(&base).expect("read the base"),
-        vec![0x11u8; 64 << 10],
+        fixture::base_bytes(),
         "recovery wrote the base from an untrusted file"
     );
 }

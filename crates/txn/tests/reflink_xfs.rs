@@ -3,15 +3,15 @@
 //! back bit for bit. Skipped, saying why, without root, `mkfs.xfs` or a loop device
 //! (`scripts/install-deps` installs xfsprogs).
 
-mod forwarding;
-
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use forwarding::{CommitPointStop, HookedHost};
 use storage::OsFs;
+use testkit::commit_point::CommitPointStop;
+use testkit::fixture;
+use testkit::hooked::HookedHost;
 use txn::{CommitOptions, Engine, RecoverOptions};
 
 const MIB: usize = 1 << 20;
@@ -84,8 +84,8 @@ fn pre_images_on_xfs_are_reflinks_and_undo_restores_from_them() {
         xfs.mnt.join("state"),
     )
     .expect("an engine");
-    let m = forwarding::begin_raw(&engine, &base);
-    if forwarding::write_overlay(&m, "write -P 0xaa 4M 16M").is_none() {
+    let m = fixture::begin_raw(&engine, &base);
+    if fixture::write_overlay(&m, "write -P 0xaa 4M 16M").is_none() {
         return;
     }
     let before = used(&xfs.mnt);

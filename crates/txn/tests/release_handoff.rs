@@ -3,14 +3,13 @@
 //! blocks outside the command (`crates/txn/src/release.rs`) and nothing still named is
 //! ever given away.
 
-mod forwarding;
-
 use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use forwarding::HookedHost;
 use storage::OsFs;
+use testkit::fixture;
+use testkit::hooked::HookedHost;
 use txn::{CommitOptions, Engine};
 
 /// (links, length) of every file handed to `release_later`, per call.
@@ -48,8 +47,8 @@ fn begun_and_written(
     let base = dir.join("base.raw");
     fs::write(&base, vec![0x11u8; 1 << 20]).expect("write the base");
     let (engine, handed) = engine(&dir.join("state"));
-    let m = forwarding::begin_raw(&engine, &base);
-    forwarding::write_overlay(&m, "write -P 0xaa 0 512k")?;
+    let m = fixture::begin_raw(&engine, &base);
+    fixture::write_overlay(&m, "write -P 0xaa 0 512k")?;
     Some((engine, handed, m, base))
 }
 

@@ -7,10 +7,12 @@ mod crash_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crash_support::{tx as id, SimHost, STATE};
+use crash_support::STATE;
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
-use txn::{CommitOptions, Engine, Format, RecoverOptions};
+use testkit::fixture;
+use testkit::sim_host::{tx as id, SimHost};
+use txn::{CommitOptions, Engine, RecoverOptions};
 
 const BASE: &str = "/d/b.img";
 
@@ -55,13 +57,7 @@ fn expected_new(old: &[u8]) -> Vec<u8> {
 fn prepared(old: &[u8], ov: &[u8]) -> SimFs {
     let fs = SimFs::new();
     fs.put_durable(BASE, old);
-    let m = engine(&fs)
-        .begin(&txn::BeginOptions {
-            bases: vec![PathBuf::from(BASE)],
-            base_format: Some(Format::Raw),
-            ..Default::default()
-        })
-        .expect("begin");
+    let m = fixture::begin_raw(&engine(&fs), Path::new(BASE));
     let f = fs.open(&m.images[0].overlay, true).unwrap();
     f.set_len(0).unwrap();
     f.write_all_at(ov, 0).unwrap();

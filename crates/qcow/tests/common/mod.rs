@@ -1,58 +1,12 @@
-//! Helpers shared by the interop tests: running qemu-img/qemu-io and translating their
-//! output into this crate's terms.
+//! Helpers shared by the interop tests: translating what qemu-img says into this crate's
+//! terms, and comparing an image as this crate reads it with qemu's reading. Running the
+//! tools is `testkit::qemu`.
 #![allow(dead_code)]
 
 use std::path::Path;
-use std::process::Command;
 
 use qcow::{Extent, ExtentKind, GuestOffset, HostOffset, Image};
-
-/// True when qemu-img and qemu-io run; prints why a test is skipped otherwise.
-pub fn qemu_available() -> bool {
-    let ok = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ok("qemu-img") && ok("qemu-io") {
-        true
-    } else {
-        eprintln!("skipping: qemu-img/qemu-io not installed (CI installs them)");
-        false
-    }
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("tool runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// `qemu-img ARGS...`, panicking on failure.
-pub fn qemu_img(args: &[&str]) -> Vec<u8> {
-    run(Command::new("qemu-img").args(args))
-}
-
-/// Runs qemu-io commands against a qcow2 image.
-pub fn qemu_io(path: &Path, cmds: &[String]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "qcow2", "-t", "unsafe"]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(path);
-    let out = run(&mut c);
-    let text = String::from_utf8_lossy(&out);
-    assert!(
-        !text.contains("error") && !text.contains("failed"),
-        "qemu-io {cmds:?}: {text}"
-    );
-}
+use testkit::qemu;
 
 /// Coalesces extents the way `Image::map` does.
 pub fn coalesce(extents: impl IntoIterator<Item = Extent>) -> Vec<Extent> {
@@ -80,7 +34,7 @@ pub fn coalesce(extents: impl IntoIterator<Item = Extent>) -> Vec<Extent> {
 /// `qemu-img map --output=json`, translated: depth > 0 → Unallocated; depth 0: data →
 /// Data/Compressed, zero → Zero, absent → Unallocated. Coalesced.
 pub fn qemu_map(path: &Path) -> Vec<Extent> {
-    let out = qemu_img(&[
+    let out = qemu::img(&[
         "map",
         "--output=json",
         "-f",
@@ -122,7 +76,7 @@ pub fn qemu_map(path: &Path) -> Vec<Extent> {
 /// The guest bytes as `qemu-img convert -O raw` produces them.
 pub fn qemu_raw(path: &Path, dir: &Path) -> Vec<u8> {
     let raw = dir.join("converted.raw");
-    qemu_img(&[
+    qemu::img(&[
         "convert",
         "-f",
         "qcow2",
@@ -171,5 +125,4 @@ pub fn assert_matches_qemu(path: &Path, dir: &Path, whole: bool) {
     }
 }
 
-pub mod heap;
 pub mod synth;

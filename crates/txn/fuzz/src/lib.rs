@@ -8,11 +8,12 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
 
 use storage::sim::SimFs;
 use storage::{File, Fs};
-use txn::{BeginOptions, CommitOptions, Engine, Error, Format, Host, TxId};
+use testkit::fixture;
+use testkit::sim_host::SimHost;
+use txn::{CommitOptions, Engine, Error};
 
 /// The base every run commits into. The directory exists on the machine that made the seed
 /// corpus with qemu-img, so the seeds carry this exact backing name.
@@ -26,55 +27,6 @@ pub const BASE_LEN: u64 = 128 << 10;
 pub const MAX_VIRTUAL_SIZE: u64 = 8 << 20;
 
 const STATE: &str = "/state";
-
-/// A host with no other processes: locks always free, no qemu, fixed identity and clock.
-#[derive(Debug, Default)]
-pub struct QuietHost;
-
-impl Host for QuietHost {
-    type Guard = ();
-
-    fn lock_exclusive(&self, _path: &Path, _wait: bool) -> txn::Result<Option<()>> {
-        Ok(Some(()))
-    }
-
-    fn image_in_use(&self, _path: &Path) -> txn::Result<bool> {
-        Ok(false)
-    }
-
-    fn fence_image(&self, _path: &Path) -> txn::Result<()> {
-        Ok(())
-    }
-
-    fn qemu_img_commit(&self, overlay: &Path, base: &Path, _format: Format) -> txn::Result<()> {
-        // The base is raw, so the engine copies itself; reaching qemu-img is a bug.
-        panic!(
-            "qemu-img commit of {} into raw base {}",
-            overlay.display(),
-            base.display()
-        )
-    }
-
-    fn user(&self) -> (String, u32) {
-        ("fuzz".to_owned(), 0)
-    }
-
-    fn hostname(&self) -> String {
-        "fuzz".to_owned()
-    }
-
-    fn now(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
-    }
-
-    fn new_id(&self) -> txn::Result<TxId> {
-        Ok(TxId::parse("tx-00000f0220").expect("a valid id"))
-    }
-
-    fn sleep(&self, _d: Duration) {}
-
-    fn step(&self, _name: &str) {}
-}
 
 /// The known content of the base: every 512-byte sector distinct.
 pub fn base_content() -> Vec<u8> {
@@ -132,14 +84,9 @@ pub fn commit_overlay(overlay: &[u8]) {
     let victim = pattern(BASE_LEN, 0xc3);
     fs.put_durable(BASE, &base);
     fs.put_durable(VICTIM, &victim);
-    let engine = Engine::new(fs.clone(), QuietHost, PathBuf::from(STATE))
-        .expect("engine over an empty disk");
-    let opts = BeginOptions {
-        bases: vec![PathBuf::from(BASE)],
-        base_format: Some(Format::Raw),
-        ..BeginOptions::default()
-    };
-    let m = engine.begin(&opts).expect("begin over a raw base");
+    let engine =
+        Engine::new(fs.clone(), SimHost, PathBuf::from(STATE)).expect("engine over an empty disk");
+    let m = fixture::begin_raw(&engine, Path::new(BASE));
     let ov_path = m.images[0].overlay.clone();
     {
         let f = fs

@@ -1,4 +1,4 @@
-//! Shared machinery of the engine's crash tests: a simulation [`Host`], fixtures whose
+//! Shared machinery of the engine's crash tests: fixtures on the simulated disk whose
 //! overlays are written by the real `qemu-io`, the write-ordering rule (T8), and the checks
 //! every crash point ends with ("every base old or new, durable, no stray files").
 //!
@@ -11,75 +11,21 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
+use splitmix::SplitMix64;
 use storage::monitor::{Change, Monitor, View};
 use storage::sim::{Damage, SimFs};
 use storage::{File, Fs};
+use testkit::fixture;
+use testkit::sim_host::{tx, SimHost, TX};
+use testkit::sweep::full;
 use txn::plan::Plan;
-use txn::{BeginOptions, Direction, Engine, Error, Format, Host, RecoverOptions, TxId};
+use txn::{Direction, Engine, Format, RecoverOptions, TxId};
 
 /// Where the engine keeps its registry in every simulation.
 pub const STATE: &str = "/state";
-/// The id the simulation host hands out.
-pub const TX: &str = "tx-00000000a1";
-
-/// [`TX`] as a transaction id.
-pub fn tx() -> TxId {
-    TxId::parse(TX).expect("TX is an id")
-}
 const CLUSTER: u64 = 64 << 10;
-
-/// Locks are no-ops (a simulated disk has no descriptors), qemu-img is absent, time and ids
-/// are fixed so every run of a sweep is the same run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SimHost;
-
-impl Host for SimHost {
-    type Guard = ();
-
-    fn lock_exclusive(&self, _path: &Path, _wait: bool) -> txn::Result<Option<()>> {
-        Ok(Some(()))
-    }
-
-    fn image_in_use(&self, _path: &Path) -> txn::Result<bool> {
-        Ok(false)
-    }
-
-    fn fence_image(&self, _path: &Path) -> txn::Result<()> {
-        Ok(())
-    }
-
-    fn qemu_img_commit(&self, overlay: &Path, base: &Path, _f: Format) -> txn::Result<()> {
-        Err(Error::QemuImg {
-            overlay: overlay.to_path_buf(),
-            base: base.to_path_buf(),
-            status: "not run".into(),
-            stderr: "qemu-img cannot write into the simulated disk".into(),
-        })
-    }
-
-    fn user(&self) -> (String, u32) {
-        ("sim".into(), 0)
-    }
-
-    fn hostname(&self) -> String {
-        "sim".into()
-    }
-
-    fn now(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_780_000_000)
-    }
-
-    fn new_id(&self) -> txn::Result<TxId> {
-        Ok(tx())
-    }
-
-    fn sleep(&self, _d: Duration) {}
-
-    fn step(&self, _name: &str) {}
-}
 
 /// The engine as every sweep runs it: over the monitored simulated disk.
 pub type SimEngine = Engine<Monitor<SimFs>, SimHost>;
@@ -125,32 +71,12 @@ pub struct Fixture {
     pub new: Vec<Vec<u8>>,
 }
 
-/// A deterministic generator (SplitMix64) for contents, samples and seeds.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next value.
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A value in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Where a fixture's base reads zeros (see `Fixture::new`).
 const ZERO_AREA: std::ops::Range<usize> = (192 << 10)..(256 << 10);
 
 fn content(size: u64, seed: u64) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    (0..size).map(|_| (rng.next() >> 24) as u8).collect()
+    let mut rng = SplitMix64::new(seed);
+    (0..size).map(|_| (rng.next_u64() >> 24) as u8).collect()
 }
 
 fn apply_edits(old: &[u8], edits: &[Edit]) -> Vec<u8> {
@@ -187,14 +113,6 @@ fn qemu_io_commands(edits: &[Edit]) -> Vec<String> {
             Edit::Grow { size } => format!("truncate {size}"),
         })
         .collect()
-}
-
-/// Whether `tool` runs here.
-pub fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 /// Edits the overlay bytes `ov` (whose header names a simulated path) with the real qemu-io,
@@ -249,7 +167,9 @@ impl Fixture {
         sim.put_durable(spare_of(&bases[0]), &stale);
         let before_begin = sim.crashed_image(Damage::KeepAll, 0);
         let engine = Engine::new(sim.clone(), SimHost, STATE.into()).expect("engine");
-        let m = engine.begin(&begin_options(&bases)).expect("begin");
+        let m = engine
+            .begin(&fixture::begin_options(&bases))
+            .expect("begin");
         let overlays: Vec<PathBuf> = m.images.iter().map(|i| i.overlay.clone()).collect();
         let mut new = Vec::new();
         for (i, s) in specs.iter().enumerate() {
@@ -274,15 +194,6 @@ impl Fixture {
     /// A private copy of the prepared disk.
     pub fn fresh(&self) -> SimFs {
         self.template.crashed_image(Damage::KeepAll, 0)
-    }
-}
-
-/// `begin` options for raw `bases`.
-pub fn begin_options(bases: &[PathBuf]) -> BeginOptions {
-    BeginOptions {
-        bases: bases.to_vec(),
-        base_format: Some(Format::Raw),
-        ..BeginOptions::default()
     }
 }
 
@@ -608,18 +519,13 @@ impl Stats {
     }
 }
 
-/// Whether the full sweep was asked for (`IMGTX_CRASH_SWEEP=full`).
-pub fn full() -> bool {
-    std::env::var("IMGTX_CRASH_SWEEP").is_ok_and(|v| v == "full")
-}
-
 /// The damage variants applied at crash point `k`: all in the full sweep, otherwise a
 /// fixed-seed sample that always includes dropping everything unsynced.
 pub fn variants(k: u64, sample: usize) -> Vec<Damage> {
     if full() || sample >= Damage::ALL.len() {
         return Damage::ALL.to_vec();
     }
-    let mut rng = Rng(k.wrapping_mul(0x51ed) ^ 0xc0ffee);
+    let mut rng = SplitMix64::new(k.wrapping_mul(0x51ed) ^ 0xc0ffee);
     let mut out = vec![Damage::DropUnsynced];
     while out.len() < sample {
         let d = Damage::ALL[rng.below(Damage::ALL.len() as u64) as usize];
@@ -772,7 +678,7 @@ pub fn recover_and_check(
     stats.recoveries += 1;
     let n = first.ops();
     let end = check_settled(fx, &first, told_new, ctx);
-    let mut rng = Rng(seed(n, Damage::KeepAll) ^ ctx.len() as u64);
+    let mut rng = SplitMix64::new(seed(n, Damage::KeepAll) ^ ctx.len() as u64);
     let points: Vec<u64> = if full() {
         (1..=n).collect()
     } else {

@@ -1,6 +1,9 @@
 //! A global allocator that counts live and peak heap bytes, so a test can bound the memory
 //! an operation uses. A test crate installs it with
 //! `#[global_allocator] static ALLOC: Counting = Counting::new();`.
+//!
+//! It is not a leak checker or a profiler: it knows only how many bytes are live, and the
+//! highest that number reached since [`Counting::peak_during`] started.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +17,7 @@ pub struct Counting {
 }
 
 impl Counting {
+    /// A counter at zero; `const` so it can be a `static` global allocator.
     pub const fn new() -> Self {
         Self {
             live: AtomicUsize::new(0),
@@ -40,6 +44,12 @@ impl Counting {
         let out = f();
         let peak = self.peak.load(Ordering::Relaxed).saturating_sub(before);
         (out, peak)
+    }
+}
+
+impl Default for Counting {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,22 +1,22 @@
-//! Test doubles of the real machine for the hostile tests: [`HookedFs`] and [`HookedHost`]
-//! forward every call to [`OsFs`] and [`OsHost`], and run the test's hook at the one moment
-//! it attacks (an open, the start of `qemu-img commit`, a journaled step). Only the hooks
-//! differ from test to test, so the forwarding is written once, here, with the setup those
-//! tests share.
-
-#![allow(dead_code)] // each test crate uses a different part of this module
+//! Doubles of the real machine for tests that attack the engine at one moment: [`HookedFs`]
+//! and [`HookedHost`] forward every call to [`OsFs`] and [`OsHost`], and run the test's hook
+//! at that moment (an open, the start of `qemu-img commit`, a journaled step, a hand-off of
+//! files). Only the hooks differ from test to test, so the forwarding is written once, here.
+//!
+//! They are not simulations: every call reaches real files and real processes. For a disk
+//! that can crash at any operation, use `storage`'s simulated disk with
+//! [`crate::sim_host::SimHost`].
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use storage::{Fs, Metadata, OsFile, OsFs};
-use txn::{BeginOptions, Engine, Format, Host, OsGuard, OsHost, Released, TxId};
+use txn::{Format, Host, OsGuard, OsHost, Released, TxId};
 
 type OpenHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
@@ -144,6 +144,26 @@ impl Host for HookedHost {
         self.os.lock_exclusive(path, wait)
     }
 
+    fn is_locked(&self, path: &Path) -> txn::Result<bool> {
+        self.os.is_locked(path)
+    }
+
+    fn writer_running(&self, base: &Path) -> txn::Result<bool> {
+        self.os.writer_running(base)
+    }
+
+    fn holders(&self, path: &Path) -> Vec<u32> {
+        self.os.holders(path)
+    }
+
+    fn qemu_img_repair_leaks(&self, base: &Path) -> txn::Result<()> {
+        self.os.qemu_img_repair_leaks(base)
+    }
+
+    fn bitmaps_in_use(&self, base: &Path) -> txn::Result<Vec<String>> {
+        self.os.bitmaps_in_use(base)
+    }
+
     fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
         self.os.image_in_use(path)
     }
@@ -200,58 +220,4 @@ impl Host for HookedHost {
         }
         self.os.release_later(files)
     }
-}
-
-/// A switch that, once armed, makes the next commit die at its commit point: its
-/// [`CommitPointStop::hook`] unwinds there, which leaves the journal and pre-images behind
-/// as a killed process would. It disarms itself when it fires.
-#[derive(Debug, Clone, Default)]
-pub struct CommitPointStop(Arc<AtomicBool>);
-
-impl CommitPointStop {
-    /// The next commit point reached stops the commit.
-    pub fn arm(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    /// Commit points are passed again (for a commit that failed before reaching one).
-    pub fn disarm(&self) {
-        self.0.store(false, Ordering::SeqCst);
-    }
-
-    /// The [`HookedHost::at_step`] hook that does the stopping.
-    pub fn hook(&self) -> impl Fn(&str) + Send + Sync + 'static {
-        let armed = Arc::clone(&self.0);
-        move |name| {
-            if name == "commit-point" && armed.swap(false, Ordering::SeqCst) {
-                std::panic::resume_unwind(Box::new("stopped at the commit point"));
-            }
-        }
-    }
-}
-
-/// Begins a transaction over the raw image `base` (which must exist).
-pub fn begin_raw<S: Fs, H: Host>(engine: &Engine<S, H>, base: &Path) -> txn::Manifest {
-    engine
-        .begin(&BeginOptions {
-            bases: vec![base.to_path_buf()],
-            base_format: Some(Format::Raw),
-            ..BeginOptions::default()
-        })
-        .expect("begin")
-}
-
-/// Runs `qemu-io -f qcow2 -c CMD` on the overlay of `m`'s first image; `None`, with a note,
-/// when qemu-io is not installed. A command that fails fails the test.
-pub fn write_overlay(m: &txn::Manifest, cmd: &str) -> Option<()> {
-    let Ok(out) = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", cmd])
-        .arg(&m.images[0].overlay)
-        .output()
-    else {
-        eprintln!("skipped: qemu-io is not installed");
-        return None;
-    };
-    assert!(out.status.success(), "qemu-io {cmd:?} failed: {out:?}");
-    Some(())
 }
