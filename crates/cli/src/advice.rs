@@ -4,6 +4,17 @@
 
 use txn::Error;
 
+/// `e` and its sources, joined by ": ", as the error line shows them.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
 /// The advice for `e`, when there is one.
 pub fn for_error(e: &Error) -> Option<String> {
     let text = match e {

@@ -153,7 +153,7 @@ impl Out {
                 .failures
                 .iter()
                 .map(|f| {
-                    json!({"tx": f.tx, "bases": f.bases, "error": crate::error_chain(&f.error),
+                    json!({"tx": f.tx, "bases": f.bases, "error": crate::advice::chain(&f.error),
                            "hint": crate::advice::for_error(&f.error)})
                 })
                 .collect();
@@ -166,7 +166,7 @@ impl Out {
             eprintln!(
                 "imgtx: error: transaction {} not recovered: {}",
                 f.tx,
-                crate::error_chain(&f.error)
+                crate::advice::chain(&f.error)
             );
             if let Some(hint) = crate::advice::for_error(&f.error) {
                 eprintln!("hint: {hint}");
