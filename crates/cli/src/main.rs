@@ -247,8 +247,8 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
             let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| {
-                watch(&interrupts, p);
-                bar.report(p);
+                watch(&interrupts, &p);
+                bar.report(&p);
             })?;
             bar.finish();
             out.commit(&r)?;
@@ -293,8 +293,8 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                     dry_run,
                 },
                 &mut |p| {
-                    watch(&interrupts, p);
-                    bar.report(p);
+                    watch(&interrupts, &p);
+                    bar.report(&p);
                 },
             )?;
             bar.finish();
@@ -444,8 +444,8 @@ fn run_command(
         // would only leave work for `imgtx recover`, which would finish it anyway.
         let mut bar = progress::Reporter::new(out.json, out.quiet);
         let committed = engine.commit(&m.id, commit, &mut |p| {
-            watch(interrupts, p);
-            bar.report(p);
+            watch(interrupts, &p);
+            bar.report(&p);
         });
         bar.finish();
         let r = match committed {
@@ -477,7 +477,7 @@ fn run_command(
 
 /// Passes progress on to `interrupts`: once the engine writes bases (applying or restoring),
 /// a signal no longer stops it, and a second one is answered with how much is left.
-fn watch(interrupts: &interrupt::Interrupts, p: txn::Progress) {
+fn watch(interrupts: &interrupt::Interrupts, p: &txn::Progress) {
     if p.phase != txn::Phase::PreImages {
         interrupts.left(p.total.saturating_sub(p.done));
     }
@@ -513,7 +513,7 @@ mod tests {
     fn error_classes_map_to_the_documented_exit_codes() {
         let busy = txn::Error::Busy {
             path: "/x".into(),
-            holder: "tx-0123456789".into(),
+            holder: Box::new(txn::Holder::unknown("tx-0123456789")),
         };
         assert_eq!(exit_code(&busy), 3);
         let rec = txn::Error::RecoveryNeeded {

@@ -65,7 +65,7 @@ impl Reporter {
     }
 
     /// Hears one report from the engine.
-    pub fn report(&mut self, p: Progress) {
+    pub fn report(&mut self, p: &Progress) {
         match &mut self.mode {
             Mode::Silent => {}
             Mode::Json { last } => {
@@ -143,7 +143,7 @@ fn phase_name(phase: Phase) -> &'static str {
 }
 
 /// What the bar says it is doing.
-fn label(p: Progress) -> String {
+fn label(p: &Progress) -> String {
     let what = match p.phase {
         Phase::PreImages => "saving pre-images of",
         Phase::Apply => "writing",
@@ -165,6 +165,7 @@ mod tests {
     fn p(image: usize, done: u64, total: u64) -> Progress {
         Progress {
             image,
+            base: std::path::Path::new("/vm/disk.img").into(),
             phase: Phase::Apply,
             done,
             total,
@@ -188,7 +189,7 @@ mod tests {
         // Arrange
         let mut r = Reporter::with_terminal(false, false, true);
         // Act
-        r.report(p(0, 10, 100));
+        r.report(&p(0, 10, 100));
         // Assert
         assert!(matches!(r.mode, Mode::Bar { bar: None, .. }));
     }
@@ -198,12 +199,12 @@ mod tests {
         // Arrange
         let mut r = Reporter::with_terminal(true, false, false);
         // Act
-        r.report(p(0, 0, 100));
+        r.report(&p(0, 0, 100));
         let first = match r.mode {
             Mode::Json { last } => last,
             _ => None,
         };
-        r.report(p(0, 50, 100));
+        r.report(&p(0, 50, 100));
         let second = match r.mode {
             Mode::Json { last } => last,
             _ => None,
@@ -217,12 +218,12 @@ mod tests {
     fn json_sends_a_new_phase_at_once() {
         // Arrange
         let mut r = Reporter::with_terminal(true, false, false);
-        r.report(Progress {
+        r.report(&Progress {
             phase: Phase::PreImages,
             ..p(0, 0, 100)
         });
         // Act: right away, the same image's next phase starts.
-        r.report(p(0, 0, 100));
+        r.report(&p(0, 0, 100));
         // Assert
         let last = match r.mode {
             Mode::Json { last } => last.map(|(_, image, phase)| (image, phase)),

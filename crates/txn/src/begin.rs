@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::files::{remove_durably, sync_dir};
 use crate::host::Host;
 use crate::id::TxId;
-use crate::manifest::{DevIno, FileId, ImageEntry, Manifest, TxState};
+use crate::manifest::{DevIno, FileId, Holder, ImageEntry, Manifest, TxState};
 use crate::options::{BeginOptions, Wait};
 use crate::{base, layout};
 
@@ -102,7 +102,11 @@ fn check_base<S: Fs, H: Host>(
     }
     base::check_no_interrupted(&e.fs, base)?;
     if e.host.image_in_use(base)? {
-        return Err(Error::InUse { path: base.clone() });
+        return Err(Error::InUse {
+            path: base.clone(),
+            what: "base",
+            pids: e.host.holders(base),
+        });
     }
     let (format, virtual_size) = base::decide_format(&e.fs, base, opts.base_format)?;
     let entry = ImageEntry {
@@ -173,6 +177,7 @@ fn claim_with_wait<S: Fs, H: Host>(
             return Ok(());
         };
         check_holder_may_finish(e, &holder)?;
+        let holder = Box::new(holder_of(e, &holder));
         let out_of_time = match wait {
             Wait::No => {
                 return Err(Error::Busy {
@@ -193,6 +198,13 @@ fn claim_with_wait<S: Fs, H: Host>(
         e.host.sleep(POLL);
         waited += POLL;
     }
+}
+
+/// What this state directory knows of transaction `tx`, holding a base.
+fn holder_of<S: Fs, H: Host>(e: &Ctx<S, H>, tx: &str) -> Holder {
+    TxId::parse(tx)
+        .and_then(|id| e.state.load(&e.fs, &id).ok().flatten())
+        .map_or_else(|| Holder::unknown(tx), |m| Holder::of(&m))
 }
 
 /// Refuses a claim `holder` that will never let go by itself: one that is not simply open

@@ -148,13 +148,20 @@ pub(crate) fn commit<S: Fs, H: Host>(
 /// it.
 fn fence_all<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<Vec<H::Guard>> {
     let mut fences = Vec::new();
+    // Which of the transaction's images qemu holds, for the message.
+    let role = |what: &'static str| {
+        move |err| match err {
+            Error::InUse { path, pids, .. } => Error::InUse { path, what, pids },
+            other => other,
+        }
+    };
     for img in &m.images {
-        fences.push(e.host.fence_image(&img.base)?);
+        fences.push(e.host.fence_image(&img.base).map_err(role("base"))?);
         let ov =
             e.fs.metadata(&img.overlay)
                 .map_err(Error::io("stat", &img.overlay))?;
         if ov.is_some_and(|x| x.kind == FileKind::File) {
-            fences.push(e.host.fence_image(&img.overlay)?);
+            fences.push(e.host.fence_image(&img.overlay).map_err(role("overlay"))?);
         }
     }
     Ok(fences)
@@ -321,9 +328,11 @@ fn save_preimages<S: Fs, H: Host>(
     let base = base::open(&e.fs, tx, (&img.base, img.base_id.dev_ino()), false)?;
     let (old_len, ranges) = preimage::ranges(&base, &img.base, img.base_format, &c.plan)?;
     let total = ranges.iter().map(|r| r.len).sum();
+    let name: std::sync::Arc<std::path::Path> = img.base.as_path().into();
     let mut saved = |done| {
         progress(Progress {
             image: index,
+            base: name.clone(),
             phase: Phase::PreImages,
             done,
             total,
@@ -359,6 +368,7 @@ fn apply_one<S: Fs, H: Host>(
         dev_ino: c.img.base_id.dev_ino(),
         format: c.img.base_format,
     };
+    let name: std::sync::Arc<std::path::Path> = c.img.base.as_path().into();
     apply::forward(
         (&e.fs, &e.host),
         tx,
@@ -368,6 +378,7 @@ fn apply_one<S: Fs, H: Host>(
         &mut |done, total| {
             progress(Progress {
                 image: index,
+                base: name.clone(),
                 phase: Phase::Apply,
                 done,
                 total,

@@ -8,6 +8,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::id::TxId;
+use crate::manifest::Holder;
 
 /// Everything that can go wrong in a transaction operation.
 #[derive(Debug, thiserror::Error)]
@@ -38,8 +39,8 @@ pub enum Error {
     Busy {
         /// The base as the user named it.
         path: PathBuf,
-        /// The transaction holding it, as its claim names it.
-        holder: String,
+        /// The transaction holding it (boxed: it is large, and rare).
+        holder: Box<Holder>,
     },
     /// A commit failed after its commit point; recovery finishes it.
     #[error("commit of transaction {tx} stopped after its commit point")]
@@ -59,10 +60,14 @@ pub enum Error {
         reason: String,
     },
     /// A qemu process (or anything speaking qemu's lock protocol) uses the image.
-    #[error("image {} is in use by a qemu process", path.display())]
+    #[error("{what} {} is in use by a qemu process{}", path.display(), pids_text(pids))]
     InUse {
         /// The image file.
         path: PathBuf,
+        /// Which image it is to the transaction: "base" or "overlay".
+        what: &'static str,
+        /// The processes seen holding it open, when they can be found.
+        pids: Vec<u32>,
     },
     /// A transaction was interrupted during begin, rollback or cleanup and must be
     /// recovered first.
@@ -238,8 +243,8 @@ pub enum Error {
     WaitTimedOut {
         /// The base.
         path: PathBuf,
-        /// The transaction still holding it.
-        holder: String,
+        /// The transaction still holding it (boxed: it is large, and rare).
+        holder: Box<Holder>,
     },
 }
 

@@ -62,7 +62,7 @@ pub use history::{History, HistoryEntry, HistoryImage, Outcome};
 pub use host::{Host, OsGuard, OsHost};
 pub use id::TxId;
 pub use inspect::{Condition, ImageDiff, TxStatus};
-pub use manifest::{DevIno, FileId, Format, ImageEntry, Manifest, TxState};
+pub use manifest::{DevIno, FileId, Format, Holder, ImageEntry, Manifest, TxState};
 pub use options::{
     AbandonReport, BeginOptions, CommitOptions, CommitReport, Phase, Progress, RecoverAction,
     RecoverFailure, RecoverOptions, RecoverReport, RecoveryAction, Spare, Wait,

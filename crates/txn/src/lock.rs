@@ -100,6 +100,8 @@ pub(crate) fn fence_image(path: &Path) -> Result<File> {
     if image_in_use(path)? {
         return Err(Error::InUse {
             path: path.to_path_buf(),
+            what: "image",
+            pids: holders(path),
         });
     }
     let file = open_read(path)?;
@@ -110,6 +112,8 @@ pub(crate) fn fence_image(path: &Path) -> Result<File> {
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
                 return Err(Error::InUse {
                     path: path.to_path_buf(),
+                    what: "image",
+                    pids: holders(path),
                 })
             }
             Err(e) => return Err(Error::io("lock qemu's lock bytes of", path)(e.into())),

@@ -177,6 +177,67 @@ pub struct Manifest {
     pub images: Vec<ImageEntry>,
 }
 
+/// Who holds an image: what a refusal or a waiting begin says about the transaction in the
+/// way, as far as it is known.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// The transaction, as its claim names it.
+    pub tx: String,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// Who began it (empty when unknown).
+    pub user: String,
+    /// On which host (empty when unknown).
+    pub host: String,
+    /// When it began (RFC 3339 UTC; empty when unknown).
+    pub since: String,
+}
+
+impl Holder {
+    /// A holder of which only the transaction id is known.
+    pub fn unknown(tx: &str) -> Self {
+        Self {
+            tx: tx.to_owned(),
+            name: None,
+            user: String::new(),
+            host: String::new(),
+            since: String::new(),
+        }
+    }
+
+    /// The holder described by its manifest.
+    pub fn of(m: &Manifest) -> Self {
+        Self {
+            tx: m.id.to_string(),
+            name: m.name.clone(),
+            user: m.user.clone(),
+            host: m.host.clone(),
+            since: m.created.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    /// `tx-… ("name", root@host)`, with what is known.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.tx)?;
+        let mut details = Vec::new();
+        if let Some(n) = &self.name {
+            details.push(format!("{n:?}"));
+        }
+        if !self.user.is_empty() {
+            details.push(format!("{}@{}", self.user, self.host));
+        }
+        if !self.since.is_empty() {
+            details.push(format!("since {}", self.since));
+        }
+        if !details.is_empty() {
+            write!(f, " ({})", details.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// What a finished transaction leaves to remove beside one base: the overlay begin created
 /// (only that very inode is removed) and the files named after the base and the id.
 #[derive(Debug, Clone, PartialEq, Eq)]

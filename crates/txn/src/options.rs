@@ -61,10 +61,12 @@ pub enum Phase {
 }
 
 /// Progress of copying data for a base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// Index of the image being worked on.
     pub image: usize,
+    /// That image's base.
+    pub base: std::sync::Arc<std::path::Path>,
     /// Which copy this is; `done` and `total` count the bytes of that copy.
     pub phase: Phase,
     /// Bytes of it done so far.

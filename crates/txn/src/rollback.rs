@@ -44,6 +44,8 @@ pub(crate) fn rollback<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<()> {
         if overlay.is_some_and(|x| x.kind == FileKind::File) && e.host.image_in_use(&img.overlay)? {
             return Err(Error::InUse {
                 path: img.overlay.clone(),
+                what: "overlay",
+                pids: e.host.holders(&img.overlay),
             });
         }
     }

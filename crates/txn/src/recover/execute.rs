@@ -41,6 +41,7 @@ pub(crate) fn go<S: Fs, H: Host>(
         let Some(intent) = &image.intent else {
             continue;
         };
+        let name: std::sync::Arc<std::path::Path> = intent.base.as_path().into();
         let mut report = |done, total| {
             let phase = match dir {
                 Direction::Forward => Phase::Apply,
@@ -48,6 +49,7 @@ pub(crate) fn go<S: Fs, H: Host>(
             };
             progress(Progress {
                 image: index,
+                base: name.clone(),
                 phase,
                 done,
                 total,
@@ -118,9 +120,11 @@ pub(crate) fn restore_all<S: Fs, H: Host>(
             continue;
         };
         let _fence = e.host.fence_image(&intent.base)?;
+        let name: std::sync::Arc<std::path::Path> = intent.base.as_path().into();
         let mut report = |done, total| {
             progress(Progress {
                 image: index,
+                base: name.clone(),
                 phase: Phase::Restore,
                 done,
                 total,
