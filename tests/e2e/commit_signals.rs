@@ -109,7 +109,11 @@ fn a_signal_before_the_commit_point_stops_the_commit_and_changes_nothing() {
         names.sort();
         assert_eq!(
             names,
-            vec!["disk.img".to_owned(), format!("disk.img.{tx}.imgtx.qcow2")]
+            vec![
+                ".disk.img.imgtx.claim".to_owned(),
+                "disk.img".to_owned(),
+                format!("disk.img.{tx}.imgtx.qcow2")
+            ]
         );
         // And it still commits.
         t.imgtx_ok(&["commit", &tx]);

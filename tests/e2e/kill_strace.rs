@@ -511,13 +511,19 @@ impl Case {
         }
     }
 
-    /// Asserts the open transaction `self.tx` is whole: its overlays beside the bases.
+    /// Asserts the open transaction `self.tx` is whole: its overlays and claims beside the
+    /// bases.
     fn assert_open(&self, ctx: &str) {
         let mut want = self.base_names();
         want.extend(
             self.overlays()
                 .iter()
                 .map(|o| o.file_name().unwrap().to_string_lossy().into_owned()),
+        );
+        want.extend(
+            self.base_names()
+                .iter()
+                .map(|b| format!(".{b}.imgtx.claim")),
         );
         want.sort();
         assert_eq!(

@@ -10,6 +10,7 @@ mod generate;
 mod interrupt;
 mod output;
 mod progress;
+mod waiting;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -241,7 +242,11 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         .with_interrupt(interrupts.flag());
     match cli.command {
         Command::Begin { opts, bases } => {
-            let m = engine.begin(&begin_options(&opts, &bases, None)?)?;
+            let mut teller = waiting::Teller::new(out.json);
+            let m = engine.begin_with(&begin_options(&opts, &bases, None)?, &mut |w| {
+                teller.hear(w);
+            })?;
+            drop(teller);
             out.begin(&m)?;
         }
         Command::Commit { commit, tx } => {
@@ -381,7 +386,20 @@ fn run_command(
 ) -> Result<u8, Failure> {
     let argv_template = command.clone();
     // Caught from before begin: a signal now rolls back instead of leaving the transaction open.
-    let m = engine.begin(&begin_options(opts, bases, Some(command))?)?;
+    let mut teller = waiting::Teller::new(out.json);
+    let m = engine.begin_with(&begin_options(opts, bases, Some(command))?, &mut |w| {
+        teller.hear(w);
+    })?;
+    drop(teller);
+    // While the command runs, no other writer gets at the bases; the command's own tools
+    // may still open them read-only, as their overlays' backing files.
+    let _writers_out = match engine.keep_writers_out(&m) {
+        Ok(guards) => guards,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            return Err(e.into());
+        }
+    };
     if let Some(sig) = interrupts.received() {
         engine.rollback(&m.id)?;
         out.interrupted(&m.id, sig)?;

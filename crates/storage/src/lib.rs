@@ -80,6 +80,13 @@ pub trait File: Send + Sync {
         None
     }
 
+    /// Lets others read the file: mode 0644 instead of the 0600 [`Fs::create_new`] gives. For
+    /// the few files other users must see (claims beside images). The default does nothing,
+    /// for files without permissions.
+    fn make_readable(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Starts writing `[offset, offset + len)` back to the device without waiting for it, so
     /// that a later [`File::sync_data`] has less left to flush. A hint only: it makes nothing
     /// durable and promises nothing, and the default does nothing. Callers may ignore its errors.
@@ -220,6 +227,11 @@ pub trait Fs: Send + Sync {
 
     /// Atomically renames `from` to `to`, replacing `to`. Not durable until [`Fs::sync_dir`].
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
+    /// Gives the file `from` a second name `to`, failing with `AlreadyExists` if anything
+    /// has that name: the way to make a file appear under a name atomically and whole, even
+    /// on NFS (write it under a private name, then link). Not durable until [`Fs::sync_dir`].
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()>;
 
     /// Creates a directory with mode 0700; `Ok(())` when it already exists as a directory.
     fn create_dir(&self, path: &Path) -> io::Result<()>;

@@ -335,6 +335,11 @@ impl<F: Fs + Clone> Fs for Monitor<F> {
         self.inner.rename(from, to)
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        lock(&self.shared.track).entry_changed(to);
+        self.inner.hard_link(from, to)
+    }
+
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         let existed = self.inner.metadata(path).ok().flatten().is_some();
         self.inner.create_dir(path)?;

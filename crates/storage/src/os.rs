@@ -102,6 +102,11 @@ impl File for OsFile {
             .reflink_block()
     }
 
+    fn make_readable(&self) -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.file.set_permissions(fs::Permissions::from_mode(0o644))
+    }
+
     fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Ok(()); // a hint cannot cover such a range; nothing to do
@@ -187,6 +192,19 @@ impl Fs for OsFs {
         let (from_dir, from_name) = parent_of(from)?;
         let (to_dir, to_name) = parent_of(to)?;
         renameat(&from_dir, from_name, &to_dir, to_name).map_err(io::Error::from)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from_dir, from_name) = parent_of(from)?;
+        let (to_dir, to_name) = parent_of(to)?;
+        nix::unistd::linkat(
+            &from_dir,
+            from_name,
+            &to_dir,
+            to_name,
+            nix::fcntl::AtFlags::empty(),
+        )
+        .map_err(io::Error::from)
     }
 
     fn create_dir(&self, path: &Path) -> io::Result<()> {

@@ -169,6 +169,13 @@ pub enum Op {
         /// New name.
         to: PathBuf,
     },
+    /// `Fs::hard_link`.
+    HardLink {
+        /// The existing name.
+        from: PathBuf,
+        /// The new name.
+        to: PathBuf,
+    },
     /// `Fs::create_dir`.
     CreateDir {
         /// The directory.
@@ -886,6 +893,29 @@ impl Fs for SimFs {
         }
         let parent = parent_of(&path);
         st.entry_op(EntryOp::Unlink { path, ino }, vec![parent]);
+        Ok(())
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let (from, to) = (norm(from), norm(to));
+        let mut st = self.lock();
+        st.start(Op::HardLink {
+            from: from.clone(),
+            to: to.clone(),
+        })?;
+        let ino = *st
+            .live
+            .get(&from)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        if st.inodes[&ino].kind == Kind::Dir {
+            return Err(io::Error::from(io::ErrorKind::IsADirectory));
+        }
+        let to_parent = parent_of(&to);
+        st.need_dir(&to_parent)?;
+        if st.live.contains_key(&to) {
+            return Err(io::Error::from(io::ErrorKind::AlreadyExists));
+        }
+        st.entry_op(EntryOp::Link { path: to, ino }, vec![to_parent]);
         Ok(())
     }
 

@@ -67,6 +67,10 @@ impl Fs for HookedFs {
         OsFs.rename(from, to)
     }
 
+    fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsFs.hard_link(from, to)
+    }
+
     fn create_dir(&self, path: &Path) -> io::Result<()> {
         OsFs.create_dir(path)
     }
@@ -166,6 +170,10 @@ impl Host for HookedHost {
 
     fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
         self.os.image_in_use(path)
+    }
+
+    fn keep_writers_out(&self, path: &Path) -> txn::Result<OsGuard> {
+        self.os.keep_writers_out(path)
     }
 
     fn fence_image(&self, path: &Path) -> txn::Result<OsGuard> {

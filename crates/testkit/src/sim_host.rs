@@ -35,6 +35,10 @@ impl Host for SimHost {
         Ok(false)
     }
 
+    fn keep_writers_out(&self, _path: &Path) -> txn::Result<()> {
+        Ok(())
+    }
+
     fn fence_image(&self, _path: &Path) -> txn::Result<()> {
         Ok(())
     }

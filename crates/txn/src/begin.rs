@@ -1,63 +1,73 @@
 //! `begin`: claim the bases and create one qcow2 overlay over each.
 //!
-//! [`begin`] runs the steps of "Begin" in `docs/commit-protocol.md`; a failure at any step
+//! [`begin`] runs the steps of "Begin" in `docs/commit-protocol.md`. While it waits for
+//! images others hold, it has written nothing; from the manifest on, a failure at any step
 //! removes what the earlier ones made ([`undo_begin`]), and a crash leaves a manifest in
 //! state `beginning` that `recover` cleans up the same way.
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
 
 use storage::{File, FileKind, Fs};
 
+use crate::claim::{self, Claim, Found};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::files::{remove_durably, sync_dir};
 use crate::host::Host;
 use crate::id::TxId;
-use crate::manifest::{DevIno, FileId, Holder, ImageEntry, Manifest, TxState};
-use crate::options::{BeginOptions, Wait};
+use crate::manifest::{DevIno, FileId, Format, Holder, ImageEntry, Manifest, TxState};
+use crate::options::BeginOptions;
+use crate::wait::{Blocker, Waiter, Waiting};
 use crate::{base, layout};
 
-/// How often a waiting begin looks at a busy base again.
-const POLL: Duration = Duration::from_millis(200);
+/// One base to begin over: its resolved path, and every name its claims must cover.
+struct Target {
+    base: PathBuf,
+    names: Vec<PathBuf>,
+}
 
 /// Begins a transaction over `opts.bases`; returns its manifest (id, images, overlays).
-pub(crate) fn begin<S: Fs, H: Host>(e: &Ctx<S, H>, opts: &BeginOptions) -> Result<Manifest> {
+/// `on_wait` hears, at every poll, what a begin that waits is waiting for.
+pub(crate) fn begin<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    opts: &BeginOptions,
+    on_wait: &mut dyn FnMut(&Waiting),
+) -> Result<Manifest> {
     if opts.bases.is_empty() {
         return Err(Error::Invalid("name at least one base image".into()));
     }
     e.check_interrupt()?;
-    // 1. Check every base and decide its format, once.
-    let mut images: Vec<ImageEntry> = Vec::new();
-    let mut sizes = Vec::new();
+    // 1. Resolve and check what can be checked before holding the images.
+    let mut targets: Vec<Target> = Vec::new();
     for given in &opts.bases {
-        let (img, virtual_size) = check_base(e, given, opts, &images)?;
-        images.push(img);
-        sizes.push(virtual_size);
+        targets.push(target(e, given, &targets)?);
     }
     let id = e.host.new_id()?;
-    for img in &mut images {
-        img.overlay = layout::overlay(&img.base, &id)?;
-    }
-    // 2. The transaction lock, then the manifest in state `beginning`: every claim and
-    // overlay made after it is explained by it.
     let _guard = e.lock_tx(&id)?;
-    let (user, uid) = e.host.user();
-    let mut m = Manifest {
-        version: 1,
-        id: id.clone(),
-        name: opts.name.clone(),
-        state: TxState::Beginning,
-        created: e.now(),
-        user,
-        uid,
-        host: e.host.hostname(),
-        command: opts.command.clone(),
-        images,
+    let mut waiter = Waiter::new(e, &id, opts.wait, on_wait);
+    // 2-3. Wait (reading only) until the images are free and it is this begin's turn; then
+    // the manifest, then the claims. Losing a race for a claim undoes both and waits again.
+    let mut m = loop {
+        wait_until_free(e, &targets, &mut waiter)?;
+        let m = manifest(e, &id, opts, &targets)?;
+        e.state.save(&e.fs, &m)?;
+        e.host.step("begin-manifest");
+        match claim_all(e, &m, &targets) {
+            Ok(None) => break m,
+            Ok(Some((base, found))) => {
+                undo_begin(e, &m)?;
+                let holder = found.holder().unwrap_or_else(|| Holder::unknown("?"));
+                waiter.blocked(&base, Blocker::Transaction(holder))?;
+            }
+            Err(err) => {
+                let _ = undo_begin(e, &m);
+                return Err(err);
+            }
+        }
     };
-    e.state.save(&e.fs, &m)?;
-    e.host.step("begin-manifest");
-    match claim_and_create(e, &mut m, &sizes, opts.wait) {
+    e.host.step("begin-claims");
+    // 4-5. Holding the images: what is left to check, then the overlays.
+    match finish(e, &mut m, opts.base_format, &mut waiter) {
         Ok(()) => Ok(m),
         Err(err) => {
             if let Err(clean) = undo_begin(e, &m) {
@@ -70,67 +80,172 @@ pub(crate) fn begin<S: Fs, H: Host>(e: &Ctx<S, H>, opts: &BeginOptions) -> Resul
 }
 
 /// Step 1 for the base the user named `given`: resolved, a regular file, not named twice,
-/// free of interrupted commits and of qemu; its entry (overlay still unnamed) and virtual
-/// size.
-fn check_base<S: Fs, H: Host>(
-    e: &Ctx<S, H>,
-    given: &Path,
-    opts: &BeginOptions,
-    earlier: &[ImageEntry],
-) -> Result<(ImageEntry, u64)> {
+/// with room for the names imgtx derives from it.
+fn target<S: Fs, H: Host>(e: &Ctx<S, H>, given: &Path, earlier: &[Target]) -> Result<Target> {
     // Resolved once, here: every later open of the base and of the files beside it follows
     // no symlink, so the stored path must hold none.
-    let base = &e
-        .fs
-        .canonicalize(given)
-        .map_err(Error::io("resolve", given))?;
+    let base =
+        e.fs.canonicalize(given)
+            .map_err(Error::io("resolve", given))?;
     let invalid = |reason: &str| Error::InvalidBase {
         path: base.clone(),
         reason: reason.into(),
     };
-    let meta = e.fs.metadata(base).map_err(Error::io("stat", base))?;
+    let meta = e.fs.metadata(&base).map_err(Error::io("stat", &base))?;
     let meta = meta.ok_or_else(|| invalid("it does not exist"))?;
     if meta.kind != FileKind::File {
         return Err(invalid("it is not a regular file"));
     }
-    layout::check_room_for_names(base)?;
+    layout::check_room_for_names(&base)?;
+    // An interrupted commit first: it holds the image too, but the answer is recovery.
+    base::check_no_interrupted(&e.fs, &base)?;
+    // A hard link in another directory: this state directory's own transactions know their
+    // images by inode, whatever name they were begun through; others' are refused below.
+    let linked = (meta.nlink > 1).then(|| DevIno::of(&meta));
+    if let Some(holder) = linked.map(|di| own_holder(e, di)).transpose()?.flatten() {
+        return Err(Error::Busy {
+            path: base,
+            holder: Box::new(holder),
+        });
+    }
+    let names = claim::names(&e.fs, &base)?;
     if earlier
         .iter()
-        .any(|i| i.base_id.dev_ino() == DevIno::of(&meta))
+        .any(|t| t.names.iter().any(|n| names.contains(n)))
     {
         return Err(invalid("it is named twice in this transaction"));
     }
-    base::check_no_interrupted(&e.fs, base)?;
-    if e.host.image_in_use(base)? {
-        return Err(Error::InUse {
-            path: base.clone(),
-            what: "base",
-            pids: e.host.holders(base),
-        });
-    }
-    let (format, virtual_size) = base::decide_format(&e.fs, base, opts.base_format)?;
-    let entry = ImageEntry {
-        base: base.clone(),
-        base_format: format,
-        overlay: base.clone(), // named once the id is known
-        base_id: FileId::of(&meta),
-        overlay_dev_ino: None,
-    };
-    Ok((entry, virtual_size))
+    Ok(Target { base, names })
 }
 
-/// Steps 3-5: claims, overlays, and the manifest rewritten as `open`.
-fn claim_and_create<S: Fs, H: Host>(
+/// The transaction of this state directory that has the image with `dev_ino`, if one has.
+fn own_holder<S: Fs, H: Host>(e: &Ctx<S, H>, dev_ino: DevIno) -> Result<Option<Holder>> {
+    for id in e.state.list(&e.fs)? {
+        if let Some(m) = e.state.load(&e.fs, &id)? {
+            if m.images.iter().any(|i| i.base_id.dev_ino() == dev_ino) {
+                return Ok(Some(Holder::of(&m)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Waits until no claim covers any target and no earlier waiter waits for one.
+fn wait_until_free<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    targets: &[Target],
+    waiter: &mut Waiter<'_, S, H>,
+) -> Result<()> {
+    'poll: loop {
+        for t in targets {
+            for name in &t.names {
+                let found = claim::read(&e.fs, name)?;
+                if let Some(holder) = found.holder() {
+                    check_holder_may_finish(e, name, &found)?;
+                    waiter.blocked(&t.base, Blocker::Transaction(holder))?;
+                    continue 'poll;
+                }
+            }
+            if !waiter.my_turn(&t.base)? {
+                waiter.blocked(
+                    &t.base,
+                    Blocker::Transaction(Holder::unknown("an earlier waiter")),
+                )?;
+                continue 'poll;
+            }
+        }
+        return Ok(());
+    }
+}
+
+/// The manifest of a beginning transaction over `targets`; formats and identities are
+/// provisional until the images are held ([`finish`]).
+fn manifest<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    id: &TxId,
+    opts: &BeginOptions,
+    targets: &[Target],
+) -> Result<Manifest> {
+    let mut images = Vec::new();
+    for t in targets {
+        let meta =
+            e.fs.metadata(&t.base)
+                .map_err(Error::io("stat", &t.base))?
+                .ok_or_else(|| Error::InvalidBase {
+                    path: t.base.clone(),
+                    reason: "it no longer exists".into(),
+                })?;
+        images.push(ImageEntry {
+            base: t.base.clone(),
+            base_format: Format::Raw,
+            overlay: layout::overlay(&t.base, id)?,
+            base_id: FileId::of(&meta),
+            overlay_dev_ino: None,
+        });
+    }
+    let (user, uid) = e.host.user();
+    Ok(Manifest {
+        version: 1,
+        id: id.clone(),
+        name: opts.name.clone(),
+        state: TxState::Beginning,
+        created: e.now(),
+        user,
+        uid,
+        host: e.host.hostname(),
+        command: opts.command.clone(),
+        images,
+    })
+}
+
+/// Step 3: claims every name of every target; `Ok(Some((base, found)))` names the first one
+/// someone else got first (the claims taken by then stay, for [`undo_begin`] to release).
+fn claim_all<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    m: &Manifest,
+    targets: &[Target],
+) -> Result<Option<(PathBuf, Found)>> {
+    let claim = Claim::of(m, e.state.root());
+    for t in targets {
+        for name in &t.names {
+            if let Some(found) = claim::take(&e.fs, name, &claim)? {
+                return Ok(Some((t.base.clone(), found)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Steps 4-5, holding the images: no interrupted commit beside them and no qemu using them
+/// (waiting for qemu when asked to wait), their format (`stated`, or decided safely) and
+/// identity as they are now, then the overlays, and the manifest rewritten as `open`.
+fn finish<S: Fs, H: Host>(
     e: &Ctx<S, H>,
     m: &mut Manifest,
-    sizes: &[u64],
-    wait: Wait,
+    stated: Option<Format>,
+    waiter: &mut Waiter<'_, S, H>,
 ) -> Result<()> {
-    for img in &m.images {
-        claim_with_wait(e, &img.base, img.base_id.dev_ino(), &m.id, wait)?;
+    let mut sizes = Vec::new();
+    for img in &mut m.images {
+        base::check_no_interrupted(&e.fs, &img.base)?;
+        while e.host.image_in_use(&img.base)? {
+            waiter.blocked(&img.base, Blocker::Qemu(e.host.holders(&img.base)))?;
+        }
+        // The image as it is now that nobody else may change it: the transaction that held
+        // it while this begin waited may have committed into it.
+        let meta =
+            e.fs.metadata(&img.base)
+                .map_err(Error::io("stat", &img.base))?
+                .ok_or_else(|| Error::InvalidBase {
+                    path: img.base.clone(),
+                    reason: "it no longer exists".into(),
+                })?;
+        img.base_id = FileId::of(&meta);
+        let (format, size) = base::decide_format(&e.fs, &img.base, stated)?;
+        img.base_format = format;
+        sizes.push(size);
     }
-    e.host.step("begin-claims");
-    for (img, &size) in m.images.iter_mut().zip(sizes) {
+    for (img, &size) in m.images.iter_mut().zip(&sizes) {
         img.overlay_dev_ino = Some(create_overlay(&e.fs, img, size)?);
     }
     e.host.step("begin-overlays");
@@ -161,78 +276,42 @@ fn create_overlay<S: Fs>(fs: &S, img: &ImageEntry, size: u64) -> Result<DevIno> 
     Ok(DevIno::of(&opened))
 }
 
-/// Step 3 for one base: its claim, taken now, or once its holder lets go when `wait` says
-/// to wait.
-fn claim_with_wait<S: Fs, H: Host>(
+/// Refuses to wait for a claim that will never go by itself: one this state directory
+/// registers, whose transaction is not open (or still beginning in a live process). Claims
+/// of other state directories are waited for.
+fn check_holder_may_finish<S: Fs, H: Host>(
     e: &Ctx<S, H>,
-    base: &Path,
-    dev_ino: DevIno,
-    id: &TxId,
-    wait: Wait,
+    name: &Path,
+    found: &Found,
 ) -> Result<()> {
-    let mut waited = Duration::ZERO;
-    loop {
-        e.check_interrupt()?;
-        let Err(holder) = e.state.claim_base(&e.fs, dev_ino, id)? else {
-            return Ok(());
-        };
-        check_holder_may_finish(e, &holder)?;
-        let holder = Box::new(holder_of(e, &holder));
-        let out_of_time = match wait {
-            Wait::No => {
-                return Err(Error::Busy {
-                    path: base.to_path_buf(),
-                    holder,
-                })
-            }
-            Wait::Forever => false,
-            Wait::For(limit) => waited >= limit,
-        };
-        if out_of_time {
-            return Err(Error::WaitTimedOut {
-                path: base.to_path_buf(),
-                holder,
-            });
-        }
-        tracing::debug!(base = %base.display(), %holder, "waiting for a busy base");
-        e.host.sleep(POLL);
-        waited += POLL;
-    }
-}
-
-/// What this state directory knows of transaction `tx`, holding a base.
-fn holder_of<S: Fs, H: Host>(e: &Ctx<S, H>, tx: &str) -> Holder {
-    TxId::parse(tx)
-        .and_then(|id| e.state.load(&e.fs, &id).ok().flatten())
-        .map_or_else(|| Holder::unknown(tx), |m| Holder::of(&m))
-}
-
-/// Refuses a claim `holder` that will never let go by itself: one that is not simply open
-/// (or still beginning in a live process) needs recovery first.
-fn check_holder_may_finish<S: Fs, H: Host>(e: &Ctx<S, H>, holder: &str) -> Result<()> {
-    let Some(holder) = TxId::parse(holder) else {
-        return Err(Error::Corrupt {
-            path: e.state.root().join("claims"),
-            reason: format!("a claim names {holder:?}, which is no transaction id"),
-        });
+    let Found::Claim(c) = found else {
+        return Ok(());
     };
-    let state = e.state.load(&e.fs, &holder).ok().flatten().map(|m| m.state);
+    if c.state_dir != e.state.root() {
+        return Ok(());
+    }
+    let state = e.state.load(&e.fs, &c.tx).ok().flatten().map(|m| m.state);
     let doing = match state {
         Some(TxState::Open) => return Ok(()),
-        Some(TxState::Beginning) => {
-            let live = e
-                .host
-                .lock_exclusive(&e.state.lock(&holder), false)?
-                .is_none();
-            if live {
-                return Ok(());
-            }
-            "beginning"
+        Some(TxState::Beginning | TxState::RollingBack) | None
+            if e.host.is_locked(&e.state.lock(&c.tx))? =>
+        {
+            return Ok(())
         }
         Some(other) => other.doing().unwrap_or("beginning"),
-        None => "releasing its claim",
+        None => {
+            // Its manifest is gone: a claim nobody will release, which recovery beside the
+            // base removes.
+            return Err(Error::RecoveryNeeded {
+                path: name.to_path_buf(),
+                tx: c.tx.clone(),
+            });
+        }
     };
-    Err(Error::Interrupted { tx: holder, doing })
+    Err(Error::Interrupted {
+        tx: c.tx.clone(),
+        doing,
+    })
 }
 
 /// Removes whatever a begin created: overlays, claims, manifest. Idempotent.
@@ -249,8 +328,6 @@ pub(crate) fn undo_begin<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<
             remove_durably(&e.fs, &img.overlay, layout::dir_of(&img.overlay)?)?;
         }
     }
-    for img in &m.images {
-        e.state.release_base(&e.fs, img.base_id.dev_ino(), &m.id)?;
-    }
+    claim::release_all(&e.fs, m.images.iter().map(|i| i.base.as_path()), &m.id)?;
     e.state.remove_manifest(&e.fs, &m.id)
 }

@@ -302,6 +302,19 @@ impl Error {
         }
     }
 
+    /// True when this is the storage itself failing (a read, write or sync refused by the
+    /// operating system), not something about one transaction's files.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Io { .. })
+            || matches!(
+                self,
+                Self::Journal {
+                    source: journal::Error::Io { .. } | journal::Error::Poisoned,
+                    ..
+                }
+            )
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

@@ -45,10 +45,25 @@ pub(crate) fn cleanup<S: Fs, H: Host>(
     e.host.step("files-removed");
     remove_journals(&e.fs, journals)?;
     e.host.step("journals-removed");
-    if let Some(m) = e.state.load(&e.fs, tx)? {
-        for img in &m.images {
-            e.state.release_base(&e.fs, img.base_id.dev_ino(), tx)?;
-        }
+    // The claims go once nothing is left that a transaction of this image could trip on,
+    // and before the manifest that explains them: beside every base the journals named
+    // (a participant's journal may be gone already) and the manifest, if any, names.
+    let manifest = e.state.load(&e.fs, tx)?;
+    let mut bases: Vec<PathBuf> = leftovers.iter().map(|l| l.base.clone()).collect();
+    bases.extend(
+        journals
+            .iter()
+            .filter_map(|j| layout::base_of_journal(j, tx)),
+    );
+    bases.extend(
+        manifest
+            .iter()
+            .flat_map(|m| m.images.iter().map(|i| i.base.clone())),
+    );
+    bases.sort();
+    bases.dedup();
+    crate::claim::release_all(&e.fs, bases.iter().map(PathBuf::as_path), tx)?;
+    if manifest.is_some() {
         e.state.remove_manifest(&e.fs, tx)?;
     }
     e.drop_lock_file(tx);

@@ -36,6 +36,12 @@ pub trait Host: Send + Sync {
     /// guard drops. Fails with [`crate::Error::InUse`] when a qemu already has it open.
     fn fence_image(&self, path: &Path) -> Result<Self::Guard>;
 
+    /// Holds qemu's "do not share write/resize" locks on `path` until the guard drops: while
+    /// a transaction's own tools run, no other qemu may write or resize the base, but a qemu
+    /// that opens it read-only as the backing file of the overlay gets in. Fails with
+    /// [`crate::Error::InUse`] when a qemu writes it already.
+    fn keep_writers_out(&self, path: &Path) -> Result<Self::Guard>;
+
     /// Runs `qemu-img commit` of `overlay` into `base` (a qcow2 image), naming the backing
     /// explicitly and with qemu's own locking off (the caller holds the fences).
     fn qemu_img_commit(&self, overlay: &Path, base: &Path, base_format: Format) -> Result<()>;
@@ -152,6 +158,10 @@ impl Host for OsHost {
 
     fn image_in_use(&self, path: &Path) -> Result<bool> {
         crate::lock::image_in_use(path)
+    }
+
+    fn keep_writers_out(&self, path: &Path) -> Result<OsGuard> {
+        crate::lock::keep_writers_out(path).map(|f| OsGuard { _file: f })
     }
 
     fn fence_image(&self, path: &Path) -> Result<OsGuard> {

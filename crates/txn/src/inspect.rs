@@ -43,6 +43,18 @@ pub struct TxStatus {
     pub condition: Condition,
     /// Its manifest.
     pub manifest: Manifest,
+    /// What became of each of its images since begin, in the manifest's order.
+    pub images: Vec<ImageStatus>,
+}
+
+/// What happened to one image of an open transaction behind its back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageStatus {
+    /// How the base differs from what begin recorded, when something wrote it (or
+    /// replaced it) since: the transaction can then no longer commit.
+    pub base_changed: Option<String>,
+    /// The overlay is gone (deleted by hand): only a rollback ends the transaction now.
+    pub overlay_missing: bool,
 }
 
 /// The changes an overlay holds for one base.
@@ -70,15 +82,49 @@ pub(crate) fn status<S: Fs, H: Host>(e: &Ctx<S, H>, id: Option<&TxId>) -> Result
     };
     let mut out = Vec::new();
     for tx in ids {
-        match e.state.load(&e.fs, &tx)? {
+        let manifest = match e.state.load(&e.fs, &tx)? {
+            // Finished or undone from another state directory or host: not this one's
+            // any more (its `recover` removes the manifest).
+            Some(m) if m.state == TxState::Open && crate::claim::ended_elsewhere(&e.fs, &m)? => {
+                None
+            }
+            other => other,
+        };
+        match manifest {
             Some(manifest) => out.push(TxStatus {
                 condition: condition(e, &tx, &manifest)?,
+                images: images(e, &manifest)?,
                 manifest,
             }),
             None if id.is_some() => return Err(Error::NotFound { tx: tx.to_string() }),
             // Listed a moment ago and gone now: it ended meanwhile.
             None => {}
         }
+    }
+    Ok(out)
+}
+
+/// What became of the images of `m` since begin.
+fn images<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<Vec<ImageStatus>> {
+    let mut out = Vec::new();
+    for img in &m.images {
+        let now =
+            e.fs.metadata(&img.base)
+                .map_err(Error::io("stat", &img.base))?;
+        let base_changed = match (m.state, now) {
+            (TxState::Open, None) => Some("it no longer exists".to_owned()),
+            (TxState::Open, Some(now)) => {
+                img.base_id.difference(&crate::manifest::FileId::of(&now))
+            }
+            _ => None,
+        };
+        let overlay =
+            e.fs.metadata(&img.overlay)
+                .map_err(Error::io("stat", &img.overlay))?;
+        out.push(ImageStatus {
+            base_changed,
+            overlay_missing: m.state == TxState::Open && overlay.is_none(),
+        });
     }
     Ok(out)
 }

@@ -14,6 +14,7 @@ use crate::id::TxId;
 
 const SUFFIX_JOURNAL: &str = ".imgtx.journal";
 const SUFFIX_UNDO: &str = ".imgtx.undo";
+const SUFFIX_WAIT: &str = ".imgtx.wait";
 
 fn split(base: &Path) -> Result<(&Path, &str)> {
     let dir = base.parent().filter(|d| !d.as_os_str().is_empty());
@@ -89,6 +90,29 @@ pub fn undo(base: &Path, id: &TxId) -> Result<PathBuf> {
 pub fn spare(base: &Path) -> Result<PathBuf> {
     let (dir, name) = split(base)?;
     Ok(dir.join(format!(".{name}.imgtx.spare")))
+}
+
+/// The claim of `base`: which transaction holds it (see `crate::claim`'s documentation).
+pub fn claim(base: &Path) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.imgtx.claim")))
+}
+
+/// Where transaction `id` writes its claim of `base` before linking it into place.
+pub fn claim_draft(base: &Path, id: &TxId) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.{id}.imgtx.claim")))
+}
+
+/// The ticket that says transaction `id` waits for `base` (see `crate::wait`).
+pub fn wait_ticket(base: &Path, id: &TxId) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.{id}{SUFFIX_WAIT}")))
+}
+
+/// The base name and transaction of a waiting ticket's file name, if `file_name` is one.
+pub fn parse_wait_ticket(file_name: &str) -> Option<(&str, TxId)> {
+    parse_hidden(file_name, SUFFIX_WAIT)
 }
 
 /// Where a journal or pre-image file of an abandoned transaction is kept for forensics: its

@@ -25,6 +25,7 @@ mod apply;
 mod audit;
 mod base;
 mod begin;
+pub mod claim;
 mod commit;
 mod ctx;
 mod error;
@@ -50,6 +51,7 @@ mod statedir;
 mod time;
 mod trust;
 mod txjournal;
+mod wait;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;
@@ -61,7 +63,7 @@ pub use error::{Error, ErrorClass, Result};
 pub use history::{History, HistoryEntry, HistoryImage, Outcome};
 pub use host::{Host, OsGuard, OsHost};
 pub use id::TxId;
-pub use inspect::{Condition, ImageDiff, TxStatus};
+pub use inspect::{Condition, ImageDiff, ImageStatus, TxStatus};
 pub use manifest::{DevIno, FileId, Format, Holder, ImageEntry, Manifest, TxState};
 pub use options::{
     AbandonReport, BeginOptions, CommitOptions, CommitReport, Phase, Progress, RecoverAction,
@@ -69,6 +71,7 @@ pub use options::{
 };
 pub use record::Direction;
 pub use release::Released;
+pub use wait::{Blocker, Waiting};
 
 /// The transaction engine over file system `S` on host `H`.
 #[derive(Debug)]
@@ -143,7 +146,17 @@ impl<S: Fs, H: Host> Engine<S, H> {
 
     /// Begins a transaction over `opts.bases`; returns its manifest (id, images, overlays).
     pub fn begin(&self, opts: &BeginOptions) -> Result<Manifest> {
-        begin::begin(&self.ctx, opts)
+        self.begin_with(opts, &mut |_| {})
+    }
+
+    /// [`Engine::begin`], with `on_wait` hearing, at every poll of a begin that waits (see
+    /// [`BeginOptions::wait`]), what it waits for and how long it has.
+    pub fn begin_with(
+        &self,
+        opts: &BeginOptions,
+        on_wait: &mut dyn FnMut(&Waiting),
+    ) -> Result<Manifest> {
+        begin::begin(&self.ctx, opts, on_wait)
     }
 
     /// Commits transaction `id`; `progress` hears about the data copied.
@@ -206,6 +219,25 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// this state directory does not know.
     pub fn abandon(&self, id: &TxId, paths: &[PathBuf]) -> Result<AbandonReport> {
         recover::abandon::abandon(&self.ctx, id, paths)
+    }
+
+    /// Keeps other writers out of the bases of transaction `m` while the guards live: for
+    /// `imgtx run`, whose command works on the overlays (and may open the bases read-only
+    /// as their backing files) while nothing else may write the bases.
+    pub fn keep_writers_out(&self, m: &Manifest) -> Result<Vec<H::Guard>> {
+        m.images
+            .iter()
+            .map(|i| self.ctx.host.keep_writers_out(&i.base))
+            .collect()
+    }
+
+    /// What lies under the claim names of `bases`: who holds each, whatever state
+    /// directory, user or host it is (for `status` of images).
+    pub fn claims(&self, bases: &[PathBuf]) -> Result<Vec<(PathBuf, claim::Found)>> {
+        bases
+            .iter()
+            .map(|b| Ok((b.clone(), claim::read(&self.ctx.fs, b)?)))
+            .collect()
     }
 
     /// Every registered transaction (or just `id`), with its condition.

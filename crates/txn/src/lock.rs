@@ -95,6 +95,37 @@ pub(crate) fn image_in_use(path: &Path) -> Result<bool> {
     Ok(i32::from(probe.l_type) != libc::F_UNLCK)
 }
 
+/// The bytes imgtx holds while a transaction's own tools run over the base (`imgtx run`):
+/// "do not share write" and "do not share resize". Readers, such as a qemu that opens the
+/// base as the backing file of the transaction's overlay, still get in; writers do not.
+const NO_WRITERS_BYTES: [i64; 2] = [201, 203];
+/// qemu's "I write" and "I resize" bytes.
+const WRITER_BYTES: [i64; 2] = [101, 103];
+
+/// Holds shared locks on [`NO_WRITERS_BYTES`] of `path` through a new open file description,
+/// after checking that no qemu writes or resizes it now.
+pub(crate) fn keep_writers_out(path: &Path) -> Result<File> {
+    let file = open_read(path)?;
+    for byte in WRITER_BYTES {
+        let mut probe = flock(libc::F_WRLCK, byte, 1);
+        fcntl(&file, FcntlArg::F_OFD_GETLK(&mut probe))
+            .map_err(|e| Error::io("probe the qemu locks of", path)(e.into()))?;
+        if i32::from(probe.l_type) != libc::F_UNLCK {
+            return Err(Error::InUse {
+                path: path.to_path_buf(),
+                what: "base",
+                pids: holders(path),
+            });
+        }
+    }
+    for byte in NO_WRITERS_BYTES {
+        let lock = flock(libc::F_RDLCK, byte, 1);
+        fcntl(&file, FcntlArg::F_OFD_SETLK(&lock))
+            .map_err(|e| Error::io("lock qemu's lock bytes of", path)(e.into()))?;
+    }
+    Ok(file)
+}
+
 /// Holds shared locks on the fence bytes of `path` through a new open file description.
 pub(crate) fn fence_image(path: &Path) -> Result<File> {
     if image_in_use(path)? {

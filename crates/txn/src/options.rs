@@ -134,6 +134,10 @@ pub enum RecoveryAction {
     FinishedRollback,
     /// A claim whose transaction no longer exists was removed.
     RemovedOrphanClaim,
+    /// An open transaction of this state directory was finished or undone elsewhere
+    /// (another state directory or host recovered it from the journals beside its bases):
+    /// its manifest here was removed.
+    EndedElsewhere,
     /// A pre-image file whose journal was gone was removed: its base held the old content
     /// it kept, so nothing of the commit had reached the base.
     RemovedStrayPreImages,

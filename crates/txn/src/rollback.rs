@@ -81,9 +81,7 @@ pub(crate) fn finish_rollback<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Re
         e,
         &audit::entry(e, Some(m), &m.id, Outcome::RolledBack, images),
     );
-    for img in &m.images {
-        e.state.release_base(&e.fs, img.base_id.dev_ino(), &m.id)?;
-    }
+    crate::claim::release_all(&e.fs, m.images.iter().map(|i| i.base.as_path()), &m.id)?;
     e.state.remove_manifest(&e.fs, &m.id)?;
     finish::close_later(&e.host, held);
     Ok(())

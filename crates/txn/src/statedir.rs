@@ -11,7 +11,7 @@ use storage::{File, Fs};
 use crate::error::{Error, Result};
 use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
-use crate::manifest::{DevIno, Manifest};
+use crate::manifest::Manifest;
 
 /// Paths inside the state directory of user `uid`.
 #[derive(Debug, Clone)]
@@ -194,11 +194,6 @@ impl StateDir {
         self.locks().join(format!("{id}.lock"))
     }
 
-    /// The claim file of the base with this device and inode.
-    pub fn claim(&self, base: DevIno) -> PathBuf {
-        self.claims().join(format!("{}-{}", base.dev, base.ino))
-    }
-
     /// The ids named by the entries of `dir` that end in `suffix`, sorted.
     fn ids_in<S: Fs>(fs: &S, dir: &Path, suffix: &str) -> Result<Vec<TxId>> {
         let mut ids: Vec<TxId> = fs
@@ -321,41 +316,8 @@ impl StateDir {
         sync_dir(fs, &self.txns())
     }
 
-    /// Claims the base `base` for `id`. `Ok(Err(holder))` when it is claimed already.
-    pub fn claim_base<S: Fs>(&self, fs: &S, base: DevIno, id: &TxId) -> Result<Result<(), String>> {
-        let path = self.claim(base);
-        match fs.create_new(&path) {
-            Ok(f) => {
-                f.write_all_at(id.as_str().as_bytes(), 0)
-                    .map_err(Error::io("write", &path))?;
-                // Barrier: a claim must survive a crash, or a second transaction could take
-                // the same base while the first still has an overlay over it.
-                f.sync_data().map_err(Error::io("sync", &path))?;
-                sync_dir(fs, &self.claims())?;
-                Ok(Ok(()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let holder = self.read_trusted(fs, &path)?.unwrap_or_default();
-                Ok(Err(String::from_utf8_lossy(&holder).trim().to_owned()))
-            }
-            Err(e) => Err(Error::io("create the claim", &path)(e)),
-        }
-    }
-
-    /// Releases the claim on `base` if `id` holds it.
-    pub fn release_base<S: Fs>(&self, fs: &S, base: DevIno, id: &TxId) -> Result<()> {
-        let path = self.claim(base);
-        let holder = self.read_trusted(fs, &path)?;
-        if holder.is_some_and(|holder| holder == id.as_str().as_bytes()) {
-            remove_if_exists(fs, &path)?;
-            // Barrier: the release must be durable before the manifest goes, so a claim
-            // never outlives the manifest that explains it.
-            sync_dir(fs, &self.claims())?;
-        }
-        Ok(())
-    }
-
-    /// Removes a claim whatever holds it (used by recover for orphans).
+    /// Removes a claim of the state directory (which older versions kept there, by the
+    /// base's device and inode) whatever holds it: used by recover for orphans.
     pub fn remove_claim<S: Fs>(&self, fs: &S, path: &Path) -> Result<()> {
         remove_if_exists(fs, path)?;
         sync_dir(fs, &self.claims())

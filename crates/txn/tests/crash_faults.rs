@@ -36,7 +36,7 @@ fn target(op: &Op) -> (Option<PathBuf>, bool) {
         Op::CreateNew { path } | Op::RemoveFile { path } | Op::CreateDir { path } => {
             (Some(path.clone()), false)
         }
-        Op::Rename { to, .. } => (Some(to.clone()), false),
+        Op::Rename { to, .. } | Op::HardLink { to, .. } => (Some(to.clone()), false),
     }
 }
 

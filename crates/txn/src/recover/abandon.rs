@@ -73,10 +73,8 @@ pub(crate) fn abandon<S: Fs, H: Host>(
         .collect();
     let entry = audit::entry(e, manifest.as_ref(), id, Outcome::Abandoned, images);
     audit::record(e, &entry);
-    if let Some(m) = &manifest {
-        for img in &m.images {
-            e.state.release_base(&e.fs, img.base_id.dev_ino(), id)?;
-        }
+    crate::claim::release_all(&e.fs, bases.iter().map(PathBuf::as_path), id)?;
+    if manifest.is_some() {
         e.state.remove_manifest(&e.fs, id)?;
     }
     e.drop_lock_file(id);

@@ -32,10 +32,11 @@ pub(crate) fn interrupted<S: Fs, H: Host>(
                 .iter()
                 .any(|i| bases.iter().any(|p| same_file(&e.fs, p, &i.base)))
     };
-    for m in manifests
-        .iter()
-        .filter(|m| m.state != TxState::Open && wanted(m))
-    {
+    for m in manifests.iter().filter(|m| wanted(m)) {
+        // After the storage failed, nothing more: see `recover::broke_down`.
+        if report.failures.iter().any(|f| f.error.is_storage_failure()) {
+            return;
+        }
         match finish_one(e, &m.id, opts.dry_run) {
             Ok(Some(action)) => report.actions.push(RecoverAction {
                 tx: m.id.to_string(),
@@ -67,12 +68,17 @@ fn finish_one<S: Fs, H: Host>(
         return Ok(None);
     };
     let Some(m) = e.state.load(&e.fs, id)? else {
+        // Ended meanwhile (recovered above, say): the lock file taken just now is a leftover.
+        e.drop_lock_file(id);
         return Ok(None);
     };
     let action = match m.state {
         TxState::Beginning => RecoveryAction::CleanedBegin,
         TxState::RollingBack => RecoveryAction::FinishedRollback,
         TxState::Finished => RecoveryAction::FinishedCleanup,
+        TxState::Open if crate::claim::ended_elsewhere(&e.fs, &m)? => {
+            RecoveryAction::EndedElsewhere
+        }
         TxState::Open => return Ok(None),
     };
     if dry_run {
@@ -89,7 +95,8 @@ fn finish_one<S: Fs, H: Host>(
                 .collect::<Result<Vec<_>>>()?;
             finish::cleanup(e, &m.id, &m.leftovers(), &journals, false)?;
         }
-        TxState::Open => {}
+        // Ended elsewhere: only this state directory's record of it is left.
+        TxState::Open => e.state.remove_manifest(&e.fs, &m.id)?,
     }
     e.drop_lock_file(&m.id);
     Ok(Some(action))
@@ -185,4 +192,41 @@ fn same_file<S: Fs>(fs: &S, a: &std::path::Path, b: &std::path::Path) -> bool {
         (Ok(Some(x)), Ok(Some(y))) => (x.dev, x.ino) == (y.dev, y.ino),
         _ => false,
     }
+}
+
+/// Removes the claims beside `bases` that this state directory's transactions left behind:
+/// a claim that names this state directory and a transaction it has no manifest of, whose
+/// lock is free and that has no journal beside the base. A begin writes its manifest before
+/// its claims and a transaction removes its claims before its manifest, so only a manifest
+/// removed by hand (or a lost state directory) leaves one.
+pub(crate) fn orphan_claims<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    bases: &[PathBuf],
+    dry_run: bool,
+) -> Result<Vec<RecoverAction>> {
+    let mut actions = Vec::new();
+    for base in bases {
+        let crate::claim::Found::Claim(c) = crate::claim::read(&e.fs, base)? else {
+            continue;
+        };
+        let ours = c.state_dir == e.state.root();
+        if !ours
+            || e.state.load(&e.fs, &c.tx)?.is_some()
+            || e.host.is_locked(&e.state.lock(&c.tx))?
+        {
+            continue;
+        }
+        if crate::txjournal::beside(&e.fs, base)?.contains(&c.tx) {
+            continue;
+        }
+        if !dry_run {
+            crate::claim::release(&e.fs, base, &c.tx)?;
+        }
+        actions.push(RecoverAction {
+            tx: c.tx.to_string(),
+            action: RecoveryAction::RemovedOrphanClaim,
+            bases: vec![base.clone()],
+        });
+    }
+    Ok(actions)
 }

@@ -68,7 +68,7 @@ pub(crate) fn recover<S: Fs, H: Host>(
     // that cannot be recovered is reported, and the others still are.
     let commits = discover::commits(&e.fs, &bases)?;
     for (tx, journal) in &commits {
-        if stop_here(e, &mut report) {
+        if stop_here(e, &mut report) || broke_down(&report) {
             return Ok(report);
         }
         let result = e
@@ -88,8 +88,11 @@ pub(crate) fn recover<S: Fs, H: Host>(
     }
     // Pre-image files whose journal was removed by hand: the base may be torn.
     for found in stray::find(&e.fs, &bases)? {
-        if stop_here(e, &mut report) {
+        if stop_here(e, &mut report) || broke_down(&report) {
             return Ok(report);
+        }
+        if report.failures.iter().any(|f| f.tx == found.tx.as_str()) {
+            continue;
         }
         let manifest = manifests.iter().find(|m| m.id == found.tx);
         match stray::recover_one(e, &found, manifest, opts) {
@@ -104,17 +107,36 @@ pub(crate) fn recover<S: Fs, H: Host>(
             }
         }
     }
-    // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes.
-    if stop_here(e, &mut report) {
+    // Interrupted begins, rollbacks and cleanups, and the leftovers of killed processes; a
+    // transaction that failed above is not tried again in the same run.
+    if stop_here(e, &mut report) || broke_down(&report) {
         return Ok(report);
     }
+    let failed: Vec<String> = report.failures.iter().map(|f| f.tx.clone()).collect();
+    let manifests: Vec<_> = manifests
+        .into_iter()
+        .filter(|m| !failed.contains(&m.id.to_string()))
+        .collect();
     leftovers::interrupted(e, &manifests, &bases, opts, &mut report);
+    if broke_down(&report) || !failed.is_empty() {
+        return Ok(report);
+    }
+    report
+        .actions
+        .extend(leftovers::orphan_claims(e, &bases, opts.dry_run)?);
     if opts.paths.is_empty() && opts.scan.is_empty() {
         report
             .actions
             .extend(leftovers::orphans(e, &commits, opts.dry_run)?);
     }
     Ok(report)
+}
+
+/// True when a failure so far came from the storage itself (a failed write or sync): what
+/// went unsynced may be lost for good, and going on would sync and trust again what a
+/// failed sync left unknown. Recovery then stops, to be run again once the cause is fixed.
+fn broke_down(report: &RecoverReport) -> bool {
+    report.failures.iter().any(|f| f.error.is_storage_failure())
 }
 
 /// True (and noted in `report`) when the user asked to stop: recovery stops between

@@ -597,6 +597,11 @@ pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
     if open {
         allowed.extend(fx.overlays.iter().cloned());
         allowed.insert(PathBuf::from(STATE).join("txns").join(format!("{TX}.json")));
+        // The claim beside each base, while the transaction holds it.
+        allowed.extend(fx.bases.iter().map(|b| {
+            let name = b.file_name().unwrap().to_string_lossy();
+            b.with_file_name(format!(".{name}.imgtx.claim"))
+        }));
     }
     fs.files()
         .into_iter()
