@@ -8,6 +8,7 @@ mod util;
 mod commit_signals;
 mod guestfish;
 mod hostile;
+mod isolation;
 mod kill;
 mod kill_strace;
 mod names;

@@ -218,10 +218,18 @@ impl Out {
                 .iter()
                 .map(|s| {
                     let m = &s.manifest;
+                    let mut images = images_json(m);
+                    if let Value::Array(list) = &mut images {
+                        for (img, st) in list.iter_mut().zip(&s.images) {
+                            img["base_changed"] = json!(st.base_changed.is_some());
+                            img["base_change"] = json!(st.base_changed);
+                            img["overlay_missing"] = json!(st.overlay_missing);
+                        }
+                    }
                     json!({
                         "id": m.id, "name": m.name, "state": s.condition, "created": m.created,
                         "user": m.user, "uid": m.uid, "host": m.host, "command": m.command,
-                        "images": images_json(m),
+                        "images": images,
                     })
                 })
                 .collect();
@@ -253,13 +261,25 @@ impl Out {
                 m.user,
                 m.host
             ));
-            for i in &m.images {
+            for (i, st) in m.images.iter().zip(&s.images) {
                 lines.push(format!(
                     "  {} [{}] -> {}",
                     i.base.display(),
                     i.base_format.as_str(),
                     i.overlay.display()
                 ));
+                if let Some(what) = &st.base_changed {
+                    lines.push(format!(
+                        "    the base was written behind the transaction's back ({what}): it can \
+                         no longer commit; roll it back"
+                    ));
+                }
+                if st.overlay_missing {
+                    lines.push(
+                        "    the overlay is gone (deleted by hand): roll the transaction back"
+                            .to_owned(),
+                    );
+                }
             }
         }
         human(&lines)
