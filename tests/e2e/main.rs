@@ -15,6 +15,7 @@ mod names;
 mod operator;
 mod ops;
 mod progress;
+mod revert;
 mod run_signals;
 mod txn_qcow2;
 mod txn_raw;

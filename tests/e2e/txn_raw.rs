@@ -88,7 +88,7 @@ fn the_pre_image_file_is_kept_as_a_spare_reused_in_place_and_removed_by_no_spare
     let json: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(
         json["spares"],
-        serde_json::json!([{"path": spare, "bytes": again.len()}])
+        serde_json::json!([{"path": spare, "bytes": again.len(), "pinned": false}])
     );
     assert_eq!(
         again.ino(),

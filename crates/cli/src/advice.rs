@@ -64,6 +64,19 @@ pub fn for_error(e: &Error) -> Option<String> {
              default for users is ~/.local/state/imgtx)"
                 .to_owned()
         }
+        Error::RevertConflict {
+            later: Some(later), ..
+        } => format!(
+            "transaction {later} changed it later: revert that one first (`imgtx revert {later}`)"
+        ),
+        Error::RevertConflict { later: None, .. } => {
+            "something outside imgtx wrote the base after the commit; reverting now would \
+             lose that change, so imgtx will not"
+                .to_owned()
+        }
+        Error::NotKept { .. } => "`imgtx status` lists what can be reverted; `imgtx commit \
+                                  --keep` keeps a commit's pre-images until pruned"
+            .to_owned(),
         Error::WaitTimedOut { .. } => {
             "the holding transaction is still open; `imgtx status` shows it".to_owned()
         }

@@ -118,6 +118,11 @@ pub struct CommitArgs {
     /// commit overwrites it in place, which is faster than writing a new file
     #[arg(long)]
     pub no_spare: bool,
+    /// Keep this commit's pre-images until `imgtx prune` frees them, so that `imgtx revert`
+    /// can take it back whatever later commits do. Without it, only each base's most recent
+    /// commit stays revertible (its pre-images are the spare the next commit reuses)
+    #[arg(long, conflicts_with_all = ["no_undo", "no_spare"])]
+    pub keep: bool,
 }
 
 impl From<CommitArgs> for txn::CommitOptions {
@@ -125,9 +130,42 @@ impl From<CommitArgs> for txn::CommitOptions {
         Self {
             no_undo: a.no_undo,
             no_spare: a.no_spare,
+            keep: a.keep,
         }
     }
 }
+
+/// An age such as `30d`, `12h`, `45m`, `90s` or `3600` (seconds).
+pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |at| s.split_at(at));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not an age like 30d, 12h, 45m or 90s"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("{s:?}: the unit is one of s, m, h, d, w")),
+    };
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+}
+
+const REVERT_HELP: &str = "\
+The revert is a transaction of its own: it is journaled like a commit, so an interrupted \
+revert is finished (or, with `imgtx recover --undo`, undone) by `imgtx recover`, and its own \
+pre-images are kept so it can be reverted in turn. It refuses (exit 3) when a base no longer \
+holds exactly what the transaction wrote: a later transaction changed the same bytes (revert \
+that one first) or something outside imgtx did.
+
+What can be reverted: each base's most recent commit (its pre-images are the spare the next \
+commit reuses), and every commit made with --keep until `imgtx prune` frees it.
+
+Example:
+  imgtx revert tx-3f9a2c1d7e";
 
 /// The commands.
 #[derive(Debug, Subcommand)]
@@ -201,7 +239,28 @@ Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
-    /// Show open and interrupted transactions
+    /// Take back a committed transaction, from the pre-images it kept
+    #[command(after_help = REVERT_HELP)]
+    Revert {
+        /// The committed transaction's id (`imgtx status` lists those that can be reverted)
+        tx: String,
+    },
+    /// Free kept pre-images: those transactions can no longer be reverted
+    #[command(after_help = "With no option, frees every kept pre-image file.\n\n\
+Examples:\n  imgtx prune --older-than 30d          # commits older than 30 days\n  \
+imgtx prune --keep-last 10 --dry-run   # all but the 10 most recent; only say what")]
+    Prune {
+        /// Only those committed longer ago than AGE (30d, 12h, 45m, 90s)
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Never the N most recently committed
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        keep_last: usize,
+        /// Only say what would be freed
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show open and interrupted transactions, and what can be reverted
     #[command(
         after_help = "Examples:\n  imgtx status                  # every transaction, open or interrupted\n  imgtx status tx-3f9a2c1d7e --json"
     )]

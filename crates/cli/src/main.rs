@@ -262,6 +262,31 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 return Ok(signal_exit(sig));
             }
         }
+        Command::Revert { tx } => {
+            let mut bar = progress::Reporter::new(out.json, out.quiet);
+            let r = engine.revert(&tx_id(&tx)?, &mut |p| {
+                watch(&interrupts, &p);
+                bar.report(&p);
+            })?;
+            bar.finish();
+            out.revert(&r)?;
+            if let Some(sig) = interrupts.received() {
+                out.finished_despite(sig, "the revert was finished")?;
+                return Ok(signal_exit(sig));
+            }
+        }
+        Command::Prune {
+            older_than,
+            keep_last,
+            dry_run,
+        } => {
+            let pruned = engine.prune(txn::PruneOptions {
+                older_than,
+                keep_last,
+                dry_run,
+            })?;
+            out.prune(&pruned, dry_run)?;
+        }
         Command::Rollback { tx } => {
             let id = tx_id(&tx)?;
             interrupts.left(0);
@@ -354,7 +379,11 @@ fn read_only(
                     return Err(txn::Error::NotFound { tx: id.to_string() }.into());
                 }
             };
-            out.status(&list)?;
+            let kept = match (engine, &id) {
+                (Some(e), None) => e.kept()?,
+                _ => Vec::new(),
+            };
+            out.status(&list, &kept)?;
         }
         Command::Diff { tx } => {
             let id = tx_id(&tx)?;

@@ -4,7 +4,8 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 use txn::{
-    AbandonReport, CommitReport, History, ImageDiff, Manifest, RecoverReport, Spare, TxId, TxStatus,
+    kept, AbandonReport, CommitReport, History, ImageDiff, Manifest, Pruned, RecoverReport,
+    RevertReport, Spare, TxId, TxStatus,
 };
 
 /// How to print.
@@ -212,7 +213,61 @@ impl Out {
         human(&lines)
     }
 
-    pub fn status(&self, list: &[TxStatus]) -> io::Result<()> {
+    pub fn revert(&self, r: &RevertReport) -> io::Result<()> {
+        if self.json {
+            return print_json(
+                &json!({"id": r.id, "outcome": "reverted", "reverted": r.reverted,
+                "images": r.images, "spares": r.spares}),
+            );
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        let mut lines = vec![format!(
+            "reverted {} as {} (itself revertible: `imgtx revert {}`)",
+            r.reverted, r.id, r.id
+        )];
+        lines.extend(
+            r.images
+                .iter()
+                .map(|i| format!("  {}: {} bytes put back", i.base.display(), i.changed_bytes)),
+        );
+        human(&lines)
+    }
+
+    pub fn prune(&self, pruned: &[Pruned], dry_run: bool) -> io::Result<()> {
+        let total: u64 = pruned.iter().map(|p| p.bytes).sum();
+        if self.json {
+            let list: Vec<Value> = pruned
+                .iter()
+                .map(|p| json!({"id": p.tx, "committed": p.committed, "bytes": p.bytes}))
+                .collect();
+            return print_json(&json!({"dry_run": dry_run, "pruned": list, "bytes": total}));
+        }
+        if self.quiet {
+            return Ok(());
+        }
+        let verb = if dry_run { "would free" } else { "freed" };
+        let mut lines: Vec<String> = pruned
+            .iter()
+            .map(|p| {
+                format!(
+                    "{verb} {} of {} (committed {}): it can no longer be reverted",
+                    indicatif::HumanBytes(p.bytes),
+                    p.tx,
+                    p.committed
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "{verb} {} in {} transaction(s)",
+            indicatif::HumanBytes(total),
+            pruned.len()
+        ));
+        human(&lines)
+    }
+
+    pub fn status(&self, list: &[TxStatus], kept: &[(kept::Record, u64)]) -> io::Result<()> {
         if self.json {
             let txs: Vec<Value> = list
                 .iter()
@@ -233,16 +288,24 @@ impl Out {
                     })
                 })
                 .collect();
-            return print_json(&json!({ "transactions": txs }));
-        }
-        if list.is_empty() {
-            return if self.quiet {
-                Ok(())
-            } else {
-                human(&["no transactions".to_owned()])
-            };
+            let kept: Vec<Value> = kept
+                .iter()
+                .map(|(r, bytes)| {
+                    let images: Vec<Value> = r
+                        .images
+                        .iter()
+                        .map(|i| json!({"base": i.base, "file": i.file}))
+                        .collect();
+                    json!({"id": r.tx, "committed": r.committed, "pinned": r.pinned,
+                        "bytes": bytes, "images": images})
+                })
+                .collect();
+            return print_json(&json!({ "transactions": txs, "revertible": kept }));
         }
         let mut lines = Vec::new();
+        if list.is_empty() {
+            lines.push("no transactions".to_owned());
+        }
         for s in list {
             let m = &s.manifest;
             let state = serde_json::to_value(s.condition)
@@ -281,6 +344,24 @@ impl Out {
                     );
                 }
             }
+        }
+        if !kept.is_empty() {
+            lines.push("revertible (pre-images kept; `imgtx prune` frees them):".to_owned());
+        }
+        for (r, bytes) in kept {
+            let how = if r.pinned { "kept" } else { "spare" };
+            lines.push(format!(
+                "  {} committed {}: {} ({how})",
+                r.tx,
+                r.committed,
+                indicatif::HumanBytes(*bytes)
+            ));
+            for i in &r.images {
+                lines.push(format!("    {}", i.base.display()));
+            }
+        }
+        if self.quiet && list.is_empty() {
+            return Ok(());
         }
         human(&lines)
     }
@@ -361,8 +442,14 @@ fn spare_lines(spares: &[Spare]) -> Vec<String> {
     spares
         .iter()
         .map(|s| {
+            let why = if s.pinned {
+                "until `imgtx prune` frees it: `imgtx revert` can take this commit back"
+            } else {
+                "until the next commit reuses it: until then `imgtx revert` can take this \
+                 commit back; --no-spare removes it"
+            };
             format!(
-                "  kept {} ({}) for the next commit's pre-images; --no-spare removes it",
+                "  kept {} ({}) {why}",
                 s.path.display(),
                 indicatif::HumanBytes(s.bytes)
             )

@@ -71,3 +71,56 @@ impl Host for SimHost {
 
     fn step(&self, _name: &str) {}
 }
+
+/// [`SimHost`], except that every new transaction gets the id `.0`: for a second transaction
+/// next to the one with [`TX`], such as a revert of it.
+#[derive(Debug, Clone, Copy)]
+pub struct SimHostWithId(pub &'static str);
+
+impl Host for SimHostWithId {
+    type Guard = ();
+
+    fn lock_exclusive(&self, path: &Path, wait: bool) -> txn::Result<Option<()>> {
+        SimHost.lock_exclusive(path, wait)
+    }
+
+    fn image_in_use(&self, path: &Path) -> txn::Result<bool> {
+        SimHost.image_in_use(path)
+    }
+
+    fn keep_writers_out(&self, path: &Path) -> txn::Result<()> {
+        SimHost.keep_writers_out(path)
+    }
+
+    fn fence_image(&self, path: &Path) -> txn::Result<()> {
+        SimHost.fence_image(path)
+    }
+
+    fn qemu_img_commit(&self, overlay: &Path, base: &Path, f: Format) -> txn::Result<()> {
+        SimHost.qemu_img_commit(overlay, base, f)
+    }
+
+    fn user(&self) -> (String, u32) {
+        SimHost.user()
+    }
+
+    fn hostname(&self) -> String {
+        SimHost.hostname()
+    }
+
+    fn now(&self) -> SystemTime {
+        SimHost.now()
+    }
+
+    fn new_id(&self) -> txn::Result<TxId> {
+        Ok(TxId::parse(self.0).expect("a transaction id"))
+    }
+
+    fn sleep(&self, d: Duration) {
+        SimHost.sleep(d);
+    }
+
+    fn step(&self, name: &str) {
+        SimHost.step(name);
+    }
+}

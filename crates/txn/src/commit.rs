@@ -13,15 +13,16 @@ use storage::{File, FileKind, Fs};
 use crate::apply::{self, Target, WARM_MAX};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
+use crate::finish::Keep;
 use crate::history::{HistoryImage, Outcome};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{Format, ImageEntry, Manifest};
 use crate::options::{CommitOptions, CommitReport, Phase, Progress};
-use crate::plan::Plan;
-use crate::record::{Direction, FileState, Intent, Record, States};
+use crate::plan::{ByteRange, Plan};
+use crate::record::{Direction, FileState, Intent, Record, States, UndoSummary};
 use crate::txjournal::TxJournal;
-use crate::{audit, base, finish, layout, overlay, plan, preimage};
+use crate::{audit, base, finish, kept, layout, overlay, plan, preimage};
 
 /// One image of the commit once its base and overlay are checked and its plan is made.
 struct Checked<'m, S: Fs> {
@@ -37,6 +38,8 @@ struct Checked<'m, S: Fs> {
 struct Prepared<S: Fs> {
     journal: TxJournal<S>,
     preimages: Option<S::File>,
+    /// What the journal says of the pre-images, and the base ranges they cover.
+    saved: Option<(UndoSummary, Vec<ByteRange>)>,
 }
 
 /// Commits transaction `id`; `progress` hears about the data copied.
@@ -122,14 +125,21 @@ pub(crate) fn commit<S: Fs, H: Host>(
         .append_sync(&Record::Logged)
         .map_err(after)?;
     e.host.step("logged");
-    // 11. Cleanup: overlays, pre-images (or spares), journals, claims, manifest.
+    // What the commit left in the ranges its pre-images cover, for a later revert.
+    let keeping = Keep::of(opts);
+    let written = if keeping == Keep::No {
+        Vec::new()
+    } else {
+        written(e, &m.id, &checked, &prepared).map_err(after)?
+    };
+    // 11. Cleanup: overlays, pre-images (kept, or as spares), journals, claims, manifest.
     let (mut open_files, mut preimage_files) = (Vec::new(), Vec::new());
     for (c, p) in checked.into_iter().zip(prepared) {
         open_files.push(c.overlay);
         preimage_files.extend(p.preimages);
     }
-    let keep_spare = !(opts.no_spare || opts.no_undo);
-    let spares = finish::cleanup(e, &m.id, &m.leftovers(), &journals, keep_spare).map_err(after)?;
+    let spares = finish::cleanup(e, &m.id, &m.leftovers(), &journals, keeping).map_err(after)?;
+    kept::remember(e, &m.id, written, &spares);
     // The overlays (and pre-image files not kept as spares) are unlinked and that is
     // durable; freeing their blocks is left to whoever closes them last.
     open_files.extend(preimage_files);
@@ -140,6 +150,39 @@ pub(crate) fn commit<S: Fs, H: Host>(
         images,
         spares,
     })
+}
+
+/// For every image, what a revert needs: the pre-images' summary, and checksums of what the
+/// commit wrote in the ranges they cover (the file is filled in once cleanup kept it).
+fn written<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    tx: &TxId,
+    checked: &[Checked<'_, S>],
+    prepared: &[Prepared<S>],
+) -> Result<Vec<kept::KeptImage>> {
+    let mut out = Vec::new();
+    for (c, p) in checked.iter().zip(prepared) {
+        let Some((summary, ranges)) = &p.saved else {
+            continue;
+        };
+        let base = base::open(&e.fs, tx, (&c.img.base, c.img.base_id.dev_ino()), false)?;
+        let new_len = base.len().map_err(Error::io("stat", &c.img.base))?;
+        // What the commit grew the base by is checked too: a revert cuts it off.
+        let mut ranges = ranges.clone();
+        if new_len > summary.old_len {
+            ranges.push(ByteRange::new(summary.old_len, new_len - summary.old_len));
+        }
+        out.push(kept::KeptImage {
+            base: c.img.base.clone(),
+            base_dev_ino: c.img.base_id.dev_ino(),
+            format: c.img.base_format,
+            new_len,
+            file: PathBuf::new(),
+            summary: summary.clone(),
+            written: kept::checksums(&base, &c.img.base, &ranges)?,
+        });
+    }
+    Ok(out)
 }
 
 /// Step 2: holds qemu's lock bytes of every base and of every overlay that is a regular
@@ -267,6 +310,7 @@ fn prepare<S: Fs, H: Host>(
         prepared.push(Prepared {
             journal,
             preimages: None,
+            saved: None,
         });
     }
     e.host.step("intent");
@@ -276,9 +320,10 @@ fn prepare<S: Fs, H: Host>(
         return Ok(prepared);
     }
     for (i, (c, p)) in checked.iter().zip(&mut prepared).enumerate() {
-        let (summary, file) = save_preimages(e, &m.id, i, c, progress)?;
+        let (summary, file, ranges) = save_preimages(e, &m.id, i, c, progress)?;
         p.preimages = Some(file);
-        p.journal.append(&Record::Undo(summary))?;
+        p.journal.append(&Record::Undo(summary.clone()))?;
+        p.saved = Some((summary, ranges));
         // Barrier: the journal vouches for the pre-images only once they are durable (the
         // save synced them); this sync makes the voucher itself durable. The coordinator's
         // voucher becomes durable with the commit record, one sync later in the same log:
@@ -323,7 +368,7 @@ fn save_preimages<S: Fs, H: Host>(
     index: usize,
     c: &Checked<'_, S>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(crate::record::UndoSummary, S::File)> {
+) -> Result<(UndoSummary, S::File, Vec<ByteRange>)> {
     let img = c.img;
     let base = base::open(&e.fs, tx, (&img.base, img.base_id.dev_ino()), false)?;
     let (old_len, ranges) = preimage::ranges(&base, &img.base, img.base_format, &c.plan)?;
@@ -341,18 +386,19 @@ fn save_preimages<S: Fs, H: Host>(
         e.check_interrupt()
     };
     saved(0)?;
-    preimage::save(
+    // The spare is about to be overwritten: the commit whose pre-images it kept can no
+    // longer be taken back.
+    let spare = layout::spare(&img.base)?;
+    kept::forget_file(&e.fs, &e.state, &spare)?;
+    let (summary, file) = preimage::save(
         &e.fs,
         &base,
-        (
-            &img.base,
-            &layout::undo(&img.base, tx)?,
-            &layout::spare(&img.base)?,
-        ),
+        (&img.base, &layout::undo(&img.base, tx)?, &spare),
         (tx, e.host.user().1),
         (old_len, &ranges),
         &mut saved,
-    )
+    )?;
+    Ok((summary, file, ranges))
 }
 
 /// Step 9 for image `index`: writes its plan into its base (synced).

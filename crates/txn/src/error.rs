@@ -238,6 +238,27 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A revert found a base no longer holding what the transaction left.
+    #[error("cannot revert transaction {tx}: base {} {reason}", path.display())]
+    RevertConflict {
+        /// The transaction to revert.
+        tx: TxId,
+        /// The base.
+        path: PathBuf,
+        /// What is different.
+        reason: String,
+        /// The later transaction that changed it, when one is known: it must be reverted
+        /// first.
+        later: Option<TxId>,
+    },
+    /// A revert of a transaction whose pre-images are not kept.
+    #[error("cannot revert transaction {tx}: {reason}")]
+    NotKept {
+        /// The transaction.
+        tx: TxId,
+        /// Why they are not.
+        reason: String,
+    },
     /// Waiting for a base timed out.
     #[error("gave up waiting for base {} held by transaction {holder}", path.display())]
     WaitTimedOut {
@@ -280,11 +301,11 @@ impl Error {
             | Self::WaitTimedOut { .. }
             | Self::InUse { .. }
             | Self::Locked { .. } => ErrorClass::Busy,
-            Self::BaseChanged { .. } => ErrorClass::Conflict,
+            Self::BaseChanged { .. } | Self::RevertConflict { .. } => ErrorClass::Conflict,
             Self::RecoveryNeeded { .. }
             | Self::Interrupted { .. }
             | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
-            Self::NotFound { .. } => ErrorClass::NotFound,
+            Self::NotFound { .. } | Self::NotKept { .. } => ErrorClass::NotFound,
             Self::Stopped { .. } => ErrorClass::Stopped,
             Self::AmbiguousFormat { .. }
             | Self::InvalidBase { .. }

@@ -19,16 +19,38 @@ use crate::manifest::{Leftover, TxState};
 use crate::options::Spare;
 use crate::{layout, trust, txjournal};
 
+/// What becomes of a finished commit's pre-image files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Removed.
+    No,
+    /// Renamed to the base's spare, for the next commit to overwrite (see
+    /// [`crate::preimage::save`]); until then, what makes the commit revertible.
+    Spare,
+    /// Renamed to a name of the transaction's own (`layout::kept`), until pruned.
+    Pinned,
+}
+
+impl Keep {
+    /// What a commit with `opts` keeps.
+    pub(crate) fn of(opts: crate::options::CommitOptions) -> Self {
+        match (opts.no_undo, opts.keep, opts.no_spare) {
+            (true, _, _) | (false, false, true) => Self::No,
+            (false, true, _) => Self::Pinned,
+            (false, false, false) => Self::Spare,
+        }
+    }
+}
+
 /// Removes overlays, pre-images and journals of a finished commit, then its registration.
-/// `journals` lists coordinator first. With `keep_spare` each pre-image file is renamed to
-/// its base's spare instead, for the next commit to overwrite (see
-/// [`crate::preimage::save`]); the spares kept are returned.
+/// `journals` lists coordinator first. `keep` says what becomes of the pre-image files; the
+/// files kept are returned, in the order of `leftovers`.
 pub(crate) fn cleanup<S: Fs, H: Host>(
     e: &Ctx<S, H>,
     tx: &TxId,
     leftovers: &[Leftover],
     journals: &[PathBuf],
-    keep_spare: bool,
+    keep: Keep,
 ) -> Result<Vec<Spare>> {
     if let Some(mut m) = e.state.load(&e.fs, tx)? {
         if m.state != TxState::Finished {
@@ -40,7 +62,7 @@ pub(crate) fn cleanup<S: Fs, H: Host>(
     }
     let mut spares = Vec::new();
     for l in leftovers {
-        spares.extend(remove_beside(&e.fs, (tx, e.host.user().1), l, keep_spare)?);
+        spares.extend(remove_beside(&e.fs, (tx, e.host.user().1), l, keep)?);
     }
     e.host.step("files-removed");
     remove_journals(&e.fs, journals)?;
@@ -70,29 +92,33 @@ pub(crate) fn cleanup<S: Fs, H: Host>(
     Ok(spares)
 }
 
-/// Removes the overlay and the pre-image file (or keeps it as the spare) beside one base.
+/// Removes the overlay and the pre-image file (or keeps it) beside one base.
 fn remove_beside<S: Fs>(
     fs: &S,
     (tx, runner): (&TxId, u32),
     l: &Leftover,
-    keep_spare: bool,
+    keep: Keep,
 ) -> Result<Option<Spare>> {
-    let meta = fs
-        .metadata(&l.overlay)
-        .map_err(Error::io("stat", &l.overlay))?;
-    // Only remove the file begin created; a stranger under that name is left alone.
-    let owners: Vec<u32> = l.owner.into_iter().chain([runner]).collect();
-    if meta.is_some_and(|m| trust::is_begins_overlay(&m, l.overlay_dev_ino, &owners)) {
-        remove_if_exists(fs, &l.overlay)?;
+    if let Some(overlay) = &l.overlay {
+        let meta = fs.metadata(overlay).map_err(Error::io("stat", overlay))?;
+        // Only remove the file begin created; a stranger under that name is left alone.
+        let owners: Vec<u32> = l.owner.into_iter().chain([runner]).collect();
+        if meta.is_some_and(|m| trust::is_begins_overlay(&m, l.overlay_dev_ino, &owners)) {
+            remove_if_exists(fs, overlay)?;
+        }
     }
     let undo = layout::undo(&l.base, tx)?;
-    let spare_path = layout::spare(&l.base)?;
-    let spare = if keep_spare && keep_as_spare(fs, &undo, &spare_path) {
+    let spare_path = match keep {
+        Keep::Pinned => layout::kept(&l.base, tx)?,
+        _ => layout::spare(&l.base)?,
+    };
+    let spare = if keep != Keep::No && keep_as_spare(fs, &undo, &spare_path) {
         // Only reported: a spare whose length cannot be read is still a spare.
         let bytes = fs.metadata(&spare_path).ok().flatten().map_or(0, |m| m.len);
         Some(Spare {
             path: spare_path,
             bytes,
+            pinned: keep == Keep::Pinned,
         })
     } else {
         remove_if_exists(fs, &undo)?;

@@ -24,6 +24,31 @@ pub enum Outcome {
     RecoveredBack,
     /// `recover --abandon` ended it without writing any image; what it left is kept aside.
     Abandoned,
+    /// `revert` took back a committed transaction (named by the entry's command), as a
+    /// transaction of its own: this one.
+    Reverted,
+}
+
+impl Outcome {
+    /// Whether a transaction that ended this way changed its images.
+    pub fn changed_images(self) -> bool {
+        matches!(
+            self,
+            Self::Committed | Self::RecoveredForward | Self::Reverted
+        )
+    }
+
+    /// The name `log` and `--json` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::RolledBack => "rolled_back",
+            Self::RecoveredForward => "recovered_forward",
+            Self::RecoveredBack => "recovered_back",
+            Self::Abandoned => "abandoned",
+            Self::Reverted => "reverted",
+        }
+    }
 }
 
 /// One image in a history entry.

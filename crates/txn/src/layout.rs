@@ -92,6 +92,13 @@ pub fn spare(base: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.imgtx.spare")))
 }
 
+/// Where transaction `id`'s pre-images of `base` are kept when pinned (`commit --keep`, or
+/// while a revert of `id` uses them): never reused by a later commit, only pruned.
+pub fn kept(base: &Path, id: &TxId) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.{id}.imgtx.kept")))
+}
+
 /// The claim of `base`: which transaction holds it (see `crate::claim`'s documentation).
 pub fn claim(base: &Path) -> Result<PathBuf> {
     let (dir, name) = split(base)?;

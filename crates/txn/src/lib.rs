@@ -35,6 +35,7 @@ mod history;
 mod host;
 mod id;
 mod inspect;
+pub mod kept;
 pub mod layout;
 mod lock;
 mod manifest;
@@ -46,6 +47,7 @@ mod qemu;
 mod record;
 mod recover;
 pub mod release;
+mod revert;
 mod rollback;
 mod statedir;
 mod time;
@@ -64,7 +66,9 @@ pub use history::{History, HistoryEntry, HistoryImage, Outcome};
 pub use host::{Host, OsGuard, OsHost};
 pub use id::TxId;
 pub use inspect::{Condition, ImageDiff, ImageStatus, TxStatus};
+pub use kept::{PruneOptions, Pruned};
 pub use manifest::{DevIno, FileId, Format, Holder, ImageEntry, Manifest, TxState};
+pub use options::RevertReport;
 pub use options::{
     AbandonReport, BeginOptions, CommitOptions, CommitReport, Phase, Progress, RecoverAction,
     RecoverFailure, RecoverOptions, RecoverReport, RecoveryAction, Spare, Wait,
@@ -167,6 +171,31 @@ impl<S: Fs, H: Host> Engine<S, H> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<CommitReport> {
         commit::commit(&self.ctx, id, opts, progress)
+    }
+
+    /// Takes back the committed transaction `tx` from its kept pre-images, as a transaction
+    /// of its own (itself revertible); `progress` hears about the data copied.
+    pub fn revert(&self, tx: &TxId, progress: &mut dyn FnMut(Progress)) -> Result<RevertReport> {
+        revert::revert(&self.ctx, tx, progress)
+    }
+
+    /// Every committed transaction whose pre-images are kept (hence revertible), oldest
+    /// first, with the bytes they take.
+    pub fn kept(&self) -> Result<Vec<(kept::Record, u64)>> {
+        let records = self.ctx.state.list_kept(&self.ctx.fs)?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
+                let bytes = r.bytes(&self.ctx.fs);
+                (r, bytes)
+            })
+            .collect())
+    }
+
+    /// Frees the kept pre-images `opts` selects; those transactions can no longer be
+    /// reverted.
+    pub fn prune(&self, opts: PruneOptions) -> Result<Vec<Pruned>> {
+        kept::prune(&self.ctx, opts)
     }
 
     /// Rolls transaction `id` back: removes its overlays, claims and registration.

@@ -244,8 +244,9 @@ impl std::fmt::Display for Holder {
 pub(crate) struct Leftover {
     /// The base the files sit beside.
     pub base: PathBuf,
-    /// The overlay's path.
-    pub overlay: PathBuf,
+    /// The overlay's path; `None` when the file in its place must stay (the pre-images a
+    /// revert that was undone used: the reverted transaction stays revertible).
+    pub overlay: Option<PathBuf>,
     /// The overlay's (device, inode), if known.
     pub overlay_dev_ino: Option<DevIno>,
     /// Who began the transaction, hence owns its overlay, if known.
@@ -259,7 +260,7 @@ impl Manifest {
             .iter()
             .map(|i| Leftover {
                 base: i.base.clone(),
-                overlay: i.overlay.clone(),
+                overlay: Some(i.overlay.clone()),
                 overlay_dev_ino: i.overlay_dev_ino,
                 owner: Some(self.uid),
             })

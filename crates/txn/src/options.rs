@@ -47,6 +47,9 @@ pub struct CommitOptions {
     /// Remove the pre-image file at the end instead of keeping it beside the base as the
     /// spare the next commit overwrites (`layout::spare`).
     pub no_spare: bool,
+    /// Keep the pre-image files under names of the transaction's own until pruned, so that
+    /// it stays revertible whatever later commits do (see [`crate::kept`]).
+    pub keep: bool,
 }
 
 /// Which copy a [`Progress`] report is about.
@@ -87,6 +90,19 @@ pub struct CommitReport {
     pub spares: Vec<Spare>,
 }
 
+/// What `revert` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevertReport {
+    /// The revert's own transaction id (itself revertible).
+    pub id: TxId,
+    /// The transaction it took back.
+    pub reverted: TxId,
+    /// Per base, the bytes put back.
+    pub images: Vec<HistoryImage>,
+    /// The revert's own pre-images, kept as spares.
+    pub spares: Vec<Spare>,
+}
+
 /// A pre-image file a commit kept as its base's spare, for the next commit to overwrite.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Spare {
@@ -94,6 +110,9 @@ pub struct Spare {
     pub path: PathBuf,
     /// Its length in bytes.
     pub bytes: u64,
+    /// Kept under a name of the transaction's own until pruned (`--keep`), rather than as
+    /// the spare the next commit reuses.
+    pub pinned: bool,
 }
 
 /// What `recover` should do.
@@ -141,6 +160,9 @@ pub enum RecoveryAction {
     /// A pre-image file whose journal was gone was removed: its base held the old content
     /// it kept, so nothing of the commit had reached the base.
     RemovedStrayPreImages,
+    /// A revert that died before it wrote anything: its claims were released; the
+    /// transaction it was reverting can still be reverted.
+    ReleasedRevert,
 }
 
 /// One thing recovery did (or would do).

@@ -53,6 +53,21 @@ pub enum Record {
     /// them from files that took their place or were changed since. Written right after
     /// the intent, in the same sync; journals of older versions have none.
     States(States),
+    /// This image's change is the revert of a committed transaction: its forward direction
+    /// puts back the pre-images `Source` names, instead of copying an overlay. Written right
+    /// after the intent, in the same sync; only revert journals have it.
+    Reverting(Source),
+}
+
+/// What a revert puts back into one base: the pre-images the reverted transaction saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// The transaction being reverted.
+    pub tx: TxId,
+    /// The file holding its pre-images of this base (pinned under its kept name).
+    pub file: PathBuf,
+    /// What that transaction's journal said of the file.
+    pub summary: UndoSummary,
 }
 
 /// What a file was at one moment: enough to tell it from any file that took its place

@@ -32,6 +32,11 @@ impl StateDir {
         &self.root
     }
 
+    /// The user whose state directory it is.
+    pub fn uid(&self) -> u32 {
+        self.uid
+    }
+
     /// Refuses the state directory unless nobody but user `uid` can change what is in it,
     /// the way sshd's `StrictModes` treats `~/.ssh`: the directory and its subdirectories
     /// are owned by `uid` and writable by nobody else, and every directory above it is owned

@@ -95,7 +95,11 @@ fn a_commit_hands_off_only_files_whose_names_are_gone() {
         let what = format!("commit (no_undo {no_undo}, no_spare {no_spare})");
 
         // Act
-        let opts = CommitOptions { no_undo, no_spare };
+        let opts = CommitOptions {
+            no_undo,
+            no_spare,
+            keep: false,
+        };
         engine.commit(&m.id, opts, &mut |_| {}).expect("commit");
 
         // Assert

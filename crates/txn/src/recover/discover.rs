@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{DevIno, Leftover};
-use crate::record::{Direction, FileState, Intent, Record, States, UndoSummary};
+use crate::record::{Direction, FileState, Intent, Record, Source, States, UndoSummary};
 use crate::{layout, overlay, plan, preimage, trust, txjournal};
 
 /// What the journal of one image says.
@@ -34,6 +34,8 @@ pub(crate) struct ImageJournal {
     pub owner: u32,
     /// What the base and overlay were at the intent; `None` in journals of older versions.
     pub states: Option<States>,
+    /// For a revert: the pre-images its forward direction puts back.
+    pub reverting: Option<Source>,
 }
 
 /// What the journals of one transaction say.
@@ -73,15 +75,30 @@ impl CommitState {
         self.intents().map(|i| i.base.clone()).collect()
     }
 
-    /// What the transaction left beside its bases, for cleanup.
-    pub(crate) fn leftovers(&self) -> Vec<Leftover> {
+    /// The transactions this one reverts (none for a commit).
+    pub(crate) fn reverts(&self) -> Vec<TxId> {
+        let mut txs: Vec<TxId> = self
+            .images
+            .iter()
+            .flatten()
+            .filter_map(|j| Some(j.reverting.as_ref()?.tx.clone()))
+            .collect();
+        txs.dedup();
+        txs
+    }
+
+    /// What the transaction left beside its bases, for cleanup once it reached the outcome
+    /// of `dir`. A revert's "overlay" is the reverted transaction's pre-image file: spent
+    /// once the revert is done, kept when it was undone.
+    pub(crate) fn leftovers(&self, dir: Direction) -> Vec<Leftover> {
         self.images
             .iter()
             .flatten()
             .filter_map(|j| Some((j, j.intent.as_ref()?)))
             .map(|(j, i)| Leftover {
                 base: i.base.clone(),
-                overlay: i.overlay.clone(),
+                overlay: (j.reverting.is_none() || dir == Direction::Forward)
+                    .then(|| i.overlay.clone()),
                 // Recorded as zeros when begin never learned it: then only the name tells.
                 overlay_dev_ino: Some(i.overlay_dev_ino).filter(|d| *d != DevIno::default()),
                 owner: Some(j.owner),
@@ -119,6 +136,7 @@ fn read_image<S: Fs>(fs: &S, path: &Path, tx: &TxId, uid: u32) -> Result<Option<
         applied: Vec::new(),
         owner,
         states: None,
+        reverting: None,
     };
     // The intent is appended and synced right after creation; a journal without it is one
     // whose creator died before that.
@@ -137,6 +155,7 @@ fn read_image<S: Fs>(fs: &S, path: &Path, tx: &TxId, uid: u32) -> Result<Option<
             Record::Undo(s) => image.undo = Some(s),
             Record::Applied(d) => image.applied.push(d),
             Record::States(states) => image.states = Some(states),
+            Record::Reverting(source) => image.reverting = Some(source),
             _ => {}
         }
     }
@@ -195,7 +214,7 @@ pub(crate) fn facts<S: Fs, H: Host>(
         && st.images.iter().flatten().all(|j| {
             j.intent
                 .as_ref()
-                .is_some_and(|i| overlay_still_good(e, i, j.states))
+                .is_some_and(|i| forward_source_good(e, i, j))
         });
     let undo_refused = if st.committed && !st.logged {
         untrusted_preimages(e, st)?
@@ -243,6 +262,32 @@ pub(crate) fn untrusted_preimages<S: Fs, H: Host>(
         }
     }
     Ok(None)
+}
+
+/// True when what the forward direction of `image` writes from is still good: its overlay
+/// ([`overlay_still_good`]) or, for a revert, the pre-images it puts back, which must verify
+/// as the reverted transaction's.
+fn forward_source_good<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    intent: &Intent,
+    image: &ImageJournal,
+) -> bool {
+    let Some(source) = &image.reverting else {
+        return overlay_still_good(e, intent, image.states);
+    };
+    match preimage::verify(
+        &e.fs,
+        &source.file,
+        &source.tx,
+        &source.summary,
+        e.host.user().1,
+    ) {
+        Ok(()) => true,
+        Err(err) => {
+            tracing::warn!(file = %source.file.display(), error = %err, "the pre-images being reverted to cannot be used");
+            false
+        }
+    }
 }
 
 /// True when the overlay of `intent` is still the one begin created and still holds exactly

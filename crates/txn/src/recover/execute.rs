@@ -8,7 +8,7 @@ use super::discover::{CommitState, ImageJournal};
 use crate::apply::{self, Target};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::history::{HistoryImage, Outcome};
+use crate::history::{HistoryEntry, HistoryImage, Outcome};
 use crate::host::Host;
 use crate::manifest::{DevIno, Format};
 use crate::options::{Phase, Progress};
@@ -58,6 +58,10 @@ pub(crate) fn go<S: Fs, H: Host>(
         let _fence = e.host.fence_image(&intent.base)?;
         let qcow2 = intent.base_format == Format::Qcow2;
         match dir {
+            // A revert puts back bytes of the file, whatever its format.
+            Direction::Forward if image.reverting.is_some() => {
+                crate::revert::put_back(e, intent, image.reverting.as_ref(), &mut report)?;
+            }
             Direction::Forward if qcow2 && undo_ok => {
                 undo(e, st, image, intent, &mut |_, _| {})?;
                 redo(e, intent, &mut report)?;
@@ -85,10 +89,30 @@ pub(crate) fn go<S: Fs, H: Host>(
         txjournal::append_to(&e.fs, &image.path, &Record::Applied(dir))?;
         e.host.step("recover-applied");
     }
+    audit::record(e, &outcome(e, st, dir));
+    txjournal::append_to(&e.fs, coordinator, &Record::Logged)?;
+    e.host.step("recover-logged");
+    // Undone or finished, the transaction is over: its overlays go too.
+    finish::cleanup(
+        e,
+        &st.tx,
+        &st.leftovers(dir),
+        &st.journals,
+        finish::Keep::No,
+    )?;
+    if dir == Direction::Forward {
+        crate::revert::spent(e, &st.reverts())?;
+    }
+    Ok(())
+}
+
+/// The history entry of `st` brought to the outcome of `dir`: a revert finished is recorded
+/// as a revert, like one that was never interrupted.
+fn outcome<S: Fs, H: Host>(e: &Ctx<S, H>, st: &CommitState, dir: Direction) -> HistoryEntry {
     let manifest = e.state.load(&e.fs, &st.tx).ok().flatten();
-    let (outcome, changed): (_, fn(&Intent) -> u64) = match dir {
-        Direction::Forward => (Outcome::RecoveredForward, |i| i.plan.changed_bytes()),
-        Direction::Back => (Outcome::RecoveredBack, |_| 0),
+    let changed = |i: &Intent| match dir {
+        Direction::Forward => i.plan.changed_bytes(),
+        Direction::Back => 0,
     };
     let images = st
         .intents()
@@ -97,14 +121,21 @@ pub(crate) fn go<S: Fs, H: Host>(
             changed_bytes: changed(i),
         })
         .collect();
-    audit::record(
-        e,
-        &audit::entry(e, manifest.as_ref(), &st.tx, outcome, images),
-    );
-    txjournal::append_to(&e.fs, coordinator, &Record::Logged)?;
-    e.host.step("recover-logged");
-    // Undone or finished, the transaction is over: its overlays go too.
-    finish::cleanup(e, &st.tx, &st.leftovers(), &st.journals, false).map(drop)
+    match (dir, st.reverts().first()) {
+        (Direction::Forward, Some(reverted)) => {
+            crate::revert::history_entry(e, &st.tx, reverted, images)
+        }
+        (Direction::Forward, None) => audit::entry(
+            e,
+            manifest.as_ref(),
+            &st.tx,
+            Outcome::RecoveredForward,
+            images,
+        ),
+        (Direction::Back, _) => {
+            audit::entry(e, manifest.as_ref(), &st.tx, Outcome::RecoveredBack, images)
+        }
+    }
 }
 
 /// Puts the pre-images of every image of `st` back into its base, without recording any

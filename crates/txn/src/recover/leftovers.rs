@@ -93,7 +93,7 @@ fn finish_one<S: Fs, H: Host>(
                 .iter()
                 .map(|i| layout::journal(&i.base, &m.id))
                 .collect::<Result<Vec<_>>>()?;
-            finish::cleanup(e, &m.id, &m.leftovers(), &journals, false)?;
+            finish::cleanup(e, &m.id, &m.leftovers(), &journals, finish::Keep::No)?;
         }
         // Ended elsewhere: only this state directory's record of it is left.
         TxState::Open => e.state.remove_manifest(&e.fs, &m.id)?,

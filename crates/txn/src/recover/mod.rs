@@ -41,10 +41,20 @@ pub(crate) fn recover<S: Fs, H: Host>(
         manifests.extend(e.state.load(&e.fs, &id)?);
     }
     let mut bases: Vec<PathBuf> = if opts.paths.is_empty() && opts.scan.is_empty() {
-        manifests
+        // A revert has no manifest: its journals lie beside the bases of the transaction it
+        // reverts, whose kept record stays until the revert is over.
+        let kept = e.state.list_kept(&e.fs)?;
+        let mut bases: Vec<PathBuf> = manifests
             .iter()
             .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
-            .collect()
+            .chain(
+                kept.iter()
+                    .flat_map(|k| k.images.iter().map(|i| i.base.clone())),
+            )
+            .collect();
+        bases.sort();
+        bases.dedup();
+        bases
     } else {
         // User paths may reach a base through a symlink; what is stored never does.
         opts.paths
@@ -121,6 +131,9 @@ pub(crate) fn recover<S: Fs, H: Host>(
     if broke_down(&report) || !failed.is_empty() {
         return Ok(report);
     }
+    report
+        .actions
+        .extend(crate::revert::release_interrupted(e, opts.dry_run)?);
     report
         .actions
         .extend(leftovers::orphan_claims(e, &bases, opts.dry_run)?);
@@ -219,7 +232,11 @@ fn recover_commit<S: Fs, H: Host>(
                 crate::audit::release(e, tx);
             }
             Decision::Cleanup => {
-                finish::cleanup(e, tx, &st.leftovers(), &st.journals, false)?;
+                let dir = st.recorded.unwrap_or(Direction::Forward);
+                finish::cleanup(e, tx, &st.leftovers(dir), &st.journals, finish::Keep::No)?;
+                if dir == Direction::Forward {
+                    crate::revert::spent(e, &st.reverts())?;
+                }
             }
             Decision::Go(dir) => execute::go(e, &st, (dir, facts.undo_available), progress)?,
             Decision::Refuse(_) => {}

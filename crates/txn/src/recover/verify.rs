@@ -111,6 +111,15 @@ fn identity<S: Fs>(fs: &S, intent: &Intent, image: &ImageJournal) -> Result<Resu
     }
     let plan = &intent.plan;
     let len_ok = match (intent.base_format, image.states) {
+        // A revert goes from the length it found to the length the reverted transaction
+        // found, whatever the format.
+        (_, Some(s)) if image.reverting.is_some() => {
+            meta.len == s.base.len
+                || image
+                    .reverting
+                    .as_ref()
+                    .is_some_and(|r| meta.len == r.summary.old_len)
+        }
         (Format::Raw, _) => meta.len == plan.old_len || meta.len == plan.new_len(),
         // qemu-img only ever grows a qcow2 file; restoring cuts it back.
         (Format::Qcow2, Some(s)) => meta.len >= s.base.len,

@@ -290,6 +290,16 @@ pub enum Record {
     Logged,
     /// What the base and overlay were at the intent.
     States(States),
+    /// A revert's source: the pre-images it puts back.
+    Reverting(Source),
+}
+
+/// Mirror of the engine's revert source.
+#[derive(Debug, Deserialize)]
+pub struct Source {
+    pub tx: String,
+    pub file: PathBuf,
+    pub summary: UndoSummary,
 }
 
 /// Mirror of the engine's file state (device and inode, length, times).
