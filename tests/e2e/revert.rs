@@ -380,3 +380,32 @@ fn qemu_io_ok(base: &Path) -> bool {
     ])
     .is_empty()
 }
+
+#[test]
+fn a_qcow2_base_is_reverted_bit_for_bit_and_checks_clean() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.image("disk.qcow2");
+    crate::util::qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        base.as_os_str(),
+        "8M".as_ref(),
+    ]);
+    crate::util::qcow2_io(&base, "write -P 0x5a 0 3M");
+    let before = fs::read(&base).unwrap();
+    let tx = commit_write(&t, &base, &[], "write -P 0xa5 1M 4M");
+    assert_ne!(fs::read(&base).unwrap(), before);
+
+    t.imgtx_ok(&["revert", &tx]);
+
+    assert!(
+        fs::read(&base).unwrap() == before,
+        "the qcow2 file is back, bit for bit"
+    );
+    crate::util::qemu_img(&["check".as_ref(), "-q".as_ref(), base.as_os_str()]);
+}

@@ -16,6 +16,7 @@ use crate::id::TxId;
 use crate::manifest::{DevIno, Format};
 use crate::overlay::Reader;
 use crate::plan::{chunks, Action, ByteRange, Plan};
+use crate::written::Tally;
 
 /// The largest piece of data read or written at once.
 pub(crate) const CHUNK: u64 = 4 << 20;
@@ -48,7 +49,8 @@ pub(crate) struct Target<'a> {
 }
 
 /// Writes the overlay `ov`'s changes planned in `plan` into the base `to`, and syncs it;
-/// `progress` hears (bytes done, bytes in all).
+/// `progress` hears (bytes done, bytes in all). For a raw base, returns what was written,
+/// as checksums in the making (nothing for a qcow2 base, which `qemu-img` writes).
 pub(crate) fn forward<S: Fs, H: Host>(
     (fs, host): (&S, &H),
     tx: &TxId,
@@ -56,7 +58,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
     to: Target<'_>,
     plan: &Plan,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<()> {
+) -> Result<Tally> {
     let total = plan.changed_bytes();
     progress(0, total);
     if to.format == Format::Qcow2 {
@@ -72,7 +74,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
         // Barrier: the committed base must be durable before the journal says applied.
         base.sync_data().map_err(Error::io("sync", to.path))?;
         progress(total, total);
-        return Ok(());
+        return Ok(Tally::default());
     }
     let img = qcow::Image::open(Reader(ov)).map_err(Error::qcow(ov_path))?;
     let base = crate::base::open(fs, tx, (to.path, to.dev_ino), true)?;
@@ -96,6 +98,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
         buf: Vec::new(),
         direct: Vec::new(),
         other: Vec::new(),
+        tally: Tally::default(),
     };
     let mut done = 0u64;
     let mut copied = |n: u64| {
@@ -107,6 +110,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
             Action::Zero => {
                 base.zero_range(step.offset, step.len)
                     .map_err(Error::io("zero a range of", to.path))?;
+                copier.tally.zeros(step.offset, step.len);
                 copied(step.len);
             }
             Action::Copy => {
@@ -121,7 +125,8 @@ pub(crate) fn forward<S: Fs, H: Host>(
     }
     copier.flush(&mut copied)?;
     // Barrier: every new byte of the base is durable before the journal says applied.
-    base.sync_data().map_err(Error::io("sync", to.path))
+    base.sync_data().map_err(Error::io("sync", to.path))?;
+    Ok(copier.tally)
 }
 
 /// An extent stored whole in the overlay file: `len` bytes at `host` in the overlay, for
@@ -154,6 +159,8 @@ struct Copier<'a, F: File> {
     direct: Vec<Stored>,
     /// Guest ranges of everything else.
     other: Vec<ByteRange>,
+    /// What was written, for the checksums a revert checks.
+    tally: Tally,
 }
 
 impl<F: File> Copier<'_, F> {
@@ -215,6 +222,7 @@ impl<F: File> Copier<'_, F> {
     fn flush(&mut self, copied: &mut dyn FnMut(u64)) -> Result<()> {
         let runs = self.runs();
         let (direct, base, base_path) = (&self.direct, self.base, self.base_path);
+        let tally = &mut self.tally;
         // The next runs are read while this one is written; each piece's writeback starts at
         // once, so the final fdatasync has little left to flush.
         let done = read_ahead(self.ov, runs, READ_AHEAD, |run, data| {
@@ -228,6 +236,7 @@ impl<F: File> Copier<'_, F> {
                     })?;
                 base.write_all_at(piece, e.guest)
                     .map_err(Error::io("write", base_path))?;
+                tally.data(e.guest, piece);
                 if let Err(err) = base.start_writeback(e.guest, e.len) {
                     tracing::debug!(path = %base_path.display(), error = %err, "early writeback refused");
                 }
@@ -251,6 +260,7 @@ impl<F: File> Copier<'_, F> {
             self.base
                 .write_all_at(&self.buf, piece.offset)
                 .map_err(Error::io("write", self.base_path))?;
+            self.tally.data(piece.offset, &self.buf);
             copied(piece.len);
         }
         self.other.clear();

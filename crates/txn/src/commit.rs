@@ -22,6 +22,7 @@ use crate::options::{CommitOptions, CommitReport, Phase, Progress};
 use crate::plan::{ByteRange, Plan};
 use crate::record::{Direction, FileState, Intent, Record, States, UndoSummary};
 use crate::txjournal::TxJournal;
+use crate::written::Tally;
 use crate::{audit, base, finish, kept, layout, overlay, plan, preimage};
 
 /// One image of the commit once its base and overlay are checked and its plan is made.
@@ -106,8 +107,9 @@ pub(crate) fn commit<S: Fs, H: Host>(
         .map_err(after)?;
     e.host.step("commit-point");
     // 9. Apply every plan; each base is synced before its journal says so.
+    let mut tallies = Vec::new();
     for (i, (c, p)) in checked.iter().zip(&mut prepared).enumerate() {
-        apply_one(e, &m.id, i, c, progress).map_err(after)?;
+        tallies.push(apply_one(e, &m.id, i, c, progress).map_err(after)?);
         // Barrier: the base was synced by apply; recording it lets recovery skip it.
         p.journal
             .append_sync(&Record::Applied(Direction::Forward))
@@ -130,7 +132,7 @@ pub(crate) fn commit<S: Fs, H: Host>(
     let written = if keeping == Keep::No {
         Vec::new()
     } else {
-        written(e, &m.id, &checked, &prepared).map_err(after)?
+        written(e, &m.id, &checked, &prepared, tallies).map_err(after)?
     };
     // 11. Cleanup: overlays, pre-images (kept, or as spares), journals, claims, manifest.
     let (mut open_files, mut preimage_files) = (Vec::new(), Vec::new());
@@ -153,25 +155,34 @@ pub(crate) fn commit<S: Fs, H: Host>(
 }
 
 /// For every image, what a revert needs: the pre-images' summary, and checksums of what the
-/// commit wrote in the ranges they cover (the file is filled in once cleanup kept it).
+/// commit left in every range it changed (the file is filled in once cleanup kept it). A raw
+/// base's come from the data the apply wrote (`tallies`); a qcow2 base, which qemu-img
+/// wrote, is read back in the ranges its pre-images cover.
 fn written<S: Fs, H: Host>(
     e: &Ctx<S, H>,
     tx: &TxId,
     checked: &[Checked<'_, S>],
     prepared: &[Prepared<S>],
+    tallies: Vec<Tally>,
 ) -> Result<Vec<kept::KeptImage>> {
     let mut out = Vec::new();
-    for (c, p) in checked.iter().zip(prepared) {
+    for ((c, p), tally) in checked.iter().zip(prepared).zip(tallies) {
         let Some((summary, ranges)) = &p.saved else {
             continue;
         };
         let base = base::open(&e.fs, tx, (&c.img.base, c.img.base_id.dev_ino()), false)?;
         let new_len = base.len().map_err(Error::io("stat", &c.img.base))?;
-        // What the commit grew the base by is checked too: a revert cuts it off.
-        let mut ranges = ranges.clone();
-        if new_len > summary.old_len {
-            ranges.push(ByteRange::new(summary.old_len, new_len - summary.old_len));
-        }
+        let written = match c.img.base_format {
+            Format::Raw => tally.finish(&crate::written::raw_ranges(&c.plan)),
+            Format::Qcow2 => {
+                // What the commit grew the file by is checked too: a revert cuts it off.
+                let mut ranges = ranges.clone();
+                if new_len > summary.old_len {
+                    ranges.push(ByteRange::new(summary.old_len, new_len - summary.old_len));
+                }
+                crate::written::checksums(&base, &c.img.base, &ranges)?
+            }
+        };
         out.push(kept::KeptImage {
             base: c.img.base.clone(),
             base_dev_ino: c.img.base_id.dev_ino(),
@@ -179,7 +190,7 @@ fn written<S: Fs, H: Host>(
             new_len,
             file: PathBuf::new(),
             summary: summary.clone(),
-            written: kept::checksums(&base, &c.img.base, &ranges)?,
+            written,
         });
     }
     Ok(out)
@@ -408,7 +419,7 @@ fn apply_one<S: Fs, H: Host>(
     index: usize,
     c: &Checked<'_, S>,
     progress: &mut dyn FnMut(Progress),
-) -> Result<()> {
+) -> Result<Tally> {
     let target = Target {
         path: &c.img.base,
         dev_ino: c.img.base_id.dev_ino(),

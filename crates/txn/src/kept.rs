@@ -21,20 +21,9 @@ use crate::error::{Error, Result};
 use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::manifest::{DevIno, Format};
-use crate::plan::ByteRange;
 use crate::record::UndoSummary;
 use crate::statedir::StateDir;
-
-/// The checksum of the content a commit left in one range of its base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Written {
-    /// Where.
-    pub offset: u64,
-    /// How much.
-    pub len: u64,
-    /// CRC-32 of the base's content there right after the commit.
-    pub crc: u32,
-}
+pub use crate::written::Written;
 
 /// What a committed transaction left to take it back with, for one base.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,58 +75,6 @@ impl Record {
             .map(|m| m.len)
             .sum()
     }
-}
-
-/// The checksums of `base`'s content in every range `ranges` names.
-pub(crate) fn checksums<F: File>(
-    base: &F,
-    path: &Path,
-    ranges: &[ByteRange],
-) -> Result<Vec<Written>> {
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    for r in ranges {
-        buf.resize(usize::try_from(r.len).unwrap_or(0), 0);
-        let n = read_all(base, &mut buf, r.offset).map_err(Error::io("read", path))?;
-        buf[n..].fill(0);
-        out.push(Written {
-            offset: r.offset,
-            len: r.len,
-            crc: crc32fast::hash(&buf),
-        });
-    }
-    Ok(out)
-}
-
-/// Reads as much of `buf` as the file holds at `offset`; how much that was.
-fn read_all<F: File>(f: &F, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
-}
-
-/// The first range of `written` where `base` no longer holds what the commit left; `None`
-/// when it holds all of it.
-pub(crate) fn first_change<F: File>(
-    base: &F,
-    path: &Path,
-    written: &[Written],
-) -> Result<Option<Written>> {
-    let ranges: Vec<ByteRange> = written
-        .iter()
-        .map(|w| ByteRange::new(w.offset, w.len))
-        .collect();
-    let now = checksums(base, path, &ranges)?;
-    Ok(written
-        .iter()
-        .zip(&now)
-        .find(|(a, b)| a != b)
-        .map(|(a, _)| *a))
 }
 
 impl StateDir {

@@ -54,6 +54,7 @@ mod time;
 mod trust;
 mod txjournal;
 mod wait;
+mod written;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicUsize;

@@ -331,7 +331,7 @@ fn check<'k, S: Fs, H: Host>(
             later_change(e, rec, k, None)?,
         ));
     }
-    if let Some(w) = kept::first_change(&base, &k.base, &k.written)? {
+    if let Some(w) = crate::written::first_change(&base, &k.base, &k.written)? {
         return Err(conflict(
             format!(
                 "no longer holds what the transaction wrote at bytes {:#x}..{:#x}",
@@ -701,7 +701,7 @@ fn own_kept<S: Fs, H: Host>(
             new_len: k.summary.old_len,
             file: PathBuf::new(),
             summary,
-            written: kept::checksums(&base, &k.base, &ranges)?,
+            written: crate::written::checksums(&base, &k.base, &ranges)?,
         });
     }
     Ok(out)
