@@ -26,6 +26,9 @@ pub struct Written {
     pub crc: u32,
 }
 
+/// How much a read-back reads at once.
+const READ: u64 = 4 << 20;
+
 /// The checksums of `base`'s content in every range `ranges` names (what lies past its end
 /// reads as zeros).
 pub(crate) fn checksums<F: File>(
@@ -37,7 +40,7 @@ pub(crate) fn checksums<F: File>(
     let mut buf = Vec::new();
     for r in ranges {
         let mut h = Hasher::new();
-        for piece in crate::plan::chunks(std::slice::from_ref(r), crate::apply::CHUNK) {
+        for piece in crate::plan::chunks(std::slice::from_ref(r), READ) {
             buf.resize(usize::try_from(piece.len).unwrap_or(0), 0);
             let n = read_all(base, &mut buf, piece.offset).map_err(Error::io("read", path))?;
             buf[n..].fill(0);
