@@ -296,6 +296,22 @@ impl<F: Fs> File for MonFile<F> {
         self.before(Change::ZeroRange { offset, len });
         self.inner.zero_range(offset, len)
     }
+
+    fn clone_range_from(
+        &self,
+        src: &Self,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        // A clone changes this file's content exactly as a write of the source's would.
+        self.before(Change::Write {
+            offset: dst_offset,
+            len,
+        });
+        self.inner
+            .clone_range_from(&src.inner, src_offset, dst_offset, len)
+    }
 }
 
 impl<F: Fs + Clone> Fs for Monitor<F> {

@@ -272,6 +272,8 @@ struct State {
     crashed: bool,
     faults: HashMap<u64, Fault>,
     log: Vec<LoggedOp>,
+    /// Files may share blocks ([`SimFs::with_reflinks`]).
+    reflinks: bool,
 }
 
 /// What happens to the operation being started.
@@ -823,11 +825,23 @@ impl SimFs {
             durable: reachable,
             next_ino: st.next_ino,
             clock: st.clock,
+            reflinks: st.reflinks,
             ..State::default()
         };
         SimFs {
             state: Arc::new(Mutex::new(state)),
         }
+    }
+
+    /// The same disk, on a file system that shares blocks between files (XFS with
+    /// reflinks, btrfs): [`File::clone_range_from`] then succeeds for block-aligned ranges.
+    /// A clone is one numbered operation, and until synced it is as fragile as a write of
+    /// the same bytes (crash damage may drop or tear it); blocks are shared copy-on-write,
+    /// so a later write to either file leaves the other alone, which a copy of the source's
+    /// content at clone time models exactly.
+    pub fn with_reflinks(self) -> Self {
+        self.lock().reflinks = true;
+        self
     }
 }
 
@@ -1115,6 +1129,56 @@ impl File for SimFile {
                 st.sync_data(self.ino, false);
                 Ok(())
             }
+        }
+    }
+
+    fn clone_range_from(
+        &self,
+        src: &Self,
+        src_offset: u64,
+        dst_offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        const BLOCK: u64 = 4096;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        if !st.reflinks || !Arc::ptr_eq(&self.state, &src.state) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this simulated file system shares no blocks",
+            ));
+        }
+        let src_len = st.inodes[&src.ino].live.len() as u64;
+        // As XFS: whole blocks only, except a range that ends at the source's end.
+        let ends_at_eof = src_offset.checked_add(len) == Some(src_len);
+        let aligned = src_offset.is_multiple_of(BLOCK)
+            && dst_offset.is_multiple_of(BLOCK)
+            && (len.is_multiple_of(BLOCK) || ends_at_eof);
+        if !aligned || src_offset.saturating_add(len) > src_len {
+            return Err(io::Error::from_raw_os_error(22));
+        }
+        let bytes =
+            st.inodes[&src.ino].live[src_offset as usize..(src_offset + len) as usize].to_vec();
+        let path = st.path_of(self.ino);
+        let go = st.begin(Op::Write {
+            path,
+            offset: dst_offset,
+            len,
+        })?;
+        self.check_writable()?;
+        st.data_op(
+            self.ino,
+            DataOp::Write {
+                off: dst_offset,
+                bytes,
+            },
+        );
+        match go {
+            Go::Run => Ok(()),
+            Go::Crash => Err(crash_error()),
+            Go::Fail(f) => Err(fault_error(f)),
         }
     }
 

@@ -99,6 +99,8 @@ pub(crate) fn forward<S: Fs, H: Host>(
         direct: Vec::new(),
         other: Vec::new(),
         tally: Tally::default(),
+        share: true,
+        shared: 0,
     };
     let mut done = 0u64;
     let mut copied = |n: u64| {
@@ -124,6 +126,9 @@ pub(crate) fn forward<S: Fs, H: Host>(
         }
     }
     copier.flush(&mut copied)?;
+    // Which path was taken, so that a full copy is never silent: `shared` bytes are the
+    // overlay's blocks, now the base's too; the rest was copied.
+    tracing::info!(base = %to.path.display(), bytes = total, shared = copier.shared, "overlay applied");
     // Barrier: every new byte of the base is durable before the journal says applied.
     base.sync_data().map_err(Error::io("sync", to.path))?;
     Ok(copier.tally)
@@ -161,6 +166,10 @@ struct Copier<'a, F: File> {
     other: Vec<ByteRange>,
     /// What was written, for the checksums a revert checks.
     tally: Tally,
+    /// Reflinks are tried until the file system first refuses one.
+    share: bool,
+    /// Bytes shared rather than copied.
+    shared: u64,
 }
 
 impl<F: File> Copier<'_, F> {
@@ -218,8 +227,62 @@ impl<F: File> Copier<'_, F> {
         runs
     }
 
+    /// Shares what it can of the batch's stored extents with the base instead of copying
+    /// them (a reflink: no data is read or written), and leaves the rest for the copy. The
+    /// overlay's data clusters are whole clusters at cluster-aligned offsets of both files,
+    /// so on a file system with reflinks nearly all of a commit goes this way; a compressed
+    /// cluster, or a range the file system's blocks do not divide, is copied.
+    fn share(&mut self, copied: &mut dyn FnMut(u64)) {
+        const BLOCK: u64 = 4096;
+        if !self.share {
+            return;
+        }
+        // Runs contiguous in both files, each one call.
+        self.direct.sort_unstable();
+        let mut keep = Vec::with_capacity(self.direct.len());
+        let mut i = 0;
+        while i < self.direct.len() {
+            let first = self.direct[i];
+            let mut end = i + 1;
+            let mut len = first.len;
+            while let Some(next) = self.direct.get(end) {
+                if next.host != first.host + len || next.guest != first.guest + len {
+                    break;
+                }
+                len += next.len;
+                end += 1;
+            }
+            let aligned = first.host.is_multiple_of(BLOCK)
+                && first.guest.is_multiple_of(BLOCK)
+                && len.is_multiple_of(BLOCK);
+            let shared = self.share
+                && aligned
+                && match self
+                    .base
+                    .clone_range_from(self.ov, first.host, first.guest, len)
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::info!(base = %self.base_path.display(), error = %e, "no reflink: copying the overlay's data");
+                        self.share = false;
+                        false
+                    }
+                };
+            if shared {
+                self.shared += len;
+                self.tally.unseen();
+                copied(len);
+            } else {
+                keep.extend_from_slice(&self.direct[i..end]);
+            }
+            i = end;
+        }
+        self.direct = keep;
+    }
+
     /// Copies the batch into the base; `copied` hears the bytes done.
     fn flush(&mut self, copied: &mut dyn FnMut(u64)) -> Result<()> {
+        self.share(copied);
         let runs = self.runs();
         let (direct, base, base_path) = (&self.direct, self.base, self.base_path);
         let tally = &mut self.tally;

@@ -173,7 +173,11 @@ fn written<S: Fs, H: Host>(
         let base = base::open(&e.fs, tx, (&c.img.base, c.img.base_id.dev_ino()), false)?;
         let new_len = base.len().map_err(Error::io("stat", &c.img.base))?;
         let written = match c.img.base_format {
-            Format::Raw => tally.finish(&crate::written::raw_ranges(&c.plan)),
+            Format::Raw if tally.complete() => tally.finish(&crate::written::raw_ranges(&c.plan)),
+            // Shared blocks were never seen: read them back.
+            Format::Raw => {
+                crate::written::checksums(&base, &c.img.base, &crate::written::raw_ranges(&c.plan))?
+            }
             Format::Qcow2 => {
                 // What the commit grew the file by is checked too: a revert cuts it off.
                 let mut ranges = ranges.clone();

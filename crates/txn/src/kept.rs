@@ -6,7 +6,7 @@
 //! own (`.NAME.ID.imgtx.kept`) until pruned. A record in the state directory
 //! (`kept/ID.json`) says, per base, which file holds the pre-images, what its journal said of
 //! them, and checksums of what the commit wrote there, so that a revert can tell whether the
-//! base still holds exactly that ([`Record::written`]).
+//! base still holds exactly that ([`KeptImage::written`]).
 //!
 //! The record is an index, not a trust anchor: the file it names is checked like any
 //! pre-image file (owner, mode, links; every entry's checksum is bound to the transaction's

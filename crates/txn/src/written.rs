@@ -109,9 +109,22 @@ pub(crate) fn raw_ranges(plan: &Plan) -> Vec<ByteRange> {
 #[derive(Default)]
 pub(crate) struct Tally {
     pieces: Vec<(u64, u64, Hasher)>,
+    /// Some data reached the base without passing through memory (a reflink): its checksum
+    /// can only be had by reading the base back.
+    unseen: bool,
 }
 
 impl Tally {
+    /// Data was written without being seen (shared blocks).
+    pub(crate) fn unseen(&mut self) {
+        self.unseen = true;
+    }
+
+    /// Whether every byte written was seen, so [`Tally::finish`] can tell the checksums.
+    pub(crate) fn complete(&self) -> bool {
+        !self.unseen
+    }
+
     /// `data` was written at `offset`.
     pub(crate) fn data(&mut self, offset: u64, data: &[u8]) {
         let mut h = Hasher::new();

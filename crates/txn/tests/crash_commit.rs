@@ -54,6 +54,82 @@ fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
 }
 
 #[test]
+fn on_a_file_system_with_reflinks_the_swept_commit_shares_blocks_both_ways() {
+    if !testkit::qemu::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return;
+    }
+    let fx = Fixture::new(&crash_support::raw_single());
+    let sim = fx.fresh().with_reflinks();
+    let (e, _) = crash_support::engine(&sim, &fx.bases).unwrap();
+    let before = sim.log().len();
+
+    crash_support::commit_tx(&e, false).unwrap();
+
+    let spare = sim
+        .read_live(crash_support::spare_of(&fx.bases[0]))
+        .unwrap();
+    assert!(
+        crash_support::cloned_entries(&spare).unwrap() > 0,
+        "no pre-image was saved as a reflink"
+    );
+    let base_writes = sim.log()[before..]
+        .iter()
+        .filter(|op| format!("{op:?}").contains(&*fx.bases[0].to_string_lossy()))
+        .count();
+    assert!(base_writes > 0);
+    assert_eq!(
+        crash_support::ended(
+            &fx,
+            &sim.crashed_image(storage::sim::Damage::DropUnsynced, 0)
+        ),
+        Ok(crash_support::Ended::New)
+    );
+}
+
+#[test]
+fn a_reflinked_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
+    if !testkit::qemu::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return;
+    }
+    let fx = Fixture::new(&crash_support::raw_single());
+
+    let stats = sweep(
+        &fx,
+        &|| fx.fresh().with_reflinks(),
+        &commit(false),
+        true,
+        3,
+        "reflinked commit",
+    );
+
+    report("reflinked commit", stats);
+    assert!(stats.ended_new > 0 && stats.ended_old > 0);
+}
+
+#[test]
+fn a_reflinked_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation() {
+    if !testkit::qemu::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return;
+    }
+    let fx = Fixture::new(&crash_support::raw_single());
+
+    let stats = sweep(
+        &fx,
+        &|| fx.fresh().with_reflinks(),
+        &commit(true),
+        true,
+        2,
+        "reflinked commit --no-undo",
+    );
+
+    report("reflinked commit --no-undo", stats);
+    assert!(stats.ended_new > 0);
+}
+
+#[test]
 fn raw_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation() {
     if !testkit::qemu::have("qemu-io") {
         eprintln!("skipped: qemu-io is not installed");

@@ -27,8 +27,12 @@ fn engine(fs: &SimFs, fx: &Fixture) -> txn::Result<(RevertEngine, Monitor<SimFs>
 }
 
 /// The fixture's transaction committed (its pre-images kept as spares), everything durable.
-fn committed(fx: &Fixture) -> SimFs {
-    let fs = fx.fresh();
+fn committed(fx: &Fixture, reflinks: bool) -> SimFs {
+    let fs = if reflinks {
+        fx.fresh().with_reflinks()
+    } else {
+        fx.fresh()
+    };
     let e = Engine::new(fs.clone(), SimHost, STATE.into()).expect("engine");
     e.commit(&tx(), CommitOptions::default(), &mut |_| {})
         .expect("commit");
@@ -91,9 +95,9 @@ fn recover_and_check(fx: &Fixture, img: &SimFs, told: bool, undo: bool, ctx: &st
 
 /// Crashes the revert of the fixture's committed transaction at every operation and
 /// recovers each damaged image (finishing, or with `undo`, undoing the revert).
-fn sweep(specs: &[ImageSpec], undo: bool, name: &str) {
+fn sweep(specs: &[ImageSpec], (undo, reflinks): (bool, bool), name: &str) {
     let fx = Fixture::new(specs);
-    let start = committed(&fx);
+    let start = committed(&fx, reflinks);
     let n = {
         let fs = start.crashed_image(Damage::KeepAll, 0);
         let (e, mon) = engine(&fs, &fx).expect("engine");
@@ -138,7 +142,7 @@ fn a_revert_crashed_anywhere_recovers_to_before_or_after_it() {
         eprintln!("SKIP: qemu-img/qemu-io not available");
         return;
     }
-    sweep(&crash_support::raw_single(), false, "revert");
+    sweep(&crash_support::raw_single(), (false, false), "revert");
 }
 
 #[test]
@@ -147,7 +151,11 @@ fn a_revert_of_two_bases_crashed_anywhere_recovers_all_or_nothing() {
         eprintln!("SKIP: qemu-img/qemu-io not available");
         return;
     }
-    sweep(&crash_support::raw_pair(), false, "revert of two bases");
+    sweep(
+        &crash_support::raw_pair(),
+        (false, false),
+        "revert of two bases",
+    );
 }
 
 #[test]
@@ -156,5 +164,18 @@ fn a_crashed_revert_is_undone_by_recover_undo() {
         eprintln!("SKIP: qemu-img/qemu-io not available");
         return;
     }
-    sweep(&crash_support::raw_single(), true, "revert undone");
+    sweep(&crash_support::raw_single(), (true, false), "revert undone");
+}
+
+#[test]
+fn a_revert_from_reflinked_pre_images_crashed_anywhere_recovers_to_before_or_after_it() {
+    if !testkit::qemu::available() {
+        eprintln!("SKIP: qemu-img/qemu-io not available");
+        return;
+    }
+    sweep(
+        &crash_support::raw_single(),
+        (false, true),
+        "reflinked revert",
+    );
 }

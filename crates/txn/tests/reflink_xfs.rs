@@ -123,3 +123,70 @@ fn pre_images_on_xfs_are_reflinks_and_undo_restores_from_them() {
         "undo did not restore the base"
     );
 }
+
+/// Extents of `path` that `filefrag` reports as shared with another file.
+fn shared_extents(path: &Path) -> usize {
+    let out = Command::new("filefrag")
+        .arg("-v")
+        .arg(path)
+        .output()
+        .expect("filefrag runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("shared"))
+        .count()
+}
+
+#[test]
+fn a_commit_on_xfs_shares_the_overlay_blocks_with_the_base_and_lands_the_same_bytes() {
+    let xfs = match Xfs::mount() {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    for opts in [
+        CommitOptions::default(),
+        CommitOptions {
+            no_undo: true,
+            ..CommitOptions::default()
+        },
+    ] {
+        let base = xfs.mnt.join(format!("base-{}.raw", opts.no_undo));
+        let old: Vec<u8> = (0..24 * MIB).map(|i| (i * 13 % 251) as u8).collect();
+        fs::write(&base, &old).expect("write the base");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (watch, at) = (base.clone(), seen.clone());
+        let engine = Engine::new(
+            OsFs,
+            HookedHost::default().at_step(move |step| {
+                if step == "applied" {
+                    *at.lock().unwrap() = Some(shared_extents(&watch));
+                }
+            }),
+            xfs.mnt.join("state"),
+        )
+        .expect("an engine");
+        let m = fixture::begin_raw(&engine, &base);
+        if fixture::write_overlay(&m, "write -P 0xc3 2M 9M").is_none() {
+            return;
+        }
+
+        engine.commit(&m.id, opts, &mut |_| {}).expect("commit");
+
+        let mut expected = old.clone();
+        expected[2 * MIB..11 * MIB].fill(0xc3);
+        assert!(
+            fs::read(&base).expect("read the base") == expected,
+            "no_undo={}: the base does not hold the overlay's bytes",
+            opts.no_undo
+        );
+        let shared = seen.lock().unwrap().expect("the applied step ran");
+        assert!(
+            shared > 0,
+            "no_undo={}: no extent of the base was shared with the overlay: the data was copied",
+            opts.no_undo
+        );
+    }
+}

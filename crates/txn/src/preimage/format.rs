@@ -4,11 +4,16 @@
 
 use crate::id::TxId;
 
-pub(super) const MAGIC: &[u8; 8] = b"IMGTXUN3";
+pub(super) const MAGIC: &[u8; 8] = b"IMGTXUN4";
+pub(super) const MAGIC_V3: &[u8; 8] = b"IMGTXUN3";
 pub(super) const MAGIC_V2: &[u8; 8] = b"IMGTXUN2";
 pub(super) const MAGIC_V1: &[u8; 8] = b"IMGTXUN1";
-/// Set in a version 3 entry's `len`: the range read as zeros, and no data follows.
+/// Set in a version 3 or 4 entry's `len`: the range read as zeros, and no data follows.
 pub(super) const ZEROS: u64 = 1 << 63;
+/// Set in a version 4 entry's `len`: the data is a reflink of the base's blocks, never read
+/// when saved, so its `crc` is 0 and not checked; shared blocks cannot be torn or changed
+/// by anyone writing either file.
+pub(super) const CLONED: u64 = 1 << 62;
 pub(super) const HEADER: u64 = 16;
 pub(super) const ENTRY_HEADER: u64 = 24;
 /// Where a version 2 or 3 entry's data starts: a multiple of this.

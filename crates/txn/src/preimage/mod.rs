@@ -3,25 +3,31 @@
 //! bit ([`restore`]).
 //!
 //! Layout of the pre-image file (`.NAME.ID.imgtx.undo`; all integers little-endian): a
-//! 16-byte header `IMGTXUN3` + old base length, then entries of `offset u64, len u64, data
+//! 16-byte header `IMGTXUN4` + old base length, then entries of `offset u64, len u64, data
 //! crc32 u32, header crc32 u32`, zeros up to the next multiple of 4 KiB, and `len` bytes of
 //! data. The header crc also covers the transaction id, so an entry from another
 //! transaction's file can never validate. Each entry holds at most [`crate::apply::CHUNK`]
 //! bytes.
 //!
 //! A run of 64 KiB grains that read as zeros (a hole of a sparse base, or written zeros) is
-//! saved as its header alone, with [`ZEROS`] set in `len` and no data: restoring it makes
+//! saved as its header alone, with `ZEROS` set in `len` and no data: restoring it makes
 //! the range read as zeros again. Raw images are usually sparse and guests often write into
 //! their free space, so this is a common pre-image, and it costs no data write at all.
 //!
 //! The data is block-aligned so that, where the file system can share blocks (XFS, btrfs),
 //! an aligned range is not copied at all: the pre-image file gets a reflink of the base's
-//! blocks (`File::clone_range_from`), which the base's later writes leave alone.
+//! blocks (`File::clone_range_from`), which the base's later writes leave alone. Such an
+//! entry is saved without reading the base: `CLONED` is set in its `len` and its data
+//! crc is 0, unchecked. Its integrity rests on the clone: shared blocks are never written in
+//! place (a write to either file gets blocks of its own), so they cannot be torn or changed
+//! through the base; and like every entry it is durable before the journal vouches for it.
+//! Restoring shares the blocks back where it can.
 //!
 //! A commit that ends well keeps its file as the base's spare (`layout::spare`), which the
-//! next commit overwrites in place instead of writing a new file. Version 2 files
-//! (`IMGTXUN2`: no zero entries) and version 1 files (`IMGTXUN1`: data right after each
-//! entry header) are still read, for commits an older imgtx left to recover.
+//! next commit overwrites in place instead of writing a new file. Version 3 files
+//! (`IMGTXUN3`: no reflinked entries), version 2 files (`IMGTXUN2`: no zero entries) and
+//! version 1 files (`IMGTXUN1`: data right after each entry header) are still read, for
+//! commits an older imgtx left to recover.
 //!
 //! What the journal says about a pre-image file (its length, entries and bytes) is the
 //! [`UndoSummary`](crate::record::UndoSummary) of its `Undo` record.

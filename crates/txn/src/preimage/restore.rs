@@ -7,7 +7,9 @@ use std::path::Path;
 
 use storage::{File, Fs};
 
-use super::format::{data_at, entry_crc, ENTRY_HEADER, HEADER, MAGIC, MAGIC_V1, MAGIC_V2, ZEROS};
+use super::format::{
+    data_at, entry_crc, CLONED, ENTRY_HEADER, HEADER, MAGIC, MAGIC_V1, MAGIC_V2, MAGIC_V3, ZEROS,
+};
 use crate::apply::CHUNK;
 use crate::error::{Error, Result};
 use crate::id::TxId;
@@ -38,6 +40,9 @@ struct Entry {
     data_at: u64,
     /// The range read as zeros; nothing is stored at `data_at`.
     zeros: bool,
+    /// The data is a reflink of the base's old blocks, saved without being read: it has no
+    /// checksum.
+    cloned: bool,
 }
 
 /// The entries of a whole pre-image file of transaction `tx`, each with its header checked;
@@ -52,7 +57,8 @@ fn parse<F: File>(f: &F, path: &Path, tx: &TxId) -> Result<(u64, Vec<Entry>)> {
     f.read_exact_at(&mut header, 0)
         .map_err(Error::io("read", path))?;
     let version = match &header[..8] {
-        m if m == MAGIC => 3,
+        m if m == MAGIC => 4,
+        m if m == MAGIC_V3 => 3,
         m if m == MAGIC_V2 => 2,
         m if m == MAGIC_V1 => 1,
         _ => return Err(bad("it is not a pre-image file".into())),
@@ -71,8 +77,12 @@ fn parse<F: File>(f: &F, path: &Path, tx: &TxId) -> Result<(u64, Vec<Entry>)> {
         if entry_crc(&head[..20], tx) != hcrc {
             return Err(bad(format!("the entry at {pos:#x} fails its checksum")));
         }
-        // Before version 3 the flag is just an impossible length, refused below.
-        let zeros = version == 3 && n & ZEROS != 0;
+        // Before version 3 (4) the flag is just an impossible length, refused below.
+        let zeros = version >= 3 && n & ZEROS != 0;
+        let cloned = version >= 4 && !zeros && n & CLONED != 0;
+        if cloned {
+            n &= !CLONED;
+        }
         let (at, end) = if zeros {
             n &= !ZEROS;
             (Some(pos), pos.checked_add(ENTRY_HEADER))
@@ -89,6 +99,7 @@ fn parse<F: File>(f: &F, path: &Path, tx: &TxId) -> Result<(u64, Vec<Entry>)> {
                     crc,
                     data_at,
                     zeros,
+                    cloned,
                 });
                 pos = end;
             }
@@ -146,20 +157,20 @@ fn for_each_checked<S: Fs>(
     path: &Path,
     (tx, uid): (&TxId, u32),
     summary: &UndoSummary,
-    bad: impl Fn(&Entry) -> String,
+    (bad, read_cloned): (impl Fn(&Entry) -> String, bool),
     mut each: impl FnMut(&Entry, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let f = open_trusted(fs, path, uid)?;
     let mut buf = Vec::new();
     for e in entries(&f, path, tx, summary)? {
-        if e.zeros {
+        if e.zeros || (e.cloned && !read_cloned) {
             each(&e, &[])?;
             continue;
         }
         buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
         f.read_exact_at(&mut buf, e.data_at)
             .map_err(Error::io("read", path))?;
-        if crc32fast::hash(&buf) != e.crc {
+        if !e.cloned && crc32fast::hash(&buf) != e.crc {
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 reason: bad(&e),
@@ -185,7 +196,10 @@ pub(crate) fn for_each_saved<S: Fs>(
         path,
         (tx, uid),
         summary,
-        |e| format!("the data at {:#x} fails its checksum", e.data_at),
+        (
+            |e: &Entry| format!("the data at {:#x} fails its checksum", e.data_at),
+            true,
+        ),
         |e, data| each(e.offset, e.len, (!e.zeros).then_some(data)),
     )
 }
@@ -204,7 +218,10 @@ pub(crate) fn verify<S: Fs>(
         path,
         (tx, uid),
         summary,
-        |e| format!("the data at {:#x} fails its checksum", e.data_at),
+        (
+            |e: &Entry| format!("the data at {:#x} fails its checksum", e.data_at),
+            false,
+        ),
         |_, _| Ok(()),
     )
 }
@@ -221,20 +238,37 @@ pub(crate) fn restore<S: Fs>(
     restored: &mut dyn FnMut(u64),
 ) -> Result<()> {
     verify(fs, path, tx, summary, uid)?;
+    // Cloned entries are shared back where the file system can, else read and written.
+    let file = open_trusted(fs, path, uid)?;
+    let mut share = true;
+    let mut buf = Vec::new();
     let mut done = 0;
     for_each_checked(
         fs,
         path,
         (tx, uid),
         summary,
-        |_| "it changed while being read".into(),
+        (|_: &Entry| "it changed while being read".into(), false),
         |e, data| {
+            let write = |data: &[u8]| base.write_all_at(data, e.offset);
             if e.zeros {
                 // A hole again where the file system can, which is also what it most
                 // likely was.
                 base.zero_range(e.offset, e.len)
+            } else if !e.cloned {
+                write(data)
+            } else if share
+                && base
+                    .clone_range_from(&file, e.data_at, e.offset, e.len)
+                    .is_ok()
+            {
+                Ok(())
             } else {
-                base.write_all_at(data, e.offset)
+                share = false;
+                buf.resize(usize::try_from(e.len).unwrap_or(0), 0);
+                file.read_exact_at(&mut buf, e.data_at)
+                    .map_err(Error::io("read", path))?;
+                write(&buf)
             }
             .map_err(Error::io("write the old content back into", base_path))?;
             done += e.len;

@@ -7,7 +7,7 @@ use std::path::Path;
 use storage::copy::{read_ahead, Piece, Stopped};
 use storage::{File, Fs};
 
-use super::format::{data_at, entry_crc, DATA_ALIGN, ENTRY_HEADER, HEADER, MAGIC, ZEROS};
+use super::format::{data_at, entry_crc, CLONED, DATA_ALIGN, ENTRY_HEADER, HEADER, MAGIC, ZEROS};
 use crate::apply::{CHUNK, READ_AHEAD};
 use crate::error::{Error, Result};
 use crate::id::TxId;
@@ -82,9 +82,19 @@ pub(crate) fn save<S: Fs>(
     out.write_all_at(&header, 0)
         .map_err(Error::io("write", path))?;
     let mut w = EntryWriter::new(&out, path, tx, old_len);
+    // Where the file system shares blocks, aligned ranges are reflinked without being read;
+    // the rest is read and written.
+    let mut rest = Vec::new();
+    for piece in chunks(ranges, CHUNK) {
+        if !w.cloned_entry(base, piece)? {
+            rest.push(piece);
+            continue;
+        }
+        saved(w.summary.bytes)?;
+    }
     // The next pre-images are read while the current one is written, and each entry's
     // writeback starts at once, so the sync below has little left to flush.
-    let pieces = chunks(ranges, CHUNK).map(|r| Piece {
+    let pieces = rest.into_iter().map(|r| Piece {
         offset: r.offset,
         len: usize::try_from(r.len).unwrap_or(usize::MAX),
         tag: (),
@@ -145,6 +155,39 @@ impl<'a, F: File> EntryWriter<'a, F> {
             shared: 0,
             zeros: 0,
         }
+    }
+
+    /// Saves `piece` of `base` as an entry whose data is a reflink of the base's blocks,
+    /// without reading it; false (nothing written) when the piece is not block-aligned or
+    /// the file system refuses, after which no reflink is tried again.
+    fn cloned_entry(&mut self, base: &F, piece: ByteRange) -> Result<bool> {
+        let aligned =
+            piece.offset.is_multiple_of(DATA_ALIGN) && piece.len.is_multiple_of(DATA_ALIGN);
+        if !self.share || !aligned {
+            return Ok(false);
+        }
+        let too_large = || Error::Invalid("the pre-image file would be too large".into());
+        let at = data_at(self.pos, true).ok_or_else(too_large)?;
+        if let Err(e) = self.out.clone_range_from(base, piece.offset, at, piece.len) {
+            tracing::info!(path = %self.path.display(), error = %e, "no reflink: reading and copying pre-images");
+            self.share = false;
+            return Ok(false);
+        }
+        let mut head = Vec::with_capacity(DATA_ALIGN as usize);
+        head.extend_from_slice(&piece.offset.to_le_bytes());
+        head.extend_from_slice(&(piece.len | CLONED).to_le_bytes());
+        head.extend_from_slice(&0u32.to_le_bytes());
+        let c = entry_crc(&head, self.tx);
+        head.extend_from_slice(&c.to_le_bytes());
+        head.resize(usize::try_from(at - self.pos).unwrap_or(24), 0);
+        self.out
+            .write_all_at(&head, self.pos)
+            .map_err(Error::io("write", self.path))?;
+        self.summary.entries += 1;
+        self.summary.bytes += piece.len;
+        self.shared += piece.len;
+        self.pos = at + piece.len;
+        Ok(true)
     }
 
     /// Writes one entry: `data` is `base`'s old content at `offset`, all zeros when `zero`.

@@ -359,18 +359,24 @@ pub fn zero_entries(bytes: &[u8]) -> Option<usize> {
     Some(undo_entries(bytes)?.iter().filter(|e| e.2).count())
 }
 
-/// The (offset, len, zeros) entries of a pre-image file, per the layout in
-/// `crates/txn/src/undo.rs`.
-fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64, bool)>> {
+/// How many entries of the pre-image file `bytes` are reflinks of the base (saved unread).
+pub fn cloned_entries(bytes: &[u8]) -> Option<usize> {
+    Some(undo_entries(bytes)?.iter().filter(|e| e.3).count())
+}
+
+/// The (offset, len, zeros, cloned) entries of a pre-image file, per the layout in
+/// `crates/txn/src/preimage/mod.rs`.
+fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64, bool, bool)>> {
     let mut out = Vec::new();
     let mut pos = 16usize;
-    // Versions 2 and 3 start each entry's data at a multiple of 4 KiB, version 1 right after
-    // its 24-byte header; a version 3 entry with the top bit of its length set read zeros
-    // and has no data.
-    let (align, zero_flag) = match bytes.get(..8)? {
-        b"IMGTXUN3" => (4096, 1u64 << 63),
-        b"IMGTXUN2" => (4096, 0),
-        b"IMGTXUN1" => (1, 0),
+    // Versions 2 to 4 start each entry's data at a multiple of 4 KiB, version 1 right after
+    // its 24-byte header; a version 3 or 4 entry with the top bit of its length set read
+    // zeros and has no data; a version 4 entry with the next bit set is a reflink.
+    let (align, zero_flag, clone_flag) = match bytes.get(..8)? {
+        b"IMGTXUN4" => (4096, 1u64 << 63, 1u64 << 62),
+        b"IMGTXUN3" => (4096, 1u64 << 63, 0),
+        b"IMGTXUN2" => (4096, 0, 0),
+        b"IMGTXUN1" => (1, 0, 0),
         _ => return None,
     };
     let u64_at = |p: usize| {
@@ -381,11 +387,13 @@ fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64, bool)>> {
     while pos < bytes.len() {
         let (off, len) = (u64_at(pos)?, u64_at(pos + 8)?);
         if len & zero_flag != 0 {
-            out.push((off, len & !zero_flag, true));
+            out.push((off, len & !zero_flag, true, false));
             pos = pos.checked_add(24)?;
             continue;
         }
-        out.push((off, len, false));
+        let cloned = len & clone_flag != 0;
+        let len = len & !clone_flag;
+        out.push((off, len, false, cloned));
         pos = pos
             .checked_add(24)?
             .checked_next_multiple_of(align)?
@@ -394,8 +402,8 @@ fn undo_entries(bytes: &[u8]) -> Option<Vec<(u64, u64, bool)>> {
     Some(out)
 }
 
-fn covered(entries: &[(u64, u64, bool)], start: u64, end: u64) -> bool {
-    let mut ranges: Vec<(u64, u64)> = entries.iter().map(|&(o, l, _)| (o, o + l)).collect();
+fn covered(entries: &[(u64, u64, bool, bool)], start: u64, end: u64) -> bool {
+    let mut ranges: Vec<(u64, u64)> = entries.iter().map(|&(o, l, _, _)| (o, o + l)).collect();
     ranges.sort_unstable();
     let mut at = start;
     for (a, b) in ranges {
@@ -616,6 +624,8 @@ pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
     fs.files()
         .into_iter()
         .filter(|p| !allowed.contains(p))
+        // What a commit keeps to be reverted: its record, its pre-images are the spare.
+        .filter(|p| !p.starts_with(Path::new(STATE).join("kept")))
         // Claims are named by the base's device and inode; one per base while open.
         .filter(|p| !(open && p.starts_with(Path::new(STATE).join("claims"))))
         .collect()
