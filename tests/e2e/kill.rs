@@ -12,7 +12,7 @@ use crate::util::{exit, qemu_img, qemu_io, require_tools, run, stderr_of, TestDi
 const MIB: u64 = 1 << 20;
 const KILLED: i32 = 137;
 
-fn crash<S: AsRef<OsStr>>(t: &TestDir, step: &str, args: &[S]) -> Output {
+pub(crate) fn crash<S: AsRef<OsStr>>(t: &TestDir, step: &str, args: &[S]) -> Output {
     let mut cmd = t.command();
     cmd.env("IMGTX_TEST_CRASH_AFTER", step).args(args);
     let out = run(&mut cmd);
@@ -40,10 +40,10 @@ fn converted(t: &TestDir, overlay: &Path) -> Vec<u8> {
 }
 
 /// Every base's content, in order.
-type Contents = Vec<Vec<u8>>;
+pub(crate) type Contents = Vec<Vec<u8>>;
 
 /// Two bases with changes in their overlays; returns (tx id, bases, old contents, new contents).
-fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Contents, Contents) {
+pub(crate) fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Contents, Contents) {
     let a = t.raw_image("a.img", 2 * MIB, 1);
     let b = t.raw_image("b.img", 2 * MIB, 2);
     let old = vec![fs::read(&a).unwrap(), fs::read(&b).unwrap()];
@@ -77,12 +77,12 @@ fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Contents, Content
     (tx.id, vec![a, b], old, new)
 }
 
-fn contents(bases: &[PathBuf]) -> Contents {
+pub(crate) fn contents(bases: &[PathBuf]) -> Contents {
     bases.iter().map(|b| fs::read(b).unwrap()).collect()
 }
 
-const BEFORE_COMMIT_POINT: &[&str] = &["intent", "undo"];
-const AFTER_COMMIT_POINT: &[&str] = &[
+pub(crate) const BEFORE_COMMIT_POINT: &[&str] = &["intent", "undo"];
+pub(crate) const AFTER_COMMIT_POINT: &[&str] = &[
     "commit-point",
     "applied",
     "logged",

@@ -11,6 +11,7 @@ mod hostile;
 mod isolation;
 mod kill;
 mod kill_strace;
+mod kill_xfs;
 mod names;
 mod operator;
 mod ops;

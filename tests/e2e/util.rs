@@ -45,9 +45,14 @@ pub struct TestDir {
 impl TestDir {
     /// Creates the directory with empty `images/` and `state/` inside.
     pub fn new() -> TestDir {
+        Self::new_in(&std::env::temp_dir())
+    }
+
+    /// [`TestDir::new`] under `parent`: on the file system a test is about.
+    pub fn new_in(parent: &Path) -> TestDir {
         let root = tempfile::Builder::new()
             .prefix("imgtx-e2e-")
-            .tempdir()
+            .tempdir_in(parent)
             .expect("create the test directory");
         fs::create_dir(root.path().join("images")).expect("create images/");
         fs::create_dir(root.path().join("state")).expect("create state/");

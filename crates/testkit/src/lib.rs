@@ -10,7 +10,8 @@
 //! # Layout and features
 //!
 //! - Always there, depending on no imgtx crate: [`heap`] (the counting allocator), [`qemu`]
-//!   (is a tool here; run `qemu-img` and `qemu-io`), [`sweep`] (`IMGTX_CRASH_SWEEP=full`).
+//!   (is a tool here; run `qemu-img` and `qemu-io`), [`sweep`] (`IMGTX_CRASH_SWEEP=full`),
+//!   [`xfs`] (a loop-mounted XFS with reflinks).
 //! - Feature `engine`, for `txn`'s tests and fuzz crate (named in plain text here, since
 //!   they are absent from a build without it): `hooked` (the real file system and machine
 //!   with hooks), `commit_point` (stop a commit at its commit point), `sim_host` (the host of
@@ -50,3 +51,4 @@ pub mod qemu;
 #[cfg(feature = "engine")]
 pub mod sim_host;
 pub mod sweep;
+pub mod xfs;

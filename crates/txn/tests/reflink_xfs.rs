@@ -5,58 +5,17 @@
 
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use storage::OsFs;
 use testkit::commit_point::CommitPointStop;
 use testkit::fixture;
 use testkit::hooked::HookedHost;
+use testkit::xfs::Xfs;
 use txn::{CommitOptions, Engine, RecoverOptions};
 
 const MIB: usize = 1 << 20;
-
-/// A small XFS file system mounted from an image file; unmounted when dropped.
-struct Xfs {
-    _dir: tempfile::TempDir,
-    mnt: PathBuf,
-}
-
-impl Xfs {
-    fn mount() -> Result<Self, String> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err("needs root to mount a loop device".into());
-        }
-        let dir = tempfile::tempdir_in("/var/tmp").map_err(|e| e.to_string())?;
-        let img = dir.path().join("xfs.img");
-        let mnt = dir.path().join("mnt");
-        fs::File::create(&img)
-            .and_then(|f| f.set_len(512 * MIB as u64))
-            .and_then(|()| fs::create_dir(&mnt))
-            .map_err(|e| e.to_string())?;
-        let ok = |cmd: &mut Command| cmd.output().is_ok_and(|o| o.status.success());
-        if !ok(Command::new("mkfs.xfs")
-            .args(["-q", "-m", "reflink=1"])
-            .arg(&img))
-        {
-            return Err("mkfs.xfs is missing or failed".into());
-        }
-        if !ok(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt))
-        {
-            return Err("cannot mount a loop device here".into());
-        }
-        Ok(Self { _dir: dir, mnt })
-    }
-}
-
-impl Drop for Xfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-    }
-}
 
 /// Bytes in use on the file system holding `dir`.
 fn used(dir: &Path) -> u64 {
@@ -66,7 +25,7 @@ fn used(dir: &Path) -> u64 {
 
 #[test]
 fn pre_images_on_xfs_are_reflinks_and_undo_restores_from_them() {
-    let xfs = match Xfs::mount() {
+    let xfs = match Xfs::mount(512) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("skipped: {why}");
@@ -74,28 +33,28 @@ fn pre_images_on_xfs_are_reflinks_and_undo_restores_from_them() {
         }
     };
     // Arrange: 32 MiB of varied bytes, 16 MiB of them overwritten through the overlay.
-    let base = xfs.mnt.join("base.raw");
+    let base = xfs.path().join("base.raw");
     let old: Vec<u8> = (0..32 * MIB).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(&base, &old).expect("write the base");
     let stop = CommitPointStop::default();
     let engine = Engine::new(
         OsFs,
         HookedHost::default().at_step(stop.hook()),
-        xfs.mnt.join("state"),
+        xfs.path().join("state"),
     )
     .expect("an engine");
     let m = fixture::begin_raw(&engine, &base);
     if fixture::write_overlay(&m, "write -P 0xaa 4M 16M").is_none() {
         return;
     }
-    let before = used(&xfs.mnt);
+    let before = used(xfs.path());
 
     // Act: a commit that dies at its commit point, with its pre-images saved.
     stop.arm();
     let died = catch_unwind(AssertUnwindSafe(|| {
         engine.commit(&m.id, CommitOptions::default(), &mut |_| {})
     }));
-    let grown = used(&xfs.mnt).saturating_sub(before);
+    let grown = used(xfs.path()).saturating_sub(before);
     let undo = txn::layout::undo(&base, &m.id).expect("the pre-image file's name");
     let saved = fs::metadata(&undo).map(|x| x.len()).unwrap_or(0);
     engine
@@ -139,7 +98,7 @@ fn shared_extents(path: &Path) -> usize {
 
 #[test]
 fn a_commit_on_xfs_shares_the_overlay_blocks_with_the_base_and_lands_the_same_bytes() {
-    let xfs = match Xfs::mount() {
+    let xfs = match Xfs::mount(512) {
         Ok(x) => x,
         Err(why) => {
             eprintln!("skipped: {why}");
@@ -153,7 +112,7 @@ fn a_commit_on_xfs_shares_the_overlay_blocks_with_the_base_and_lands_the_same_by
             ..CommitOptions::default()
         },
     ] {
-        let base = xfs.mnt.join(format!("base-{}.raw", opts.no_undo));
+        let base = xfs.path().join(format!("base-{}.raw", opts.no_undo));
         let old: Vec<u8> = (0..24 * MIB).map(|i| (i * 13 % 251) as u8).collect();
         fs::write(&base, &old).expect("write the base");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
@@ -165,7 +124,7 @@ fn a_commit_on_xfs_shares_the_overlay_blocks_with_the_base_and_lands_the_same_by
                     *at.lock().unwrap() = Some(shared_extents(&watch));
                 }
             }),
-            xfs.mnt.join("state"),
+            xfs.path().join("state"),
         )
         .expect("an engine");
         let m = fixture::begin_raw(&engine, &base);
