@@ -27,6 +27,63 @@ pub struct Config {
     pub rounds: usize,
     /// Seed of every pseudo-random choice.
     pub seed: u64,
+    /// The page cache before each timed run.
+    pub cache: Cache,
+}
+
+/// The cache setting of a part's runs, and whether every cold run really was cold.
+pub struct Caching {
+    cache: Cache,
+    all_cold: bool,
+}
+
+impl Caching {
+    fn settle(&mut self) {
+        self.all_cold &= self.cache.settle();
+    }
+
+    /// For a warm run, reads `files` whole into the page cache, as an edit leaves what it
+    /// wrote there: copies made by reflink, or pages evicted since, would otherwise leave one
+    /// contestant warmer than another.
+    fn warm(&self, files: &[&Path]) -> BoxResult<()> {
+        if self.cache == Cache::Warm {
+            for f in files {
+                sys::read_through(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The page cache a timed run starts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Dropped (after a sync): every byte comes from the disk.
+    Cold,
+    /// As the run's preparation left it (synced, so no writeback is pending): the overlay and
+    /// base as an edit just left them, as a commit right after an edit finds them.
+    Warm,
+}
+
+impl Cache {
+    /// Settles the cache before a timed run; false when a cold cache could not be had.
+    pub fn settle(self) -> bool {
+        match self {
+            Cache::Cold => sys::drop_caches(),
+            Cache::Warm => {
+                nix::unistd::sync();
+                true
+            }
+        }
+    }
+
+    /// How the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Cold => "cold",
+            Cache::Warm => "warm",
+        }
+    }
 }
 
 /// What a commit scenario's base holds before the overlay changes it.
@@ -82,6 +139,13 @@ pub enum Part {
 
 /// The parts a `--scenario` name stands for.
 pub fn parts(scenario: &str) -> Option<Vec<Part>> {
+    // The reflink workload: 1 GiB changed over a 4 GiB base.
+    let medium = Part::Commit {
+        name: "medium",
+        size: 4 * GIB,
+        changed: GIB,
+        fill: Fill::Full,
+    };
     let small = Part::Commit {
         name: "small",
         size: GIB,
@@ -108,6 +172,7 @@ pub fn parts(scenario: &str) -> Option<Vec<Part>> {
     };
     Some(match scenario {
         "small" => vec![small],
+        "medium" => vec![medium],
         "large" => vec![large],
         "sparse" => vec![sparse],
         "meta" => vec![meta],
@@ -365,7 +430,10 @@ fn run_commit(
             error: None,
         })
         .collect();
-    let mut cold = true;
+    let mut cold = Caching {
+        cache: cfg.cache,
+        all_cold: true,
+    };
     for round in 0..cfg.rounds {
         // Round-robin with the order rotated each round, so no contestant always runs first
         // (or always right after the one that left the most dirty state behind).
@@ -427,7 +495,7 @@ fn run_commit(
             }
         }
     }
-    if !cold {
+    if cfg.cache == Cache::Cold && !cold.all_cold {
         result.notes.push(
             "page cache could not be dropped (not root): runs were synced but not cold".to_owned(),
         );
@@ -489,17 +557,19 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
-fn run_floor(layout: &Layout, args: &[OsString], cold: &mut bool) -> BoxResult<Sample> {
+fn run_floor(layout: &Layout, args: &[OsString], cold: &mut Caching) -> BoxResult<Sample> {
     sys::copy(&layout.pristine_base, &layout.base)?;
-    *cold &= sys::drop_caches();
+    cold.warm(&[&layout.base])?;
+    cold.settle();
     let (sample, _) = measure(&layout.dir, None, &std::env::current_exe()?, args)?;
     Ok(sample)
 }
 
-fn run_qemu_img(layout: &Layout, cold: &mut bool) -> BoxResult<Sample> {
+fn run_qemu_img(layout: &Layout, cold: &mut Caching) -> BoxResult<Sample> {
     sys::copy(&layout.pristine_base, &layout.base)?;
     sys::copy(&layout.pristine_overlay, &layout.overlay)?;
-    *cold &= sys::drop_caches();
+    cold.warm(&[&layout.base, &layout.overlay])?;
+    cold.settle();
     let mut args = os(&["commit", "-d"]);
     args.push(layout.overlay.clone().into_os_string());
     let (sample, _) = measure(
@@ -564,11 +634,11 @@ fn run_imgtx(
     plan: &Plan,
     no_undo: bool,
     log: &mut ImgtxLog<'_>,
-    cold: &mut bool,
+    cold: &mut Caching,
 ) -> BoxResult<Sample> {
     sys::copy(&layout.pristine_base, &layout.base)?;
     sys::remove_dir_if_exists(&layout.state)?;
-    *cold &= sys::drop_caches();
+    cold.settle();
     let (begin_sample, id, overlay) = begin(imgtx, layout, &layout.base)?;
     log.begins.push(begin_sample);
     sys::replay(&overlay, &plan.ops)?;
@@ -579,7 +649,8 @@ fn run_imgtx(
             overlay_options(&overlay)?
         ));
     }
-    *cold &= sys::drop_caches();
+    cold.warm(&[&layout.base, &overlay])?;
+    cold.settle();
     let commit = if no_undo {
         vec!["commit", "--no-undo", &id]
     } else {
@@ -621,12 +692,15 @@ fn run_meta(cfg: &Config, name: &str, size: u64, clusters: u64) -> BoxResult<Par
             },
         )?;
     }
-    let mut cold = true;
+    let mut cold = Caching {
+        cache: cfg.cache,
+        all_cold: true,
+    };
     if let Err(e) = meta_rounds(cfg, imgtx, &layout, &plan, &mut result, &mut cold) {
         progress(&format!("{name}: {e}"));
         result.notes.push(e.to_string());
     }
-    if !cold {
+    if cfg.cache == Cache::Cold && !cold.all_cold {
         result
             .notes
             .push("page cache could not be dropped (not root)".to_owned());
@@ -641,7 +715,7 @@ fn meta_rounds(
     layout: &Layout,
     plan: &Plan,
     result: &mut PartResult,
-    cold: &mut bool,
+    cold: &mut Caching,
 ) -> BoxResult<()> {
     // begin never reads the base's data, so every run uses the pristine base in place.
     for round in 0..cfg.rounds {
@@ -652,7 +726,7 @@ fn meta_rounds(
             cfg.rounds
         ));
         sys::remove_dir_if_exists(&layout.state)?;
-        *cold &= sys::drop_caches();
+        cold.settle();
         let (sample, _, overlay) = begin(imgtx, layout, &layout.pristine_base)?;
         result.begin.push(sample);
         sys::remove_file_if_exists(&overlay)?;
@@ -679,7 +753,7 @@ fn status_diff_rounds(
     id: &str,
     overlay: &Path,
     result: &mut PartResult,
-    cold: &mut bool,
+    cold: &mut Caching,
 ) -> BoxResult<()> {
     sys::replay(overlay, &plan.ops)?;
     for round in 0..cfg.rounds {
@@ -689,10 +763,10 @@ fn status_diff_rounds(
             round + 1,
             cfg.rounds
         ));
-        *cold &= sys::drop_caches();
+        cold.settle();
         let (sample, _) = measure(&layout.dir, None, imgtx, &imgtx_args(layout, &["status"]))?;
         result.status.push(sample);
-        *cold &= sys::drop_caches();
+        cold.settle();
         let (sample, _) = measure(&layout.dir, None, imgtx, &imgtx_args(layout, &["diff", id]))?;
         result.diff.push(sample);
     }

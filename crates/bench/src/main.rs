@@ -30,7 +30,7 @@ pub type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 const USAGE: &str = "\
 usage: imgtx-bench [--imgtx PATH] [--workdir DIR]
                    [--scenario small|large|sparse|meta|all|tiny]
-                   [--rounds N] [--seed N] [--json]
+                   [--rounds N] [--seed N] [--cache cold|warm|both] [--json]
 
   --imgtx PATH     the imgtx binary to measure (without it only qemu-img runs)
   --workdir DIR    where images are built; a real disk, not tmpfs [/var/tmp/imgtx-bench]
@@ -40,15 +40,19 @@ usage: imgtx-bench [--imgtx PATH] [--workdir DIR]
                    sparse: 1 GiB base holding 256 MiB of data, 256 MiB changed mostly
                           in its holes (a guest filling free space)
                    meta:  begin on a 16 GiB base; status and diff of 100 000 changed clusters
+                   medium: 4 GiB base, 1 GiB changed (the reflink workload)
                    all:   small, large, sparse and meta [default]
                    tiny:  a few-second smoke test of the harness
-  --rounds N       timed runs per contestant, interleaved [5]
+  --rounds N       timed runs per contestant, interleaved [7]
+  --cache C        cold: page cache dropped before each timed run; warm: left as the
+                   run's preparation (the edit) left it, synced; both: each part twice [both]
   --seed N         seed of every pseudo-random choice [7]
   --json           print the report as JSON instead of markdown
 ";
 
 struct Args {
     config: Config,
+    caches: Vec<bench::Cache>,
     scenario: String,
     json: bool,
 }
@@ -57,9 +61,11 @@ fn parse_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args
     let mut config = Config {
         imgtx: None,
         workdir: PathBuf::from("/var/tmp/imgtx-bench"),
-        rounds: 5,
+        rounds: 7,
         seed: 7,
+        cache: bench::Cache::Cold,
     };
+    let mut caches = vec![bench::Cache::Cold, bench::Cache::Warm];
     let mut scenario = "all".to_owned();
     let mut json = false;
     while let Some(arg) = args.next() {
@@ -84,6 +90,14 @@ fn parse_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args
                     .map_err(|e| format!("--seed: {e}"))?;
             }
             "--json" => json = true,
+            "--cache" => {
+                caches = match value()?.to_string_lossy().as_ref() {
+                    "cold" => vec![bench::Cache::Cold],
+                    "warm" => vec![bench::Cache::Warm],
+                    "both" => vec![bench::Cache::Cold, bench::Cache::Warm],
+                    other => return Err(format!("--cache: cold, warm or both, not {other}")),
+                };
+            }
             "-h" | "--help" => return Err(String::new()),
             _ => return Err(format!("unknown argument {arg}")),
         }
@@ -93,6 +107,7 @@ fn parse_args(mut args: impl Iterator<Item = std::ffi::OsString>) -> Result<Args
     }
     Ok(Args {
         config,
+        caches,
         scenario,
         json,
     })
@@ -197,11 +212,20 @@ fn main() -> ExitCode {
     let header = machine(&args.config);
     let mut results = Vec::new();
     for part in parts {
-        match bench::run_part(&args.config, part) {
-            Ok(result) => results.push(result),
-            Err(e) => {
-                eprintln!("imgtx-bench: {e}");
-                return ExitCode::FAILURE;
+        for &cache in &args.caches {
+            let config = Config {
+                cache,
+                ..args.config.clone()
+            };
+            match bench::run_part(&config, part) {
+                Ok(mut result) => {
+                    result.name = format!("{} ({})", result.name, cache.name());
+                    results.push(result);
+                }
+                Err(e) => {
+                    eprintln!("imgtx-bench: {e}");
+                    return ExitCode::FAILURE;
+                }
             }
         }
     }

@@ -42,9 +42,21 @@ fn median_of_sorted(xs: &[f64]) -> Option<f64> {
     }
 }
 
-/// Ratio of a contestant to qemu-img: of the medians, and the median of per-round ratios
-/// (runs of the same round were made back to back on identical copies).
-pub fn ratios(runs: &Runs, qemu: &Runs) -> Option<(f64, f64)> {
+/// A contestant against qemu-img.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratio {
+    /// Of the medians.
+    pub of_medians: f64,
+    /// The median of per-round ratios (runs of one round were made back to back on
+    /// identical copies, so each ratio compares like with like).
+    pub per_round: f64,
+    /// The first and third quartiles of the per-round ratios: the spread that tells a change
+    /// from noise.
+    pub iqr: (f64, f64),
+}
+
+/// How a contestant compares with qemu-img; `None` without samples of both.
+pub fn ratios(runs: &Runs, qemu: &Runs) -> Option<Ratio> {
     let (a, b) = (summarize(&runs.samples)?, summarize(&qemu.samples)?);
     let mut per_round: Vec<f64> = runs
         .samples
@@ -53,7 +65,19 @@ pub fn ratios(runs: &Runs, qemu: &Runs) -> Option<(f64, f64)> {
         .map(|(x, q)| x.secs / q.secs)
         .collect();
     per_round.sort_by(f64::total_cmp);
-    Some((a.median / b.median, median_of_sorted(&per_round)?))
+    Some(Ratio {
+        of_medians: a.median / b.median,
+        per_round: median_of_sorted(&per_round)?,
+        iqr: (quantile(&per_round, 0.25)?, quantile(&per_round, 0.75)?),
+    })
+}
+
+/// The `q` quantile of values sorted ascending, linearly interpolated between ranks.
+fn quantile(xs: &[f64], q: f64) -> Option<f64> {
+    let last = xs.len().checked_sub(1)?;
+    let at = q * last as f64;
+    let (lo, hi) = (at.floor() as usize, at.ceil() as usize);
+    Some(xs[lo] + (xs[hi] - xs[lo]) * (at - lo as f64))
 }
 
 fn qemu(part: &PartResult) -> Option<&Runs> {
@@ -82,7 +106,7 @@ pub fn text(parts: &[PartResult], header: &[(String, String)]) -> String {
             part.ops
         );
         if !part.commits.is_empty() {
-            out.push_str("| contestant | median s | min s | max s | MiB/s (changed / median) | peak RSS MiB | ratio of medians | median per-round ratio |\n");
+            out.push_str("| contestant | median s | min s | max s | MiB/s (changed / median) | peak RSS MiB | ratio of medians | per-round ratio: median [IQR] |\n");
             out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
             for runs in &part.commits {
                 let Some(s) = summarize(&runs.samples) else {
@@ -95,11 +119,15 @@ pub fn text(parts: &[PartResult], header: &[(String, String)]) -> String {
                     );
                     continue;
                 };
-                let ratio = qemu(part)
-                    .and_then(|q| ratios(runs, q))
-                    .map_or(("–".to_owned(), "–".to_owned()), |(m, r)| {
-                        (format!("{m:.2}×"), format!("{r:.2}×"))
-                    });
+                let ratio = qemu(part).and_then(|q| ratios(runs, q)).map_or(
+                    ("–".to_owned(), "–".to_owned()),
+                    |r| {
+                        (
+                            format!("{:.2}×", r.of_medians),
+                            format!("{:.2}× [{:.2}–{:.2}]", r.per_round, r.iqr.0, r.iqr.1),
+                        )
+                    },
+                );
                 let _ = writeln!(
                     out,
                     "| {} | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {} | {} |",
@@ -176,8 +204,9 @@ pub fn json(parts: &[PartResult], header: &[(String, String)]) -> serde_json::Va
                     serde_json::json!({
                         "contestant": runs.contestant.name(),
                         "runs": samples_json(&runs.samples),
-                        "ratio_of_medians_to_qemu_img": ratio.map(|r| r.0),
-                        "median_per_round_ratio_to_qemu_img": ratio.map(|r| r.1),
+                        "ratio_of_medians_to_qemu_img": ratio.map(|r| r.of_medians),
+                        "median_per_round_ratio_to_qemu_img": ratio.map(|r| r.per_round),
+                        "per_round_ratio_iqr": ratio.map(|r| [r.iqr.0, r.iqr.1]),
                         "error": runs.error,
                     })
                 })
@@ -235,8 +264,9 @@ mod tests {
             error: None,
         };
 
-        let (of_medians, per_round) = ratios(&imgtx, &qemu).unwrap();
+        let r = ratios(&imgtx, &qemu).unwrap();
 
-        assert_eq!((of_medians, per_round), (1.0, 1.0));
+        assert_eq!((r.of_medians, r.per_round), (1.0, 1.0));
+        assert_eq!(r.iqr, (0.75, 1.25));
     }
 }

@@ -82,6 +82,14 @@ pub fn copy(src: &Path, dst: &Path) -> BoxResult<()> {
     Ok(())
 }
 
+/// Reads `path` whole, so that its pages are in the page cache.
+pub fn read_through(path: &Path) -> BoxResult<()> {
+    let mut f = fs::File::open(path)?;
+    let mut buf = vec![0u8; 8 << 20];
+    while std::io::Read::read(&mut f, &mut buf)? > 0 {}
+    Ok(())
+}
+
 /// Removes a file, treating "already gone" as success.
 pub fn remove_file_if_exists(path: &Path) -> BoxResult<()> {
     match fs::remove_file(path) {
