@@ -1,4 +1,4 @@
-//! Issue 4: edit a real file system inside a transaction with guestfish, then commit or roll
+//! Edit a real file system inside a transaction with guestfish, then commit or roll
 //! back. Each guestfish call boots the libguestfs appliance (about 25 s under TCG), so this
 //! module runs guestfish three times in all.
 
@@ -26,7 +26,7 @@ fn ext4_base(dir: &TestDir) -> PathBuf {
     dir.ext4_image("base.img", 64, &[("/etc/issue.net", ISSUE_NET)])
 }
 
-/// The issue's edit: append CHANGE to /etc/issue.net in `image`. The argument carries a real
+/// The documented edit (docs/testing.md): append CHANGE to /etc/issue.net in `image`. The argument carries a real
 /// newline; on a shell command line guestfish would write a literal backslash-n.
 fn append_change(image: &Path) {
     let image = image.to_str().expect("utf-8 path");

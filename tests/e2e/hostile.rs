@@ -1,4 +1,4 @@
-//! Issue 6: tampered overlays run end to end through the binary.
+//! Tampered overlays run end to end through the binary.
 //!
 //! Each attack begins a transaction over a small raw base of known content, writes data into
 //! the overlay with qemu-io as a guest tool would, then rewrites the overlay (or the name it

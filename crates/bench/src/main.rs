@@ -1,4 +1,4 @@
-//! `imgtx-bench`: the side-by-side commit benchmark of issue 7.
+//! `imgtx-bench`: the side-by-side commit benchmark of docs/performance.md.
 //!
 //! It builds a raw base and a qcow2 overlay full of scattered changes, then times, interleaved
 //! round-robin on identical fresh copies, `imgtx commit --no-undo`, `imgtx commit` and

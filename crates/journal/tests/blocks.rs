@@ -1,4 +1,4 @@
-//! The block rule (issue 5): after a sync, no append writes into a 4 KiB block that holds
+//! The block rule: after a sync, no append writes into a 4 KiB block that holds
 //! synced bytes. Without powersafe overwrite a torn append may garble every block it touched,
 //! so these tests garble exactly those blocks, with zeros and with garbage, and check that
 //! every synced record still replays; and they check the write offsets themselves.

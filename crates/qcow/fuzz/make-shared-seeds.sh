@@ -1,5 +1,5 @@
 #!/bin/sh
-# Writes the host-cluster sharing seeds of the `image` target (issue 6, T17): small images
+# Writes the host-cluster sharing seeds of the `image` target (case T17 of docs/crash-safety.md): small images
 # made by qemu-img and qemu-io, then one L2 entry patched so that two entries share a host
 # cluster (refused by Image::map), plus qemu's own packed compressed clusters (accepted).
 # Needs qemu-img, qemu-io, od and xxd. Run from crates/qcow/fuzz.

@@ -199,7 +199,7 @@ impl<R: ReadAt> Image<R> {
     /// Refuses an L1 table whose L2 tables cannot all be backed by storage: qemu writes
     /// every L2 table it allocates, so their total size never exceeds the file's allocated
     /// size, while a hostile sparse file could point 4 Mi L1 entries at L2 tables in holes
-    /// and make a map read 256 GiB of zeros (issue 6: bounded work whatever the header says).
+    /// and make a map read 256 GiB of zeros (bounded work whatever the header says: docs/security.md).
     fn check_l2_tables_allocated(&self) -> Result<()> {
         let Some(allocated) = self.source.allocated_len().map_err(|e| Error::Io {
             offset: 0,

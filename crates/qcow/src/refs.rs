@@ -24,7 +24,7 @@ use crate::meta::{for_each_u64, Layout, Meta};
 use crate::{read_clamped, ReadAt};
 
 /// The most host clusters the check tracks: 2^26 clusters at two bits each is 16 MiB, which
-/// keeps a whole `map` of a hostile overlay inside issue 6's 64 MiB. That is a 4 TiB image
+/// keeps a whole `map` of a hostile overlay inside the 64 MiB a hostile overlay may cost (docs/security.md). That is a 4 TiB image
 /// file with 64 KiB clusters, or 32 GiB with 512-byte clusters.
 pub(crate) const MAX_TRACKED_CLUSTERS: u64 = 1 << 26;
 

@@ -1,6 +1,6 @@
 //! A largest-allowed active L1 (32 MiB, 4 Mi entries) whose every entry points at its own
 //! L2 table in a sparse file: metadata within qemu's limits, which open must handle in
-//! bounded memory (issue 6: 64 MiB per overlay), and that map refuses at once when the source
+//! bounded memory (64 MiB per overlay, docs/security.md), and that map refuses at once when the source
 //! says the L2 tables lie in holes (reading them would mean 256 GiB of zeros).
 #![allow(missing_docs)]
 

@@ -1,4 +1,4 @@
-//! Host clusters shared between active L2 entries (issue 6, T17): qemu never writes that, so
+//! Host clusters shared between active L2 entries (T17): qemu never writes that, so
 //! `Image::map` refuses it, naming both entries; what qemu does share (compressed data
 //! packed into one cluster, clusters shared with internal snapshots) is still accepted.
 //! Aliased images are real qemu-io images with one L2 entry patched; `qemu-img check` is

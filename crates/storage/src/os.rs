@@ -263,7 +263,7 @@ impl Fs for OsFs {
 /// Opens `path` without following a symlink anywhere in it (`openat2` with
 /// `RESOLVE_NO_SYMLINKS`, plus `O_NOFOLLOW` and `O_CLOEXEC`): a directory on the way
 /// swapped for a symlink by someone who can write its parent fails the open with `ELOOP`
-/// instead of sending it elsewhere (issue 6, T24). Paths must already be resolved
+/// instead of sending it elsewhere (T24). Paths must already be resolved
 /// ([`Fs::canonicalize`]) where they come from a user.
 ///
 /// # Errors

@@ -47,7 +47,7 @@ patch version-4 data-64k 4 '\0\0\0\004'
 patch vsize-2-62 data-64k 24 '\100\0\0\0\0\0\0\0'
 head -c 300 "$out/seed-data-64k" > "$out/seed-truncated"
 rm -f "$out/seed-backing-redirect"
-# Host clusters shared by two L2 entries (issue 6, T17), patched into copies of the seeds
+# Host clusters shared by two L2 entries (case T17 of docs/crash-safety.md), patched into copies of the seeds
 # above: each must be refused before the commit point.
 u32() { od -An -tu4 -j"$2" -N4 --endian=big "$1" | tr -d ' '; }
 l2e() { # file cluster entry-size: host offset of the cluster's L2 entry (L1 entry 0's table)

@@ -1,6 +1,6 @@
 //! Journal damage at the engine level (T4–T6): a torn commit record at every byte, a zeroed
 //! or garbage final sector, every 4 KiB block the commit record's append touched garbled
-//! whole (issue 5), a bit flip in a record followed by valid ones (refused, base untouched,
+//! whole, a bit flip in a record followed by valid ones (refused, base untouched,
 //! journal kept), and a stale commit record of an earlier run of the same transaction
 //! sitting right after the tail (rejected).
 
@@ -181,7 +181,7 @@ fn a_zeroed_or_garbage_final_sector_counts_as_not_written() {
 /// the commit record (and the padding its sync writes): every block it touched, from the
 /// start of the block holding its first byte, is garbled whole. Had the journal let the
 /// commit record share a block with the synced header, intent or undo records, they would be
-/// garbled too, and recover would refuse forever (issue 5).
+/// garbled too, and recover would refuse forever.
 #[test]
 fn a_whole_garbage_final_sector_including_synced_records_still_recovers() {
     let Some(fx) = fixture() else { return };

@@ -1,4 +1,4 @@
-//! Issue 6 at the engine level, on real files: what rollback and commit do with names a
+//! Hostile names at the engine level, on real files: what rollback and commit do with names a
 //! hostile tool planted where the overlay was.
 
 use std::fs;

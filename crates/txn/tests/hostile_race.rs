@@ -1,4 +1,4 @@
-//! T24 (issue 6): a racer swaps names under a running engine, and no file outside the
+//! T24: a racer swaps names under a running engine, and no file outside the
 //! transaction's own is ever written, created in or unlinked.
 //!
 //! A racer thread keeps swapping, each time for a moment: the overlay for a symlink to the

@@ -1,4 +1,4 @@
-//! Issue 6 at the engine level, on real files: a name swapped at the worst moment, between
+//! Hostile overlays at the engine level, on real files: a name swapped at the worst moment, between
 //! the check of the overlay's name and its open (T24).
 //!
 //! A racer would hit such a window only now and then; [`swap_on_open`] and
