@@ -1,5 +1,8 @@
-//! The state directory: manifests of open transactions (`txns/ID.json`), per-base claims
-//! (`claims/DEV-INO`), transaction locks (`locks/ID.lock`) and the history log (`history`).
+//! The state directory: manifests of open transactions (`txns/ID.json`), transaction locks
+//! (`locks/ID.lock`), the history log (`history`) and its pending outcomes (`pending/`), the
+//! records of revertible transactions (`kept/`, see [`crate::kept`]), and the claims older
+//! versions kept here (`claims/DEV-INO`; claims now lie beside the images, see
+//! [`crate::claim`]).
 //!
 //! It knows where things are and writes them durably; what a manifest says is
 //! [`crate::manifest`]'s, and the locks themselves are taken through the [`crate::Host`].
