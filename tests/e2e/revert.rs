@@ -409,3 +409,52 @@ fn a_qcow2_base_is_reverted_bit_for_bit_and_checks_clean() {
     );
     crate::util::qemu_img(&["check".as_ref(), "-q".as_ref(), base.as_os_str()]);
 }
+
+#[test]
+fn on_xfs_a_reflinked_commit_keeps_its_overlay_as_proof_and_reverts_by_it() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let xfs = match testkit::xfs::Xfs::mount(512) {
+        Ok(x) => x,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let t = TestDir::new_in(xfs.path());
+    let base = t.raw_image("disk.img", 8 * MIB, 10);
+    let before = fs::read(&base).unwrap();
+    let tx = commit_write(&t, &base, &[], "write -P 0x3c 1M 4M");
+    let post = base.with_file_name(format!(".disk.img.{tx}.imgtx.post"));
+    assert!(
+        post.exists(),
+        "the overlay whose data was shared is kept as proof"
+    );
+
+    // An outside write into what the commit wrote is seen through the kept overlay.
+    let f = fs::OpenOptions::new().write(true).open(&base).unwrap();
+    f.write_all_at(b"Z", 2 * MIB + 5).unwrap();
+    drop(f);
+    let out = t.imgtx_code(&["revert", &tx], exit::BUSY);
+    assert!(
+        stderr_of(&out).contains("outside imgtx"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Put the byte back as the commit left it: now it reverts, bit for bit.
+    let f = fs::OpenOptions::new().write(true).open(&base).unwrap();
+    f.write_all_at(&[0x3c], 2 * MIB + 5).unwrap();
+    drop(f);
+
+    t.imgtx_ok(&["revert", &tx]);
+
+    assert!(
+        fs::read(&base).unwrap() == before,
+        "bit-identical to before the commit"
+    );
+    assert!(
+        !post.exists(),
+        "the proof is spent with the commit it proved"
+    );
+}

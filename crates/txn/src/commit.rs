@@ -132,8 +132,12 @@ pub(crate) fn commit<S: Fs, H: Host>(
     let written = if keeping == Keep::No {
         Vec::new()
     } else {
-        written(e, &m.id, &checked, &prepared, tallies).map_err(after)?
+        written(e, (&m.id, keeping), &checked, &prepared, tallies).map_err(after)?
     };
+    // The record first, then what it names: nothing kept is ever left unexplained. An
+    // overlay whose data reached its base by reflink is the proof of what it wrote: kept.
+    kept::remember(e, &m.id, written.clone(), keeping == Keep::Pinned);
+    keep_posts(e, &m.id, &written).map_err(after)?;
     // 11. Cleanup: overlays, pre-images (kept, or as spares), journals, claims, manifest.
     let (mut open_files, mut preimage_files) = (Vec::new(), Vec::new());
     for (c, p) in checked.into_iter().zip(prepared) {
@@ -141,7 +145,6 @@ pub(crate) fn commit<S: Fs, H: Host>(
         preimage_files.extend(p.preimages);
     }
     let spares = finish::cleanup(e, &m.id, &m.leftovers(), &journals, keeping).map_err(after)?;
-    kept::remember(e, &m.id, written, &spares);
     // The overlays (and pre-image files not kept as spares) are unlinked and that is
     // durable; freeing their blocks is left to whoever closes them last.
     open_files.extend(preimage_files);
@@ -156,11 +159,13 @@ pub(crate) fn commit<S: Fs, H: Host>(
 
 /// For every image, what a revert needs: the pre-images' summary, and checksums of what the
 /// commit left in every range it changed (the file is filled in once cleanup kept it). A raw
-/// base's come from the data the apply wrote (`tallies`); a qcow2 base, which qemu-img
-/// wrote, is read back in the ranges its pre-images cover.
+/// base's come from the data the apply wrote (`tallies`); where that data was shared by
+/// reflink instead, unseen, the overlay is kept as the proof (`post`) rather than reading
+/// the base back; a qcow2 base, which qemu-img wrote, is read back in the ranges its
+/// pre-images cover.
 fn written<S: Fs, H: Host>(
     e: &Ctx<S, H>,
-    tx: &TxId,
+    (tx, keeping): (&TxId, Keep),
     checked: &[Checked<'_, S>],
     prepared: &[Prepared<S>],
     tallies: Vec<Tally>,
@@ -172,11 +177,19 @@ fn written<S: Fs, H: Host>(
         };
         let base = base::open(&e.fs, tx, (&c.img.base, c.img.base_id.dev_ino()), false)?;
         let new_len = base.len().map_err(Error::io("stat", &c.img.base))?;
+        let mut post = None;
         let written = match c.img.base_format {
             Format::Raw if tally.complete() => tally.finish(&crate::written::raw_ranges(&c.plan)),
-            // Shared blocks were never seen: read them back.
             Format::Raw => {
-                crate::written::checksums(&base, &c.img.base, &crate::written::raw_ranges(&c.plan))?
+                post = Some(layout::post(&c.img.base, tx)?);
+                crate::written::raw_ranges(&c.plan)
+                    .into_iter()
+                    .map(|r| crate::written::Written {
+                        offset: r.offset,
+                        len: r.len,
+                        crc: 0,
+                    })
+                    .collect()
             }
             Format::Qcow2 => {
                 // What the commit grew the file by is checked too: a revert cuts it off.
@@ -192,12 +205,29 @@ fn written<S: Fs, H: Host>(
             base_dev_ino: c.img.base_id.dev_ino(),
             format: c.img.base_format,
             new_len,
-            file: PathBuf::new(),
+            file: match keeping {
+                Keep::Pinned => layout::kept(&c.img.base, tx)?,
+                _ => layout::spare(&c.img.base)?,
+            },
             summary: summary.clone(),
             written,
+            post,
         });
     }
     Ok(out)
+}
+
+/// Renames the overlays that `written` says are kept as proof (`post`) to their kept names,
+/// durably, before cleanup would remove them.
+fn keep_posts<S: Fs, H: Host>(e: &Ctx<S, H>, tx: &TxId, written: &[kept::KeptImage]) -> Result<()> {
+    for k in written {
+        let Some(post) = &k.post else { continue };
+        let overlay = layout::overlay(&k.base, tx)?;
+        e.fs.rename(&overlay, post)
+            .map_err(Error::io("keep the overlay as", post))?;
+        crate::files::sync_dir(&e.fs, layout::dir_of(post)?)?;
+    }
+    Ok(())
 }
 
 /// Step 2: holds qemu's lock bytes of every base and of every overlay that is a regular

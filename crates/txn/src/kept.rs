@@ -40,8 +40,14 @@ pub struct KeptImage {
     pub file: PathBuf,
     /// What the commit's journal said of that file.
     pub summary: UndoSummary,
-    /// What the commit wrote in every range the pre-images cover.
+    /// The ranges the commit changed, with checksums of what it left there (all 0 when
+    /// `post` holds the proof instead).
     pub written: Vec<Written>,
+    /// The commit's overlay, kept when its data reached the base by reflink (so it was never
+    /// read, and has no checksums): a revert compares the base with it. It shares its data
+    /// blocks with the base, so it takes little space until the base changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<PathBuf>,
 }
 
 /// The record of a committed transaction's kept pre-images, `kept/ID.json`.
@@ -154,27 +160,90 @@ impl StateDir {
 
 /// Forgets every kept record whose pre-images lie in `file` (the spare a new commit is about
 /// to overwrite): a transaction that cannot be taken back whole cannot be taken back at all.
-/// The spares of its other bases stay, as spares.
+/// The spares of its other bases stay, as spares; its kept overlays go.
 pub(crate) fn forget_file<S: Fs>(fs: &S, state: &StateDir, file: &Path) -> Result<()> {
     for r in state.list_kept(fs)? {
         if r.images.iter().any(|i| i.file == file) {
+            remove_posts(fs, &r)?;
             state.remove_kept(fs, &r.tx)?;
         }
     }
     Ok(())
 }
 
-/// Records what transaction `tx` kept to be reverted with: `images` (one per base whose
-/// pre-images were kept), each in the file of `files` cleanup kept. Only a later revert needs
-/// it: a commit whose record is lost is merely not revertible, so a failure is a warning and
-/// never undoes the commit's success.
+/// Removes the kept overlays of `r` (durably): nothing else refers to them.
+pub(crate) fn remove_posts<S: Fs>(fs: &S, r: &Record) -> Result<()> {
+    for post in r.images.iter().filter_map(|i| i.post.as_deref()) {
+        crate::files::remove_durably(fs, post, crate::layout::dir_of(post)?)?;
+    }
+    Ok(())
+}
+
+/// The first range of `k`'s base that no longer holds what the commit left there, judged by
+/// the checksums or, when the commit kept its overlay, by comparing with the overlay's data
+/// (which must pass the trust rule for user `uid`, like a pre-image file).
+pub(crate) fn first_change<S: Fs>(
+    fs: &S,
+    base: &S::File,
+    k: &KeptImage,
+    uid: u32,
+) -> Result<Option<Written>> {
+    let Some(post) = &k.post else {
+        return crate::written::first_change(base, &k.base, &k.written);
+    };
+    let gone = || Error::Corrupt {
+        path: post.clone(),
+        reason: "the overlay kept to check a revert is gone or not imgtx's".into(),
+    };
+    if !crate::files::exists(fs, post)? || crate::trust::untrusted_path(fs, post, uid)?.is_some() {
+        return Err(gone());
+    }
+    let ov = fs.open(post, false).map_err(Error::io("open", post))?;
+    let img = qcow::Image::open(crate::overlay::Reader(&ov)).map_err(Error::qcow(post))?;
+    let (mut want, mut have) = (Vec::new(), Vec::new());
+    for w in &k.written {
+        for piece in crate::plan::chunks(&[crate::plan::ByteRange::new(w.offset, w.len)], 4 << 20) {
+            let n = usize::try_from(piece.len).unwrap_or(0);
+            want.resize(n, 0);
+            have.resize(n, 0);
+            img.read_at(&mut want, qcow::GuestOffset(piece.offset))
+                .map_err(Error::qcow(post))?;
+            let got =
+                read_full(base, &mut have, piece.offset).map_err(Error::io("read", &k.base))?;
+            have[got..].fill(0);
+            if want != have {
+                return Ok(Some(*w));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Reads as much of `buf` as the file holds at `offset`; how much that was.
+fn read_full<F: File>(f: &F, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}
+
+/// Records what transaction `tx` keeps to be reverted with: `images`, one per base whose
+/// pre-images are kept, each naming the file cleanup is about to keep them in (`pinned`:
+/// under names of the transaction's own). Written before that cleanup, so that nothing kept
+/// is ever left without a record saying what it is; a file cleanup then fails to keep only
+/// makes the transaction not revertible (a revert says its pre-images are gone). Only a
+/// later revert needs the record: a failure is a warning and never undoes the commit.
 pub(crate) fn remember<S: Fs, H: crate::host::Host>(
     e: &crate::ctx::Ctx<S, H>,
     tx: &TxId,
     images: Vec<KeptImage>,
-    files: &[crate::options::Spare],
+    pinned: bool,
 ) {
-    if images.is_empty() || images.len() != files.len() {
+    if images.is_empty() {
         return;
     }
     let record = Record {
@@ -186,16 +255,9 @@ pub(crate) fn remember<S: Fs, H: crate::host::Host>(
             .now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
-        pinned: files.iter().all(|f| f.pinned),
+        pinned,
         reverting: None,
-        images: images
-            .into_iter()
-            .zip(files)
-            .map(|(k, f)| KeptImage {
-                file: f.path.clone(),
-                ..k
-            })
-            .collect(),
+        images,
     };
     if let Err(error) = e.state.save_kept(&e.fs, &record) {
         tracing::warn!(%tx, %error, "cannot be reverted: the record of its kept pre-images was not written");
@@ -266,6 +328,7 @@ pub(crate) fn prune<S: Fs, H: crate::host::Host>(
             }
         }
         if !opts.dry_run {
+            remove_posts(&e.fs, &r)?;
             e.state.remove_kept(&e.fs, &r.tx)?;
             e.drop_lock_file(&r.tx);
         }

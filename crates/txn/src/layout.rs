@@ -99,6 +99,13 @@ pub fn kept(base: &Path, id: &TxId) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.{id}.imgtx.kept")))
 }
 
+/// Where a commit whose data reached `base` by reflink keeps its overlay after the commit:
+/// the proof of what it wrote, for a revert to compare the base with (see `crate::kept`).
+pub fn post(base: &Path, id: &TxId) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.{id}.imgtx.post")))
+}
+
 /// The claim of `base`: which transaction holds it (see `crate::claim`'s documentation).
 pub fn claim(base: &Path) -> Result<PathBuf> {
     let (dir, name) = split(base)?;

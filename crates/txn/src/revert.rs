@@ -211,8 +211,8 @@ fn run<S: Fs, H: Host>(
     e.host.step("logged");
     let own = own_kept(e, id, &checked, saved).map_err(after)?;
     drop(journals_open);
+    kept::remember(e, id, own, false);
     let spares = clean_up(e, (id, tx), &checked, &journals).map_err(after)?;
-    kept::remember(e, id, own, &spares);
     drop(fences);
     Ok(RevertReport {
         id: id.clone(),
@@ -331,7 +331,7 @@ fn check<'k, S: Fs, H: Host>(
             later_change(e, rec, k, None)?,
         ));
     }
-    if let Some(w) = crate::written::first_change(&base, &k.base, &k.written)? {
+    if let Some(w) = kept::first_change(&e.fs, &base, k, e.host.user().1)? {
         return Err(conflict(
             format!(
                 "no longer holds what the transaction wrote at bytes {:#x}..{:#x}",
@@ -666,6 +666,7 @@ pub(crate) fn history_entry<S: Fs, H: Host>(
 pub(crate) fn spent<S: Fs, H: Host>(e: &Ctx<S, H>, txs: &[TxId]) -> Result<()> {
     for tx in txs {
         if let Some(rec) = e.state.load_kept(&e.fs, tx)? {
+            kept::remove_posts(&e.fs, &rec)?;
             for k in &rec.images {
                 let pinned = layout::kept(&k.base, tx)?;
                 crate::files::remove_durably(&e.fs, &pinned, layout::dir_of(&pinned)?)?;
@@ -699,9 +700,10 @@ fn own_kept<S: Fs, H: Host>(
             base_dev_ino: k.base_dev_ino,
             format: k.format,
             new_len: k.summary.old_len,
-            file: PathBuf::new(),
+            file: layout::spare(&k.base)?,
             summary,
             written: crate::written::checksums(&base, &k.base, &ranges)?,
+            post: None,
         });
     }
     Ok(out)

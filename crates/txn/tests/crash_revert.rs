@@ -49,7 +49,9 @@ fn strays(fx: &Fixture, fs: &SimFs) -> Vec<PathBuf> {
             || p.starts_with(STATE)
             || p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.ends_with(".imgtx.spare") || n.ends_with(".imgtx.kept")
+                n.ends_with(".imgtx.spare")
+                    || n.ends_with(".imgtx.kept")
+                    || n.ends_with(".imgtx.post")
             })
     };
     fs.files().into_iter().filter(|p| !allowed(p)).collect()

@@ -624,11 +624,30 @@ pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
     fs.files()
         .into_iter()
         .filter(|p| !allowed.contains(p))
-        // What a commit keeps to be reverted: its record, its pre-images are the spare.
+        // What a commit keeps to be reverted: its record, its pre-images are the spare, and
+        // after a reflinked commit its overlay, which the record names.
         .filter(|p| !p.starts_with(Path::new(STATE).join("kept")))
+        .filter(|p| !kept_post(fs, p))
         // Claims are named by the base's device and inode; one per base while open.
         .filter(|p| !(open && p.starts_with(Path::new(STATE).join("claims"))))
         .collect()
+}
+
+/// Whether `p` is an overlay a reflinked commit kept as the proof of what it wrote, named by
+/// that commit's kept record.
+fn kept_post(fs: &SimFs, p: &Path) -> bool {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(tx) = name
+        .strip_suffix(".imgtx.post")
+        .and_then(|n| n.rsplit('.').next())
+    else {
+        return false;
+    };
+    let record = PathBuf::from(STATE).join("kept").join(format!("{tx}.json"));
+    fs.read_durable(&record)
+        .is_some_and(|r| String::from_utf8_lossy(&r).contains(&*p.to_string_lossy()))
 }
 
 pub fn manifest_state(fs: &SimFs) -> Option<String> {
