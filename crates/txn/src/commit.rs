@@ -417,8 +417,28 @@ fn save_preimages<S: Fs, H: Host>(
     let img = c.img;
     let base = base::open(&e.fs, tx, (&img.base, img.base_id.dev_ino()), false)?;
     let (old_len, ranges) = preimage::ranges(&base, &img.base, img.base_format, &c.plan)?;
+    let (summary, file) = save_ranges(
+        e,
+        (tx, index),
+        (&base, &img.base),
+        (old_len, &ranges),
+        progress,
+    )?;
+    Ok((summary, file, ranges))
+}
+
+/// Saves `ranges` of image `index`'s base `base` (at `path`, `old_len` long) into its
+/// pre-image file for transaction `tx`; `progress` hears the bytes saved, and a stop between
+/// pieces drops only the pre-images. Used by revert too, for its own pre-images.
+pub(crate) fn save_ranges<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    (tx, index): (&TxId, usize),
+    (base, path): (&S::File, &std::path::Path),
+    (old_len, ranges): (u64, &[ByteRange]),
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(UndoSummary, S::File)> {
     let total = ranges.iter().map(|r| r.len).sum();
-    let name: std::sync::Arc<std::path::Path> = img.base.as_path().into();
+    let name: std::sync::Arc<std::path::Path> = path.into();
     let mut saved = |done| {
         progress(Progress {
             image: index,
@@ -433,17 +453,16 @@ fn save_preimages<S: Fs, H: Host>(
     saved(0)?;
     // The spare is about to be overwritten: the commit whose pre-images it kept can no
     // longer be taken back.
-    let spare = layout::spare(&img.base)?;
+    let spare = layout::spare(path)?;
     kept::forget_file(&e.fs, &e.state, &spare)?;
-    let (summary, file) = preimage::save(
+    preimage::save(
         &e.fs,
-        &base,
-        (&img.base, &layout::undo(&img.base, tx)?, &spare),
+        base,
+        (path, &layout::undo(path, tx)?, &spare),
         (tx, e.host.user().1),
-        (old_len, &ranges),
+        (old_len, ranges),
         &mut saved,
-    )?;
-    Ok((summary, file, ranges))
+    )
 }
 
 /// Step 9 for image `index`: writes its plan into its base (synced).

@@ -65,3 +65,37 @@ pub(crate) fn read_small<S: Fs>(fs: &S, path: &Path) -> Result<Option<Vec<u8>>> 
         .map_err(Error::io("read", path))?;
     Ok(Some(buf))
 }
+
+/// Puts `bytes` under `path` (in directory `dir`) atomically and durably: written to `tmp`,
+/// synced, renamed over `path`, directory synced. A crash leaves the old content or the new,
+/// and at worst a leftover `tmp` that the next call replaces.
+pub(crate) fn replace_durably<S: Fs>(
+    fs: &S,
+    (dir, path, tmp): (&Path, &Path, &Path),
+    bytes: &[u8],
+) -> Result<()> {
+    remove_if_exists(fs, tmp)?;
+    let f = fs.create_new(tmp).map_err(Error::io("create", tmp))?;
+    f.write_all_at(bytes, 0).map_err(Error::io("write", tmp))?;
+    // Barrier: the content is durable before the rename can make it visible, or a crash
+    // could leave the name pointing at an empty file.
+    f.sync_data().map_err(Error::io("sync", tmp))?;
+    drop(f);
+    fs.rename(tmp, path)
+        .map_err(Error::io("rename into place", path))?;
+    // Barrier: the rename itself is durable only once the directory is synced.
+    sync_dir(fs, dir)
+}
+
+/// Reads as much of `buf` as the file holds at `offset`; how much that was (less than
+/// `buf.len()` only at the end of the file).
+pub(crate) fn read_up_to<F: File>(f: &F, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match f.read_at(&mut buf[done..], offset + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(done)
+}

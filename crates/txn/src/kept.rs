@@ -15,10 +15,10 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use storage::{File, Fs};
+use storage::Fs;
 
 use crate::error::{Error, Result};
-use crate::files::{read_small, remove_if_exists, sync_dir};
+use crate::files::{read_small, sync_dir};
 use crate::id::TxId;
 use crate::manifest::{DevIno, Format};
 use crate::record::UndoSummary;
@@ -105,16 +105,7 @@ impl StateDir {
         let tmp = dir.join(format!("{}.json.tmp", r.tx));
         // Plain data: serializing cannot fail.
         let bytes = serde_json::to_vec_pretty(r).expect("a kept record serializes");
-        remove_if_exists(fs, &tmp)?;
-        let f = fs.create_new(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all_at(&bytes, 0)
-            .map_err(Error::io("write", &tmp))?;
-        // Barrier: the record is whole before its name says it is there.
-        f.sync_data().map_err(Error::io("sync", &tmp))?;
-        drop(f);
-        fs.rename(&tmp, &path)
-            .map_err(Error::io("rename into place", &path))?;
-        sync_dir(fs, &dir)
+        crate::files::replace_durably(fs, (&dir, &path, &tmp), &bytes)
     }
 
     /// The record of `id`'s kept pre-images, if there is one.
@@ -208,8 +199,8 @@ pub(crate) fn first_change<S: Fs>(
             have.resize(n, 0);
             img.read_at(&mut want, qcow::GuestOffset(piece.offset))
                 .map_err(Error::qcow(post))?;
-            let got =
-                read_full(base, &mut have, piece.offset).map_err(Error::io("read", &k.base))?;
+            let got = crate::files::read_up_to(base, &mut have, piece.offset)
+                .map_err(Error::io("read", &k.base))?;
             have[got..].fill(0);
             if want != have {
                 return Ok(Some(*w));
@@ -217,18 +208,6 @@ pub(crate) fn first_change<S: Fs>(
         }
     }
     Ok(None)
-}
-
-/// Reads as much of `buf` as the file holds at `offset`; how much that was.
-fn read_full<F: File>(f: &F, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
 }
 
 /// Records what transaction `tx` keeps to be reverted with: `images`, one per base whose

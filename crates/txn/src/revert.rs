@@ -543,28 +543,12 @@ fn save<S: Fs, H: Host>(
 ) -> Result<UndoSummary> {
     let k = c.kept;
     let base = base::open(&e.fs, id, (&k.base, k.base_dev_ino), false)?;
-    let total = c.ranges.iter().map(|r| r.len).sum();
-    let name: std::sync::Arc<Path> = k.base.as_path().into();
-    let mut saved = |done| {
-        progress(Progress {
-            image: index,
-            base: name.clone(),
-            phase: Phase::PreImages,
-            done,
-            total,
-        });
-        e.check_interrupt()
-    };
-    saved(0)?;
-    let spare = layout::spare(&k.base)?;
-    kept::forget_file(&e.fs, &e.state, &spare)?;
-    let (summary, _file) = preimage::save(
-        &e.fs,
-        &base,
-        (&k.base, &layout::undo(&k.base, id)?, &spare),
-        (id, e.host.user().1),
+    let (summary, _file) = crate::commit::save_ranges(
+        e,
+        (id, index),
+        (&base, &k.base),
         (k.new_len, &c.ranges),
-        &mut saved,
+        progress,
     )?;
     Ok(summary)
 }

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use storage::{File, Fs};
+use storage::Fs;
 
 use crate::error::{Error, Result};
 use crate::files::{read_small, remove_if_exists, sync_dir};
@@ -303,18 +303,7 @@ impl StateDir {
         let tmp = self.txns().join(format!("{}.json.tmp", m.id));
         // Strings, numbers and lists only: serializing cannot fail.
         let bytes = serde_json::to_vec_pretty(m).expect("a manifest serializes");
-        remove_if_exists(fs, &tmp)?;
-        let f = fs.create_new(&tmp).map_err(Error::io("create", &tmp))?;
-        f.write_all_at(&bytes, 0)
-            .map_err(Error::io("write", &tmp))?;
-        // Barrier: the new content must be durable before the rename can make it visible,
-        // or a crash could leave the manifest name pointing at an empty file.
-        f.sync_data().map_err(Error::io("sync", &tmp))?;
-        drop(f);
-        fs.rename(&tmp, &path)
-            .map_err(Error::io("rename into place", &path))?;
-        // Barrier: the rename itself is durable only once the directory is synced.
-        sync_dir(fs, &self.txns())
+        crate::files::replace_durably(fs, (&self.txns(), &path, &tmp), &bytes)
     }
 
     /// Removes the manifest durably.

@@ -42,7 +42,8 @@ pub(crate) fn checksums<F: File>(
         let mut h = Hasher::new();
         for piece in crate::plan::chunks(std::slice::from_ref(r), READ) {
             buf.resize(usize::try_from(piece.len).unwrap_or(0), 0);
-            let n = read_all(base, &mut buf, piece.offset).map_err(Error::io("read", path))?;
+            let n = crate::files::read_up_to(base, &mut buf, piece.offset)
+                .map_err(Error::io("read", path))?;
             buf[n..].fill(0);
             h.update(&buf);
         }
@@ -53,18 +54,6 @@ pub(crate) fn checksums<F: File>(
         });
     }
     Ok(out)
-}
-
-/// Reads as much of `buf` as the file holds at `offset`; how much that was.
-fn read_all<F: File>(f: &F, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match f.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
 }
 
 /// The first range of `written` where `base` no longer holds what the commit left; `None`
