@@ -239,13 +239,22 @@ fn a_killed_imgtx_takes_its_qemu_img_child_with_it_and_undo_restores_the_exact_b
         std::thread::sleep(Duration::from_millis(5));
     };
 
+    // Stopped, the child cannot finish its job and exit by itself before the check below:
+    // only its parent's death (the parent-death signal, SIGKILL, which reaches a stopped
+    // process too) can end it.
+    let pid = Pid::from_raw(i32::try_from(child).unwrap());
+    let _ = kill(pid, Signal::SIGSTOP);
     imgtx.kill().unwrap(); // SIGKILL to imgtx alone
     imgtx.wait().unwrap();
     let gone = Instant::now() + Duration::from_secs(5);
     while alive(child) && Instant::now() < gone {
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!alive(child), "qemu-img {child} outlived its imgtx");
+    let survived = alive(child);
+    if survived {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    assert!(!survived, "qemu-img {child} outlived its imgtx");
 
     t.imgtx_ok(&["recover", "--undo"]);
     // Whatever a surviving writer would still do, it would do now.

@@ -29,9 +29,14 @@ pub mod exit {
     pub const RECOVERY_NEEDED: i32 = 4;
 }
 
-/// The path of the `imgtx` binary cargo built for these tests.
+/// The path of the `imgtx` binary cargo built for these tests, or `IMGTX_E2E_BIN` when set:
+/// to run these tests against another build (an older one, to show a new test fails there).
 pub fn imgtx_bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_imgtx"))
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("IMGTX_E2E_BIN")
+            .map_or_else(|| env!("CARGO_BIN_EXE_imgtx").into(), Into::into)
+    })
 }
 
 /// A temporary directory for one test: `images/` for the images under test and a private

@@ -660,11 +660,21 @@ fn run_imgtx(
     sys::remove_file_if_exists(&overlay)?;
     // A commit whose data was shared by reflink keeps its overlay as the proof of what it
     // wrote, named by the state directory about to go: without it, it would only hold space.
-    let name = overlay.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = overlay
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     if let Some(post) = name.and_then(|n| {
-        let tx = n.strip_suffix(".imgtx.qcow2")?.rsplit('.').next()?.to_owned();
+        let tx = n
+            .strip_suffix(".imgtx.qcow2")?
+            .rsplit('.')
+            .next()?
+            .to_owned();
         let base = layout.base.file_name()?.to_string_lossy().into_owned();
-        Some(layout.base.with_file_name(format!(".{base}.{tx}.imgtx.post")))
+        Some(
+            layout
+                .base
+                .with_file_name(format!(".{base}.{tx}.imgtx.post")),
+        )
     }) {
         sys::remove_file_if_exists(&post)?;
     }
