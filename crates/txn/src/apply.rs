@@ -49,14 +49,15 @@ pub(crate) struct Target<'a> {
 }
 
 /// Writes the overlay `ov`'s changes planned in `plan` into the base `to`, and syncs it;
-/// `progress` hears (bytes done, bytes in all). For a raw base, returns what was written,
-/// as checksums in the making (nothing for a qcow2 base, which `qemu-img` writes).
+/// `progress` hears (bytes done, bytes in all). For a raw base, hands what is written to
+/// `tally` (checksums in the making, or [`Tally::off`]) and returns it; a qcow2 base, which
+/// `qemu-img` writes, tallies nothing.
 pub(crate) fn forward<S: Fs, H: Host>(
     (fs, host): (&S, &H),
     tx: &TxId,
     (ov, ov_path): (&S::File, &Path),
     to: Target<'_>,
-    plan: &Plan,
+    (plan, tally): (&Plan, Tally),
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Tally> {
     let total = plan.changed_bytes();
@@ -74,7 +75,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
         // Barrier: the committed base must be durable before the journal says applied.
         base.sync_data().map_err(Error::io("sync", to.path))?;
         progress(total, total);
-        return Ok(Tally::default());
+        return Ok(Tally::off());
     }
     let img = qcow::Image::open(Reader(ov)).map_err(Error::qcow(ov_path))?;
     let base = crate::base::open(fs, tx, (to.path, to.dev_ino), true)?;
@@ -98,7 +99,7 @@ pub(crate) fn forward<S: Fs, H: Host>(
         buf: Vec::new(),
         direct: Vec::new(),
         other: Vec::new(),
-        tally: Tally::default(),
+        tally,
         share: true,
         shared: 0,
     };

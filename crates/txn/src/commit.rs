@@ -109,7 +109,7 @@ pub(crate) fn commit<S: Fs, H: Host>(
     // 9. Apply every plan; each base is synced before its journal says so.
     let mut tallies = Vec::new();
     for (i, (c, p)) in checked.iter().zip(&mut prepared).enumerate() {
-        tallies.push(apply_one(e, &m.id, i, c, progress).map_err(after)?);
+        tallies.push(apply_one(e, (&m.id, Keep::of(opts)), i, c, progress).map_err(after)?);
         // Barrier: the base was synced by apply; recording it lets recovery skip it.
         p.journal
             .append_sync(&Record::Applied(Direction::Forward))
@@ -468,7 +468,7 @@ pub(crate) fn save_ranges<S: Fs, H: Host>(
 /// Step 9 for image `index`: writes its plan into its base (synced).
 fn apply_one<S: Fs, H: Host>(
     e: &Ctx<S, H>,
-    tx: &TxId,
+    (tx, keeping): (&TxId, Keep),
     index: usize,
     c: &Checked<'_, S>,
     progress: &mut dyn FnMut(Progress),
@@ -484,7 +484,15 @@ fn apply_one<S: Fs, H: Host>(
         tx,
         (&c.overlay, &c.img.overlay),
         target,
-        &c.plan,
+        // Checksums only for a commit that stays revertible.
+        (
+            &c.plan,
+            if keeping == Keep::No {
+                Tally::off()
+            } else {
+                Tally::default()
+            },
+        ),
         &mut |done, total| {
             progress(Progress {
                 image: index,

@@ -101,9 +101,19 @@ pub(crate) struct Tally {
     /// Some data reached the base without passing through memory (a reflink): its checksum
     /// can only be had by reading the base back.
     unseen: bool,
+    /// Nobody needs the checksums (the commit keeps no pre-images): nothing is hashed.
+    off: bool,
 }
 
 impl Tally {
+    /// A tally that hashes nothing, for a commit that will not be revertible.
+    pub(crate) fn off() -> Self {
+        Self {
+            off: true,
+            ..Self::default()
+        }
+    }
+
     /// Data was written without being seen (shared blocks).
     pub(crate) fn unseen(&mut self) {
         self.unseen = true;
@@ -111,11 +121,14 @@ impl Tally {
 
     /// Whether every byte written was seen, so [`Tally::finish`] can tell the checksums.
     pub(crate) fn complete(&self) -> bool {
-        !self.unseen
+        !self.unseen && !self.off
     }
 
     /// `data` was written at `offset`.
     pub(crate) fn data(&mut self, offset: u64, data: &[u8]) {
+        if self.off {
+            return;
+        }
         let mut h = Hasher::new();
         h.update(data);
         self.pieces.push((offset, data.len() as u64, h));
@@ -123,6 +136,9 @@ impl Tally {
 
     /// `len` bytes at `offset` were made to read as zeros.
     pub(crate) fn zeros(&mut self, offset: u64, len: u64) {
+        if self.off {
+            return;
+        }
         self.pieces.push((offset, len, zeros(len)));
     }
 

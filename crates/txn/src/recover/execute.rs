@@ -189,10 +189,10 @@ fn redo<S: Fs, H: Host>(
         &intent.tx,
         (&ov, &intent.overlay),
         target,
-        &intent.plan,
+        // A recovered commit keeps no pre-images, so nobody needs its checksums.
+        (&intent.plan, crate::written::Tally::off()),
         report,
     )
-    // A recovered commit keeps no pre-images, so nobody needs its checksums.
     .map(drop)
 }
 
