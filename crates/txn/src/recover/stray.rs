@@ -2,7 +2,9 @@
 //! before the journal that explains it, so one found alone means the journal was removed by
 //! hand (or lost) after a commit was interrupted: the base may be torn, and this file may be
 //! the only way back. It is read on its own (every entry carries a checksum bound to its
-//! transaction), and never removed while the base does not hold the old content it keeps.
+//! transaction), and never removed while the base does not hold the old content it keeps,
+//! unless the history says the commit was finished: then they are a finished commit's, whose
+//! removal a failed directory sync lost (the journals' removal survived), and obsolete.
 
 use std::path::PathBuf;
 
@@ -57,6 +59,16 @@ pub(crate) fn recover_one<S: Fs, H: Host>(
     opts: &RecoverOptions,
 ) -> Result<RecoverAction> {
     let _guard = e.lock_tx(&stray.tx)?;
+    if finished(e, &stray.tx) {
+        if !opts.dry_run {
+            remove_durably(&e.fs, &stray.path, layout::dir_of(&stray.path)?)?;
+        }
+        return Ok(RecoverAction {
+            tx: stray.tx.to_string(),
+            action: RecoveryAction::RemovedStrayPreImages,
+            bases: vec![stray.base.clone()],
+        });
+    }
     let uid = e.host.user().1;
     let unrecoverable = |reason: String| Error::Unrecoverable {
         tx: stray.tx.clone(),
@@ -94,6 +106,21 @@ pub(crate) fn recover_one<S: Fs, H: Host>(
         tx: stray.tx.to_string(),
         action,
         bases: vec![stray.base.clone()],
+    })
+}
+
+/// Whether this state directory's history (or a pending entry of it) records that `tx`
+/// reached the end of a commit: written only after the commit's `Logged` step, so its
+/// pre-images can no longer be needed. A history that cannot be read says no.
+fn finished<S: Fs, H: Host>(e: &Ctx<S, H>, tx: &TxId) -> bool {
+    let pending = e.state.pending(tx, "entry");
+    if crate::files::exists(&e.fs, &pending).unwrap_or(false) {
+        return true;
+    }
+    crate::history::read(&e.fs, &e.state.history()).is_ok_and(|h| {
+        h.entries
+            .iter()
+            .any(|x| x.id == *tx && x.outcome.changed_images())
     })
 }
 
