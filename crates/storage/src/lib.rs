@@ -106,6 +106,16 @@ pub trait File: Send + Sync {
         self.read_exact_at(buf, offset)
     }
 
+    /// Reads into `buf` from `offset` only what the page cache already holds, without
+    /// waiting for the device (`preadv2` with `RWF_NOWAIT`); returns how much, 0 when nothing
+    /// is cached. For data a caller would otherwise read direct: right after an edit it is
+    /// still in memory, and reading it from there beats reading it again from the disk. The
+    /// default, for files without a page cache, reads nothing.
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let _ = (buf, offset);
+        Ok(0)
+    }
+
     /// Makes `[dst_offset, dst_offset + len)` of this file share the storage of
     /// `[src_offset, src_offset + len)` of `src` instead of copying it (a reflink:
     /// `FICLONERANGE` on XFS, btrfs and the like), extending this file if the range ends past

@@ -76,6 +76,26 @@ impl File for OsFile {
         self.direct.read_exact_at(&self.file, buf, offset)
     }
 
+    fn read_cached_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut done = 0;
+        while done < buf.len() {
+            let mut slice = [io::IoSliceMut::new(&mut buf[done..])];
+            match rustix::io::preadv2(
+                &self.file,
+                &mut slice,
+                offset + done as u64,
+                rustix::io::ReadWriteFlags::NOWAIT,
+            ) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                // Not cached (EAGAIN), or a kernel or file system without RWF_NOWAIT: the
+                // caller reads the rest the ordinary way.
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
     fn clone_range_from(
         &self,
         src: &Self,
