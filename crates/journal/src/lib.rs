@@ -36,10 +36,10 @@ mod writer;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
-use storage::Fs;
+use storage::{File, Fs};
 
 pub use error::{Error, Result};
-pub use replay::RecoveryMode;
+pub use replay::{RecoveryMode, Salvage, Salvaged};
 pub use writer::Journal;
 
 use error::io_err;
@@ -97,6 +97,36 @@ pub fn read_with<S: Fs, T: DeserializeOwned>(
         records: s.records,
         tail: s.tail,
     })
+}
+
+/// Reads and validates only the header of the journal at `path`: its nonce and identity, to
+/// decide what its records are before replaying them.
+///
+/// # Errors
+/// `Io` (including `NotFound`), `HeaderIncomplete`, `BadHeader`, `UnsupportedVersion`.
+pub fn header<S: Fs>(fs: &S, path: &Path) -> Result<format::Header> {
+    let file = fs.open(path, false).map_err(io_err(path))?;
+    let len = file.len().map_err(io_err(path))?;
+    replay::read_header(&file, path, len)
+}
+
+/// Forensic scan of the journal at `path`, without modifying anything: every record frame
+/// whose checksum validates with the log's nonce, in file order, whatever its sequence
+/// number, and the stretches between them where no frame validates.
+///
+/// [`read`] stops at the first damage and decides, by [`RecoveryMode`], whether it is a torn
+/// tail or corruption; this walks on, so that a caller checking the records against each
+/// other (a hash chain) can say what is wrong rather than only where replay stopped. After
+/// damage it tries every later multiple of 8 as a frame start. The checksum work is bounded
+/// (about three times the file's length); once that is spent, the rest of the file is
+/// reported as one damaged stretch.
+///
+/// # Errors
+/// `Io` (including `NotFound`) and the header errors; damage after the header is never an
+/// error here.
+pub fn salvage<S: Fs>(fs: &S, path: &Path) -> Result<Salvage> {
+    let file = fs.open(path, false).map_err(io_err(path))?;
+    replay::salvage_file(&file, path)
 }
 
 /// Unlinks the journal at `path` and syncs its parent directory, so the removal (often a

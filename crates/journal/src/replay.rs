@@ -304,6 +304,111 @@ pub(crate) fn scan<F: File, T: DeserializeOwned>(
     })
 }
 
+/// One stretch of a journal file as [`salvage`](crate::salvage) finds it, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Salvaged {
+    /// A record frame whose checksum validates with this log's nonce, wherever it lies and
+    /// whatever its sequence number says.
+    Record {
+        /// Byte offset of the frame.
+        offset: u64,
+        /// The sequence number its header carries.
+        seq: u64,
+        /// Its payload, exactly as stored (the postcard encoding of one record).
+        payload: Vec<u8>,
+    },
+    /// Bytes in which no frame of this log starts: damage, a torn append, an edit, or a
+    /// frame the writer never writes (an unknown kind, padding off a block boundary).
+    Damaged {
+        /// Byte offset of the first such byte.
+        offset: u64,
+        /// How many bytes, up to the next valid frame or the end of the file.
+        len: u64,
+    },
+}
+
+/// Every frame of a journal that validates, in file order, and the stretches between them
+/// that hold none. See [`salvage`](crate::salvage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Salvage {
+    /// The validated file header.
+    pub header: Header,
+    /// Records and damaged stretches, in file order; padding frames are left out.
+    pub items: Vec<Salvaged>,
+}
+
+/// Walks the frames of an open journal file for [`salvage`](crate::salvage). Reads only.
+pub(crate) fn salvage_file<F: File>(file: &F, path: &Path) -> Result<Salvage> {
+    let file_len = file.len().map_err(io_err(path))?;
+    let header = read_header(file, path, file_len)?;
+    let mut r = Reader::new(file, file_len);
+    // Checksumming payloads is the expensive step. Valid frames do not overlap, so they cost
+    // at most the file's length; the rest of the budget bounds the search for the next frame
+    // after damage, where a crafted stretch could make every offset look like a frame header.
+    let budget = std::cell::Cell::new(file_len.saturating_mul(3).saturating_add(SCAN_SLACK));
+    let exhausted = std::cell::Cell::new(false);
+    let affordable = |h: &FrameHeader| match budget.get().checked_sub(u64::from(h.len)) {
+        Some(left) => {
+            budget.set(left);
+            true
+        }
+        None => {
+            exhausted.set(true);
+            false
+        }
+    };
+    let mut items = Vec::new();
+    let mut off = header.records_start();
+    while off < file_len {
+        let frame = read_frame(&mut r, &header.nonce, off, affordable).map_err(io_err(path))?;
+        match frame {
+            Ok(f) if f.head.reserved == 0 && is_written_kind(&f, off) => {
+                if f.head.kind == FrameKind::Record.to_u32() {
+                    items.push(Salvaged::Record {
+                        offset: off,
+                        seq: f.head.seq,
+                        payload: f.payload,
+                    });
+                }
+                off += f.total;
+                continue;
+            }
+            _ => {}
+        }
+        // Damage: the next frame of this log starts at some later multiple of 8, or nowhere.
+        let mut next = None;
+        let mut y = off + ALIGN;
+        while !exhausted.get() && y + FRAME_HEADER_LEN <= file_len {
+            if let Ok(f) = read_frame(&mut r, &header.nonce, y, affordable).map_err(io_err(path))? {
+                if f.head.reserved == 0 && is_written_kind(&f, y) {
+                    next = Some(y);
+                    break;
+                }
+            }
+            y += ALIGN;
+        }
+        // Once the budget is spent, the rest of the file counts as damaged: a forensic scan
+        // that gives up says so rather than guessing.
+        let end = next.unwrap_or(file_len);
+        items.push(Salvaged::Damaged {
+            offset: off,
+            len: end - off,
+        });
+        off = end;
+    }
+    Ok(Salvage { header, items })
+}
+
+/// Whether the validated frame `f` at `off` is one the writer writes: a record, or padding
+/// that ends on a block boundary.
+fn is_written_kind(f: &Frame, off: u64) -> bool {
+    match FrameKind::from_u32(f.head.kind) {
+        Some(FrameKind::Record) => true,
+        Some(FrameKind::Pad) => (off + f.total).is_multiple_of(BLOCK),
+        None => false,
+    }
+}
+
 /// Decides what the damaged record at `off` means under `mode`.
 fn resolve<F: File>(
     r: &mut Reader<'_, F>,
