@@ -46,6 +46,7 @@ pub(crate) fn entry<S: Fs, H: Host>(
         ended,
         images,
         command: m.and_then(|m| m.command.clone()),
+        reverts: None,
     }
 }
 
@@ -144,7 +145,7 @@ pub(crate) fn flush_pending<S: Fs, H: Host>(e: &Ctx<S, H>) {
 fn append<S: Fs, H: Host>(e: &Ctx<S, H>, entry: &HistoryEntry) -> Result<()> {
     let history = e.state.history_checked(&e.fs)?;
     let _lock = e.host.lock_exclusive(&e.state.history_lock(), true)?;
-    crate::history::append(&e.fs, &history, entry)
+    crate::history::append(&e.fs, &history, entry, &e.now()).map(drop)
 }
 
 /// Writes `entry` as JSON to `path` durably: temporary file, sync, rename, directory sync.

@@ -7,7 +7,7 @@ use storage::Fs;
 
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::history::History;
+use crate::history::{ChainHash, History, Verification};
 use crate::host::Host;
 use crate::id::TxId;
 use crate::manifest::{Manifest, TxState};
@@ -191,4 +191,12 @@ pub(crate) fn log<S: Fs, H: Host>(e: &Ctx<S, H>, base: Option<&Path>) -> Result<
             .retain(|entry| entry.images.iter().any(|i| i.base == base));
     }
     Ok(h)
+}
+
+/// The history's chain, checked (and `anchor` looked for in it).
+pub(crate) fn verify_history<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    anchor: Option<&ChainHash>,
+) -> Result<Verification> {
+    crate::history::verify(&e.fs, &e.state.history_checked(&e.fs)?, anchor)
 }

@@ -63,7 +63,10 @@ use std::sync::Arc;
 use storage::Fs;
 
 pub use error::{Error, ErrorClass, Result};
-pub use history::{History, HistoryEntry, HistoryImage, Outcome};
+pub use history::{
+    AnchorCheck, Aside, CarriedOver, ChainFormat, ChainHash, History, HistoryEntry, HistoryImage,
+    KeptAside, Outcome, ParseChainHashError, Problem, ProblemKind, Verification,
+};
 pub use host::{Host, OsGuard, OsHost};
 pub use id::TxId;
 pub use inspect::{Condition, ImageDiff, ImageStatus, TxStatus};
@@ -283,5 +286,11 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// The history, or only the entries touching `base`.
     pub fn log(&self, base: Option<&Path>) -> Result<History> {
         inspect::log(&self.ctx, base)
+    }
+
+    /// Checks the history's hash chain, and that `anchor` (a head hash recorded earlier,
+    /// elsewhere) is in it. Reads only; damage is reported in the result, not as an error.
+    pub fn verify_history(&self, anchor: Option<&ChainHash>) -> Result<Verification> {
+        inspect::verify_history(&self.ctx, anchor)
     }
 }

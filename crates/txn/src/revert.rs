@@ -642,6 +642,7 @@ pub(crate) fn history_entry<S: Fs, H: Host>(
         "revert".to_owned(),
         reverted.to_string(),
     ]);
+    entry.reverts = Some(reverted.clone());
     entry
 }
 

@@ -630,6 +630,9 @@ pub fn strays(fx: &Fixture, fs: &SimFs, open: bool) -> Vec<PathBuf> {
         .filter(|p| !kept_post(fs, p))
         // Claims are named by the base's device and inode; one per base while open.
         .filter(|p| !(open && p.starts_with(Path::new(STATE).join("claims"))))
+        // A crash that tore a history append leaves a tail the next append keeps aside
+        // whole, never deletes: that file is evidence, not a leftover.
+        .filter(|p| !is_kept_history(p))
         .collect()
 }
 
@@ -648,6 +651,13 @@ fn kept_post(fs: &SimFs, p: &Path) -> bool {
     let record = PathBuf::from(STATE).join("kept").join(format!("{tx}.json"));
     fs.read_durable(&record)
         .is_some_and(|r| String::from_utf8_lossy(&r).contains(&*p.to_string_lossy()))
+}
+
+/// A history file kept aside by an append because its tail did not verify.
+fn is_kept_history(p: &Path) -> bool {
+    p.parent() == Some(Path::new(STATE))
+        && p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("history.damaged-"))
 }
 
 pub fn manifest_state(fs: &SimFs) -> Option<String> {
