@@ -274,13 +274,22 @@ imgtx prune --keep-last 10 --dry-run   # all but the 10 most recent; only say wh
         /// The transaction id
         tx: String,
     },
-    /// Show the history of finished transactions
+    /// Show the history of finished transactions, or check its hash chain
     #[command(
-        after_help = "Examples:\n  imgtx log                     # every finished transaction\n  imgtx log /vm/disk.img --json # only those touching this image"
+        after_help = "Examples:\n  imgtx log                     # every finished transaction\n  imgtx log /vm/disk.img --json # only those touching this image\n  imgtx log --verify            # check every entry and link; prints the head hash\n  imgtx log --verify --anchor HASH  # and that a head hash kept earlier is still in it"
     )]
     Log {
         /// Only entries touching this base
+        #[arg(conflicts_with = "verify")]
         base: Option<PathBuf>,
+        /// Check the hash chain, every entry and every link, and print the head hash to keep
+        /// elsewhere; exit 1 naming the first entry that does not verify
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: a head hash printed earlier and kept elsewhere, which must still be
+        /// in the chain (this catches entries cut from the end, and a rewritten history)
+        #[arg(long, value_name = "HASH", requires = "verify")]
+        anchor: Option<txn::ChainHash>,
     },
     /// Show the whole story on a scratch image: begin, edit, diff, commit, a commit killed
     /// partway, recover, log

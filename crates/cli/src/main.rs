@@ -232,8 +232,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     if let Command::Status { .. } | Command::Log { .. } | Command::Diff { .. } = &cli.command {
         let dir = state_dir(cli.state_dir, false)?;
         let engine = Engine::open_existing(OsFs, OsHost::from_env(), dir)?;
-        read_only(engine.as_ref(), &out, cli.command)?;
-        return Ok(0);
+        return read_only(engine.as_ref(), &out, cli.command);
     }
     // Caught from here on: no signal may kill imgtx halfway through changing something. The
     // engine stops where that changes nothing, and finishes whatever is past that point.
@@ -363,12 +362,13 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     Ok(0)
 }
 
-/// `status`, `diff` and `log`, over the state directory if there is one.
+/// `status`, `diff` and `log`, over the state directory if there is one; returns the exit
+/// status (1 when `log --verify` finds the history does not verify).
 fn read_only(
     engine: Option<&Engine<OsFs, OsHost>>,
     out: &output::Out,
     command: Command,
-) -> Result<(), Failure> {
+) -> Result<u8, Failure> {
     match command {
         Command::Status { tx } => {
             let id = tx.as_deref().map(tx_id).transpose()?;
@@ -390,7 +390,19 @@ fn read_only(
             let engine = engine.ok_or_else(|| txn::Error::NotFound { tx: tx.clone() })?;
             out.diff(&id, &engine.diff(&id)?)?;
         }
-        Command::Log { base } => {
+        Command::Log {
+            verify: true,
+            anchor,
+            ..
+        } => {
+            let v = match engine {
+                Some(e) => e.verify_history(anchor.as_ref())?,
+                None => txn::Verification::none(anchor.as_ref()),
+            };
+            out.verify(&v)?;
+            return Ok(u8::from(!v.verified));
+        }
+        Command::Log { base, .. } => {
             let base = base
                 .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
                 .transpose()?;
@@ -402,7 +414,7 @@ fn read_only(
         }
         _ => unreachable!("only read-only commands come here"),
     }
-    Ok(())
+    Ok(0)
 }
 
 /// `run`: begin, run the command on the overlays, commit on exit 0, else roll back.

@@ -4,8 +4,8 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 use txn::{
-    kept, AbandonReport, CommitReport, History, ImageDiff, Manifest, Pruned, RecoverReport,
-    RevertReport, Spare, TxId, TxStatus,
+    kept, AbandonReport, Aside, ChainFormat, CommitReport, History, ImageDiff, Manifest, Pruned,
+    RecoverReport, RevertReport, Spare, TxId, TxStatus, Verification,
 };
 
 /// How to print.
@@ -400,9 +400,20 @@ impl Out {
             tracing::warn!(bytes = torn, "the history ends with a torn entry, ignored");
         }
         if self.json {
-            return print_json(&json!({"entries": h.entries, "torn_bytes": h.torn_bytes}));
+            return print_json(&json!({
+                "entries": h.entries,
+                "torn_bytes": h.torn_bytes,
+                "kept_aside": h.kept_aside,
+            }));
         }
         let mut lines = Vec::new();
+        // Each tail kept aside is told after the entry it followed.
+        let notes = |after: Option<&TxId>, lines: &mut Vec<String>| {
+            for a in h.kept_aside.iter().filter(|a| a.after.as_ref() == after) {
+                lines.push(format!("  note: {}", kept_aside_line(a)));
+            }
+        };
+        notes(None, &mut lines);
         for e in &h.entries {
             let outcome = serde_json::to_value(e.outcome)
                 .ok()
@@ -423,12 +434,107 @@ impl Out {
             for i in &e.images {
                 lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
             }
+            if let Some(tx) = &e.reverts {
+                lines.push(format!("  reverted {tx}"));
+            }
             if let Some(c) = &e.command {
                 lines.push(format!("  command: {}", c.join(" ")));
             }
+            notes(Some(&e.id), &mut lines);
         }
         human(&lines)
     }
+
+    /// `log --verify`: the verdict first, then what the chain records, then the head hash on
+    /// a line of its own (`head HASH`) for scripts that keep it elsewhere.
+    pub fn verify(&self, v: &Verification) -> io::Result<()> {
+        if self.json {
+            return print_json(&json!(v));
+        }
+        let mut lines = Vec::new();
+        match (v.format, &v.problem) {
+            (ChainFormat::None, _) => {
+                lines.push("there is no history yet: nothing to verify".to_owned());
+            }
+            (ChainFormat::Unchained, _) => lines.push(format!(
+                "the history predates the hash chain ({} entries without hashes): nothing can \
+                 be verified; the next transaction recorded converts it and starts the chain",
+                v.entries
+            )),
+            (ChainFormat::Chained, None) => lines.push(format!(
+                "the history verifies: {} entries, {} records, chained since {}",
+                v.entries,
+                v.records,
+                v.created.as_deref().unwrap_or("its first entry")
+            )),
+            (ChainFormat::Chained, Some(p)) => {
+                let id =
+                    p.id.as_ref()
+                        .map(|id| format!(" ({id})"))
+                        .unwrap_or_default();
+                let at = p.offset.map(|o| format!(" at {o:#x}")).unwrap_or_default();
+                lines.push(format!(
+                    "the history does not verify: entry {}{id}, record {}{at}: {}: {}",
+                    p.entry,
+                    p.record,
+                    p.kind.as_str(),
+                    p.detail
+                ));
+                lines.push(format!(
+                    "  entries before it that verified: {} ({} records)",
+                    v.entries, v.records
+                ));
+            }
+        }
+        if let Some(c) = &v.carried_over {
+            lines.push(format!(
+                "  entries 0 to {} predate the chain: carried over on {} from the unchained \
+                 history kept as {} (sha256 {}); the chain vouches for them only since then",
+                c.entries.saturating_sub(1),
+                c.when,
+                c.file,
+                c.sha256
+            ));
+        }
+        for a in &v.kept_aside {
+            lines.push(format!("  {}", kept_aside_line(a)));
+        }
+        if let Some(a) = &v.anchor {
+            lines.push(match a.record {
+                Some(r) => format!(
+                    "  anchor {} is record {r}; {} records came after it",
+                    a.hash, a.records_after
+                ),
+                None => format!(
+                    "  anchor {} is not in the chain: entries after it were removed, or the \
+                     history was rewritten",
+                    a.hash
+                ),
+            });
+        }
+        // `head HASH` only for a chain that verified: it is what gets anchored.
+        match (&v.head, &v.problem) {
+            (Some(head), None) => lines.push(format!("head {head}")),
+            (Some(head), Some(_)) => {
+                lines.push(format!("  head of the part that verified: {head}"))
+            }
+            (None, _) => {}
+        }
+        human(&lines)
+    }
+}
+
+/// What a damaged tail kept aside by an append was, in a sentence.
+fn kept_aside_line(a: &Aside) -> String {
+    let after = a.after.as_ref().map_or_else(
+        || "before the first entry".to_owned(),
+        |tx| format!("after {tx}"),
+    );
+    format!(
+        "{} bytes that did not verify {after} (an append a crash interrupted, or an edit) were \
+         kept aside on {} in {} (sha256 {})",
+        a.kept.tail_bytes, a.kept.when, a.kept.file, a.kept.sha256
+    )
 }
 
 /// A signal's name (`SIGINT`), or its number.
