@@ -240,6 +240,23 @@ pub fn append<S: Fs>(fs: &S, path: &Path, entry: &HistoryEntry, now: &str) -> Re
     })
 }
 
+/// Removes what an append that died while keeping the history `path` aside left half-made
+/// (see `aside`); the history itself is whole, and the next append starts over from it. The
+/// caller holds the history lock.
+pub(crate) fn remove_unfinished<S: Fs>(fs: &S, path: &Path) -> Result<()> {
+    let mut removed = false;
+    for tmp in [aside::tmp_of(path), aside::partial_of(path)] {
+        if crate::files::remove_if_exists(fs, &tmp)? {
+            tracing::debug!(path = %tmp.display(), "removing what a crash left half-made while the history was kept aside");
+            removed = true;
+        }
+    }
+    if removed {
+        crate::files::sync_dir(fs, &aside::dir_of(path))?;
+    }
+    Ok(())
+}
+
 /// Appends `entry` (after a genesis, if the history has no record yet) to the open history
 /// `j` whose records are `records`, and syncs.
 fn append_to<F: storage::File>(

@@ -3,18 +3,20 @@
 //!
 //! Both go the same way, under the history lock:
 //!
-//! 1. The file gets a second name, `history.damaged-STAMP` or `history.v1-STAMP`, by a hard
-//!    link, and the directory is synced. From then on that name holds the file exactly as it
-//!    was: nothing writes to it again.
+//! 1. The whole file is copied to `history.aside.tmp`, synced, and given its kept name,
+//!    `history.damaged-STAMP` or `history.v1-STAMP` (a link, then the temporary name is
+//!    removed), and the directory is synced. Nothing writes to the kept file again. (A copy,
+//!    not a second link to `history` itself: the state directory's trust rule refuses a
+//!    `history` with two links, and must go on refusing one.)
 //! 2. The continuation is built in `history.tmp`: for a damaged file, the bytes that verified
 //!    (copied as they are, with the same nonce) and a record naming the kept file; for a
 //!    format-1 file, a genesis naming it and its entries. It is synced.
 //! 3. `history.tmp` is renamed over `history`, and the directory is synced.
 //!
-//! A crash before step 3 leaves `history` as it was, so the next append does it again; it
-//! finds the name of step 1 by the inode and reuses it, and removes the half-made
-//! `history.tmp`. A crash after it leaves the new history. Readers open `history` by name
-//! and see either file, whole.
+//! A crash before step 3 leaves `history` as it was, so the next append does it again: it
+//! finds the copy of step 1 by its length and SHA-256 and reuses it, and starts the
+//! temporary files over. Recovery removes temporary files a crash left. A crash after step
+//! 3 leaves the new history. Readers open `history` by name and see either file, whole.
 //!
 //! A damaged tail is kept aside whether a crash tore the last append or someone edited the
 //! last entry: the two cannot be told apart from the bytes (a torn sector may hold garbage),
@@ -41,9 +43,8 @@ pub(super) fn keep_damaged<S: Fs>(
     now: &str,
 ) -> Result<()> {
     let dir = dir_of(path);
-    let kept = link_aside(fs, path, "damaged", now)?;
+    let (kept, sha256) = keep_copy(fs, path, "damaged", now)?;
     let kept_path = dir.join(&kept);
-    let sha256 = sha256_of(fs, &kept_path)?;
     let tmp = tmp_of(path);
     remove_if_exists(fs, &tmp)?;
     copy_prefix(fs, &kept_path, &tmp, valid_len)?;
@@ -84,9 +85,8 @@ pub(super) fn convert_v1<S: Fs>(fs: &S, path: &Path, now: &str) -> Result<()> {
         journal::Tail::Torn { discarded, .. } => discarded,
     };
     let dir = dir_of(path);
-    let kept = link_aside(fs, path, "v1", now)?;
+    let (kept, sha256) = keep_copy(fs, path, "v1", now)?;
     let kept_path = dir.join(&kept);
-    let sha256 = sha256_of(fs, &kept_path)?;
     let tmp = tmp_of(path);
     remove_if_exists(fs, &tmp)?;
     let mut j =
@@ -121,33 +121,34 @@ pub(super) fn convert_v1<S: Fs>(fs: &S, path: &Path, now: &str) -> Result<()> {
     Ok(())
 }
 
-/// Gives the file `path` a second name `NAME.KIND-STAMP` in its directory, durably, and
-/// returns that name: the one it already has, when an earlier attempt gave it one.
-fn link_aside<S: Fs>(fs: &S, path: &Path, kind: &str, now: &str) -> Result<String> {
+/// Keeps a copy of the whole file `path` in its directory as `NAME.KIND-STAMP`, durably, and
+/// returns that name with the copy's SHA-256: an existing copy with the same bytes, when an
+/// earlier attempt made one.
+fn keep_copy<S: Fs>(fs: &S, path: &Path, kind: &str, now: &str) -> Result<(String, String)> {
     let dir = dir_of(path);
-    let meta = fs
-        .metadata(path)
-        .map_err(Error::io("stat", path))?
-        .ok_or_else(|| Error::Corrupt {
-            path: path.to_path_buf(),
-            reason: "it disappeared while it was being kept aside".into(),
-        })?;
+    let len = file_len(fs, path)?;
+    let sha256 = sha256_of(fs, path)?;
     let base = path
         .file_name()
         .map_or_else(|| "history".into(), |n| n.to_string_lossy().into_owned());
     let prefix = format!("{base}.{kind}-");
+    // Under the history lock, a copy under way is one a crash interrupted.
+    let partial = partial_of(path);
+    if remove_if_exists(fs, &partial)? {
+        sync_dir(fs, &dir)?;
+    }
     for name in fs.read_dir(&dir).map_err(Error::io("list", &dir))? {
         let name = name.to_string_lossy().into_owned();
         if !name.starts_with(&prefix) {
             continue;
         }
-        let other = fs
-            .metadata(&dir.join(&name))
-            .map_err(Error::io("stat", dir.join(&name)))?;
-        if other.is_some_and(|m| (m.dev, m.ino) == (meta.dev, meta.ino)) {
-            return Ok(name);
+        let other = dir.join(&name);
+        if file_len(fs, &other).ok() == Some(len) && sha256_of(fs, &other)? == sha256 {
+            return Ok((name, sha256));
         }
     }
+    copy_prefix(fs, path, &partial, len)?;
+    let kept = sha256_of(fs, &partial)?;
     // `2026-11-27T10:15:00Z` → `20261127T101500Z`: sortable, and no `:` in file names.
     let stamp: String = now.chars().filter(|c| !matches!(c, '-' | ':')).collect();
     for n in 0u32.. {
@@ -155,17 +156,30 @@ fn link_aside<S: Fs>(fs: &S, path: &Path, kind: &str, now: &str) -> Result<Strin
             0 => format!("{prefix}{stamp}"),
             n => format!("{prefix}{stamp}-{n}"),
         };
-        match fs.hard_link(path, &dir.join(&name)) {
+        // A link never replaces a file of that name, as a rename would.
+        match fs.hard_link(&partial, &dir.join(&name)) {
             Ok(()) => {
-                // Barrier: the kept name is durable before `history` stops naming the file.
+                remove_if_exists(fs, &partial)?;
+                // Barrier: the kept copy is durable under its name before `history` is
+                // replaced.
                 sync_dir(fs, &dir)?;
-                return Ok(name);
+                return Ok((name, kept));
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(Error::io("keep aside", dir.join(&name))(e)),
         }
     }
     unreachable!("some numbered name is free")
+}
+
+fn file_len<S: Fs>(fs: &S, path: &Path) -> Result<u64> {
+    fs.metadata(path)
+        .map_err(Error::io("stat", path))?
+        .map(|m| m.len)
+        .ok_or_else(|| Error::Corrupt {
+            path: path.to_path_buf(),
+            reason: "it disappeared while it was being kept aside".into(),
+        })
 }
 
 /// Copies the first `len` bytes of `from` into the new file `to`, durably.
@@ -216,12 +230,20 @@ fn replace<S: Fs>(fs: &S, tmp: &Path, path: &Path) -> Result<()> {
     sync_dir(fs, &dir_of(path))
 }
 
-fn dir_of(path: &Path) -> PathBuf {
+pub(super) fn dir_of(path: &Path) -> PathBuf {
     path.parent().map_or_else(PathBuf::new, Path::to_path_buf)
 }
 
-fn tmp_of(path: &Path) -> PathBuf {
+/// Where the continuation of `path` is built.
+pub(super) fn tmp_of(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
+/// Where the copy of `path` to keep aside is made.
+pub(super) fn partial_of(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".aside.tmp");
     PathBuf::from(tmp)
 }

@@ -180,6 +180,13 @@ pub(crate) fn orphans<S: Fs, H: Host>(
             e.drop_lock_file(&id);
         }
     }
+    // The half-made continuation of a history that an append was keeping aside when it
+    // died: the history itself is still whole, and the next append starts over from it.
+    if !dry_run {
+        if let Some(_guard) = e.host.lock_exclusive(&e.state.history_lock(), false)? {
+            crate::history::remove_unfinished(&e.fs, &e.state.history())?;
+        }
+    }
     Ok(actions)
 }
 
