@@ -7,6 +7,7 @@ mod util;
 
 mod commit_signals;
 mod guestfish;
+mod history_chain;
 mod hostile;
 mod isolation;
 mod kill;
