@@ -461,6 +461,10 @@ fn a_crash_while_keeping_a_tail_aside_is_finished_by_the_next_append() {
             );
         }
     }
+    eprintln!(
+        "{} crash images over {ops} operations",
+        ops as usize * Damage::ALL.len()
+    );
 }
 
 /// A format-1 history as imgtx wrote it before the chain: the same journal, bare entries.
@@ -577,6 +581,10 @@ fn a_crash_while_converting_a_format_1_history_is_finished_by_the_next_append() 
             assert_eq!(kept, original, "crash {crash} {damage:?}");
         }
     }
+    eprintln!(
+        "{} crash images over {ops} operations",
+        ops as usize * Damage::ALL.len()
+    );
 }
 
 #[test]

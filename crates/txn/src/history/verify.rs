@@ -228,6 +228,8 @@ impl Found {
 /// A record that verified.
 struct Good {
     hash: ChainHash,
+    /// Where its frame starts in the file.
+    offset: u64,
     /// The entry it is, when it is one: its index and id.
     entry: Option<(u64, TxId)>,
 }
@@ -371,7 +373,7 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
                     entry,
                     id: edited_id,
                     record: record - 1,
-                    offset: None,
+                    offset: Some(edited.offset),
                     detail: format!(
                         "{what} was changed after the record after it (at {offset:#x}) was \
                          written: its hash is no longer the one that record carries"
@@ -402,7 +404,11 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
                 None
             }
         };
-        good.push(Good { hash, entry });
+        good.push(Good {
+            hash,
+            offset,
+            entry,
+        });
     }
     v.records = good.len() as u64;
     v.head = good.last().map(|g| g.hash);
