@@ -167,6 +167,12 @@ fn an_edited_middle_entry_with_valid_checksums_is_named_edited() {
         (1, Some(id(1)), 2),
         "{p:#?}"
     );
+    let journal::Salvaged::Record { offset, .. } =
+        journal::salvage(&fs, &path()).unwrap().items[2].clone()
+    else {
+        panic!("record 2 is whole")
+    };
+    assert_eq!(p.offset, Some(offset), "where the edited entry is");
     assert_eq!(
         check(&fs).entries,
         1,
