@@ -5,7 +5,9 @@
 //! length, sequence number and CRC-32 bound to a random per-log nonce) and makes them durable
 //! ([`Journal::sync`]). [`read`] replays a log without touching it; [`Journal::open`] replays it
 //! for appending and truncates a torn tail. What counts as a torn tail and what as corruption is
-//! one explicit policy, [`RecoveryMode`], described in `docs/journal-format.md`.
+//! one explicit policy, [`RecoveryMode`], described in `docs/journal-format.md`. For readers
+//! that must say what is wrong rather than where replay stops, [`salvage`] lists every frame
+//! that validates, past any damage, and [`header`] reads the identity alone.
 //!
 //! It is not a database: no compaction, no concurrent writers (the caller locks), no random
 //! access, and records are held in memory on replay.
