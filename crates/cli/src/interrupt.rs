@@ -20,7 +20,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
@@ -32,14 +32,23 @@ use signal_hook::SigId;
 /// The signals that end `run` with a rollback.
 const CAUGHT: [i32; 4] = [SIGINT, SIGTERM, SIGHUP, SIGQUIT];
 
-/// Catches [`CAUGHT`] from creation until drop; while a child is set, forwards to it what
+/// The running commands signals are forwarded to.
+#[derive(Default)]
+struct Children {
+    pids: Vec<i32>,
+    /// The last signal another process sent that was forwarded, for a command registered
+    /// just too late to get it.
+    forwarded: Option<Signal>,
+}
+
+/// Catches [`CAUGHT`] from creation until drop; forwards to the running commands what
 /// another process sent.
 pub struct Interrupts {
     first: Arc<AtomicI32>,
     /// Set by the handler itself, so it is set before the main thread runs on.
     latest: Arc<AtomicUsize>,
     flags: Vec<SigId>,
-    child: Arc<AtomicI32>,
+    children: Arc<Mutex<Children>>,
     /// Bytes the operation still has to copy, as progress last said; `u64::MAX` until the
     /// operation is one a signal does not stop (a second signal then says so).
     left: Arc<AtomicU64>,
@@ -61,14 +70,12 @@ impl Interrupts {
         let mut signals = SignalsInfo::<WithOrigin>::new(CAUGHT)?;
         let handle = signals.handle();
         let first = Arc::new(AtomicI32::new(0));
-        let child = Arc::new(AtomicI32::new(0));
+        let children = Arc::new(Mutex::new(Children::default()));
         let left = Arc::new(AtomicU64::new(u64::MAX));
-        let (first2, child2, left2) = (Arc::clone(&first), Arc::clone(&child), Arc::clone(&left));
+        let (first2, children2, left2) =
+            (Arc::clone(&first), Arc::clone(&children), Arc::clone(&left));
         // Spawned with the signals blocked, which it inherits; then unblocked here again.
-        let mut caught = SigSet::empty();
-        for sig in CAUGHT {
-            caught.add(Signal::try_from(sig).map_err(io::Error::from)?);
-        }
+        let caught = caught_set()?;
         caught.thread_block().map_err(io::Error::from)?;
         let spawned = std::thread::Builder::new()
             .name("signals".into())
@@ -82,13 +89,16 @@ impl Interrupts {
                     if again && left != u64::MAX {
                         still_finishing(left);
                     }
-                    let pid = child2.load(Ordering::SeqCst);
                     // A signal the kernel sent (a terminal's Ctrl-C, a hangup) went to the whole
-                    // process group and so to the command already; sending it again would make
+                    // process group and so to the commands already; sending it again would make
                     // some programs treat it as a second, forcing interrupt.
-                    if pid > 0 && origin.process.is_some() {
+                    if origin.process.is_some() {
                         if let Ok(sig) = Signal::try_from(origin.signal) {
-                            let _ = kill(Pid::from_raw(pid), sig);
+                            let mut c = children2.lock().unwrap_or_else(PoisonError::into_inner);
+                            c.forwarded = Some(sig);
+                            for &pid in &c.pids {
+                                let _ = kill(Pid::from_raw(pid), sig);
+                            }
                         }
                     }
                 }
@@ -99,7 +109,7 @@ impl Interrupts {
             first,
             latest,
             flags,
-            child,
+            children,
             left,
             handle,
             thread: Some(thread),
@@ -117,15 +127,25 @@ impl Interrupts {
         self.left.store(bytes, Ordering::SeqCst);
     }
 
-    /// Forwards later signals to process `pid`.
+    /// Forwards later signals to process `pid`, a command just started. If a signal another
+    /// process sent was already forwarded to the commands running then, `pid` gets it now:
+    /// it started too late for it.
     pub fn forward_to(&self, pid: u32) {
-        self.child
-            .store(i32::try_from(pid).unwrap_or(0), Ordering::SeqCst);
+        let Ok(pid) = i32::try_from(pid) else {
+            return;
+        };
+        // Under the lock the signal thread forwards under: exactly one of the two sends.
+        let mut c = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sig) = c.forwarded {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+        c.pids.push(pid);
     }
 
-    /// Stops forwarding (the child has been reaped: its pid may be reused).
-    pub fn stop_forwarding(&self) {
-        self.child.store(0, Ordering::SeqCst);
+    /// Stops forwarding to `pid` (it has been reaped: its pid may be reused).
+    pub fn stop_forwarding(&self, pid: u32) {
+        let mut c = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+        c.pids.retain(|&p| u32::try_from(p).ok() != Some(pid));
     }
 
     /// The first signal caught, if any.
@@ -138,6 +158,15 @@ impl Interrupts {
             s => Some(s),
         }
     }
+}
+
+/// [`CAUGHT`] as a signal set.
+fn caught_set() -> io::Result<SigSet> {
+    let mut caught = SigSet::empty();
+    for sig in CAUGHT {
+        caught.add(Signal::try_from(sig).map_err(io::Error::from)?);
+    }
+    Ok(caught)
 }
 
 /// Says, on stderr, why a second signal does not stop imgtx either.

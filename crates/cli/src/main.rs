@@ -10,6 +10,7 @@ mod generate;
 mod interrupt;
 mod output;
 mod progress;
+mod runner;
 mod waiting;
 
 use std::ffi::OsString;
@@ -425,113 +426,49 @@ fn run_command(
     commit: CommitOptions,
     (bases, command): (&[PathBuf], Vec<String>),
 ) -> Result<u8, Failure> {
-    let argv_template = command.clone();
     // Caught from before begin: a signal now rolls back instead of leaving the transaction open.
-    let mut teller = waiting::Teller::new(out.json);
-    let m = engine.begin_with(&begin_options(opts, bases, Some(command))?, &mut |w| {
-        teller.hear(w);
+    let m = runner::begin(
+        engine,
+        out.json,
+        &begin_options(opts, bases, Some(command.clone()))?,
+    )?;
+    let ran = runner::run_on(engine, interrupts, (&m, &command), out.json, &|| {
+        interrupts.received()
     })?;
-    drop(teller);
-    // While the command runs, no other writer gets at the bases; the command's own tools
-    // may still open them read-only, as their overlays' backing files.
-    let _writers_out = match engine.keep_writers_out(&m) {
-        Ok(guards) => guards,
-        Err(e) => {
+    let _writers_out = match ran {
+        runner::Ran::NotRun(failure) => return Err(failure),
+        runner::Ran::Stopped(sig) => {
+            out.interrupted(&m.id, sig)?;
+            return Ok(signal_exit(sig));
+        }
+        runner::Ran::Exited { code, .. } if code != 0 => {
             engine.rollback(&m.id)?;
-            return Err(e.into());
+            out.run(&m.id, false, code, None)?;
+            return Ok(u8::try_from(code).unwrap_or(1).max(1));
+        }
+        runner::Ran::Exited { guards, .. } => guards,
+    };
+    let mut bar = progress::Reporter::new(out.json, out.quiet);
+    let committed = runner::commit(engine, &m.id, commit, &mut |p| {
+        watch(interrupts, &p);
+        bar.report(&p);
+    });
+    bar.finish();
+    let r = match committed? {
+        runner::Committed::Done(r) => r,
+        runner::Committed::Stopped(signal) => {
+            out.interrupted(&m.id, signal)?;
+            return Ok(signal_exit(signal));
         }
     };
     if let Some(sig) = interrupts.received() {
-        engine.rollback(&m.id)?;
-        out.interrupted(&m.id, sig)?;
-        return Ok(signal_exit(sig));
+        tracing::warn!(
+            signal = sig,
+            "signal received during the commit; the commit was finished first"
+        );
     }
-    let overlays: Vec<String> = m
-        .images
-        .iter()
-        .map(|i| i.overlay.display().to_string())
-        .collect();
-    let argv: Vec<String> = argv_template
-        .iter()
-        .map(|a| substitute(a, &overlays))
-        .collect();
-    let mut child = std::process::Command::new(&argv[0]);
-    child
-        .args(&argv[1..])
-        .env("IMGTX_TX", m.id.as_str())
-        .env("IMGTX_OVERLAY", &overlays[0]);
-    for (i, o) in overlays.iter().enumerate() {
-        child.env(format!("IMGTX_OVERLAY_{i}"), o);
-    }
-    if out.json {
-        // Keep stdout pure JSON: the command's own output goes to stderr.
-        use std::os::fd::AsFd;
-        let err = io::stderr().as_fd().try_clone_to_owned()?;
-        child.stdout(std::process::Stdio::from(err));
-    }
-    tracing::info!(tx = %m.id, command = ?argv, "running");
-    let status = match child.spawn() {
-        Ok(mut c) => {
-            interrupts.forward_to(c.id());
-            let waited = c.wait();
-            // Reaped (or lost): its pid may belong to someone else from now on.
-            interrupts.stop_forwarding();
-            waited
-        }
-        Err(e) => Err(e),
-    };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            engine.rollback(&m.id)?;
-            return Err(anyhow::anyhow!(
-                "could not run {:?}: {e}; transaction {} rolled back",
-                argv[0],
-                m.id
-            )
-            .into());
-        }
-    };
-    if let Some(sig) = interrupts.received() {
-        // Whatever the command's status, the user asked to stop: nothing of it lands.
-        engine.rollback(&m.id)?;
-        out.interrupted(&m.id, sig)?;
-        return Ok(signal_exit(sig));
-    }
-    if status.success() {
-        // A signal from here on is noted but does not stop the commit: stopping it halfway
-        // would only leave work for `imgtx recover`, which would finish it anyway.
-        let mut bar = progress::Reporter::new(out.json, out.quiet);
-        let committed = engine.commit(&m.id, commit, &mut |p| {
-            watch(interrupts, &p);
-            bar.report(&p);
-        });
-        bar.finish();
-        let r = match committed {
-            // Stopped before its commit point: nothing of the command's work lands.
-            Err(txn::Error::Stopped { signal }) => {
-                engine.rollback(&m.id)?;
-                out.interrupted(&m.id, signal)?;
-                return Ok(signal_exit(signal));
-            }
-            other => other?,
-        };
-        if let Some(sig) = interrupts.received() {
-            tracing::warn!(
-                signal = sig,
-                "signal received during the commit; the commit was finished first"
-            );
-        }
-        out.run(&m.id, true, 0, Some(&r))?;
-        return Ok(0);
-    }
-    use std::os::unix::process::ExitStatusExt;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    engine.rollback(&m.id)?;
-    out.run(&m.id, false, code, None)?;
-    Ok(u8::try_from(code).unwrap_or(1).max(1))
+    out.run(&m.id, true, 0, Some(&r))?;
+    Ok(0)
 }
 
 /// Passes progress on to `interrupts`: once the engine writes bases (applying or restoring),
@@ -547,26 +484,9 @@ fn signal_exit(sig: i32) -> u8 {
     u8::try_from(128 + sig).unwrap_or(1)
 }
 
-/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.
-fn substitute(arg: &str, overlays: &[String]) -> String {
-    let mut s = arg.replace("{}", &overlays[0]);
-    for (i, o) in overlays.iter().enumerate() {
-        s = s.replace(&format!("{{{i}}}"), o);
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_name_the_overlays() {
-        let ov = vec!["/a.q".to_owned(), "/b.q".to_owned()];
-        assert_eq!(substitute("{}", &ov), "/a.q");
-        assert_eq!(substitute("x={1},y={0}", &ov), "x=/b.q,y=/a.q");
-        assert_eq!(substitute("{2}", &ov), "{2}");
-    }
 
     #[test]
     fn error_classes_map_to_the_documented_exit_codes() {

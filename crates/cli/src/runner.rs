@@ -1,0 +1,199 @@
+//! One transaction of `imgtx run`: begin it, run the user's command on its overlays (`{}` and
+//! `{N}` replaced, the `IMGTX_*` environment set, signals passed on), then commit it or roll
+//! it back.
+//!
+//! Shared by `run` (one transaction over all its images, in `main.rs`) and `run --each` (one
+//! transaction per image, in `each.rs`). It neither prints results nor picks exit statuses:
+//! its callers do, each in its own way. It does not decide, either, whether a signal stops
+//! the transaction: the caller says so through `stop`, because only the main thread hears
+//! signals in time (see `interrupt.rs`).
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus};
+
+use storage::OsFs;
+use txn::{BeginOptions, CommitOptions, CommitReport, Engine, Manifest, OsGuard, OsHost, TxId};
+
+use crate::interrupt::Interrupts;
+use crate::{waiting, Failure};
+
+/// The engine `imgtx` works with.
+pub type OsEngine = Engine<OsFs, OsHost>;
+
+/// How the command of a transaction ended.
+pub enum Ran {
+    /// It exited with `code` (128 + N when signal N killed it). The transaction is still open,
+    /// and other writers stay out of its bases while `guards` live: keep them until the
+    /// commit or rollback is done.
+    Exited { code: i32, guards: Vec<OsGuard> },
+    /// The user asked to stop (signal number): the transaction was rolled back.
+    Stopped(i32),
+    /// The command could not be run: the transaction was rolled back.
+    NotRun(Failure),
+}
+
+/// How a commit ended, when it did not fail.
+pub enum Committed {
+    /// Committed.
+    Done(CommitReport),
+    /// Stopped by a signal (number) before its commit point, then rolled back.
+    Stopped(i32),
+}
+
+/// Begins the transaction `opts` asks for; a begin that waits for a busy base says so on
+/// stderr (as a JSON event with `json`).
+pub fn begin(engine: &OsEngine, json: bool, opts: &BeginOptions) -> txn::Result<Manifest> {
+    let mut teller = waiting::Teller::new(json);
+    engine.begin_with(opts, &mut |w| teller.hear(w))
+}
+
+/// Runs `template` (the command line as the user gave it) on the overlays of the open
+/// transaction `m`, with its standard output sent to stderr when `json` is set (stdout then
+/// holds only imgtx's JSON). `stop` says whether the user asked to stop, and with which
+/// signal: asked before the command starts and after it exits, and then the transaction is
+/// rolled back whatever the command's status.
+///
+/// # Errors
+/// Only when a rollback fails: the transaction is then left open (or needs recovery).
+pub fn run_on(
+    engine: &OsEngine,
+    interrupts: &Interrupts,
+    (m, template): (&Manifest, &[String]),
+    json: bool,
+    stop: &dyn Fn() -> Option<i32>,
+) -> Result<Ran, Failure> {
+    // While the command runs, no other writer gets at the bases; the command's own tools
+    // may still open them read-only, as their overlays' backing files.
+    let guards = match engine.keep_writers_out(m) {
+        Ok(guards) => guards,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            return Ok(Ran::NotRun(e.into()));
+        }
+    };
+    if let Some(sig) = stop() {
+        engine.rollback(&m.id)?;
+        return Ok(Ran::Stopped(sig));
+    }
+    let overlays: Vec<String> = m
+        .images
+        .iter()
+        .map(|i| i.overlay.display().to_string())
+        .collect();
+    let argv: Vec<String> = template.iter().map(|a| substitute(a, &overlays)).collect();
+    tracing::info!(tx = %m.id, command = ?argv, "running");
+    let status =
+        command(&m.id, (&argv, &overlays), json).and_then(|mut c| wait_for(interrupts, &mut c));
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            let error = anyhow::anyhow!(
+                "could not run {:?}: {e}; transaction {} rolled back",
+                argv[0],
+                m.id
+            );
+            return Ok(Ran::NotRun(error.into()));
+        }
+    };
+    if let Some(sig) = stop() {
+        // Whatever the command's status, the user asked to stop: nothing of it lands.
+        engine.rollback(&m.id)?;
+        return Ok(Ran::Stopped(sig));
+    }
+    Ok(Ran::Exited {
+        code: exit_status(status),
+        guards,
+    })
+}
+
+/// Commits transaction `id`; one stopped by a signal before its commit point is rolled back.
+/// A signal after that point does not stop it: stopping halfway would only leave work for
+/// `imgtx recover`, which would finish it anyway.
+///
+/// # Errors
+/// The commit's or the rollback's: the transaction is then left as the error says.
+pub fn commit(
+    engine: &OsEngine,
+    id: &TxId,
+    opts: CommitOptions,
+    progress: &mut dyn FnMut(txn::Progress),
+) -> txn::Result<Committed> {
+    match engine.commit(id, opts, progress) {
+        Ok(r) => Ok(Committed::Done(r)),
+        // Stopped before its commit point: nothing of the command's work lands.
+        Err(txn::Error::Stopped { signal }) => {
+            engine.rollback(id)?;
+            Ok(Committed::Stopped(signal))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `argv` (the overlays already put in) ready to spawn for transaction `tx`, with
+/// `IMGTX_TX`, `IMGTX_OVERLAY` and `IMGTX_OVERLAY_N` set, and its stdout sent to stderr when
+/// `json` is set.
+fn command(tx: &TxId, (argv, overlays): (&[String], &[String]), json: bool) -> io::Result<Command> {
+    let mut child = Command::new(&argv[0]);
+    child
+        .args(&argv[1..])
+        .env("IMGTX_TX", tx.as_str())
+        .env("IMGTX_OVERLAY", &overlays[0]);
+    for (i, o) in overlays.iter().enumerate() {
+        child.env(format!("IMGTX_OVERLAY_{i}"), o);
+    }
+    if json {
+        // Keep stdout pure JSON: the command's own output goes to stderr.
+        use std::os::fd::AsFd;
+        let err = io::stderr().as_fd().try_clone_to_owned()?;
+        child.stdout(std::process::Stdio::from(err));
+    }
+    Ok(child)
+}
+
+/// Starts `child` and waits for it, forwarding to it the signals another process sends.
+fn wait_for(interrupts: &Interrupts, child: &mut Command) -> io::Result<ExitStatus> {
+    let mut c = child.spawn()?;
+    let pid = c.id();
+    interrupts.forward_to(pid);
+    let waited = c.wait();
+    // Reaped (or lost): its pid may belong to someone else from now on.
+    interrupts.stop_forwarding(pid);
+    waited
+}
+
+/// `status` as a shell reports it: the exit code, or 128 + N when signal N killed it.
+fn exit_status(status: ExitStatus) -> i32 {
+    status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.
+fn substitute(arg: &str, overlays: &[String]) -> String {
+    let mut s = arg.replace("{}", &overlays[0]);
+    for (i, o) in overlays.iter().enumerate() {
+        s = s.replace(&format!("{{{i}}}"), o);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_name_the_overlays() {
+        let ov = vec!["/a.q".to_owned(), "/b.q".to_owned()];
+        assert_eq!(substitute("{}", &ov), "/a.q");
+        assert_eq!(substitute("x={1},y={0}", &ov), "x=/b.q,y=/a.q");
+        assert_eq!(substitute("{2}", &ov), "{2}");
+    }
+
+    #[test]
+    fn a_command_killed_by_a_signal_reports_128_plus_it() {
+        assert_eq!(exit_status(ExitStatus::from_raw(15)), 143);
+        assert_eq!(exit_status(ExitStatus::from_raw(3 << 8)), 3);
+    }
+}
