@@ -18,6 +18,7 @@ mod operator;
 mod ops;
 mod progress;
 mod revert;
+mod run_each;
 mod run_signals;
 mod txn_qcow2;
 mod txn_raw;

@@ -462,3 +462,28 @@ pub fn describe(cmd: &Command, out: &Output) -> String {
     let _ = write!(s, "=====");
     s
 }
+
+/// Polls `done` every 20 ms until it is true; panics, saying it waited for `what`, after
+/// 60 s. For tests that must wait for another process to reach a point: the deadline only
+/// keeps a broken build from hanging the suite, it decides nothing.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 60 s for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits (at most 60 s, see [`wait_until`]) for `child`, whose stdout and stderr are piped,
+/// to exit, and returns its output.
+pub fn finish(mut child: std::process::Child) -> Output {
+    wait_until("the child to exit", || {
+        child.try_wait().expect("wait for the child").is_some()
+    });
+    child
+        .wait_with_output()
+        .expect("collect the child's output")
+}

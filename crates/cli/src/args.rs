@@ -135,6 +135,18 @@ impl From<CommitArgs> for txn::CommitOptions {
     }
 }
 
+/// `run --each`: one transaction per image instead of one over all.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct EachArgs {
+    /// One transaction per image: run the command once for each, and commit or roll back
+    /// each on its own (exit 0 only if all committed; see docs/cli.md)
+    #[arg(long)]
+    pub each: bool,
+    /// With --each: run the command on N images at a time
+    #[arg(long, value_name = "N", requires = "each", default_value = "1")]
+    pub jobs: std::num::NonZeroUsize,
+}
+
 /// An age such as `30d`, `12h`, `45m`, `90s` or `3600` (seconds).
 pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
     let (digits, unit) = s
@@ -224,14 +236,18 @@ Example:
     /// Run a command on the overlays; commit if it exits 0, else roll back
     #[command(
         after_help = "In the command, {} is the overlay of the first image and {0}, {1}, ... the overlay of each;\n\
-IMGTX_TX, IMGTX_OVERLAY and IMGTX_OVERLAY_0, IMGTX_OVERLAY_1, ... are set in its environment.\n\n\
-Example:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {}"
+IMGTX_TX, IMGTX_OVERLAY and IMGTX_OVERLAY_0, IMGTX_OVERLAY_1, ... are set in its environment.\n\
+With --each, each image gets a transaction of its own, and {} is its overlay.\n\n\
+Examples:\n  imgtx run /vm/disk.img -- qemu-io -f qcow2 -c 'write -P 0xab 0 1M' {}\n  \
+imgtx run --each --jobs 4 /vm/*.img -- virt-customize -a {} --update"
     )]
     Run {
         #[command(flatten)]
         opts: BeginArgs,
         #[command(flatten)]
         commit: CommitArgs,
+        #[command(flatten)]
+        each: EachArgs,
         /// The base images
         #[arg(required = true, value_name = "BASE")]
         bases: Vec<PathBuf>,
@@ -382,6 +398,29 @@ mod tests {
         };
         assert_eq!(bases.len(), 2);
         assert_eq!(command, vec!["echo", "{0}", "--json"]);
+    }
+
+    #[test]
+    fn run_each_runs_one_at_a_time_unless_jobs_says() {
+        let Command::Run { each, .. } = parse(&["run", "--each", "a", "--", "x"]).unwrap().command
+        else {
+            panic!("not run")
+        };
+        assert!(each.each);
+        assert_eq!(each.jobs.get(), 1);
+        let Command::Run { each, .. } = parse(&["run", "--each", "--jobs", "3", "a", "--", "x"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(each.jobs.get(), 3);
+    }
+
+    #[test]
+    fn jobs_needs_each_and_at_least_one() {
+        assert!(parse(&["run", "--jobs", "2", "a", "--", "x"]).is_err());
+        assert!(parse(&["run", "--each", "--jobs", "0", "a", "--", "x"]).is_err());
     }
 
     #[test]

@@ -16,11 +16,14 @@
 //! command can exit on it, but the thread that reads signals may run only later, after
 //! `wait` returned and the main thread decided to commit. So the handler itself records the
 //! signal, and the caught signals are blocked in every thread but the main one: the kernel
-//! runs the handler on the main thread, at the latest on its way back from `wait`.
+//! runs the handler on the main thread, at the latest on its way back from `wait`. Threads
+//! that run commands (`run --each`) are started with [`spawn_blocked`] and ask the main
+//! thread whether a signal came, for the same reason.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{Scope, ScopedJoinHandle};
 
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::unistd::Pid;
@@ -158,6 +161,24 @@ impl Interrupts {
             s => Some(s),
         }
     }
+}
+
+/// Spawns `f` on a thread of `scope` named `name`, with the caught signals blocked in it (and
+/// in whatever threads it starts), so that their handler keeps running on the main thread only.
+pub fn spawn_blocked<'scope, T: Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    name: String,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> io::Result<ScopedJoinHandle<'scope, T>> {
+    let caught = caught_set()?;
+    // A new thread inherits the mask of the one that spawns it: blocked only around the spawn,
+    // so a signal arriving meanwhile waits, pending, for the main thread to unblock it.
+    caught.thread_block().map_err(io::Error::from)?;
+    let spawned = std::thread::Builder::new()
+        .name(name)
+        .spawn_scoped(scope, f);
+    caught.thread_unblock().map_err(io::Error::from)?;
+    spawned
 }
 
 /// [`CAUGHT`] as a signal set.

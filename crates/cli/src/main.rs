@@ -6,6 +6,7 @@
 mod advice;
 mod args;
 mod demo;
+mod each;
 mod generate;
 mod interrupt;
 mod output;
@@ -38,6 +39,22 @@ const EXIT_RECOVERY_NEEDED: u8 = 4;
 struct Failure {
     error: anyhow::Error,
     code: u8,
+}
+
+impl Failure {
+    /// The error and its causes, joined by ": ", as the error line shows them.
+    fn message(&self) -> String {
+        let chain: Vec<String> = self.error.chain().map(ToString::to_string).collect();
+        chain.join(": ")
+    }
+
+    /// What to do about it, when the engine's error comes with advice.
+    fn hint(&self) -> Option<String> {
+        self.error
+            .chain()
+            .find_map(|c| c.downcast_ref::<txn::Error>())
+            .and_then(advice::for_error)
+    }
 }
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
@@ -87,13 +104,7 @@ fn main() -> ExitCode {
             if is_broken_pipe(&f.error) {
                 return ExitCode::SUCCESS;
             }
-            let chain: Vec<String> = f.error.chain().map(ToString::to_string).collect();
-            let message = chain.join(": ");
-            let hint = f
-                .error
-                .chain()
-                .find_map(|c| c.downcast_ref::<txn::Error>())
-                .and_then(advice::for_error);
+            let (message, hint) = (f.message(), f.hint());
             if json {
                 let text = json!({ "error": message, "hint": hint, "exit_code": f.code });
                 let _ = writeln!(io::stderr(), "{text}");
@@ -341,9 +352,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Run {
             opts,
             commit,
+            each,
             bases,
             command,
         } => {
+            if each.each {
+                let how = (&opts, commit.into(), each.jobs);
+                return each::run((&engine, &interrupts), &out, how, (&bases, command));
+            }
             return run_command(
                 (&engine, &interrupts),
                 &out,
@@ -436,7 +452,14 @@ fn run_command(
         interrupts.received()
     })?;
     let _writers_out = match ran {
-        runner::Ran::NotRun(failure) => return Err(failure),
+        runner::Ran::InUse(e) => return Err(e.into()),
+        runner::Ran::NotStarted { program, error } => {
+            return Err(anyhow::anyhow!(
+                "could not run {program:?}: {error}; transaction {} rolled back",
+                m.id
+            )
+            .into());
+        }
         runner::Ran::Stopped(sig) => {
             out.interrupted(&m.id, sig)?;
             return Ok(signal_exit(sig));

@@ -18,7 +18,7 @@ pub struct Out {
 
 // Stdout is line-buffered; a diff of 100 000 extents would cost one write(2) per line, so
 // both printers buffer the whole block and flush once.
-fn print_json(v: &Value) -> io::Result<()> {
+pub fn print_json(v: &Value) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     writeln!(o, "{v}")?;
     o.flush()
@@ -538,7 +538,7 @@ fn kept_aside_line(a: &Aside) -> String {
 }
 
 /// A signal's name (`SIGINT`), or its number.
-fn signal_name(sig: i32) -> String {
+pub fn signal_name(sig: i32) -> String {
     nix::sys::signal::Signal::try_from(sig)
         .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_owned())
 }

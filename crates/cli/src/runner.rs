@@ -29,8 +29,16 @@ pub enum Ran {
     Exited { code: i32, guards: Vec<OsGuard> },
     /// The user asked to stop (signal number): the transaction was rolled back.
     Stopped(i32),
-    /// The command could not be run: the transaction was rolled back.
-    NotRun(Failure),
+    /// Other writers could not be kept out of a base (a qemu process writes it): the
+    /// transaction was rolled back without running the command.
+    InUse(txn::Error),
+    /// The command could not be started: the transaction was rolled back.
+    NotStarted {
+        /// The program, as substituted.
+        program: String,
+        /// Why it could not be started.
+        error: io::Error,
+    },
 }
 
 /// How a commit ended, when it did not fail.
@@ -69,7 +77,7 @@ pub fn run_on(
         Ok(guards) => guards,
         Err(e) => {
             engine.rollback(&m.id)?;
-            return Ok(Ran::NotRun(e.into()));
+            return Ok(Ran::InUse(e));
         }
     };
     if let Some(sig) = stop() {
@@ -81,20 +89,16 @@ pub fn run_on(
         .iter()
         .map(|i| i.overlay.display().to_string())
         .collect();
-    let argv: Vec<String> = template.iter().map(|a| substitute(a, &overlays)).collect();
+    let mut argv: Vec<String> = template.iter().map(|a| substitute(a, &overlays)).collect();
     tracing::info!(tx = %m.id, command = ?argv, "running");
     let status =
         command(&m.id, (&argv, &overlays), json).and_then(|mut c| wait_for(interrupts, &mut c));
     let status = match status {
         Ok(s) => s,
-        Err(e) => {
+        Err(error) => {
             engine.rollback(&m.id)?;
-            let error = anyhow::anyhow!(
-                "could not run {:?}: {e}; transaction {} rolled back",
-                argv[0],
-                m.id
-            );
-            return Ok(Ran::NotRun(error.into()));
+            let program = argv.swap_remove(0);
+            return Ok(Ran::NotStarted { program, error });
         }
     };
     if let Some(sig) = stop() {
