@@ -146,9 +146,8 @@ fn fill<F: File + ?Sized, T>(
     } else {
         // What an edit just left in memory is read from there; the rest direct. The page
         // cache hands out whole pages, so the rest still starts aligned for direct I/O.
-        src.read_cached_at(dst, piece.offset).and_then(|n| {
-            src.read_exact_direct_at(&mut dst[n..], piece.offset + n as u64)
-        })
+        src.read_cached_at(dst, piece.offset)
+            .and_then(|n| src.read_exact_direct_at(&mut dst[n..], piece.offset + n as u64))
     };
     (at, read)
 }
