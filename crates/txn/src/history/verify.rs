@@ -215,6 +215,27 @@ enum Found {
 }
 
 impl Found {
+    fn of(item: &journal::Salvaged) -> Self {
+        match item {
+            journal::Salvaged::Record {
+                offset, payload, ..
+            } => {
+                // The journal's payload is the body as a byte string; the hash is over the
+                // body, exactly as stored.
+                let body = journal::format::decode_payload::<Vec<u8>>(payload).ok();
+                Found::Record {
+                    offset: *offset,
+                    hash: body.as_deref().map_or(ChainHash::ZERO, ChainHash::of_body),
+                    link: body.as_deref().and_then(chain::decode).map(Box::new),
+                }
+            }
+            journal::Salvaged::Damaged { offset, len } => Found::Damaged {
+                offset: *offset,
+                len: *len,
+            },
+        }
+    }
+
     fn seq(&self) -> Option<u64> {
         match self {
             Found::Record {
@@ -236,48 +257,81 @@ struct Good {
 
 /// Checks the chain over the items of a forensic walk, in file order.
 fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verification {
-    let found: Vec<Found> = items
+    let found: Vec<Found> = items.iter().map(Found::of).collect();
+    let mut walk = Walk {
+        v: Verification::empty(ChainFormat::Chained),
+        good: Vec::new(),
+    };
+    let problem = found
         .iter()
-        .map(|item| match item {
-            journal::Salvaged::Record {
-                offset, payload, ..
-            } => {
-                // The journal's payload is the body as a byte string; the hash is over the
-                // body, exactly as stored.
-                let body = journal::format::decode_payload::<Vec<u8>>(payload).ok();
-                Found::Record {
-                    offset: *offset,
-                    hash: body.as_deref().map_or(ChainHash::ZERO, ChainHash::of_body),
-                    link: body.as_deref().and_then(chain::decode).map(Box::new),
-                }
-            }
-            journal::Salvaged::Damaged { offset, len } => Found::Damaged {
-                offset: *offset,
-                len: *len,
-            },
-        })
-        .collect();
-    let mut v = Verification::empty(ChainFormat::Chained);
-    let mut good: Vec<Good> = Vec::new();
-    let mut problem = None;
-    for (i, f) in found.iter().enumerate() {
-        let record = good.len() as u64;
-        let entries = v.entries;
-        let at = |kind, id, offset, detail| Problem {
-            kind,
-            entry: entries,
-            id,
-            record,
-            offset,
-            detail,
+        .enumerate()
+        .find_map(|(i, f)| walk.step(f, &found[i + 1..]).err());
+    walk.finish(problem, anchor)
+}
+
+/// The walk along the chain: what verified so far.
+struct Walk {
+    v: Verification,
+    good: Vec<Good>,
+}
+
+impl Walk {
+    /// Checks one item against the records before it (`rest` are the items after it); a
+    /// record that verifies joins them.
+    fn step(&mut self, f: &Found, rest: &[Found]) -> Result<(), Problem> {
+        let (offset, hash, link) = self.record(f, rest)?;
+        let id = match &link.item {
+            Item::Entry(e) => Some(e.id.clone()),
+            _ => None,
         };
-        let (offset, hash, link) = match f {
+        let record = self.good.len() as u64;
+        if link.seq != record {
+            return Err(out_of_place(rest, link, record, |kind, detail| {
+                self.at(kind, id.clone(), Some(offset), detail)
+            }));
+        }
+        let is_genesis = matches!(link.item, Item::Genesis(_));
+        if record == 0 && (!is_genesis || link.prev != [0; 32]) {
+            let detail = "the history does not begin with its genesis record".into();
+            return Err(self.at(ProblemKind::BadStart, id, Some(offset), detail));
+        }
+        if record > 0 && is_genesis {
+            let detail = format!("record {record} is a second genesis: histories were spliced");
+            return Err(self.at(ProblemKind::BadStart, id, Some(offset), detail));
+        }
+        self.check_link(link, offset)?;
+        self.accept(link, hash, offset);
+        Ok(())
+    }
+
+    /// The record `f` is, or the problem when it is none: damage, or a frame that passes
+    /// its checksum but holds no history record.
+    fn record<'f>(
+        &self,
+        f: &'f Found,
+        rest: &[Found],
+    ) -> Result<(u64, ChainHash, &'f Link), Problem> {
+        match f {
+            Found::Record {
+                offset,
+                hash,
+                link: Some(link),
+            } => Ok((*offset, *hash, link)),
+            Found::Record {
+                offset, link: None, ..
+            } => Err(self.at(
+                ProblemKind::Damaged,
+                None,
+                Some(*offset),
+                format!(
+                    "the record at {offset:#x} passes its checksum but is not a history \
+                     record: imgtx never wrote it"
+                ),
+            )),
             Found::Damaged { offset, len } => {
-                let later = found[i + 1..]
-                    .iter()
-                    .any(|g| matches!(g, Found::Record { .. }));
-                problem = Some(if later {
-                    at(
+                let later = rest.iter().any(|g| matches!(g, Found::Record { .. }));
+                Err(if later {
+                    self.at(
                         ProblemKind::Damaged,
                         None,
                         Some(*offset),
@@ -288,7 +342,7 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
                         ),
                     )
                 } else {
-                    at(
+                    self.at(
                         ProblemKind::TruncatedTail,
                         None,
                         Some(*offset),
@@ -299,130 +353,113 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
                              aside)"
                         ),
                     )
-                });
-                break;
+                })
             }
-            Found::Record {
-                offset, link: None, ..
-            } => {
-                problem = Some(at(
-                    ProblemKind::Damaged,
-                    None,
-                    Some(*offset),
-                    format!(
-                        "the record at {offset:#x} passes its checksum but is not a history \
-                         record: imgtx never wrote it"
-                    ),
-                ));
-                break;
-            }
-            Found::Record {
-                offset,
-                hash,
-                link: Some(link),
-            } => (*offset, *hash, link),
+        }
+    }
+
+    /// Checks that `link` (at `offset`) carries the hash of the record before it. When it
+    /// does not, the record before changed after this one was written (or this one's link
+    /// did): the chain no longer vouches for either, and the problem names the earlier one.
+    fn check_link(&mut self, link: &Link, offset: u64) -> Result<(), Problem> {
+        let Some(before) = self.good.last() else {
+            return Ok(());
         };
-        let id = match &link.item {
-            Item::Entry(e) => Some(e.id.clone()),
-            _ => None,
+        if ChainHash(link.prev) == before.hash {
+            return Ok(());
+        }
+        let record = self.good.len() as u64;
+        let edited = self.good.pop().expect("a record before");
+        let (entry, edited_id) = match edited.entry {
+            Some((index, id)) => (index, Some(id)),
+            None => (self.v.entries, None),
         };
-        if link.seq != record {
-            problem = Some(out_of_place(
-                &found[i + 1..],
-                link,
-                record,
-                |kind, detail| at(kind, id.clone(), Some(offset), detail),
-            ));
-            break;
-        }
-        let is_genesis = matches!(link.item, Item::Genesis(_));
-        if record == 0 && (!is_genesis || link.prev != [0; 32]) {
-            problem = Some(at(
-                ProblemKind::BadStart,
-                id,
-                Some(offset),
-                "the history does not begin with its genesis record".into(),
-            ));
-            break;
-        }
-        if record > 0 && is_genesis {
-            problem = Some(at(
-                ProblemKind::BadStart,
-                id,
-                Some(offset),
-                format!("record {record} is a second genesis: histories were spliced"),
-            ));
-            break;
-        }
-        if let Some(before) = good.last() {
-            if ChainHash(link.prev) != before.hash {
-                // The record before this one changed after this one was written (or this
-                // one's link did): the chain no longer vouches for either.
-                let edited = good.pop().expect("a record before");
-                let (entry, edited_id) = match edited.entry {
-                    Some((index, id)) => (index, Some(id)),
-                    None => (v.entries, None),
-                };
-                v.entries = entry;
-                let what = match &edited_id {
-                    Some(id) => format!("entry {entry} ({id})"),
-                    None => format!("record {}", record - 1),
-                };
-                problem = Some(Problem {
-                    kind: ProblemKind::Edited,
-                    entry,
-                    id: edited_id,
-                    record: record - 1,
-                    offset: Some(edited.offset),
-                    detail: format!(
-                        "{what} was changed after the record after it (at {offset:#x}) was \
-                         written: its hash is no longer the one that record carries"
-                    ),
-                });
-                break;
-            }
-        }
+        self.v.entries = entry;
+        let what = match &edited_id {
+            Some(id) => format!("entry {entry} ({id})"),
+            None => format!("record {}", record - 1),
+        };
+        Err(Problem {
+            kind: ProblemKind::Edited,
+            entry,
+            id: edited_id,
+            record: record - 1,
+            offset: Some(edited.offset),
+            detail: format!(
+                "{what} was changed after the record after it (at {offset:#x}) was written: \
+                 its hash is no longer the one that record carries"
+            ),
+        })
+    }
+
+    /// Adds a record that verified.
+    fn accept(&mut self, link: &Link, hash: ChainHash, offset: u64) {
         let entry = match &link.item {
             Item::Genesis(g) => {
-                v.genesis = Some(hash);
-                v.created = Some(g.created.clone());
-                v.carried_over = g.carried_over.clone();
+                self.v.genesis = Some(hash);
+                self.v.created = Some(g.created.clone());
+                self.v.carried_over = g.carried_over.clone();
                 None
             }
             Item::Entry(e) => {
-                v.entries += 1;
-                Some((v.entries - 1, e.id.clone()))
+                self.v.entries += 1;
+                Some((self.v.entries - 1, e.id.clone()))
             }
             Item::KeptAside(k) => {
-                v.kept_aside.push(Aside {
-                    after: good
-                        .iter()
-                        .rev()
-                        .find_map(|g| g.entry.as_ref().map(|e| e.1.clone())),
+                let after = self
+                    .good
+                    .iter()
+                    .rev()
+                    .find_map(|g| g.entry.as_ref().map(|e| e.1.clone()));
+                self.v.kept_aside.push(Aside {
+                    after,
                     kept: k.clone(),
                 });
                 None
             }
         };
-        good.push(Good {
+        self.good.push(Good {
             hash,
             offset,
             entry,
         });
     }
-    v.records = good.len() as u64;
-    v.head = good.last().map(|g| g.hash);
-    v.verified = problem.is_none();
-    v.problem = problem;
-    v.anchor = anchor.map(|hash| {
-        let record = good.iter().position(|g| g.hash == *hash).map(|i| i as u64);
-        AnchorCheck {
-            hash: *hash,
-            record,
-            records_after: record.map_or(0, |r| v.records - r - 1),
+
+    /// A problem at the current position of the walk.
+    fn at(
+        &self,
+        kind: ProblemKind,
+        id: Option<TxId>,
+        offset: Option<u64>,
+        detail: String,
+    ) -> Problem {
+        Problem {
+            kind,
+            entry: self.v.entries,
+            id,
+            record: self.good.len() as u64,
+            offset,
+            detail,
         }
-    });
-    v
+    }
+
+    /// The verification: what verified, the first problem, and where `anchor` is.
+    fn finish(self, problem: Option<Problem>, anchor: Option<&ChainHash>) -> Verification {
+        let Walk { mut v, good } = self;
+        v.records = good.len() as u64;
+        v.head = good.last().map(|g| g.hash);
+        v.verified = problem.is_none();
+        v.problem = problem;
+        v.anchor = anchor.map(|hash| {
+            let record = good.iter().position(|g| g.hash == *hash).map(|i| i as u64);
+            AnchorCheck {
+                hash: *hash,
+                record,
+                records_after: record.map_or(0, |r| v.records - r - 1),
+            }
+        });
+        v
+    }
 }
 
 /// The problem with `link`, found at position `record` where its own `seq` differs: the
