@@ -29,7 +29,8 @@ use sha2::{Digest, Sha256};
 use storage::{File, Fs};
 
 use super::chain::{CarriedOver, ChainHash, Genesis, Item, KeptAside};
-use super::{ChainJournal, EntryV1, HistoryEntry, IDENTITY_V2};
+use super::entry::{EntryV1, HistoryEntry};
+use super::file::{append_link, link_to, salt, ChainJournal, IDENTITY_V2};
 use crate::error::{Error, Result};
 use crate::files::{remove_if_exists, sync_dir};
 
@@ -60,7 +61,7 @@ pub(super) fn keep_damaged<S: Fs>(
         tail_bytes,
         when: now.to_owned(),
     };
-    super::link_to(&mut j, &replay.records, Item::KeptAside(record), now)
+    link_to(&mut j, &replay.records, Item::KeptAside(record), now)
         .and_then(|_| j.sync())
         .map_err(Error::journal(&tmp))?;
     drop(j);
@@ -92,7 +93,7 @@ pub(super) fn convert_v1<S: Fs>(fs: &S, path: &Path, now: &str) -> Result<()> {
     let mut j =
         ChainJournal::<S::File>::create(fs, &tmp, IDENTITY_V2).map_err(Error::journal(&tmp))?;
     let genesis = Genesis {
-        salt: super::salt(),
+        salt: salt(),
         created: now.to_owned(),
         carried_over: Some(CarriedOver {
             file: kept.clone(),
@@ -104,9 +105,9 @@ pub(super) fn convert_v1<S: Fs>(fs: &S, path: &Path, now: &str) -> Result<()> {
     };
     let entries = replay.records.into_iter().map(HistoryEntry::from);
     let appended = (|| {
-        let mut prev = super::append_link(&mut j, ChainHash::ZERO, Item::Genesis(genesis))?;
+        let mut prev = append_link(&mut j, ChainHash::ZERO, Item::Genesis(genesis))?;
         for entry in entries {
-            prev = super::append_link(&mut j, prev, Item::Entry(entry))?;
+            prev = append_link(&mut j, prev, Item::Entry(entry))?;
         }
         j.sync()
     })();

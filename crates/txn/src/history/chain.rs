@@ -13,7 +13,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::HistoryEntry;
+use super::entry::HistoryEntry;
 
 /// Mixed into every record hash, so that no other SHA-256 (of a file, of an image) can be
 /// taken for one.

@@ -14,7 +14,9 @@ use storage::sim::{Damage, SimFs};
 use storage::Fs;
 
 use super::chain::{self, ChainHash, Item};
+use super::entry::EntryV1;
 use super::*;
+use crate::id::TxId;
 
 const DIR: &str = "/state";
 const NOW: &str = "2026-11-27T10:15:00Z";
