@@ -26,7 +26,14 @@ fn read_cached_at_reads_what_the_page_cache_holds_and_nothing_else() {
     let cold = f.read_cached_at(&mut cold_buf, 0).unwrap();
 
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(warm, data.len(), "a file just written reads whole from the cache");
+    assert_eq!(
+        warm,
+        data.len(),
+        "a file just written reads whole from the cache"
+    );
     assert_eq!(buf, data);
-    assert!(cold < data.len(), "{cold} bytes read from a cache that was dropped");
+    assert!(
+        cold < data.len(),
+        "{cold} bytes read from a cache that was dropped"
+    );
 }
