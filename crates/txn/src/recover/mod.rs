@@ -40,36 +40,7 @@ pub(crate) fn recover<S: Fs, H: Host>(
     for id in e.state.list(&e.fs)? {
         manifests.extend(e.state.load(&e.fs, &id)?);
     }
-    let mut bases: Vec<PathBuf> = if opts.paths.is_empty() && opts.scan.is_empty() {
-        // A revert has no manifest: its journals lie beside the bases of the transaction it
-        // reverts, whose kept record stays until the revert is over.
-        let kept = e.state.list_kept(&e.fs)?;
-        let mut bases: Vec<PathBuf> = manifests
-            .iter()
-            .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
-            .chain(
-                kept.iter()
-                    .flat_map(|k| k.images.iter().map(|i| i.base.clone())),
-            )
-            .collect();
-        bases.sort();
-        bases.dedup();
-        bases
-    } else {
-        // User paths may reach a base through a symlink; what is stored never does.
-        opts.paths
-            .iter()
-            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
-            .collect::<Result<_>>()?
-    };
-    if !opts.scan.is_empty() {
-        let dirs = opts
-            .scan
-            .iter()
-            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
-            .collect::<Result<Vec<_>>>()?;
-        bases.extend(discover::scan(&e.fs, &dirs)?);
-    }
+    let bases = bases_to_recover(e, opts, &manifests)?;
     let mut report = RecoverReport {
         dry_run: opts.dry_run,
         ..RecoverReport::default()
@@ -143,6 +114,47 @@ pub(crate) fn recover<S: Fs, H: Host>(
             .extend(leftovers::orphans(e, &commits, opts.dry_run)?);
     }
     Ok(report)
+}
+
+/// The bases to look at: those the user named (resolved) and those found under the
+/// directories to scan; when none are named, every base of this state directory's
+/// transactions and kept records.
+fn bases_to_recover<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    opts: &RecoverOptions,
+    manifests: &[crate::manifest::Manifest],
+) -> Result<Vec<PathBuf>> {
+    let mut bases: Vec<PathBuf> = if opts.paths.is_empty() && opts.scan.is_empty() {
+        // A revert has no manifest: its journals lie beside the bases of the transaction it
+        // reverts, whose kept record stays until the revert is over.
+        let kept = e.state.list_kept(&e.fs)?;
+        let mut bases: Vec<PathBuf> = manifests
+            .iter()
+            .flat_map(|m| m.images.iter().map(|i| i.base.clone()))
+            .chain(
+                kept.iter()
+                    .flat_map(|k| k.images.iter().map(|i| i.base.clone())),
+            )
+            .collect();
+        bases.sort();
+        bases.dedup();
+        bases
+    } else {
+        // User paths may reach a base through a symlink; what is stored never does.
+        opts.paths
+            .iter()
+            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
+            .collect::<Result<_>>()?
+    };
+    if !opts.scan.is_empty() {
+        let dirs = opts
+            .scan
+            .iter()
+            .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
+            .collect::<Result<Vec<_>>>()?;
+        bases.extend(discover::scan(&e.fs, &dirs)?);
+    }
+    Ok(bases)
 }
 
 /// True when a failure so far came from the storage itself (a failed write or sync): what
