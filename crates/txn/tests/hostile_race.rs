@@ -163,15 +163,17 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
     let min_cycles: u64 = if full() { 2_000 } else { 40 };
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
+    // Milliseconds between swaps: slow enough that the engine gets through whole cycles
+    // between them; raised below when a loaded machine lets the racer break every ending.
+    let pause = Arc::new(AtomicU64::new(2));
     let racer = {
-        let (stop, rounds) = (Arc::clone(&stop), Arc::clone(&rounds));
+        let (stop, rounds, pause) = (Arc::clone(&stop), Arc::clone(&rounds), Arc::clone(&pause));
         let (images, victim_dir, victim) = (images.clone(), victim_dir.clone(), victim.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let n = rounds.fetch_add(1, Ordering::SeqCst);
                 swap_once(n, &images, &victim_dir, &victim);
-                // Slow enough that the engine gets through whole cycles between swaps.
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(pause.load(Ordering::SeqCst)));
             }
         })
     };
@@ -196,6 +198,12 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
         && started.elapsed() < limit
     {
         cycles += 1;
+        if cycles % min_cycles == 0 && !proved(&ok) {
+            // Every ending broken so far: the engine is slow here, so the racer slows down
+            // (it still swaps throughout, so what completes still completed under it).
+            let p = pause.load(Ordering::SeqCst);
+            pause.store((p * 2).min(256), Ordering::SeqCst);
+        }
         // Whatever an ending the racer broke left behind is settled first: finished or
         // undone by recover, then rolled back.
         note(
