@@ -20,10 +20,12 @@ use txn::{Format, Host, OsGuard, OsHost, Released, TxId};
 
 type OpenHook = Arc<dyn Fn(&Path) + Send + Sync>;
 
-/// The real file system, except that `before_open` runs with the path just before each open.
+/// The real file system, except that `before_open` runs with the path just before each open,
+/// and `before_link` with the source path just before each hard link.
 #[derive(Clone, Default)]
 pub struct HookedFs {
     before_open: Option<OpenHook>,
+    before_link: Option<OpenHook>,
 }
 
 impl HookedFs {
@@ -31,6 +33,15 @@ impl HookedFs {
     pub fn before_open(hook: impl Fn(&Path) + Send + Sync + 'static) -> Self {
         Self {
             before_open: Some(Arc::new(hook)),
+            before_link: None,
+        }
+    }
+
+    /// The real file system, running `hook` with the source path before each hard link.
+    pub fn before_link(hook: impl Fn(&Path) + Send + Sync + 'static) -> Self {
+        Self {
+            before_open: None,
+            before_link: Some(Arc::new(hook)),
         }
     }
 }
@@ -68,6 +79,9 @@ impl Fs for HookedFs {
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if let Some(hook) = &self.before_link {
+            hook(from);
+        }
         OsFs.hard_link(from, to)
     }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::layout;
-use crate::manifest::{Holder, Manifest};
+use crate::manifest::{DevIno, Holder, Manifest};
 
 /// What a claim file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,11 +146,27 @@ pub(crate) fn take<S: Fs>(fs: &S, base: &Path, claim: &Claim) -> Result<Option<F
         .map_err(Error::io("make readable", &tmp))?;
     // Barrier: the claim's content is durable before it can appear under the claim's name.
     f.sync_data().map_err(Error::io("sync", &tmp))?;
-    drop(f);
     let linked = fs.hard_link(&tmp, &path);
     remove_if_exists(fs, &tmp)?;
     match linked {
         Ok(()) => {
+            // link(2) links whatever the draft's name holds now, a symlink too: what was
+            // linked must be the file just written, or it is not a claim, and the image
+            // would be held by nothing anybody could release.
+            let drafted = DevIno::of(&f.stat().map_err(Error::io("stat", &tmp))?);
+            let meta = fs.metadata(&path).map_err(Error::io("stat", &path))?;
+            if meta.as_ref().map(DevIno::of) != Some(drafted) {
+                if meta.is_some() {
+                    remove_if_exists(fs, &path)?;
+                }
+                sync_dir(fs, dir)?;
+                return Err(Error::InvalidBase {
+                    path: base.to_path_buf(),
+                    reason: "its claim was replaced while it was being made: something else \
+                             writes in its directory"
+                        .into(),
+                });
+            }
             // Barrier: the claim survives a crash, or a second transaction could take the
             // image while the first still has an overlay over it.
             sync_dir(fs, dir)?;

@@ -215,6 +215,48 @@ fn begun_raw<H: Host>(tmp: &Path, host: H) -> (PathBuf, Swap, Engine<HookedFs, H
     (base, swap, engine, m)
 }
 
+/// A begin whose claim draft is replaced by a symlink just before it is linked to the
+/// claim's name (link(2) links the symlink itself): the begin is refused, nothing is left
+/// that holds the image, and the next begin takes it.
+#[test]
+fn a_claim_draft_swapped_for_a_symlink_never_becomes_the_claim() {
+    let _serial = serial();
+    // Arrange
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let base = fixture::write_base(tmp.path());
+    let victim = tmp.path().join("victim");
+    fs::write(&victim, b"victim").expect("write the victim");
+    let armed = Arc::new(Mutex::new(Some(victim.clone())));
+    let fire = Arc::clone(&armed);
+    let hooked = HookedFs::before_link(move |from| {
+        if from.to_string_lossy().ends_with(".imgtx.claim") {
+            if let Some(victim) = fire.lock().expect("lock").take() {
+                fs::remove_file(from).expect("remove the draft");
+                std::os::unix::fs::symlink(&victim, from).expect("plant the symlink");
+            }
+        }
+    });
+    let engine =
+        Engine::new(hooked, OsHost::default(), tmp.path().join("state")).expect("an engine");
+    // Act
+    let err = engine
+        .begin(&fixture::begin_options(std::slice::from_ref(&base)))
+        .expect_err("a begin whose claim was swapped must fail");
+    // Assert
+    assert!(armed.lock().expect("lock").is_none(), "the swap fired");
+    assert!(
+        err.to_string().contains("replaced while it was being made"),
+        "{err}"
+    );
+    let claim = base.with_file_name(".base.raw.imgtx.claim");
+    assert!(
+        fs::symlink_metadata(&claim).is_err(),
+        "a claim is left: {claim:?}"
+    );
+    assert_eq!(fs::read(&victim).expect("read the victim"), b"victim");
+    fixture::begin_raw(&engine, &base);
+}
+
 /// [`begun_raw`], with the overlay holding 0xaa over the whole base; `None` without qemu-io.
 fn begun_raw_written<H: Host>(
     tmp: &Path,
