@@ -28,7 +28,7 @@ pub enum Error {
         reason: String,
         /// Why its payload does not decode, when that is what failed.
         #[source]
-        source: Option<crate::format::DecodeError>,
+        source: Option<DecodeError>,
     },
 
     /// A record could not be encoded with postcard.
@@ -103,7 +103,7 @@ pub enum Error {
         record: u64,
         /// Why it does not decode.
         #[source]
-        source: crate::format::DecodeError,
+        source: DecodeError,
     },
 
     /// The header names a format version this build does not know.
@@ -128,4 +128,15 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> E
         path: path.display().to_string(),
         source,
     }
+}
+
+/// Why a record payload whose checksum passed is not a record.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// postcard refused the bytes.
+    #[error("its payload does not decode")]
+    Postcard(#[source] postcard::Error),
+    /// A record decoded from a prefix of the payload.
+    #[error("its payload has {0} trailing bytes")]
+    Trailing(usize),
 }

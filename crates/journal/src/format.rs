@@ -38,7 +38,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{DecodeError, Error, Result};
 
 /// The file's first eight bytes.
 pub const MAGIC: [u8; 8] = *b"IMGTXJNL";
@@ -322,17 +322,6 @@ pub fn parse_frame_header(b: &[u8; FRAME_HEADER_LEN as usize]) -> FrameHeader {
 /// Encodes a record payload. The one place records become bytes.
 pub fn encode_payload<T: Serialize>(record: &T) -> Result<Vec<u8>> {
     postcard::to_stdvec(record).map_err(|source| Error::Encode { source })
-}
-
-/// Why a record payload whose checksum passed is not a record.
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    /// postcard refused the bytes.
-    #[error("its payload does not decode")]
-    Postcard(#[source] postcard::Error),
-    /// A record decoded from a prefix of the payload.
-    #[error("its payload has {0} trailing bytes")]
-    Trailing(usize),
 }
 
 /// Decodes a record payload, which must be consumed exactly. The one place bytes become records.

@@ -40,7 +40,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use storage::{File, Fs};
 
-pub use error::{Error, Result};
+pub use error::{DecodeError, Error, Result};
 pub use replay::{RecoveryMode, Salvage, Salvaged};
 pub use writer::Journal;
 
