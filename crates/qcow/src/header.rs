@@ -356,6 +356,74 @@ pub(crate) fn read_header<R: ReadAt + ?Sized>(src: &R, file_len: u64) -> Result<
 }
 
 fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Result<Header> {
+    let cluster_size = check_fields(raw, file_len)?;
+    // Feature policy: refuse what we cannot read correctly, before trusting any table.
+    if raw.backing_file_offset > cluster_size {
+        return Err(invalid(format!(
+            "backing_file_offset {:#x} is past the first cluster",
+            raw.backing_file_offset
+        )));
+    }
+    let ext_area_end = if raw.backing_file_offset != 0 {
+        raw.backing_file_offset
+    } else {
+        cluster_size
+    };
+    // qemu reads extensions for v2 images too (qemu-img puts the backing format there).
+    let exts = read_extensions(
+        src,
+        u64::from(raw.header_length),
+        ext_area_end.min(file_len),
+    )?;
+    let (compression, extended_l2) = check_features(raw, &exts)?;
+    check_tables(raw, cluster_size, extended_l2, file_len)?;
+    let backing_file = read_backing_name(src, raw, cluster_size, file_len)?;
+    let incompat = raw.incompatible_features;
+
+    let virtual_size = virtual_size(raw.size);
+    if virtual_size != raw.size {
+        tracing::debug!(
+            size_field = raw.size,
+            virtual_size,
+            "size field is not a multiple of 512; read as rounded down, as qemu does"
+        );
+    }
+
+    Ok(Header {
+        version: raw.version,
+        cluster_bits: raw.cluster_bits,
+        virtual_size,
+        backing_file,
+        backing_format: exts.backing_format,
+        dirty: incompat & INCOMPAT_DIRTY != 0,
+        l1_size: raw.l1_size,
+        l1_table_offset: HostOffset(raw.l1_table_offset),
+        refcount_table_offset: HostOffset(raw.refcount_table_offset),
+        refcount_table_clusters: raw.refcount_table_clusters,
+        refcount_order: raw.refcount_order,
+        nb_snapshots: raw.nb_snapshots,
+        snapshots_offset: HostOffset(raw.snapshots_offset),
+        incompatible_features: raw.incompatible_features,
+        compatible_features: raw.compatible_features,
+        autoclear_features: raw.autoclear_features,
+        header_length: raw.header_length,
+        compression,
+        extended_l2,
+        bitmaps: if raw.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
+            exts.bitmaps
+        } else {
+            if exts.bitmaps.is_some() {
+                tracing::debug!("bitmaps extension present but marked inconsistent; ignored");
+            }
+            None
+        },
+        backing_file_offset: raw.backing_file_offset,
+    })
+}
+
+/// The header's own fields: a version that exists, a cluster size in range, a v3 header's
+/// length and padding, a refcount width. Returns the cluster size.
+fn check_fields(raw: &RawHeader, file_len: u64) -> Result<u64> {
     if raw.version != 2 && raw.version != 3 {
         return Err(Error::Unsupported(format!(
             "qcow2 version {} (only 2 and 3 exist)",
@@ -400,31 +468,18 @@ fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Resu
             raw.refcount_order
         )));
     }
+    Ok(cluster_size)
+}
 
-    // Feature policy: refuse what we cannot read correctly, before trusting any table.
+/// The features: nothing unknown, corrupt, external, encrypted or inconsistent. Returns the
+/// compression type and whether L2 entries are extended.
+fn check_features(raw: &RawHeader, exts: &Extensions) -> Result<(Compression, bool)> {
     let incompat = raw.incompatible_features;
     let known = INCOMPAT_DIRTY
         | INCOMPAT_CORRUPT
         | INCOMPAT_DATA_FILE
         | INCOMPAT_COMPRESSION
         | INCOMPAT_EXTENDED_L2;
-    let ext_area_end = if raw.backing_file_offset != 0 {
-        raw.backing_file_offset
-    } else {
-        cluster_size
-    };
-    if raw.backing_file_offset > cluster_size {
-        return Err(invalid(format!(
-            "backing_file_offset {:#x} is past the first cluster",
-            raw.backing_file_offset
-        )));
-    }
-    // qemu reads extensions for v2 images too (qemu-img puts the backing format there).
-    let exts = read_extensions(
-        src,
-        u64::from(raw.header_length),
-        ext_area_end.min(file_len),
-    )?;
     let unknown = incompat & !known;
     if unknown != 0 {
         let bit = unknown.trailing_zeros();
@@ -485,8 +540,17 @@ fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Resu
             raw.cluster_bits
         )));
     }
+    Ok((compression, extended_l2))
+}
 
-    // Tables: aligned, bounded, inside the file.
+/// The tables: aligned, bounded, inside the file, and an L1 table large enough for the
+/// virtual size.
+fn check_tables(
+    raw: &RawHeader,
+    cluster_size: u64,
+    extended_l2: bool,
+    file_len: u64,
+) -> Result<()> {
     if raw.refcount_table_clusters == 0 {
         return Err(invalid("the image has no refcount table"));
     }
@@ -551,68 +615,35 @@ fn validate<R: ReadAt + ?Sized>(src: &R, raw: &RawHeader, file_len: u64) -> Resu
             raw.l1_size, raw.size
         )));
     }
+    Ok(())
+}
 
-    // Backing file name: inside cluster 0, never opened here.
-    let backing_file = if raw.backing_file_offset != 0 {
-        let len = raw.backing_file_size;
-        if len as usize > MAX_BACKING_NAME {
-            return Err(invalid(format!(
-                "the backing file name is {len} bytes, longer than {MAX_BACKING_NAME}"
-            )));
-        }
-        let end = raw.backing_file_offset + u64::from(len);
-        if end > cluster_size || end > file_len {
-            return Err(invalid(format!(
-                "the backing file name ({len} bytes at {:#x}) runs past the first cluster or the file",
-                raw.backing_file_offset
-            )));
-        }
-        let mut name = vec![0u8; len as usize];
-        read_exact(src, &mut name, raw.backing_file_offset)?;
-        Some(utf8("backing file name", &name)?)
-    } else {
-        None
-    };
-
-    let virtual_size = virtual_size(raw.size);
-    if virtual_size != raw.size {
-        tracing::debug!(
-            size_field = raw.size,
-            virtual_size,
-            "size field is not a multiple of 512; read as rounded down, as qemu does"
-        );
+/// The backing file name: inside cluster 0, never opened here.
+fn read_backing_name<R: ReadAt + ?Sized>(
+    src: &R,
+    raw: &RawHeader,
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<Option<String>> {
+    if raw.backing_file_offset == 0 {
+        return Ok(None);
     }
-
-    Ok(Header {
-        version: raw.version,
-        cluster_bits: raw.cluster_bits,
-        virtual_size,
-        backing_file,
-        backing_format: exts.backing_format,
-        dirty: incompat & INCOMPAT_DIRTY != 0,
-        l1_size: raw.l1_size,
-        l1_table_offset: HostOffset(raw.l1_table_offset),
-        refcount_table_offset: HostOffset(raw.refcount_table_offset),
-        refcount_table_clusters: raw.refcount_table_clusters,
-        refcount_order: raw.refcount_order,
-        nb_snapshots: raw.nb_snapshots,
-        snapshots_offset: HostOffset(raw.snapshots_offset),
-        incompatible_features: raw.incompatible_features,
-        compatible_features: raw.compatible_features,
-        autoclear_features: raw.autoclear_features,
-        header_length: raw.header_length,
-        compression,
-        extended_l2,
-        bitmaps: if raw.autoclear_features & AUTOCLEAR_BITMAPS != 0 {
-            exts.bitmaps
-        } else {
-            if exts.bitmaps.is_some() {
-                tracing::debug!("bitmaps extension present but marked inconsistent; ignored");
-            }
-            None
-        },
-        backing_file_offset: raw.backing_file_offset,
-    })
+    let len = raw.backing_file_size;
+    if len as usize > MAX_BACKING_NAME {
+        return Err(invalid(format!(
+            "the backing file name is {len} bytes, longer than {MAX_BACKING_NAME}"
+        )));
+    }
+    let end = raw.backing_file_offset + u64::from(len);
+    if end > cluster_size || end > file_len {
+        return Err(invalid(format!(
+            "the backing file name ({len} bytes at {:#x}) runs past the first cluster or the file",
+            raw.backing_file_offset
+        )));
+    }
+    let mut name = vec![0u8; len as usize];
+    read_exact(src, &mut name, raw.backing_file_offset)?;
+    Ok(Some(utf8("backing file name", &name)?))
 }
 
 #[derive(Default)]
