@@ -144,59 +144,7 @@ pub(crate) fn decode(
 ) -> Result<Cluster> {
     let cs = h.cluster_size();
     if entry & OFLAG_COMPRESSED != 0 {
-        if entry & OFLAG_COPIED != 0 {
-            return Err(corrupt(
-                at,
-                format!("compressed L2 entry {entry:#018x} has the COPIED bit set"),
-            ));
-        }
-        if h.extended_l2 && bitmap != 0 {
-            return Err(corrupt(
-                at,
-                format!(
-                    "compressed extended L2 entry has a non-zero subcluster bitmap {bitmap:#018x}"
-                ),
-            ));
-        }
-        let x = 62 - (h.cluster_bits - 8);
-        let offset = entry & ((1u64 << x) - 1);
-        if x > 56 && offset >> 56 != 0 {
-            return Err(corrupt(
-                at,
-                format!("compressed L2 entry {entry:#018x} has an offset beyond 2^56"),
-            ));
-        }
-        let nsect = ((entry >> x) & ((1u64 << (h.cluster_bits - 8)) - 1)) + 1;
-        let len = nsect * 512 - (offset & 511);
-        if offset >= file_len {
-            return Err(corrupt(
-                at,
-                format!("L2 entry points to compressed data at {offset:#x}, past the end of the file ({file_len:#x})"),
-            ));
-        }
-        // qemu's files may end inside the last compressed cluster, so `qemu-img check`
-        // tolerates data running past the end of the file by less than one cluster, and
-        // calls anything longer a corruption ("counting reference for region exceeding the
-        // end of the file by one cluster or more", `qcow2_inc_refcounts_imrt`).
-        if offset + len >= file_len.saturating_add(cs) {
-            return Err(corrupt(
-                at,
-                format!(
-                    "L2 entry points to {len:#x} bytes of compressed data at {offset:#x}, \
-                     reaching a cluster or more past the end of the file ({file_len:#x})"
-                ),
-            ));
-        }
-        // The whole sectors holding the data may not share a metadata cluster either.
-        check_host(
-            layout,
-            file_len,
-            at,
-            offset & !511,
-            offset + len,
-            "compressed data",
-        )?;
-        return Ok(Cluster::Compressed { offset, len });
+        return decode_compressed(h, (layout, file_len), at, entry, bitmap);
     }
     if entry & L2E_STD_RESERVED_MASK != 0 {
         return Err(corrupt(
@@ -216,33 +164,7 @@ pub(crate) fn decode(
         check_host(layout, file_len, at, host, host + cs, "a data cluster")?;
     }
     if h.extended_l2 {
-        let alloc = (bitmap & 0xffff_ffff) as u32;
-        let zero = (bitmap >> 32) as u32;
-        if alloc & zero != 0 {
-            return Err(corrupt(
-                at,
-                format!(
-                    "subcluster bitmap {bitmap:#018x} marks subclusters both allocated and zero"
-                ),
-            ));
-        }
-        if host_opt.is_none() && alloc != 0 {
-            return Err(corrupt(
-                at,
-                format!("subcluster bitmap {bitmap:#018x} marks subclusters allocated in an unallocated cluster"),
-            ));
-        }
-        // qemu ignores the standard zero flag (bit 0) when subclusters are in use.
-        return Ok(match (host_opt, alloc, zero) {
-            (None, 0, 0) => Cluster::Unallocated,
-            (_, 0, u32::MAX) => Cluster::Zero { host: host_opt },
-            (Some(host), u32::MAX, 0) => Cluster::Data { host },
-            _ => Cluster::Sub {
-                host: host_opt,
-                alloc,
-                zero,
-            },
-        });
+        return decode_extended(at, host_opt, bitmap);
     }
     // qemu honours the zero flag in v2 images as well (`qcow2_get_cluster_type`).
     Ok(if entry & OFLAG_ZERO != 0 {
@@ -252,5 +174,96 @@ pub(crate) fn decode(
             Some(host) => Cluster::Data { host },
             None => Cluster::Unallocated,
         }
+    })
+}
+
+/// Decodes a compressed cluster's entry: where its data lies, and how long it may be.
+fn decode_compressed(
+    h: &Header,
+    (layout, file_len): (&Layout, u64),
+    at: u64,
+    entry: u64,
+    bitmap: u64,
+) -> Result<Cluster> {
+    let cs = h.cluster_size();
+    if entry & OFLAG_COPIED != 0 {
+        return Err(corrupt(
+            at,
+            format!("compressed L2 entry {entry:#018x} has the COPIED bit set"),
+        ));
+    }
+    if h.extended_l2 && bitmap != 0 {
+        return Err(corrupt(
+            at,
+            format!("compressed extended L2 entry has a non-zero subcluster bitmap {bitmap:#018x}"),
+        ));
+    }
+    let x = 62 - (h.cluster_bits - 8);
+    let offset = entry & ((1u64 << x) - 1);
+    if x > 56 && offset >> 56 != 0 {
+        return Err(corrupt(
+            at,
+            format!("compressed L2 entry {entry:#018x} has an offset beyond 2^56"),
+        ));
+    }
+    let nsect = ((entry >> x) & ((1u64 << (h.cluster_bits - 8)) - 1)) + 1;
+    let len = nsect * 512 - (offset & 511);
+    if offset >= file_len {
+        return Err(corrupt(
+            at,
+            format!("L2 entry points to compressed data at {offset:#x}, past the end of the file ({file_len:#x})"),
+        ));
+    }
+    // qemu's files may end inside the last compressed cluster, so `qemu-img check`
+    // tolerates data running past the end of the file by less than one cluster, and
+    // calls anything longer a corruption ("counting reference for region exceeding the
+    // end of the file by one cluster or more", `qcow2_inc_refcounts_imrt`).
+    if offset + len >= file_len.saturating_add(cs) {
+        return Err(corrupt(
+            at,
+            format!(
+                "L2 entry points to {len:#x} bytes of compressed data at {offset:#x}, \
+                 reaching a cluster or more past the end of the file ({file_len:#x})"
+            ),
+        ));
+    }
+    // The whole sectors holding the data may not share a metadata cluster either.
+    check_host(
+        layout,
+        file_len,
+        at,
+        offset & !511,
+        offset + len,
+        "compressed data",
+    )?;
+    Ok(Cluster::Compressed { offset, len })
+}
+
+/// Decodes the subcluster bitmap of an extended L2 entry whose cluster is at `host_opt`.
+fn decode_extended(at: u64, host_opt: Option<u64>, bitmap: u64) -> Result<Cluster> {
+    let alloc = (bitmap & 0xffff_ffff) as u32;
+    let zero = (bitmap >> 32) as u32;
+    if alloc & zero != 0 {
+        return Err(corrupt(
+            at,
+            format!("subcluster bitmap {bitmap:#018x} marks subclusters both allocated and zero"),
+        ));
+    }
+    if host_opt.is_none() && alloc != 0 {
+        return Err(corrupt(
+            at,
+            format!("subcluster bitmap {bitmap:#018x} marks subclusters allocated in an unallocated cluster"),
+        ));
+    }
+    // qemu ignores the standard zero flag (bit 0) when subclusters are in use.
+    Ok(match (host_opt, alloc, zero) {
+        (None, 0, 0) => Cluster::Unallocated,
+        (_, 0, u32::MAX) => Cluster::Zero { host: host_opt },
+        (Some(host), u32::MAX, 0) => Cluster::Data { host },
+        _ => Cluster::Sub {
+            host: host_opt,
+            alloc,
+            zero,
+        },
     })
 }

@@ -172,7 +172,25 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
     });
     load_snapshots(src, h, file_len, &mut regions)?;
     let bitmap_tables = load_bitmaps(src, h, file_len, &mut regions)?;
+    check_disjoint(&mut regions)?;
+    let space = Space {
+        regions: &regions,
+        cluster_size: cs,
+        file_len,
+    };
+    let (l1, l1_copied) = load_l1(src, h, &space)?;
+    let refblocks = load_refblocks(src, (rt_off, rt_len), &space)?;
+    Ok(Layout {
+        regions,
+        l1,
+        l1_copied,
+        refblocks,
+        bitmap_tables,
+    })
+}
 
+/// Sorts the metadata regions and refuses any two that overlap.
+fn check_disjoint(regions: &mut [Region]) -> Result<()> {
     regions.sort_by_key(|r| (r.start, r.end));
     for w in regions.windows(2) {
         let (a, b) = (w[0], w[1]);
@@ -186,8 +204,21 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
             ));
         }
     }
-    // A one-cluster table must lie below EOF and outside every region above.
-    let check_cluster = |at: u64, off: u64, what: Meta| -> Result<()> {
+    Ok(())
+}
+
+/// Where one-cluster tables (L2 tables, refcount blocks) may lie: below EOF and outside
+/// every metadata region.
+struct Space<'r> {
+    regions: &'r [Region],
+    cluster_size: u64,
+    file_len: u64,
+}
+
+impl Space<'_> {
+    /// Checks the one-cluster table `what` at `off`, named by the entry at `at`.
+    fn check_cluster(&self, at: u64, off: u64, what: Meta) -> Result<()> {
+        let (cs, file_len) = (self.cluster_size, self.file_len);
         if !off.is_multiple_of(cs) {
             return Err(corrupt(
                 at,
@@ -200,7 +231,7 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
                 format!("the {what} at {off:#x} is past the end of the file ({file_len:#x})"),
             ));
         }
-        if let Some(r) = overlapping(&regions, off, off + cs) {
+        if let Some(r) = overlapping(self.regions, off, off + cs) {
             return Err(corrupt(
                 off,
                 format!(
@@ -210,9 +241,17 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
             ));
         }
         Ok(())
-    };
+    }
+}
 
-    // Active L1: header validation already bounded it by the file length.
+/// The active L1 table (header validation already bounded it by the file length): every
+/// L2 table's offset, and a bitmap of the entries with the COPIED flag.
+fn load_l1<R: ReadAt + ?Sized>(
+    src: &R,
+    h: &Header,
+    space: &Space<'_>,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let l1_off = h.l1_table_offset.0;
     let mut l1 = Vec::with_capacity(h.l1_size as usize);
     let mut l1_copied = vec![0u64; (h.l1_size as usize).div_ceil(64)];
     for_each_u64(src, l1_off, u64::from(h.l1_size), |i, e| {
@@ -237,7 +276,7 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
             ));
         }
         if off != 0 {
-            check_cluster(at, off, Meta::L2 { l1_index: i })?;
+            space.check_cluster(at, off, Meta::L2 { l1_index: i })?;
         }
         if e & L1E_COPIED != 0 {
             l1_copied[(i / 64) as usize] |= 1 << (i % 64);
@@ -245,8 +284,15 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
         l1.push(off);
         Ok(())
     })?;
+    Ok((l1, l1_copied))
+}
 
-    // Refcount table and blocks.
+/// The refcount table at `rt_off` (`rt_len` bytes): every refcount block's offset.
+fn load_refblocks<R: ReadAt + ?Sized>(
+    src: &R,
+    (rt_off, rt_len): (u64, u64),
+    space: &Space<'_>,
+) -> Result<Vec<u64>> {
     let mut refblocks = Vec::with_capacity((rt_len / 8) as usize);
     for_each_u64(src, rt_off, rt_len / 8, |i, e| {
         let at = rt_off + i * 8;
@@ -258,19 +304,12 @@ pub(crate) fn load<R: ReadAt + ?Sized>(src: &R, h: &Header, file_len: u64) -> Re
         }
         let off = e & REFT_OFFSET_MASK;
         if off != 0 {
-            check_cluster(at, off, Meta::RefcountBlock { index: i })?;
+            space.check_cluster(at, off, Meta::RefcountBlock { index: i })?;
         }
         refblocks.push(off);
         Ok(())
     })?;
-
-    Ok(Layout {
-        regions,
-        l1,
-        l1_copied,
-        refblocks,
-        bitmap_tables,
-    })
+    Ok(refblocks)
 }
 
 fn load_snapshots<R: ReadAt + ?Sized>(
