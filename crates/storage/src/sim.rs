@@ -729,49 +729,7 @@ impl SimFs {
     pub fn crashed_image(&self, damage: Damage, seed: u64) -> SimFs {
         let st = self.lock();
         let mut rng = SplitMix64::new(seed ^ (damage as u64).wrapping_mul(0xa076_1d64_78bd_642f));
-        let n = st.pending.len();
-        let last_write = st.pending.iter().rposition(|p| {
-            matches!(
-                p,
-                Pending::Data {
-                    op: DataOp::Write { .. },
-                    ..
-                }
-            )
-        });
-        let cut = rng.below(n as u64 + 1) as usize;
-        let fates: Vec<Fate> = st
-            .pending
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let entry = matches!(p, Pending::Entry { .. });
-                match damage {
-                    Damage::DropUnsynced => Fate::Drop,
-                    Damage::KeepAll => Fate::Keep,
-                    Damage::Prefix if i < cut => Fate::Keep,
-                    Damage::Prefix => Fate::Drop,
-                    Damage::RandomSubset | Damage::EntriesRandom
-                        if entry || damage == Damage::RandomSubset =>
-                    {
-                        if rng.coin() {
-                            Fate::Keep
-                        } else {
-                            Fate::Drop
-                        }
-                    }
-                    Damage::TornLastWrite if Some(i) == last_write => Fate::TornSectors,
-                    Damage::TornLastWriteGarbage if Some(i) == last_write => Fate::TornGarbage,
-                    Damage::ZeroFill if !entry => Fate::Zero,
-                    Damage::GarbageFill if !entry => Fate::Garbage,
-                    Damage::LengthLost if !entry => Fate::DataOnly,
-                    Damage::LengthKept if !entry => Fate::LengthOnly,
-                    Damage::EntriesLost if entry => Fate::Drop,
-                    Damage::EntriesKept if !entry => Fate::Drop,
-                    _ => Fate::Keep,
-                }
-            })
-            .collect();
+        let fates = fates(&st.pending, damage, &mut rng);
 
         // The namespace: durable entries plus the surviving entry changes, in order, then
         // without anything whose parent directory did not survive.
@@ -1202,4 +1160,50 @@ impl File for SimFile {
         }
         Ok(())
     }
+}
+
+/// What becomes of each unsynced change after a crash with `damage` (driven by `rng`).
+fn fates(pending: &[Pending], damage: Damage, rng: &mut SplitMix64) -> Vec<Fate> {
+    let n = pending.len();
+    let last_write = pending.iter().rposition(|p| {
+        matches!(
+            p,
+            Pending::Data {
+                op: DataOp::Write { .. },
+                ..
+            }
+        )
+    });
+    let cut = rng.below(n as u64 + 1) as usize;
+    pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let entry = matches!(p, Pending::Entry { .. });
+            match damage {
+                Damage::DropUnsynced => Fate::Drop,
+                Damage::KeepAll => Fate::Keep,
+                Damage::Prefix if i < cut => Fate::Keep,
+                Damage::Prefix => Fate::Drop,
+                Damage::RandomSubset | Damage::EntriesRandom
+                    if entry || damage == Damage::RandomSubset =>
+                {
+                    if rng.coin() {
+                        Fate::Keep
+                    } else {
+                        Fate::Drop
+                    }
+                }
+                Damage::TornLastWrite if Some(i) == last_write => Fate::TornSectors,
+                Damage::TornLastWriteGarbage if Some(i) == last_write => Fate::TornGarbage,
+                Damage::ZeroFill if !entry => Fate::Zero,
+                Damage::GarbageFill if !entry => Fate::Garbage,
+                Damage::LengthLost if !entry => Fate::DataOnly,
+                Damage::LengthKept if !entry => Fate::LengthOnly,
+                Damage::EntriesLost if entry => Fate::Drop,
+                Damage::EntriesKept if !entry => Fate::Drop,
+                _ => Fate::Keep,
+            }
+        })
+        .collect()
 }
