@@ -370,46 +370,8 @@ fn run_commit(
 ) -> BoxResult<PartResult> {
     let layout = Layout::new(&cfg.workdir, name)?;
     let plan = plan::scattered(size, changed, cfg.seed);
-    // Keys of the scenarios that existed before `Fill` are unchanged, so their kept pristine
-    // images stay valid.
-    let mut key = serde_json::json!({
-        "format": SCENARIO_FORMAT, "size": size, "changed": changed,
-        "sparse_extra": match fill { Fill::UnderWrites(n) => Some(n), _ => None },
-        "seed": cfg.seed,
-    });
-    if let Fill::FreeSpace(n) = fill {
-        key["free_space"] = n.into();
-    }
-    let expected = match layout.cached(&key) {
-        Some(digest) if layout.pristine_overlay.exists() => {
-            progress(&format!(
-                "{name}: reusing the pristine images in {}",
-                layout.dir.display()
-            ));
-            digest
-        }
-        _ => build_commit_scenario(&layout, &plan, size, fill, cfg.seed, &key)?,
-    };
-
-    let mut contestants = vec![Contestant::QemuImg];
-    if cfg.imgtx.is_some() {
-        // First before Imgtx: in round one it leaves the spare Imgtx then overwrites, and
-        // every later Imgtx run finds the one the run before it kept.
-        contestants.extend([
-            Contestant::ImgtxNoUndo,
-            Contestant::ImgtxFirst,
-            Contestant::Imgtx,
-        ]);
-    }
-    // FloorFirst before FloorSpare, for the same reason. A floor counts a pre-image for every
-    // changed byte, which overstates a base whose changed ranges were holes: none there.
-    if !matches!(fill, Fill::FreeSpace(_)) {
-        contestants.extend([
-            Contestant::FloorBase,
-            Contestant::FloorFirst,
-            Contestant::FloorSpare,
-        ]);
-    }
+    let expected = pristine(cfg, (name, &layout, &plan), (size, changed), fill)?;
+    let contestants = contestants(cfg, fill);
     let mut result = PartResult {
         name: name.to_owned(),
         size,
@@ -450,42 +412,18 @@ fn run_commit(
                 cfg.rounds,
                 contestant.name()
             ));
-            let outcome = match contestant {
-                Contestant::QemuImg => run_qemu_img(&layout, &mut cold),
-                Contestant::ImgtxNoUndo | Contestant::Imgtx | Contestant::ImgtxFirst => {
-                    let imgtx = cfg
-                        .imgtx
-                        .as_deref()
-                        .ok_or("imgtx contestant without --imgtx")?;
-                    let no_undo = contestant == Contestant::ImgtxNoUndo;
-                    let mut log = ImgtxLog {
-                        begins: &mut result.begin,
-                        notes: &mut result.notes,
-                    };
-                    if contestant == Contestant::ImgtxFirst {
-                        sys::remove_file_if_exists(&layout.spare)?;
-                    }
-                    run_imgtx(imgtx, &layout, &plan, no_undo, &mut log, &mut cold)
-                }
-                Contestant::FloorBase | Contestant::FloorFirst | Contestant::FloorSpare => {
-                    let pre = (contestant != Contestant::FloorBase).then_some(&*layout.floor_pre);
-                    if contestant == Contestant::FloorFirst {
-                        sys::remove_file_if_exists(&layout.floor_pre)?;
-                    }
-                    let args = floor::args(size, changed, cfg.seed, &layout.base, pre);
-                    run_floor(&layout, &args, &mut cold)
-                }
+            let scenario = Scenario {
+                layout: &layout,
+                plan: &plan,
+                size,
+                changed,
+                expected: &expected,
             };
-            // A floor writes a pattern, not the overlay's data: there is nothing to check.
-            let outcome = outcome.and_then(|sample| {
-                if contestant.is_floor() {
-                    return Ok(sample);
-                }
-                match sys::digest(&layout.base)?.mismatch(&expected) {
-                    None => Ok(sample),
-                    Some(why) => Err(format!("the committed base is wrong: {why}").into()),
-                }
-            });
+            let mut log = ImgtxLog {
+                begins: &mut result.begin,
+                notes: &mut result.notes,
+            };
+            let outcome = run_one(cfg, &scenario, contestant, &mut log, &mut cold);
             match outcome {
                 Ok(sample) => result.commits[i].samples.push(sample),
                 Err(e) => {
@@ -505,6 +443,120 @@ fn run_commit(
     sys::remove_file_if_exists(&layout.spare)?;
     sys::remove_file_if_exists(&layout.floor_pre)?;
     Ok(result)
+}
+
+/// The digest a correct commit of the scenario leaves, with its pristine base and overlay
+/// built, or kept from an earlier run of the same scenario.
+fn pristine(
+    cfg: &Config,
+    (name, layout, plan): (&str, &Layout, &Plan),
+    (size, changed): (u64, u64),
+    fill: Fill,
+) -> BoxResult<Digest> {
+    // Keys of the scenarios that existed before `Fill` are unchanged, so their kept pristine
+    // images stay valid.
+    let mut key = serde_json::json!({
+        "format": SCENARIO_FORMAT, "size": size, "changed": changed,
+        "sparse_extra": match fill { Fill::UnderWrites(n) => Some(n), _ => None },
+        "seed": cfg.seed,
+    });
+    if let Fill::FreeSpace(n) = fill {
+        key["free_space"] = n.into();
+    }
+    let expected = match layout.cached(&key) {
+        Some(digest) if layout.pristine_overlay.exists() => {
+            progress(&format!(
+                "{name}: reusing the pristine images in {}",
+                layout.dir.display()
+            ));
+            digest
+        }
+        _ => build_commit_scenario(layout, plan, size, fill, cfg.seed, &key)?,
+    };
+    Ok(expected)
+}
+
+/// One scenario's fixed inputs: its files, its writes, its sizes, and the digest a correct
+/// commit leaves.
+struct Scenario<'a> {
+    layout: &'a Layout,
+    plan: &'a Plan,
+    size: u64,
+    changed: u64,
+    expected: &'a Digest,
+}
+
+/// The contestants of a commit scenario, in the order of a round.
+fn contestants(cfg: &Config, fill: Fill) -> Vec<Contestant> {
+    let mut contestants = vec![Contestant::QemuImg];
+    if cfg.imgtx.is_some() {
+        // First before Imgtx: in round one it leaves the spare Imgtx then overwrites, and
+        // every later Imgtx run finds the one the run before it kept.
+        contestants.extend([
+            Contestant::ImgtxNoUndo,
+            Contestant::ImgtxFirst,
+            Contestant::Imgtx,
+        ]);
+    }
+    // FloorFirst before FloorSpare, for the same reason. A floor counts a pre-image for every
+    // changed byte, which overstates a base whose changed ranges were holes: none there.
+    if !matches!(fill, Fill::FreeSpace(_)) {
+        contestants.extend([
+            Contestant::FloorBase,
+            Contestant::FloorFirst,
+            Contestant::FloorSpare,
+        ]);
+    }
+    contestants
+}
+
+/// One timed run of `contestant`, checked: the base must hold what a correct commit leaves.
+fn run_one(
+    cfg: &Config,
+    sc: &Scenario<'_>,
+    contestant: Contestant,
+    log: &mut ImgtxLog<'_>,
+    cold: &mut Caching,
+) -> BoxResult<Sample> {
+    let Scenario {
+        layout,
+        plan,
+        size,
+        changed,
+        expected,
+    } = *sc;
+    let outcome = match contestant {
+        Contestant::QemuImg => run_qemu_img(layout, cold),
+        Contestant::ImgtxNoUndo | Contestant::Imgtx | Contestant::ImgtxFirst => {
+            let imgtx = cfg
+                .imgtx
+                .as_deref()
+                .ok_or("imgtx contestant without --imgtx")?;
+            let no_undo = contestant == Contestant::ImgtxNoUndo;
+            if contestant == Contestant::ImgtxFirst {
+                sys::remove_file_if_exists(&layout.spare)?;
+            }
+            run_imgtx(imgtx, layout, plan, no_undo, log, cold)
+        }
+        Contestant::FloorBase | Contestant::FloorFirst | Contestant::FloorSpare => {
+            let pre = (contestant != Contestant::FloorBase).then_some(&*layout.floor_pre);
+            if contestant == Contestant::FloorFirst {
+                sys::remove_file_if_exists(&layout.floor_pre)?;
+            }
+            let args = floor::args(size, changed, cfg.seed, &layout.base, pre);
+            run_floor(layout, &args, cold)
+        }
+    };
+    // A floor writes a pattern, not the overlay's data: there is nothing to check.
+    outcome.and_then(|sample| {
+        if contestant.is_floor() {
+            return Ok(sample);
+        }
+        match sys::digest(&layout.base)?.mismatch(expected) {
+            None => Ok(sample),
+            Some(why) => Err(format!("the committed base is wrong: {why}").into()),
+        }
+    })
 }
 
 /// Builds the pristine base and overlay and returns the digest a correct commit must produce.
