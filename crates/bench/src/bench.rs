@@ -651,6 +651,16 @@ fn begin(imgtx: &Path, layout: &Layout, base: &Path) -> BoxResult<(Sample, Strin
     Ok((sample, id, PathBuf::from(overlay)))
 }
 
+fn rollback(imgtx: &Path, layout: &Layout, id: &str) -> BoxResult<()> {
+    measure(
+        &layout.dir,
+        None,
+        imgtx,
+        &imgtx_args(layout, &["rollback", id]),
+    )?;
+    Ok(())
+}
+
 fn imgtx_args(layout: &Layout, rest: &[&str]) -> Vec<OsString> {
     let mut args = os(&["--state-dir"]);
     args.push(layout.state.clone().into_os_string());
@@ -799,9 +809,11 @@ fn meta_rounds(
         ));
         sys::remove_dir_if_exists(&layout.state)?;
         cold.settle();
-        let (sample, _, overlay) = begin(imgtx, layout, &layout.pristine_base)?;
+        let (sample, id, _) = begin(imgtx, layout, &layout.pristine_base)?;
         result.begin.push(sample);
-        sys::remove_file_if_exists(&overlay)?;
+        // Untimed. A rollback, not a removal of the state directory: the claim lives beside
+        // the base, and the next begin would find the image held.
+        rollback(imgtx, layout, &id)?;
     }
     sys::remove_dir_if_exists(&layout.state)?;
     let (_, id, overlay) = begin(imgtx, layout, &layout.pristine_base)?;
@@ -812,7 +824,7 @@ fn meta_rounds(
         overlay.display()
     ));
     let outcome = status_diff_rounds(cfg, imgtx, layout, plan, &id, &overlay, result, cold);
-    sys::remove_file_if_exists(&overlay)?;
+    rollback(imgtx, layout, &id)?;
     outcome
 }
 
