@@ -88,6 +88,11 @@ pub(crate) fn forward<S: Fs, H: Host>(
         // that undo truncates back and redo fills in.
         base.set_len(plan.new_len())
             .map_err(Error::io("grow", to.path))?;
+        // Barrier: the new length is durable before anything lands past the old end. A
+        // write or clone there extends the file too, so a crash that kept it but lost the
+        // growth would leave a length that is neither old nor new, which recovery must
+        // refuse as someone else's truncation.
+        base.sync_data().map_err(Error::io("sync", to.path))?;
     }
     let ov_len = ov.len().map_err(Error::io("stat", ov_path))?;
     let mut copier = Copier {

@@ -238,6 +238,14 @@ pub(crate) fn restore<S: Fs>(
     restored: &mut dyn FnMut(u64),
 ) -> Result<()> {
     verify(fs, path, tx, summary, uid)?;
+    if base.len().map_err(Error::io("stat", base_path))? < summary.old_len {
+        base.set_len(summary.old_len)
+            .map_err(Error::io("restore the length of", base_path))?;
+        // Barrier: the old length is durable before anything is written back past the
+        // current end, which would extend the file too: a crash that kept such a write but
+        // lost the growth would leave a length that is neither old nor new.
+        base.sync_data().map_err(Error::io("sync", base_path))?;
+    }
     // Cloned entries are shared back where the file system can, else read and written.
     let file = open_trusted(fs, path, uid)?;
     let mut share = true;
