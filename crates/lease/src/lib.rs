@@ -371,6 +371,12 @@ impl Sanlock {
                     },
                     source,
                 },
+                // Another process of this host holds it (this process's are counted).
+                rv if rv == -nix::libc::EEXIST => Error::Busy {
+                    path: path.to_path_buf(),
+                    host_id: Some(self.host_id),
+                    source,
+                },
                 _ => Error::Daemon {
                     action: format!("acquire lease {}", path.display()),
                     source,
