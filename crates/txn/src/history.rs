@@ -118,6 +118,12 @@ pub struct HistoryEntry {
     /// JSON before this field existed read as `None`.
     #[serde(default)]
     pub reverts: Option<TxId>,
+    /// Who took the transaction over from whom, when recovery on another host of a sanlock
+    /// lockspace ended it after its own host died. The chain stores it in a record kind of
+    /// its own, so entries without it keep their encoding; shown by `--json`, never read
+    /// back from JSON.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<crate::lease::Takeover>,
 }
 
 /// An entry as format 1 stores it: postcard is not self-describing, so its records decode
@@ -156,6 +162,7 @@ impl From<EntryV1> for HistoryEntry {
             images: e.images,
             command: e.command,
             reverts,
+            taken_over: None,
         }
     }
 }
@@ -271,8 +278,18 @@ fn append_to<F: storage::File>(
         // says what is wrong with them.
         tracing::warn!(history = %path.display(), record = bad, "the history's chain does not verify");
     }
-    let head =
-        link_to(&mut j, records, Item::Entry(entry.clone()), now).map_err(Error::journal(path))?;
+    let item = match &entry.taken_over {
+        // The entry's own encoding stays that of every other entry: without the takeover.
+        Some(t) => Item::TakenOver(
+            HistoryEntry {
+                taken_over: None,
+                ..entry.clone()
+            },
+            t.clone(),
+        ),
+        None => Item::Entry(entry.clone()),
+    };
+    let head = link_to(&mut j, records, item, now).map_err(Error::journal(path))?;
     // Barrier: the entry is durable before the operation reports success.
     j.sync().map_err(Error::journal(path))?;
     tracing::info!(history = %path.display(), tx = %entry.id, head = %head, "history entry appended");
@@ -406,6 +423,10 @@ fn read_as<S: Fs>(fs: &S, path: &Path, identity: &[u8]) -> Result<(History, Vec<
         })?;
         match link.item {
             Item::Entry(entry) => history.entries.push(entry),
+            Item::TakenOver(entry, t) => history.entries.push(HistoryEntry {
+                taken_over: Some(t),
+                ..entry
+            }),
             Item::KeptAside(kept) => history.kept_aside.push(Aside {
                 after: history.entries.last().map(|e| e.id.clone()),
                 kept,

@@ -323,7 +323,7 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
             } => (*offset, *hash, link),
         };
         let id = match &link.item {
-            Item::Entry(e) => Some(e.id.clone()),
+            Item::Entry(e) | Item::TakenOver(e, _) => Some(e.id.clone()),
             _ => None,
         };
         if link.seq != record {
@@ -389,7 +389,7 @@ fn check(items: &[journal::Salvaged], anchor: Option<&ChainHash>) -> Verificatio
                 v.carried_over = g.carried_over.clone();
                 None
             }
-            Item::Entry(e) => {
+            Item::Entry(e) | Item::TakenOver(e, _) => {
                 v.entries += 1;
                 Some((v.entries - 1, e.id.clone()))
             }
