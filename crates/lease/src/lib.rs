@@ -170,13 +170,24 @@ impl Sanlock {
     /// [`Error::Daemon`] when the daemon cannot answer.
     pub fn host_status(&self, host_id: u64) -> Result<HostStatus> {
         let name = CString::new(self.lockspace.as_str()).expect("checked in connect");
-        let mut hss: *mut ffi::Host = std::ptr::null_mut();
-        let mut count: c_int = 0;
-        // SAFETY: `name` is NUL-terminated and outlives the call; the out-pointers point at
-        // live locals; on success libsanlock stores a malloc'ed array, freed below.
-        let rv = unsafe { ffi::sanlock_get_hosts(name.as_ptr(), host_id, &mut hss, &mut count, 0) };
-        let hosts = take_array(hss, count);
-        if rv == -libc_enoent() {
+        let mut tries = 0;
+        let (rv, hosts) = loop {
+            let mut hss: *mut ffi::Host = std::ptr::null_mut();
+            let mut count: c_int = 0;
+            // SAFETY: `name` is NUL-terminated and outlives the call; the out-pointers point
+            // at live locals; on success libsanlock stores a malloc'ed array, freed below.
+            let rv =
+                unsafe { ffi::sanlock_get_hosts(name.as_ptr(), host_id, &mut hss, &mut count, 0) };
+            let hosts = take_array(hss, count);
+            // -EAGAIN: the daemon has not read the other hosts' leases yet since it joined
+            // the lockspace (it does at its next renewal, 2 io_timeouts later at most).
+            if rv != -nix::libc::EAGAIN || tries == 6 {
+                break (rv, hosts);
+            }
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        };
+        if rv == -nix::libc::ENOENT || rv == -nix::libc::EAGAIN {
             return Ok(HostStatus::Unknown);
         }
         if rv < 0 {
@@ -462,10 +473,6 @@ fn run_dir() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "/run/sanlock".to_owned())
-}
-
-fn libc_enoent() -> c_int {
-    nix::libc::ENOENT
 }
 
 /// A sanlk_resource of lease file `path` (offset 0, 512-byte sectors, 1 MiB alignment).
