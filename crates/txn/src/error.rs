@@ -44,7 +44,7 @@ pub enum Error {
     },
     /// A transaction's claim was made by another host of the lockspace, which sanlock says
     /// may still be working: the transaction is that host's.
-    #[error("base {} is claimed by transaction {tx} of sanlock host {host_id} ({host}), which is alive", path.display())]
+    #[error("base {} is claimed by transaction {tx} of sanlock host {host_id} ({host}), which sanlock does not report dead", path.display())]
     HostAlive {
         /// The base.
         path: PathBuf,

@@ -70,6 +70,12 @@ pub(crate) fn recover<S: Fs, H: Host>(
             .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
             .collect::<Result<Vec<_>>>()?;
         bases.extend(discover::scan(&e.fs, &dirs)?);
+        if e.leases.member().is_some() {
+            // Open transactions of dead hosts have claims and overlays, but no journal.
+            bases.extend(discover::scan_claims(&e.fs, &dirs)?);
+            bases.sort();
+            bases.dedup();
+        }
     }
     let mut report = RecoverReport {
         dry_run: opts.dry_run,
