@@ -3,7 +3,7 @@
 //! Claims beside an image say which transaction holds it, but not whether the host that
 //! made the claim is alive; and a process that holds an image on one host is invisible to
 //! the locks of another. With a lease manager (sanlock, through the `sanlock` feature's
-//! [`sanlock::SanlockLeases`]) every host is a member of a lockspace with a host id, and:
+//! `sanlock::SanlockLeases`) every host is a member of a lockspace with a host id, and:
 //!
 //! - the working imgtx process holds a resource lease of each base it works on, kept in the
 //!   base's lease file ([`crate::layout::lease`]): during begin's claims, for the whole of
