@@ -443,6 +443,19 @@ impl Drop for Held {
 
 /// The name of the lease in lease file `path`, from its naming block.
 fn lease_name(path: &Path) -> Result<String> {
+    // The daemon (root, as a rule) opens the path and writes ballots into it: only a
+    // regular file is a lease file, never a symlink planted under its name.
+    let meta = path.symlink_metadata().map_err(|source| Error::Io {
+        action: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.file_type().is_file() || meta.len() < LEASE_FILE_LEN {
+        return Err(Error::Unusable {
+            path: path.to_path_buf(),
+            reason: "it is not a regular file of a lease file's size".into(),
+        });
+    }
     let mut block = [0u8; NAME_MAGIC.len() + ffi::NAME_LEN];
     std::fs::File::open(path)
         .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut block, LEASE_AREA_LEN))
@@ -597,6 +610,24 @@ mod tests {
         std::env::remove_var("SANLOCK_RUN_DIR");
         assert!(matches!(err, Error::Unreachable { .. }), "{err}");
         assert!(err.to_string().contains(&dir.path().display().to_string()));
+    }
+
+    #[test]
+    fn a_symlink_or_short_file_is_not_a_lease_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::write(&real, vec![0u8; LEASE_FILE_LEN as usize]).unwrap();
+        let link = dir.path().join(".b.imgtx.lease");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let short = dir.path().join(".c.imgtx.lease");
+        std::fs::write(&short, b"x").unwrap();
+
+        for path in [&link, &short] {
+            assert!(matches!(lease_name(path), Err(Error::Unusable { .. })));
+        }
+        assert!(
+            matches!(lease_name(&real), Err(Error::Unusable { reason, .. }) if reason.contains("not an imgtx lease file"))
+        );
     }
 
     #[test]
