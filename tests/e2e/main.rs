@@ -13,6 +13,7 @@ mod isolation;
 mod kill;
 mod kill_strace;
 mod kill_xfs;
+mod lease;
 mod names;
 mod operator;
 mod ops;

@@ -65,6 +65,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// Work as a member of sanlock lockspace NAME, which this host has joined: sanlock
+    /// leases on the shared storage keep other hosts out of the images (see
+    /// docs/operations.md). Refuses to work when the daemon or the lockspace is not there
+    #[arg(long, global = true, value_name = "NAME", env = "IMGTX_LOCKSPACE")]
+    pub lockspace: Option<String>,
+
     /// More logging on stderr (repeat for more)
     #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
     pub verbose: u8,

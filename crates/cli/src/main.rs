@@ -246,11 +246,19 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         let engine = Engine::open_existing(OsFs, OsHost::from_env(), dir)?;
         return read_only(engine.as_ref(), &out, cli.command);
     }
+    // Across hosts, first: with a lockspace named, nothing runs unprotected.
+    let leases = match cli.lockspace.as_deref().filter(|s| !s.is_empty()) {
+        Some(ls) => Some(txn::lease::sanlock::SanlockLeases::connect(ls)?),
+        None => None,
+    };
     // Caught from here on: no signal may kill imgtx halfway through changing something. The
     // engine stops where that changes nothing, and finishes whatever is past that point.
     let interrupts = interrupt::Interrupts::catch()?;
-    let engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir, true)?)?
+    let mut engine = Engine::new(OsFs, OsHost::from_env(), state_dir(cli.state_dir, true)?)?
         .with_interrupt(interrupts.flag());
+    if let Some(leases) = leases {
+        engine = engine.with_leases(std::sync::Arc::new(leases));
+    }
     match cli.command {
         Command::Begin { opts, bases } => {
             let mut teller = waiting::Teller::new(out.json);
@@ -448,6 +456,15 @@ fn run_command(
         out.json,
         &begin_options(opts, bases, Some(command.clone()))?,
     )?;
+    // Across hosts: the bases' leases for the whole command (nothing without a lockspace).
+    let bases_of_m: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
+    let _leases = match engine.hold_leases(&bases_of_m) {
+        Ok(held) => held,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            return Err(e.into());
+        }
+    };
     let ran = runner::run_on(engine, interrupts, (&m, &command), out.json, &|| {
         interrupts.received()
     })?;

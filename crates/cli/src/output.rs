@@ -440,6 +440,12 @@ impl Out {
             if let Some(c) = &e.command {
                 lines.push(format!("  command: {}", c.join(" ")));
             }
+            if let Some(t) = &e.taken_over {
+                lines.push(format!(
+                    "  taken over from dead sanlock host {} ({}) by sanlock host {} in lockspace {}",
+                    t.from_host_id, t.from_host, t.by_host_id, t.lockspace
+                ));
+            }
             notes(Some(&e.id), &mut lines);
         }
         human(&lines)

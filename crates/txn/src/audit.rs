@@ -47,6 +47,7 @@ pub(crate) fn entry<S: Fs, H: Host>(
         images,
         command: m.and_then(|m| m.command.clone()),
         reverts: None,
+        taken_over: e.takeover(),
     }
 }
 

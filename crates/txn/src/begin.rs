@@ -47,8 +47,28 @@ pub(crate) fn begin<S: Fs, H: Host>(
     let mut waiter = Waiter::new(e, &id, opts.wait, on_wait);
     // 2-3. Wait (reading only) until the images are free and it is this begin's turn; then
     // the manifest, then the claims. Losing a race for a claim undoes both and waits again.
+    let mut leases: Option<crate::lease::LeaseGuard>;
     let mut m = loop {
         wait_until_free(e, &targets, &mut waiter)?;
+        // Across hosts: the bases' leases while the claims are taken and the overlays made.
+        // One held by a process of another host is waited for like a claim (never while
+        // holding leases: waiting holds nothing).
+        match e.lease_bases(targets.iter().map(|t| t.base.as_path())) {
+            Ok(held) => leases = Some(held),
+            Err(Error::LeaseBusy { path, host_id, .. }) => {
+                let holder = Holder {
+                    host_id,
+                    ..Holder::unknown("(a process holding its lease)")
+                };
+                let base = targets
+                    .iter()
+                    .find(|t| layout::lease(&t.base).is_ok_and(|l| l == path))
+                    .map_or(path, |t| t.base.clone());
+                waiter.blocked(&base, Blocker::Transaction(holder))?;
+                continue;
+            }
+            Err(err) => return Err(err),
+        }
         let m = manifest(e, &id, opts, &targets)?;
         e.state.save(&e.fs, &m)?;
         e.host.step("begin-manifest");
@@ -56,6 +76,7 @@ pub(crate) fn begin<S: Fs, H: Host>(
             Ok(None) => break m,
             Ok(Some((base, found))) => {
                 undo_begin(e, &m)?;
+                drop(leases.take());
                 let holder = found.holder().unwrap_or_else(|| Holder::unknown("?"));
                 waiter.blocked(&base, Blocker::Transaction(holder))?;
             }
@@ -66,6 +87,7 @@ pub(crate) fn begin<S: Fs, H: Host>(
         }
     };
     e.host.step("begin-claims");
+    let _leases = leases;
     // 4-5. Holding the images: what is left to check, then the overlays.
     match finish(e, &mut m, opts.base_format, &mut waiter) {
         Ok(()) => Ok(m),
@@ -205,7 +227,7 @@ fn claim_all<S: Fs, H: Host>(
     m: &Manifest,
     targets: &[Target],
 ) -> Result<Option<(PathBuf, Found)>> {
-    let claim = Claim::of(m, e.state.root());
+    let claim = Claim::of(m, e.state.root(), e.leases.member());
     for t in targets {
         for name in &t.names {
             if let Some(found) = claim::take(&e.fs, name, &claim)? {

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::layout;
+use crate::lease::Member;
 use crate::manifest::{DevIno, Holder, Manifest};
 
 /// What a claim file holds.
@@ -38,11 +39,16 @@ pub struct Claim {
     pub host: String,
     /// When it began (RFC 3339 UTC).
     pub since: String,
+    /// The sanlock lockspace and host id of the host that made it, when imgtx ran in a
+    /// lockspace (see [`crate::lease`]). Claims without it were made by a single host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Member>,
 }
 
 impl Claim {
-    /// The claim of transaction `m`, registered in `state_dir`.
-    pub(crate) fn of(m: &Manifest, state_dir: &Path) -> Self {
+    /// The claim of transaction `m`, registered in `state_dir`, by member `lease` of a
+    /// lockspace when there is one.
+    pub(crate) fn of(m: &Manifest, state_dir: &Path, lease: Option<Member>) -> Self {
         Self {
             version: 1,
             tx: m.id.clone(),
@@ -52,6 +58,7 @@ impl Claim {
             uid: m.uid,
             host: m.host.clone(),
             since: m.created.clone(),
+            lease,
         }
     }
 
@@ -63,6 +70,7 @@ impl Claim {
             user: self.user.clone(),
             host: self.host.clone(),
             since: self.since.clone(),
+            host_id: self.lease.as_ref().map(|l| l.host_id),
         }
     }
 }
@@ -96,6 +104,7 @@ impl Found {
                 user: format!("uid {uid}"),
                 host: String::new(),
                 since: String::new(),
+                host_id: None,
             }),
         }
     }

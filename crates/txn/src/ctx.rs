@@ -28,6 +28,11 @@ pub(crate) struct Ctx<S, H> {
     /// Set (to the signal's number) when the user asked to stop; see
     /// [`Ctx::check_interrupt`].
     pub interrupt: Option<Arc<AtomicUsize>>,
+    /// Leases across hosts ([`crate::lease::NoLeases`] without a lockspace).
+    pub leases: Arc<dyn crate::lease::Leases>,
+    /// The takeover of the transaction being recovered, while it is: every history entry
+    /// made meanwhile records it.
+    pub takeover: std::sync::Mutex<Option<crate::lease::Takeover>>,
 }
 
 impl<S: Fs, H: Host> Ctx<S, H> {
@@ -68,6 +73,41 @@ impl<S: Fs, H: Host> Ctx<S, H> {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The takeover under way, if any (see [`Ctx::takeover`]'s field).
+    pub(crate) fn takeover(&self) -> Option<crate::lease::Takeover> {
+        self.takeover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Runs `f` with `t` as the takeover under way.
+    pub(crate) fn taking_over<T>(
+        &self,
+        t: Option<crate::lease::Takeover>,
+        f: impl FnOnce() -> T,
+    ) -> T {
+        let set = |v| {
+            *self
+                .takeover
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+        };
+        if let Some(t) = &t {
+            tracing::warn!(
+                lockspace = %t.lockspace,
+                from = t.from_host_id,
+                from_host = %t.from_host,
+                by = t.by_host_id,
+                "taking over a transaction of a dead host"
+            );
+        }
+        set(t);
+        let out = f();
+        set(None);
+        out
     }
 
     /// The time now, as history and manifests record it.

@@ -42,6 +42,49 @@ pub enum Error {
         /// The transaction holding it (boxed: it is large, and rare).
         holder: Box<Holder>,
     },
+    /// A transaction's claim was made by another host of the lockspace, which sanlock says
+    /// may still be working: the transaction is that host's.
+    #[error("base {} is claimed by transaction {tx} of sanlock host {host_id} ({host}), which sanlock does not report dead", path.display())]
+    HostAlive {
+        /// The base.
+        path: PathBuf,
+        /// The transaction.
+        tx: TxId,
+        /// The host's id in the lockspace.
+        host_id: u64,
+        /// Its host name, as the claim says.
+        host: String,
+    },
+    /// A transaction's claim was made by a host of the lockspace that sanlock says is dead:
+    /// only recovery may take it over.
+    #[error("transaction {tx} belongs to sanlock host {host_id} ({host}), which is dead")]
+    HostDead {
+        /// The transaction.
+        tx: TxId,
+        /// The dead host's id in the lockspace.
+        host_id: u64,
+        /// Its host name, as the claim says.
+        host: String,
+    },
+    /// The lease manager could not be used: imgtx does not work unprotected.
+    #[error("sanlock lockspace {lockspace:?} cannot be used")]
+    Lease {
+        /// The lockspace.
+        lockspace: String,
+        /// What went wrong.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A process of another host (or another process of this one) holds the lease of a base.
+    #[error("lease {} is held by {}", path.display(), lease_holder_text(*host_id, lockspace))]
+    LeaseBusy {
+        /// The lease file.
+        path: PathBuf,
+        /// The holder's host id, when sanlock says.
+        host_id: Option<u64>,
+        /// The lockspace.
+        lockspace: String,
+    },
     /// A commit failed after its commit point; recovery finishes it.
     #[error("commit of transaction {tx} stopped after its commit point")]
     CommitInterrupted {
@@ -300,10 +343,13 @@ impl Error {
             | Self::WriterRunning { .. }
             | Self::WaitTimedOut { .. }
             | Self::InUse { .. }
+            | Self::HostAlive { .. }
+            | Self::LeaseBusy { .. }
             | Self::Locked { .. } => ErrorClass::Busy,
             Self::BaseChanged { .. } | Self::RevertConflict { .. } => ErrorClass::Conflict,
             Self::RecoveryNeeded { .. }
             | Self::Interrupted { .. }
+            | Self::HostDead { .. }
             | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
             Self::NotFound { .. } | Self::NotKept { .. } => ErrorClass::NotFound,
             Self::Stopped { .. } => ErrorClass::Stopped,
@@ -314,7 +360,10 @@ impl Error {
             | Self::OverlayDamaged { .. }
             | Self::Qcow { .. }
             | Self::UntrustedStateDir { .. } => ErrorClass::Invalid,
-            Self::Io { .. } | Self::QemuImg { .. } | Self::QemuImgRun { .. } => ErrorClass::Io,
+            Self::Io { .. }
+            | Self::Lease { .. }
+            | Self::QemuImg { .. }
+            | Self::QemuImgRun { .. } => ErrorClass::Io,
             Self::Journal { .. }
             | Self::HistoryUnusable { .. }
             | Self::Corrupt { .. }
@@ -368,6 +417,14 @@ pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     parts.join(": ")
+}
+
+/// "sanlock host 2 (lockspace L)" for messages.
+fn lease_holder_text(host_id: Option<u64>, lockspace: &str) -> String {
+    match host_id {
+        Some(h) => format!("sanlock host {h} of lockspace {lockspace:?}"),
+        None => format!("another process in sanlock lockspace {lockspace:?}"),
+    }
 }
 
 /// " (pid 1, 2)" for messages, or nothing when no process is known.

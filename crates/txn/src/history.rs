@@ -131,8 +131,18 @@ fn append_to<F: storage::File>(
         // says what is wrong with them.
         tracing::warn!(history = %path.display(), record = bad, "the history's chain does not verify");
     }
-    let head =
-        link_to(&mut j, records, Item::Entry(entry.clone()), now).map_err(Error::journal(path))?;
+    let item = match &entry.taken_over {
+        // The entry's own encoding stays that of every other entry: without the takeover.
+        Some(t) => Item::TakenOver(
+            HistoryEntry {
+                taken_over: None,
+                ..entry.clone()
+            },
+            t.clone(),
+        ),
+        None => Item::Entry(entry.clone()),
+    };
+    let head = link_to(&mut j, records, item, now).map_err(Error::journal(path))?;
     // Barrier: the entry is durable before the operation reports success.
     j.sync().map_err(Error::journal(path))?;
     tracing::info!(history = %path.display(), tx = %entry.id, head = %head, "history entry appended");

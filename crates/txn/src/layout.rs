@@ -112,6 +112,14 @@ pub fn claim(base: &Path) -> Result<PathBuf> {
     Ok(dir.join(format!(".{name}.imgtx.claim")))
 }
 
+/// The lease file of `base` on the shared storage: `.NAME.imgtx.lease`, holding the sanlock
+/// resource lease of the image when imgtx runs in a lockspace (see [`crate::lease`]). It is
+/// created on first use and never removed: it holds no state of a transaction.
+pub fn lease(base: &Path) -> Result<PathBuf> {
+    let (dir, name) = split(base)?;
+    Ok(dir.join(format!(".{name}.imgtx.lease")))
+}
+
 /// Where transaction `id` writes its claim of `base` before linking it into place.
 pub fn claim_draft(base: &Path, id: &TxId) -> Result<PathBuf> {
     let (dir, name) = split(base)?;

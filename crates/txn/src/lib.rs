@@ -37,6 +37,7 @@ mod id;
 mod inspect;
 pub mod kept;
 pub mod layout;
+pub mod lease;
 mod lock;
 mod manifest;
 mod options;
@@ -106,6 +107,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
             host,
             state,
             interrupt: None,
+            leases: Arc::new(lease::NoLeases),
+            takeover: std::sync::Mutex::default(),
         };
         // Outcomes an earlier command could not record wait for the history: now, maybe.
         audit::flush_pending(&ctx);
@@ -133,6 +136,8 @@ impl<S: Fs, H: Host> Engine<S, H> {
                 host,
                 state,
                 interrupt: None,
+                leases: Arc::new(lease::NoLeases),
+                takeover: std::sync::Mutex::default(),
             },
         }))
     }
@@ -145,6 +150,46 @@ impl<S: Fs, H: Host> Engine<S, H> {
     pub fn with_interrupt(mut self, flag: Arc<AtomicUsize>) -> Self {
         self.ctx.interrupt = Some(flag);
         self
+    }
+
+    /// This engine, working under the leases of `leases` (see [`lease`]): each base's
+    /// lease is held while its claims are taken, for the whole of commit, rollback, revert
+    /// and each transaction's recovery, and transactions of other live hosts are refused.
+    #[must_use]
+    pub fn with_leases(mut self, leases: Arc<dyn lease::Leases>) -> Self {
+        self.ctx.leases = leases;
+        self
+    }
+
+    /// Holds the leases of `bases` while the guard lives (nothing without a lockspace):
+    /// for `imgtx run`, whose command works on the overlays between begin and commit.
+    ///
+    /// # Errors
+    /// [`Error::LeaseBusy`] when another host's process holds one; [`Error::Lease`].
+    pub fn hold_leases(&self, bases: &[PathBuf]) -> Result<lease::LeaseGuard> {
+        self.ctx.lease_bases(bases.iter().map(PathBuf::as_path))
+    }
+
+    /// The leases of the bases of open transaction `id`, its claims checked under them
+    /// (see [`lease`]): another live host's transaction is [`Error::HostAlive`], a dead
+    /// one's [`Error::HostDead`] (recovery takes it over).
+    fn lease_open_tx(&self, id: &TxId) -> Result<lease::LeaseGuard> {
+        if self.ctx.leases.member().is_none() {
+            return Ok(lease::LeaseGuard::default());
+        }
+        // A transaction this directory does not know: the operation says so itself.
+        let Some(m) = self.ctx.state.load(&self.ctx.fs, id)? else {
+            return Ok(lease::LeaseGuard::default());
+        };
+        let bases: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
+        match self.ctx.lease_tx_bases(id, &bases)? {
+            (guard, None) => Ok(guard),
+            (_, Some(t)) => Err(Error::HostDead {
+                tx: id.clone(),
+                host_id: t.from_host_id,
+                host: t.from_host,
+            }),
+        }
     }
 
     /// The state directory.
@@ -174,6 +219,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
         opts: CommitOptions,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<CommitReport> {
+        let _leases = self.lease_open_tx(id)?;
         commit::commit(&self.ctx, id, opts, progress)
     }
 
@@ -204,6 +250,7 @@ impl<S: Fs, H: Host> Engine<S, H> {
 
     /// Rolls transaction `id` back: removes its overlays, claims and registration.
     pub fn rollback(&self, id: &TxId) -> Result<()> {
+        let _leases = self.lease_open_tx(id)?;
         rollback::rollback(&self.ctx, id)
     }
 

@@ -191,6 +191,9 @@ pub struct Holder {
     pub host: String,
     /// When it began (RFC 3339 UTC; empty when unknown).
     pub since: String,
+    /// The sanlock host id of the host holding it, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_id: Option<u64>,
 }
 
 impl Holder {
@@ -202,6 +205,7 @@ impl Holder {
             user: String::new(),
             host: String::new(),
             since: String::new(),
+            host_id: None,
         }
     }
 
@@ -213,6 +217,7 @@ impl Holder {
             user: m.user.clone(),
             host: m.host.clone(),
             since: m.created.clone(),
+            host_id: None,
         }
     }
 }
@@ -227,6 +232,9 @@ impl std::fmt::Display for Holder {
         }
         if !self.user.is_empty() {
             details.push(format!("{}@{}", self.user, self.host));
+        }
+        if let Some(id) = self.host_id {
+            details.push(format!("sanlock host {id}"));
         }
         if !self.since.is_empty() {
             details.push(format!("since {}", self.since));

@@ -160,6 +160,9 @@ pub enum RecoveryAction {
     /// A pre-image file whose journal was gone was removed: its base held the old content
     /// it kept, so nothing of the commit had reached the base.
     RemovedStrayPreImages,
+    /// An open transaction of a host of the sanlock lockspace that sanlock says is dead was
+    /// taken over and rolled back: its overlays and claims were removed.
+    RolledBackForDeadHost,
     /// A revert that died before it wrote anything: its claims were released; the
     /// transaction it was reverting can still be reverted.
     ReleasedRevert,

@@ -101,6 +101,9 @@ pub(crate) enum Item {
     /// The history's file ended in bytes that did not verify; the whole file was kept aside
     /// before this record (and later ones) continued the chain after its last good record.
     KeptAside(KeptAside),
+    /// A finished transaction that recovery took over from a dead host of a sanlock
+    /// lockspace: the entry (its `taken_over` left out), then who took it from whom.
+    TakenOver(HistoryEntry, crate::lease::Takeover),
 }
 
 /// The first record of a chained history.

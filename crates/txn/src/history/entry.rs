@@ -84,6 +84,12 @@ pub struct HistoryEntry {
     /// JSON before this field existed read as `None`.
     #[serde(default)]
     pub reverts: Option<TxId>,
+    /// Who took the transaction over from whom, when recovery on another host of a sanlock
+    /// lockspace ended it after its own host died. The chain stores it in a record kind of
+    /// its own, so entries without it keep their encoding; shown by `--json`, never read
+    /// back from JSON.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub taken_over: Option<crate::lease::Takeover>,
 }
 
 /// An entry as format 1 stores it: postcard is not self-describing, so its records decode
@@ -122,6 +128,7 @@ impl From<EntryV1> for HistoryEntry {
             images: e.images,
             command: e.command,
             reverts,
+            taken_over: None,
         }
     }
 }

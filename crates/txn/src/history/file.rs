@@ -169,6 +169,10 @@ fn read_as<S: Fs>(fs: &S, path: &Path, identity: &[u8]) -> Result<(History, Vec<
         })?;
         match link.item {
             Item::Entry(entry) => history.entries.push(entry),
+            Item::TakenOver(entry, t) => history.entries.push(HistoryEntry {
+                taken_over: Some(t),
+                ..entry
+            }),
             Item::KeptAside(kept) => history.kept_aside.push(Aside {
                 after: history.entries.last().map(|e| e.id.clone()),
                 kept,

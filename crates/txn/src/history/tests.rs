@@ -45,6 +45,7 @@ fn entry(n: u64) -> HistoryEntry {
         }],
         command: None,
         reverts: None,
+        taken_over: None,
     }
 }
 

@@ -133,7 +133,7 @@ impl Walk {
     fn step(&mut self, f: &Found, rest: &[Found]) -> Result<(), Problem> {
         let (offset, hash, link) = self.record(f, rest)?;
         let id = match &link.item {
-            Item::Entry(e) => Some(e.id.clone()),
+            Item::Entry(e) | Item::TakenOver(e, _) => Some(e.id.clone()),
             _ => None,
         };
         let record = self.good.len() as u64;
@@ -253,7 +253,7 @@ impl Walk {
                 self.v.carried_over = g.carried_over.clone();
                 None
             }
-            Item::Entry(e) => {
+            Item::Entry(e) | Item::TakenOver(e, _) => {
                 self.v.entries += 1;
                 Some((self.v.entries - 1, e.id.clone()))
             }

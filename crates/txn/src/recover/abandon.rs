@@ -49,6 +49,9 @@ pub(crate) fn abandon<S: Fs, H: Host>(
     if manifest.is_none() && !commits.contains_key(id) {
         return Err(Error::NotFound { tx: id.to_string() });
     }
+    // Across hosts: the bases' leases while their files are set aside; another live host's
+    // transaction is its own to abandon.
+    let (_leases, takeover) = e.lease_tx_bases(id, &bases)?;
     let mut kept = Vec::new();
     for base in &bases {
         // Participants' files before the coordinator's does not matter here: once renamed,
@@ -71,7 +74,10 @@ pub(crate) fn abandon<S: Fs, H: Host>(
             changed_bytes: 0,
         })
         .collect();
-    let entry = audit::entry(e, manifest.as_ref(), id, Outcome::Abandoned, images);
+    // A dead host's transaction abandoned here: its history entry says who took it over.
+    let entry = e.taking_over(takeover, || {
+        audit::entry(e, manifest.as_ref(), id, Outcome::Abandoned, images)
+    });
     audit::record(e, &entry);
     crate::claim::release_all(&e.fs, bases.iter().map(PathBuf::as_path), id)?;
     if manifest.is_some() {

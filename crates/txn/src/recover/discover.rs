@@ -338,6 +338,29 @@ const SCAN_DEPTH: usize = 16;
 /// pre-image file beside them: where the state directory was lost, these are the
 /// interrupted commits.
 pub(crate) fn scan<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    scan_for(fs, dirs, |n| {
+        layout::parse_journal_name(n)
+            .or_else(|| layout::parse_undo_name(n))
+            .map(|(base, _)| base)
+    })
+}
+
+/// The bases under `dirs` (as [`scan`] walks them) that have a claim beside them: with a
+/// sanlock lockspace, where open transactions of dead hosts are found.
+pub(crate) fn scan_claims<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    scan_for(fs, dirs, |n| {
+        n.strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".imgtx.claim"))
+            .filter(|base| !base.is_empty())
+    })
+}
+
+/// The bases under `dirs` that `base_of` finds a file beside, by its name.
+fn scan_for<S: Fs>(
+    fs: &S,
+    dirs: &[PathBuf],
+    base_of: impl Fn(&str) -> Option<&str>,
+) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut todo: Vec<(PathBuf, usize)> = dirs.iter().map(|d| (d.clone(), 0)).collect();
     while let Some((dir, depth)) = todo.pop() {
@@ -364,10 +387,7 @@ pub(crate) fn scan<S: Fs>(fs: &S, dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             };
             if meta.kind == storage::FileKind::Dir && depth < SCAN_DEPTH {
                 todo.push((path, depth + 1));
-            } else if let Some((base, _)) = name
-                .to_str()
-                .and_then(|n| layout::parse_journal_name(n).or_else(|| layout::parse_undo_name(n)))
-            {
+            } else if let Some(base) = name.to_str().and_then(&base_of) {
                 found.push(dir.join(base));
             }
         }

@@ -84,9 +84,20 @@ fn finish_one<S: Fs, H: Host>(
     if dry_run {
         return Ok(Some(action));
     }
+    // Across hosts: the bases' leases while it is finished; another live host's is its own.
+    let bases: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
+    let (_leases, takeover) = e.lease_tx_bases(id, &bases)?;
+    e.taking_over(takeover, || finish_leftover(e, &m))?;
+    e.drop_lock_file(&m.id);
+    Ok(Some(action))
+}
+
+/// Finishes the interrupted begin, rollback or cleanup `m` (or forgets it, when it ended
+/// elsewhere).
+fn finish_leftover<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<()> {
     match m.state {
-        TxState::Beginning => begin::undo_begin(e, &m)?,
-        TxState::RollingBack => rollback::finish_rollback(e, &m)?,
+        TxState::Beginning => begin::undo_begin(e, m)?,
+        TxState::RollingBack => rollback::finish_rollback(e, m)?,
         TxState::Finished => {
             let journals = m
                 .images
@@ -98,8 +109,7 @@ fn finish_one<S: Fs, H: Host>(
         // Ended elsewhere: only this state directory's record of it is left.
         TxState::Open => e.state.remove_manifest(&e.fs, &m.id)?,
     }
-    e.drop_lock_file(&m.id);
-    Ok(Some(action))
+    Ok(())
 }
 
 /// Removes what killed processes left in the state directory: claims whose transaction has
@@ -226,6 +236,12 @@ pub(crate) fn orphan_claims<S: Fs, H: Host>(
         if crate::txjournal::beside(&e.fs, base)?.contains(&c.tx) {
             continue;
         }
+        // Across hosts: not while a process of another host works on the base.
+        let _lease = match e.lease_bases([base.as_path()]) {
+            Ok(l) => l,
+            Err(crate::Error::LeaseBusy { .. }) => continue,
+            Err(err) => return Err(err),
+        };
         if !dry_run {
             crate::claim::release(&e.fs, base, &c.tx)?;
         }

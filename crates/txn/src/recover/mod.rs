@@ -11,6 +11,7 @@ mod discover;
 mod execute;
 mod leftovers;
 pub(crate) mod stray;
+mod takeover;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -52,9 +53,12 @@ pub(crate) fn recover<S: Fs, H: Host>(
         if stop_here(e, &mut report) || broke_down(&report) {
             return Ok(report);
         }
-        let result = e
-            .lock_tx(tx)
-            .and_then(|_guard| recover_commit(e, tx, journal, opts, progress));
+        let result = e.lock_tx(tx).and_then(|_guard| {
+            // Across hosts: the transaction is another live host's, or taken over from a
+            // dead one under its bases' leases, held until it is recovered.
+            let (_leases, takeover) = lease_commit(e, tx, journal, opts.dry_run)?;
+            e.taking_over(takeover, || recover_commit(e, tx, journal, opts, progress))
+        });
         match result {
             Ok(action) => report.actions.extend(action),
             Err(error) => {
@@ -99,6 +103,14 @@ pub(crate) fn recover<S: Fs, H: Host>(
         .filter(|m| !failed.contains(&m.id.to_string()))
         .collect();
     leftovers::interrupted(e, &manifests, &bases, opts, &mut report);
+    // Open transactions of dead hosts of the lockspace, found by their claims.
+    let done: Vec<String> = report
+        .actions
+        .iter()
+        .map(|a| a.tx.clone())
+        .chain(failed.iter().cloned())
+        .collect();
+    takeover::open_of_dead_hosts(e, &bases, &done, opts, &mut report)?;
     if broke_down(&report) || !failed.is_empty() {
         return Ok(report);
     }
@@ -153,8 +165,41 @@ fn bases_to_recover<S: Fs, H: Host>(
             .map(|p| e.fs.canonicalize(p).map_err(Error::io("resolve", p)))
             .collect::<Result<Vec<_>>>()?;
         bases.extend(discover::scan(&e.fs, &dirs)?);
+        if e.leases.member().is_some() {
+            // Open transactions of dead hosts have claims and overlays, but no journal.
+            bases.extend(discover::scan_claims(&e.fs, &dirs)?);
+            bases.sort();
+            bases.dedup();
+        }
     }
     Ok(bases)
+}
+
+/// The leases of the bases of the interrupted commit `tx` (found by `some_journal`), its
+/// claims checked under them (see [`Ctx::lease_tx_bases`]): `Error::HostAlive` when it is
+/// another live host's; the takeover when it is a dead host's. A dry run acquires nothing
+/// and only checks whose it is.
+fn lease_commit<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    tx: &TxId,
+    some_journal: &Path,
+    dry_run: bool,
+) -> Result<(crate::lease::LeaseGuard, Option<crate::lease::Takeover>)> {
+    if e.leases.member().is_none() {
+        return Ok((crate::lease::LeaseGuard::default(), None));
+    }
+    let bases = discover::load(&e.fs, e.host.user().1, tx, some_journal).map_or_else(
+        |_| {
+            layout::base_of_journal(some_journal, tx)
+                .into_iter()
+                .collect()
+        },
+        |st| st.bases(),
+    );
+    if dry_run {
+        return Ok((crate::lease::LeaseGuard::default(), e.tx_owner(tx, &bases)?));
+    }
+    e.lease_tx_bases(tx, &bases)
 }
 
 /// True when a failure so far came from the storage itself (a failed write or sync): what

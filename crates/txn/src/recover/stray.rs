@@ -59,6 +59,12 @@ pub(crate) fn recover_one<S: Fs, H: Host>(
     opts: &RecoverOptions,
 ) -> Result<RecoverAction> {
     let _guard = e.lock_tx(&stray.tx)?;
+    // Across hosts: the base's lease while its pre-images are put back or removed.
+    let _lease = if opts.dry_run {
+        crate::lease::LeaseGuard::default()
+    } else {
+        e.lease_bases([stray.base.as_path()])?
+    };
     if finished(e, &stray.tx) {
         if !opts.dry_run {
             remove_durably(&e.fs, &stray.path, layout::dir_of(&stray.path)?)?;

@@ -63,6 +63,8 @@ pub(crate) fn revert<S: Fs, H: Host>(
     };
     e.state.save_kept(&e.fs, &rec)?;
     let bases: Vec<PathBuf> = rec.images.iter().map(|i| i.base.clone()).collect();
+    // Across hosts: the bases' leases for the whole revert, which writes them.
+    let _leases = e.lease_bases(bases.iter().map(PathBuf::as_path))?;
     let result = claim_all(e, &id, &bases).and_then(|()| {
         e.host.step("revert-claimed");
         run(e, (&id, &rec), progress)
@@ -258,6 +260,7 @@ fn claim_all<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId, bases: &[PathBuf]) -> Res
         uid,
         host: e.host.hostname(),
         since: e.now(),
+        lease: e.leases.member(),
     };
     let mut taken: Vec<PathBuf> = Vec::new();
     for base in bases {
