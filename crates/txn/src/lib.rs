@@ -42,6 +42,7 @@ mod lock;
 mod manifest;
 mod options;
 mod overlay;
+mod owner;
 pub mod plan;
 mod preimage;
 mod qemu;
