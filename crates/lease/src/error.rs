@@ -23,9 +23,12 @@ impl std::fmt::Display for Code {
         if self.is_errno() {
             return write!(f, "{}", io::Error::from_raw_os_error(-self.0));
         }
+        let Ok(lib) = ffi::lib() else {
+            return write!(f, "sanlock error {}", self.0);
+        };
         // SAFETY: sanlock_strerror takes any int and returns a pointer to a static,
         // NUL-terminated string (or NULL); it keeps no state.
-        let text = unsafe { ffi::sanlock_strerror(self.0) };
+        let text = unsafe { (lib.strerror)(self.0) };
         if text.is_null() {
             return write!(f, "sanlock error {}", self.0);
         }
@@ -89,6 +92,17 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// sanlock's client library is not installed (or not loadable).
+    #[error(
+        "sanlock's client library {library} cannot be loaded ({reason}); install it \
+         (Debian: libsanlock-client1) to use a lockspace"
+    )]
+    NoLibrary {
+        /// The file name looked for.
+        library: &'static str,
+        /// Why it could not be loaded.
+        reason: &'static str,
     },
     /// The local sanlock daemon could not be reached.
     #[error("cannot reach the sanlock daemon (socket directory {run_dir})")]

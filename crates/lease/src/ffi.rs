@@ -5,6 +5,7 @@
 //! and offsets to what the headers give on a 64-bit Linux.
 
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::OnceLock;
 
 /// `SANLK_NAME_LEN`: lockspace and resource names, no terminating NUL required.
 pub(crate) const NAME_LEN: usize = 48;
@@ -115,51 +116,88 @@ pub(crate) struct Host {
     pub flags: u32,
 }
 
-// libsanlock_client (LGPL-2.1+, Debian package `libsanlock-dev`) is the part of sanlock that
-// talks to the local daemon over its socket; it is linked dynamically.
-#[link(name = "sanlock_client")]
-extern "C" {
-    pub(crate) fn sanlock_register() -> c_int;
-    pub(crate) fn sanlock_acquire(
+/// The client library's file name (LGPL-2.1+; Debian package `libsanlock-client1`).
+pub(crate) const LIBRARY: &str = "libsanlock_client.so.1";
+
+/// The functions of sanlock's client library, the part of sanlock that talks to the local
+/// daemon over its socket. It is loaded on first use, not linked: imgtx builds and runs
+/// without sanlock, and only a command that names a lockspace needs it.
+pub(crate) struct Lib {
+    pub register: unsafe extern "C" fn() -> c_int,
+    pub acquire: unsafe extern "C" fn(
         sock: c_int,
         pid: c_int,
         flags: u32,
         res_count: c_int,
         res_args: *mut *mut Resource,
         opt_in: *mut c_void,
-    ) -> c_int;
-    pub(crate) fn sanlock_release(
+    ) -> c_int,
+    pub release: unsafe extern "C" fn(
         sock: c_int,
         pid: c_int,
         flags: u32,
         res_count: c_int,
         res_args: *mut *mut Resource,
-    ) -> c_int;
-    pub(crate) fn sanlock_get_lockspaces(
-        lss: *mut *mut Lockspace,
-        lss_count: *mut c_int,
-        flags: u32,
-    ) -> c_int;
-    pub(crate) fn sanlock_get_hosts(
+    ) -> c_int,
+    pub get_lockspaces:
+        unsafe extern "C" fn(lss: *mut *mut Lockspace, lss_count: *mut c_int, flags: u32) -> c_int,
+    pub get_hosts: unsafe extern "C" fn(
         ls_name: *const c_char,
         host_id: u64,
         hss: *mut *mut Host,
         hss_count: *mut c_int,
         flags: u32,
-    ) -> c_int;
-    pub(crate) fn sanlock_write_resource(
+    ) -> c_int,
+    pub write_resource: unsafe extern "C" fn(
         res: *mut Resource,
         max_hosts: c_int,
         num_hosts: c_int,
         flags: u32,
-    ) -> c_int;
-    pub(crate) fn sanlock_read_resource_owners(
+    ) -> c_int,
+    pub read_resource_owners: unsafe extern "C" fn(
         res: *mut Resource,
         flags: u32,
         hss: *mut *mut Host,
         hss_count: *mut c_int,
-    ) -> c_int;
-    pub(crate) fn sanlock_strerror(rv: c_int) -> *const c_char;
+    ) -> c_int,
+    pub strerror: unsafe extern "C" fn(rv: c_int) -> *const c_char,
+    // Last: the function pointers above are valid only while the library stays loaded,
+    // which it does for the life of the process (the value lives in a static).
+    _library: libloading::Library,
+}
+
+static LIB: OnceLock<Result<Lib, String>> = OnceLock::new();
+
+/// The loaded library, or why it cannot be loaded (the same answer for the whole process).
+pub(crate) fn lib() -> std::result::Result<&'static Lib, &'static str> {
+    LIB.get_or_init(load).as_ref().map_err(String::as_str)
+}
+
+fn load() -> std::result::Result<Lib, String> {
+    // SAFETY: loading runs the library's initialisers; libsanlock_client has none beyond
+    // libc's. Each symbol is read with the signature sanlock's headers give it (see the
+    // declarations above), and the library is kept loaded as long as the pointers live.
+    unsafe {
+        let library = libloading::Library::new(LIBRARY).map_err(|e| e.to_string())?;
+        macro_rules! sym {
+            ($name:literal) => {
+                *library
+                    .get($name)
+                    .map_err(|e| format!("{}: {e}", String::from_utf8_lossy($name)))?
+            };
+        }
+        Ok(Lib {
+            register: sym!(b"sanlock_register"),
+            acquire: sym!(b"sanlock_acquire"),
+            release: sym!(b"sanlock_release"),
+            get_lockspaces: sym!(b"sanlock_get_lockspaces"),
+            get_hosts: sym!(b"sanlock_get_hosts"),
+            write_resource: sym!(b"sanlock_write_resource"),
+            read_resource_owners: sym!(b"sanlock_read_resource_owners"),
+            strerror: sym!(b"sanlock_strerror"),
+            _library: library,
+        })
+    }
 }
 
 #[cfg(test)]

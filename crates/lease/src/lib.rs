@@ -40,6 +40,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+/// sanlock's client library, loaded on first use.
+fn lib() -> Result<&'static ffi::Lib> {
+    ffi::lib().map_err(|reason| Error::NoLibrary {
+        library: ffi::LIBRARY,
+        reason,
+    })
+}
+
 pub use error::{Code, Error, Result};
 pub use file::{publish, Published};
 
@@ -121,7 +129,7 @@ impl Sanlock {
         let mut count: c_int = 0;
         // SAFETY: both out-pointers point at live locals; on success libsanlock stores a
         // malloc'ed array of `count` lockspaces in `lss`, which is freed below.
-        let rv = unsafe { ffi::sanlock_get_lockspaces(&mut lss, &mut count, 0) };
+        let rv = unsafe { (lib()?.get_lockspaces)(&mut lss, &mut count, 0) };
         let list = take_array(lss, count);
         if rv < 0 && list.is_empty() {
             return Err(Error::Unreachable {
@@ -176,8 +184,7 @@ impl Sanlock {
             let mut count: c_int = 0;
             // SAFETY: `name` is NUL-terminated and outlives the call; the out-pointers point
             // at live locals; on success libsanlock stores a malloc'ed array, freed below.
-            let rv =
-                unsafe { ffi::sanlock_get_hosts(name.as_ptr(), host_id, &mut hss, &mut count, 0) };
+            let rv = unsafe { (lib()?.get_hosts)(name.as_ptr(), host_id, &mut hss, &mut count, 0) };
             let hosts = take_array(hss, count);
             // -EAGAIN: the daemon has not read the other hosts' leases yet since it joined
             // the lockspace (it does at its next renewal, 2 io_timeouts later at most).
@@ -238,7 +245,7 @@ impl Sanlock {
             let mut res = resource(tmp, Some(&self.lockspace), Some(&name))?;
             // SAFETY: `res` is a sanlk_resource followed by exactly `num_disks` (1) disk, as
             // the call expects; libsanlock only reads it.
-            let rv = unsafe { ffi::sanlock_write_resource(&mut res.res, 0, 0, 0) };
+            let rv = unsafe { (lib()?.write_resource)(&mut res.res, 0, 0, 0) };
             if rv < 0 {
                 return Err(Error::Daemon {
                     action: format!("initialise a lease in {}", tmp.display()),
@@ -263,8 +270,7 @@ impl Sanlock {
         let mut count: c_int = 0;
         // SAFETY: `res` is a sanlk_resource with its one disk; libsanlock fills the fixed
         // part in and stores a malloc'ed array of owners in `hss`, freed below.
-        let rv =
-            unsafe { ffi::sanlock_read_resource_owners(&mut res.res, 0, &mut hss, &mut count) };
+        let rv = unsafe { (lib()?.read_resource_owners)(&mut res.res, 0, &mut hss, &mut count) };
         let owners = take_array(hss, count);
         if rv == ffi::LEADER_MAGIC {
             return Err(Error::Unusable {
@@ -332,7 +338,7 @@ impl Sanlock {
             Some(s) => s.as_raw_fd(),
             None => {
                 // SAFETY: no arguments; returns a new socket descriptor or -errno.
-                let fd = unsafe { ffi::sanlock_register() };
+                let fd = unsafe { (lib()?.register)() };
                 if fd < 0 {
                     return Err(Error::Unreachable {
                         run_dir: run_dir(),
@@ -351,7 +357,7 @@ impl Sanlock {
         // one pointer to a sanlk_resource followed by its one disk, alive for the call;
         // no options (NULL) are passed.
         let rv = unsafe {
-            ffi::sanlock_acquire(
+            (lib()?.acquire)(
                 sock,
                 -1,
                 ffi::ACQUIRE_OWNER_NOWAIT,
@@ -428,10 +434,12 @@ impl Drop for Held {
         let Some(sock) = reg.sock.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
+        // Held, so the library was loaded.
+        let Ok(lib) = ffi::lib() else { return };
         let mut args = [&mut res.res as *mut ffi::Resource];
         // SAFETY: as in `acquire`: our registered connection under the mutex, one resource
         // with its one disk, alive for the call.
-        let rv = unsafe { ffi::sanlock_release(sock, -1, 0, 1, args.as_mut_ptr()) };
+        let rv = unsafe { (lib.release)(sock, -1, 0, 1, args.as_mut_ptr()) };
         if rv < 0 {
             // The daemon releases it when this process exits, whatever happens here.
             tracing::warn!(path = %self.path.display(), error = %Code(rv), "could not release a sanlock lease");
