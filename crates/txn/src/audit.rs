@@ -116,7 +116,7 @@ pub(crate) fn flush_pending<S: Fs, H: Host>(e: &Ctx<S, H>) {
     let mut entries = Vec::new();
     for path in pending {
         let read = read_small(&e.fs, &path).ok().flatten();
-        match read.and_then(|b| serde_json::from_slice::<HistoryEntry>(&b).ok()) {
+        match read.and_then(|b| HistoryEntry::from_json(&b).ok()) {
             Some(entry) => entries.push((path, entry)),
             None => {
                 tracing::warn!(path = %path.display(), "a pending history entry cannot be read; left for inspection");

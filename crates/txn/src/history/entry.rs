@@ -86,10 +86,25 @@ pub struct HistoryEntry {
     pub reverts: Option<TxId>,
     /// Who took the transaction over from whom, when recovery on another host of a sanlock
     /// lockspace ended it after its own host died. The chain stores it in a record kind of
-    /// its own, so entries without it keep their encoding; shown by `--json`, never read
-    /// back from JSON.
+    /// its own, so entries without it keep their (postcard) encoding. In JSON it is a field,
+    /// absent when there was no takeover; [`HistoryEntry::from_json`] reads it back.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub taken_over: Option<crate::lease::Takeover>,
+}
+
+impl HistoryEntry {
+    /// Reads an entry back from its JSON (a pending entry), its takeover included, which
+    /// plain deserialization leaves out for the sake of the chain's postcard encoding.
+    pub(crate) fn from_json(bytes: &[u8]) -> serde_json::Result<Self> {
+        #[derive(Deserialize)]
+        struct OnlyTakeover {
+            #[serde(default)]
+            taken_over: Option<crate::lease::Takeover>,
+        }
+        let mut entry: Self = serde_json::from_slice(bytes)?;
+        entry.taken_over = serde_json::from_slice::<OnlyTakeover>(bytes)?.taken_over;
+        Ok(entry)
+    }
 }
 
 /// An entry as format 1 stores it: postcard is not self-describing, so its records decode

@@ -605,3 +605,22 @@ fn a_pending_entry_written_before_reverts_existed_still_parses() {
 
     assert_eq!(e.reverts, None);
 }
+
+#[test]
+fn a_pending_entry_keeps_its_takeover_until_it_reaches_the_history() {
+    let mut original = entry(1);
+    original.taken_over = Some(crate::lease::Takeover {
+        lockspace: "ls".into(),
+        from_host_id: 1,
+        from_host: "h1".into(),
+        by_host_id: 2,
+    });
+
+    let json = serde_json::to_string(&original).unwrap();
+    let back = HistoryEntry::from_json(json.as_bytes()).unwrap();
+    let fs = history_of(0);
+    append(&fs, &path(), &back, NOW).unwrap();
+
+    assert_eq!(back, original, "the takeover survives JSON");
+    assert_eq!(read(&fs, &path()).unwrap().entries, [original]);
+}
