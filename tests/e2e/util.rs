@@ -425,6 +425,25 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The sorted paths, relative to `dir`, of everything under `dir` (directories included):
+/// to check that a command left nothing behind in a state directory.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
+            let path = entry.expect("read dir entry").path();
+            let rel = path.strip_prefix(root).expect("under the root");
+            out.push(rel.to_string_lossy().into_owned());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
 /// Runs `cmd` and returns its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

@@ -45,24 +45,13 @@ pub(crate) fn begin<S: Fs, H: Host>(
     let id = e.host.new_id()?;
     let _guard = e.lock_tx(&id)?;
     let mut waiter = Waiter::new(e, &id, opts.wait, on_wait);
-    // 2-3. Wait (reading only) until the images are free and it is this begin's turn; then
-    // the manifest, then the claims. Losing a race for a claim undoes both and waits again.
-    let mut m = loop {
-        wait_until_free(e, &targets, &mut waiter)?;
-        let m = manifest(e, &id, opts, &targets)?;
-        e.state.save(&e.fs, &m)?;
-        e.host.step("begin-manifest");
-        match claim_all(e, &m, &targets) {
-            Ok(None) => break m,
-            Ok(Some((base, found))) => {
-                undo_begin(e, &m)?;
-                let holder = found.holder().unwrap_or_else(|| Holder::unknown("?"));
-                waiter.blocked(&base, Blocker::Transaction(holder))?;
-            }
-            Err(err) => {
-                let _ = undo_begin(e, &m);
-                return Err(err);
-            }
+    let mut m = match claim_when_free(e, &id, opts, &targets, &mut waiter) {
+        Ok(m) => m,
+        Err(err) => {
+            // Refused, timed out or stopped while waiting: no transaction came of it, so
+            // its lock file must not stay behind in the state directory either.
+            e.drop_lock_file(&id);
+            return Err(err);
         }
     };
     e.host.step("begin-claims");
@@ -75,6 +64,36 @@ pub(crate) fn begin<S: Fs, H: Host>(
             }
             e.drop_lock_file(&m.id);
             Err(err)
+        }
+    }
+}
+
+/// Steps 2-3: waits (reading only) until the images are free and it is this begin's turn;
+/// then the manifest, then the claims. Losing a race for a claim undoes both and waits again.
+/// On failure, neither a manifest nor a claim of `id` is left.
+fn claim_when_free<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    id: &TxId,
+    opts: &BeginOptions,
+    targets: &[Target],
+    waiter: &mut Waiter<'_, S, H>,
+) -> Result<Manifest> {
+    loop {
+        wait_until_free(e, targets, waiter)?;
+        let m = manifest(e, id, opts, targets)?;
+        e.state.save(&e.fs, &m)?;
+        e.host.step("begin-manifest");
+        match claim_all(e, &m, targets) {
+            Ok(None) => return Ok(m),
+            Ok(Some((base, found))) => {
+                undo_begin(e, &m)?;
+                let holder = found.holder().unwrap_or_else(|| Holder::unknown("?"));
+                waiter.blocked(&base, Blocker::Transaction(holder))?;
+            }
+            Err(err) => {
+                let _ = undo_begin(e, &m);
+                return Err(err);
+            }
         }
     }
 }
