@@ -1,4 +1,5 @@
-//! Names as users give them: base names too long for the files imgtx keeps beside them.
+//! Names as users give them: base names too long for the files imgtx keeps beside them, and
+//! names that hold `run`'s placeholders.
 
 use std::fs;
 
@@ -52,4 +53,33 @@ fn a_base_name_too_long_for_the_names_beside_it_is_refused_at_begin_leaving_noth
         .iter()
         .all(|&b| b == 0x42));
     t.assert_no_transactions();
+}
+
+#[test]
+fn run_hands_the_command_the_real_overlay_of_a_base_whose_name_holds_a_placeholder() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("x{0}y.img", MIB, 1);
+    let edit = r#"qemu-io -f qcow2 -c "write -P 0x5a 0 64k" "$1" && echo "edited $1" >&2"#;
+
+    let v = t.imgtx_json(&[
+        "run",
+        base.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        edit,
+        "sh",
+        "{}",
+    ]);
+
+    assert_eq!(v["outcome"], "committed", "{v}");
+    assert!(
+        fs::read(&base).unwrap()[..64 << 10]
+            .iter()
+            .all(|&b| b == 0x5a),
+        "the command's edit did not land: it was handed another path"
+    );
 }

@@ -174,13 +174,40 @@ fn exit_status(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.
+/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument, in one pass
+/// from left to right: an overlay's path is never searched for placeholders itself (a base
+/// named `x{0}y.img` gives an overlay whose name holds `{0}`). `{N}` past the last overlay,
+/// and anything else in braces, stays as it is.
 fn substitute(arg: &str, overlays: &[String]) -> String {
-    let mut s = arg.replace("{}", &overlays[0]);
-    for (i, o) in overlays.iter().enumerate() {
-        s = s.replace(&format!("{{{i}}}"), o);
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let overlay = after.find('}').and_then(|close| {
+            let inside = &after[..close];
+            let index = match inside {
+                "" => Some(0),
+                digits if digits.bytes().all(|b| b.is_ascii_digit()) => digits.parse().ok(),
+                _ => None,
+            };
+            index
+                .and_then(|i: usize| overlays.get(i))
+                .map(|o| (o, close))
+        });
+        match overlay {
+            Some((o, close)) => {
+                out.push_str(o);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
-    s
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -193,6 +220,14 @@ mod tests {
         assert_eq!(substitute("{}", &ov), "/a.q");
         assert_eq!(substitute("x={1},y={0}", &ov), "x=/b.q,y=/a.q");
         assert_eq!(substitute("{2}", &ov), "{2}");
+        assert_eq!(substitute("{x}{{1}}{", &ov), "{x}{/b.q}{");
+    }
+
+    #[test]
+    fn a_placeholder_inside_an_overlay_path_is_not_substituted_again() {
+        let ov = vec!["/x{0}y.img.tx-1.imgtx.qcow2".to_owned(), "/{}.q".to_owned()];
+        assert_eq!(substitute("{}", &ov), ov[0]);
+        assert_eq!(substitute("{1}:{0}", &ov), format!("{}:{}", ov[1], ov[0]));
     }
 
     #[test]
