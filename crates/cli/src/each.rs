@@ -243,9 +243,8 @@ pub fn run(
         output::print_json(&summary_json(&shown, &results, signal, code))?;
     } else if !out.quiet || code != 0 {
         let lines = summary(&shown, &results, signal);
-        let mut err = io::stderr().lock();
         for l in lines {
-            writeln!(err, "{l}")?;
+            output::say(&l);
         }
     }
     Ok(code)
@@ -462,9 +461,10 @@ impl Tally {
         let mut err = io::stderr().lock();
         if self.lines {
             self.clear_line(&mut err);
-            let _ = writeln!(err, "{}: {}", base.display(), o.describe());
+            let line = format!("{}: {}", base.display(), o.describe());
+            let _ = writeln!(err, "{}", output::escape(&line));
             if let Some(hint) = o.failure().and_then(Failure::hint) {
-                let _ = writeln!(err, "hint: {hint}");
+                let _ = writeln!(err, "hint: {}", output::escape(&hint));
             }
         }
         self.draw(&mut err);

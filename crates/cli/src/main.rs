@@ -9,6 +9,7 @@ mod demo;
 mod each;
 mod generate;
 mod interrupt;
+mod logging;
 mod output;
 mod progress;
 mod runner;
@@ -96,7 +97,7 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
-    init_tracing(&cli);
+    logging::init(cli.quiet, cli.verbose, cli.json);
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -109,9 +110,9 @@ fn main() -> ExitCode {
                 let text = json!({ "error": message, "hint": hint, "exit_code": f.code });
                 let _ = writeln!(io::stderr(), "{text}");
             } else {
-                let _ = writeln!(io::stderr(), "imgtx: error: {message}");
+                output::say(&format!("imgtx: error: {message}"));
                 if let Some(hint) = hint {
-                    let _ = writeln!(io::stderr(), "hint: {hint}");
+                    output::say(&format!("hint: {hint}"));
                 }
             }
             ExitCode::from(f.code)
@@ -123,26 +124,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
-}
-
-fn init_tracing(cli: &Cli) {
-    let level = if cli.quiet {
-        "error"
-    } else {
-        match cli.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGTX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_target(false)
-        .try_init();
 }
 
 /// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else

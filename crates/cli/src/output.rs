@@ -1,6 +1,12 @@
 //! Human and JSON output of each command.
+//!
+//! Every human line goes through [`escape`]: names and paths come from users and from disk,
+//! and a control character in one (a base named with a newline) must not forge a line of
+//! its own or move the cursor. JSON needs no such care: its strings are escaped by JSON.
 
-use std::io::{self, Write};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
 
 use serde_json::{json, Value};
 use txn::{
@@ -27,9 +33,51 @@ pub fn print_json(v: &Value) -> io::Result<()> {
 fn human(lines: &[String]) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     for l in lines {
-        writeln!(o, "{l}")?;
+        writeln!(o, "{}", escape(l))?;
     }
     o.flush()
+}
+
+/// Writes one human line on stderr, escaped. A failed write is ignored: stderr carries
+/// reports about work that goes on (or is done) whether anyone reads them or not.
+pub fn say(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{}", escape(line));
+}
+
+/// `text` for a human line: control characters as C escapes (`\n`, `\t`, `\x1b`, `\u{85}`)
+/// and a backslash doubled, so that what is shown names one text only, as `ls -b` and
+/// systemd show names.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c == '\\' || c.is_control()) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0b' => out.push_str("\\v"),
+            '\x0c' => out.push_str("\\f"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether to colour what goes to stderr: only on a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (<https://no-color.org>).
+pub fn colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn images_json(m: &Manifest) -> Value {
@@ -48,12 +96,12 @@ impl Out {
         human(&[m.id.to_string()])?;
         if !self.quiet {
             for i in &m.images {
-                eprintln!(
+                say(&format!(
                     "overlay {} over {} ({})",
                     i.overlay.display(),
                     i.base.display(),
                     i.base_format.as_str()
-                );
+                ));
             }
         }
         Ok(())
@@ -112,12 +160,14 @@ impl Out {
             return Ok(());
         }
         if committed {
-            eprintln!("command succeeded; committed {tx}");
+            say(&format!("command succeeded; committed {tx}"));
             for line in spare_lines(r.map_or(&[], |r| &r.spares)) {
-                eprintln!("{line}");
+                say(&line);
             }
         } else {
-            eprintln!("command exited with status {exit_code}; rolled back {tx}");
+            say(&format!(
+                "command exited with status {exit_code}; rolled back {tx}"
+            ));
         }
         Ok(())
     }
@@ -130,7 +180,8 @@ impl Out {
             let text = json!({"warning": format!("{name} received: {what}"), "signal": name});
             return writeln!(io::stderr(), "{text}");
         }
-        writeln!(io::stderr(), "imgtx: {name} received: {what}")
+        say(&format!("imgtx: {name} received: {what}"));
+        Ok(())
     }
 
     /// `run` stopped by signal `sig` and rolled back.
@@ -144,7 +195,7 @@ impl Out {
         if self.quiet {
             return Ok(());
         }
-        eprintln!("interrupted by {name}; rolled back {tx}");
+        say(&format!("interrupted by {name}; rolled back {tx}"));
         Ok(())
     }
 
@@ -164,13 +215,13 @@ impl Out {
         }
         // Failures are errors: on stderr, even with -q.
         for f in &r.failures {
-            eprintln!(
+            say(&format!(
                 "imgtx: error: transaction {} not recovered: {}",
                 f.tx,
                 crate::advice::chain(&f.error)
-            );
+            ));
             if let Some(hint) = crate::advice::for_error(&f.error) {
-                eprintln!("hint: {hint}");
+                say(&format!("hint: {hint}"));
             }
         }
         if self.quiet {
@@ -561,4 +612,16 @@ fn spare_lines(spares: &[Spare]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_control_characters_as_c_escapes_and_leaves_the_rest() {
+        assert!(matches!(escape("/vm/disk.img"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb\tc\x1b[31m\\"), "a\\nb\\tc\\x1b[31m\\\\");
+        assert_eq!(escape("\u{85}\x7f é"), "\\u{85}\\x7f é");
+    }
 }
