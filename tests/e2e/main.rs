@@ -5,6 +5,7 @@
 
 mod util;
 
+mod closed_pipes;
 mod commit_signals;
 mod guestfish;
 mod history_chain;

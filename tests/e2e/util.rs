@@ -444,6 +444,33 @@ pub fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// Which output stream of a child [`run_with_closed`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+/// Runs `cmd` with the read end of its stdout or stderr pipe closed before it can write, as
+/// in `imgtx ... | true`: every write there fails with EPIPE. Returns its output, in which
+/// the closed stream is empty.
+pub fn run_with_closed(cmd: &mut Command, closed: Closed) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    match closed {
+        Closed::Stdout => drop(child.stdout.take()),
+        Closed::Stderr => drop(child.stderr.take()),
+    }
+    child
+        .wait_with_output()
+        .expect("collect the child's output")
+}
+
 /// Runs `cmd` and returns its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

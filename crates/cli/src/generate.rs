@@ -22,8 +22,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
             }
         }
         What::Completions { shell, dir: None } => {
+            // Made in memory first: clap_complete panics when a write fails, and stdout may
+            // be a pipe its reader closed (`imgtx generate completions bash | true`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "imgtx", &mut script);
             let mut out = io::stdout().lock();
-            clap_complete::generate(*shell, &mut Cli::command(), "imgtx", &mut out);
+            out.write_all(&script)?;
             out.flush()?;
         }
         What::Completions {

@@ -26,16 +26,26 @@ pub struct Out {
 // both printers buffer the whole block and flush once.
 pub fn print_json(v: &Value) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    writeln!(o, "{v}")?;
-    o.flush()
+    unless_reader_gone(writeln!(o, "{v}").and_then(|()| o.flush()))
 }
 
 fn human(lines: &[String]) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    for l in lines {
-        writeln!(o, "{}", escape(l))?;
+    let written = lines
+        .iter()
+        .try_for_each(|l| writeln!(o, "{}", escape(l)))
+        .and_then(|()| o.flush());
+    unless_reader_gone(written)
+}
+
+/// `written`, but a reader that went away (a closed pipe: `imgtx log | head -1`) is no
+/// failure: the work the output reports is done either way, and the exit status must say
+/// how that went (`run`'s command's status, `log --verify`'s verdict), not that nobody read.
+fn unless_reader_gone(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
-    o.flush()
 }
 
 /// Writes one human line on stderr, escaped. A failed write is ignored: stderr carries
