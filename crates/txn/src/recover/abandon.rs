@@ -47,7 +47,7 @@ pub(crate) fn abandon<S: Fs, H: Host>(
     bases.sort();
     bases.dedup();
     if manifest.is_none() && !commits.contains_key(id) {
-        return Err(Error::NotFound { tx: id.to_string() });
+        return Err(crate::lookup::not_open(e, id.as_str()));
     }
     let mut kept = Vec::new();
     for base in &bases {
