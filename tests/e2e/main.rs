@@ -15,6 +15,7 @@ mod kill;
 mod kill_strace;
 mod kill_xfs;
 mod names;
+mod naming;
 mod operator;
 mod ops;
 mod progress;

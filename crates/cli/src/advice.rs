@@ -37,8 +37,22 @@ pub fn for_error(e: &Error) -> Option<String> {
         Error::InUse { .. } => "stop the qemu process that uses it, then try again".to_owned(),
         Error::Interrupted { .. } => "run `imgtx recover`".to_owned(),
         Error::Locked { .. } => "try again when that process finishes".to_owned(),
-        Error::NotFound { .. } => {
+        Error::NotFound {
+            closest: Some(id), ..
+        } => format!(
+            "did you mean {id}? `imgtx status` lists open transactions, `imgtx log` finished ones"
+        ),
+        Error::NotFound { closest: None, .. } => {
             "`imgtx status` lists open transactions, `imgtx log` finished ones".to_owned()
+        }
+        Error::Finished { entry } if entry.outcome.changed_images() => format!(
+            "`imgtx log` shows its entry; `imgtx status` says whether `imgtx revert {}` can \
+             still take it back",
+            entry.id
+        ),
+        Error::Finished { .. } => "`imgtx log` shows its entry".to_owned(),
+        Error::Ambiguous { .. } => {
+            "name it by its whole id; `imgtx status` lists open transactions".to_owned()
         }
         Error::RecoveryNeeded { path, .. } => {
             format!("run `imgtx recover {}`", path.display())

@@ -156,13 +156,27 @@ fn state_dir(given: Option<PathBuf>, create_parent: bool) -> Result<PathBuf, Fai
     Ok(dir)
 }
 
-/// The transaction the user named `given`.
+/// The transaction the user named `given`, which must be a whole id (for commands about
+/// transactions that may not be registered: `revert`, `recover --abandon`).
 fn tx_id(given: &str) -> Result<TxId, Failure> {
-    TxId::parse(given).ok_or_else(|| {
-        Failure::from(txn::Error::NotFound {
-            tx: given.to_owned(),
-        })
-    })
+    TxId::parse(given).ok_or_else(|| Failure::from(not_found(given)))
+}
+
+/// The registered transaction the user named `given` (an id, a name, an id prefix), over
+/// `engine` when there is a state directory.
+fn find(engine: Option<&Engine<OsFs, OsHost>>, given: &str) -> Result<TxId, Failure> {
+    match engine {
+        Some(e) => Ok(e.find(given)?),
+        None => Err(not_found(given).into()),
+    }
+}
+
+/// `given` names no transaction, and there is none it could be a typo of.
+fn not_found(given: &str) -> txn::Error {
+    txn::Error::NotFound {
+        tx: given.to_owned(),
+        closest: None,
+    }
 }
 
 /// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
@@ -243,7 +257,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| {
+            let r = engine.commit(&find(Some(&engine), &tx)?, commit.into(), &mut |p| {
                 watch(&interrupts, &p);
                 bar.report(&p);
             })?;
@@ -280,7 +294,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             out.prune(&pruned, dry_run)?;
         }
         Command::Rollback { tx } => {
-            let id = tx_id(&tx)?;
+            let id = find(Some(&engine), &tx)?;
             interrupts.left(0);
             engine.rollback(&id)?;
             out.rollback(&id)?;
@@ -369,13 +383,10 @@ fn read_only(
 ) -> Result<u8, Failure> {
     match command {
         Command::Status { tx } => {
-            let id = tx.as_deref().map(tx_id).transpose()?;
-            let list = match (engine, &id) {
-                (Some(e), _) => e.status(id.as_ref())?,
-                (None, None) => Vec::new(),
-                (None, Some(id)) => {
-                    return Err(txn::Error::NotFound { tx: id.to_string() }.into());
-                }
+            let id = tx.as_deref().map(|t| find(engine, t)).transpose()?;
+            let list = match engine {
+                Some(e) => e.status(id.as_ref())?,
+                None => Vec::new(),
             };
             let kept = match (engine, &id) {
                 (Some(e), None) => e.kept()?,
@@ -384,8 +395,8 @@ fn read_only(
             out.status(&list, &kept)?;
         }
         Command::Diff { tx } => {
-            let id = tx_id(&tx)?;
-            let engine = engine.ok_or_else(|| txn::Error::NotFound { tx: tx.clone() })?;
+            let id = find(engine, &tx)?;
+            let engine = engine.ok_or_else(|| not_found(&tx))?;
             out.diff(&id, &engine.diff(&id)?)?;
         }
         Command::Log {
