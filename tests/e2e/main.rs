@@ -18,6 +18,7 @@ mod names;
 mod naming;
 mod operator;
 mod ops;
+mod plain_words;
 mod progress;
 mod revert;
 mod run_each;

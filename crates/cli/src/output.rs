@@ -10,8 +10,9 @@ use std::io::{self, IsTerminal, Write};
 
 use serde_json::{json, Value};
 use txn::{
-    kept, AbandonReport, Aside, ChainFormat, CommitReport, History, ImageDiff, Manifest, Pruned,
-    RecoverReport, RevertReport, Spare, TxId, TxStatus, Verification,
+    kept, AbandonReport, Aside, ChainFormat, CommitReport, Condition, History, ImageDiff, Manifest,
+    Outcome, Pruned, RecoverReport, RecoveryAction, RevertReport, Spare, TxId, TxStatus,
+    Verification,
 };
 
 /// How to print.
@@ -240,19 +241,17 @@ impl Out {
         if r.actions.is_empty() && r.failures.is_empty() {
             return human(&["nothing to recover".to_owned()]);
         }
-        let prefix = if r.dry_run { "would do: " } else { "" };
-        let lines: Vec<String> = r
-            .actions
-            .iter()
-            .map(|a| {
-                let bases: Vec<String> = a.bases.iter().map(|b| b.display().to_string()).collect();
-                let action = serde_json::to_value(a.action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                format!("{prefix}{} {action} {}", a.tx, bases.join(" "))
-            })
-            .collect();
+        let mut lines = Vec::new();
+        for a in &r.actions {
+            let (would, did) = action_words(a.action);
+            let words = if r.dry_run {
+                format!("would {would}")
+            } else {
+                did.to_owned()
+            };
+            lines.push(format!("{}: {words}", a.tx));
+            lines.extend(a.bases.iter().map(|b| format!("  {}", b.display())));
+        }
         human(&lines)
     }
 
@@ -369,9 +368,7 @@ impl Out {
         }
         for s in list {
             let m = &s.manifest;
-            let state = serde_json::to_value(s.condition)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
+            let state = condition_words(s.condition);
             let name = m
                 .name
                 .as_deref()
@@ -379,11 +376,7 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{}{name} {} since {} by {}@{}",
-                m.id,
-                state.unwrap_or_default(),
-                m.created,
-                m.user,
-                m.host
+                m.id, state, m.created, m.user, m.host
             ));
             for (i, st) in m.images.iter().zip(&s.images) {
                 lines.push(format!(
@@ -476,9 +469,7 @@ impl Out {
         };
         notes(None, &mut lines);
         for e in &h.entries {
-            let outcome = serde_json::to_value(e.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
+            let outcome = outcome_words(e.outcome);
             let name = e
                 .name
                 .as_deref()
@@ -486,11 +477,7 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{} {}{name} {} by {}@{}",
-                e.ended,
-                e.id,
-                outcome.unwrap_or_default(),
-                e.user,
-                e.host
+                e.ended, e.id, outcome, e.user, e.host
             ));
             for i in &e.images {
                 lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
@@ -582,6 +569,92 @@ impl Out {
             (None, _) => {}
         }
         human(&lines)
+    }
+}
+
+/// A transaction's condition in `status`, in plain words (`--json` has the enum's names).
+fn condition_words(c: Condition) -> &'static str {
+    match c {
+        Condition::Open => "open",
+        Condition::InProgress => "busy (another imgtx works on it now)",
+        Condition::CommitInterrupted => "commit interrupted (`imgtx recover` finishes it)",
+        Condition::BeginInterrupted => "begin interrupted (`imgtx recover` cleans it up)",
+        Condition::RollbackInterrupted => "rollback interrupted (`imgtx recover` finishes it)",
+        Condition::CleanupInterrupted => {
+            "committed, cleanup interrupted (`imgtx recover` finishes it)"
+        }
+        Condition::PreImagesWithoutJournal => {
+            "pre-images left without their journal: the base may be half written \
+             (`imgtx recover` decides)"
+        }
+    }
+}
+
+/// How a transaction ended, in plain words for `log` (`--json` has the enum's names).
+fn outcome_words(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "committed",
+        Outcome::RolledBack => "rolled back",
+        Outcome::RecoveredForward => "committed by recovery",
+        Outcome::RecoveredBack => "undone by recovery",
+        Outcome::Abandoned => "abandoned",
+        Outcome::Reverted => "reverted",
+    }
+}
+
+/// What recovery would do and did to a transaction, in plain words (`--json` has the
+/// enum's names).
+fn action_words(a: RecoveryAction) -> (&'static str, &'static str) {
+    match a {
+        RecoveryAction::DiscardedUncommitted => (
+            "drop a commit that never reached its commit point: the bases were never \
+             written; the transaction stays open with its changes",
+            "dropped a commit that never reached its commit point: the bases were never \
+             written; the transaction is still open with its changes (commit or roll it back)",
+        ),
+        RecoveryAction::RestoredUncommitted => (
+            "put back the pre-images of a commit that never reached its commit point; the \
+             transaction stays open with its changes",
+            "put back the pre-images of a commit that never reached its commit point: the \
+             bases hold their old content; the transaction is still open with its changes",
+        ),
+        RecoveryAction::RecoveredForward => (
+            "finish the interrupted commit",
+            "finished the interrupted commit: the bases hold the new content",
+        ),
+        RecoveryAction::RecoveredBack => (
+            "undo the interrupted commit",
+            "undid the interrupted commit: the bases hold the old content",
+        ),
+        RecoveryAction::FinishedCleanup => (
+            "finish the cleanup of a commit",
+            "finished the cleanup of a commit (it had committed)",
+        ),
+        RecoveryAction::CleanedBegin => (
+            "clean up an interrupted begin",
+            "cleaned up an interrupted begin",
+        ),
+        RecoveryAction::FinishedRollback => (
+            "finish the interrupted rollback",
+            "finished the interrupted rollback",
+        ),
+        RecoveryAction::RemovedOrphanClaim => (
+            "remove a claim whose transaction no longer exists",
+            "removed a claim whose transaction no longer exists",
+        ),
+        RecoveryAction::EndedElsewhere => (
+            "forget a transaction finished or undone from another state directory or host",
+            "forgot a transaction finished or undone from another state directory or host",
+        ),
+        RecoveryAction::RemovedStrayPreImages => (
+            "remove pre-images whose journal is gone (the base holds the old content)",
+            "removed pre-images whose journal was gone (the base held the old content)",
+        ),
+        RecoveryAction::ReleasedRevert => (
+            "release a revert that died before writing anything",
+            "released a revert that died before writing anything (the reverted transaction \
+             can still be reverted)",
+        ),
     }
 }
 
