@@ -21,6 +21,7 @@ mod ops;
 mod plain_words;
 mod progress;
 mod revert;
+mod run_command;
 mod run_each;
 mod run_signals;
 mod txn_qcow2;

@@ -89,8 +89,30 @@ fn main() -> ExitCode {
                 let rendered = e.to_string();
                 let first = rendered.lines().next().unwrap_or("invalid usage");
                 let msg = first.strip_prefix("error: ").unwrap_or(first);
-                let text = json!({ "error": format!("usage: {msg}"), "exit_code": EXIT_USAGE });
+                let hint = forgot_double_dash(&raw, e.kind()).then_some(RUN_TIP);
+                let text = json!({ "error": format!("usage: {msg}"), "hint": hint,
+                                   "exit_code": EXIT_USAGE });
                 let _ = writeln!(io::stderr(), "{text}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+            if forgot_double_dash(&raw, e.kind()) {
+                // clap's own tip ("to pass '-a' as a value, use '-- -a'") would put `--` in
+                // the wrong place: it goes before the whole command.
+                let rendered = e.render().to_string();
+                let mut lines: Vec<&str> = Vec::new();
+                for line in rendered.lines() {
+                    if line.trim_start().starts_with("tip:") {
+                        continue;
+                    }
+                    if !(line.is_empty() && lines.last().is_some_and(|l| l.is_empty())) {
+                        lines.push(line);
+                    }
+                }
+                let mut err = io::stderr().lock();
+                for line in lines {
+                    let _ = writeln!(err, "{line}");
+                }
+                let _ = writeln!(err, "tip: {RUN_TIP}");
                 return ExitCode::from(EXIT_USAGE);
             }
             let _ = e.print();
@@ -118,6 +140,22 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
+}
+
+/// The tip for a `run` whose command was not put after `--`.
+const RUN_TIP: &str = "put `--` between the base images and the command: \
+                       imgtx run BASE... -- CMD ARGS...";
+
+/// True when `raw` is a `run` that failed to parse (with `kind`) because its command was not
+/// put after `--`: clap then takes the command for base images, or its options for imgtx's.
+fn forgot_double_dash(raw: &[OsString], kind: clap::error::ErrorKind) -> bool {
+    use clap::error::ErrorKind;
+    // The words before `run` may include option values, so `run` is looked for anywhere.
+    matches!(
+        kind,
+        ErrorKind::MissingRequiredArgument | ErrorKind::UnknownArgument
+    ) && raw.iter().skip(1).any(|a| a == "run")
+        && !raw.iter().any(|a| a == "--")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -446,19 +484,15 @@ fn run_command(
     let _writers_out = match ran {
         runner::Ran::InUse(e) => return Err(e.into()),
         runner::Ran::NotStarted { program, error } => {
-            return Err(anyhow::anyhow!(
-                "could not run {program:?}: {error}; transaction {} rolled back",
-                m.id
-            )
-            .into());
+            return Err(runner::not_started(&program, &error, &m.id));
         }
         runner::Ran::Stopped(sig) => {
             out.interrupted(&m.id, sig)?;
             return Ok(signal_exit(sig));
         }
-        runner::Ran::Exited { code, .. } if code != 0 => {
+        runner::Ran::Exited { code, signal, .. } if code != 0 => {
             engine.rollback(&m.id)?;
-            out.run(&m.id, false, code, None)?;
+            out.run(&m.id, (code, signal), None)?;
             return Ok(u8::try_from(code).unwrap_or(1).max(1));
         }
         runner::Ran::Exited { guards, .. } => guards,
@@ -482,7 +516,7 @@ fn run_command(
             "signal received during the commit; the commit was finished first"
         );
     }
-    out.run(&m.id, true, 0, Some(&r))?;
+    out.run(&m.id, (0, None), Some(&r))?;
     Ok(0)
 }
 

@@ -147,13 +147,15 @@ impl Out {
         human(&[format!("rolled back {tx}")])
     }
 
+    /// `run` ended: its command exited with `exit_code` (killed by `killed_by` if that is
+    /// set), and the transaction was committed (`r`) or rolled back.
     pub fn run(
         &self,
         tx: &TxId,
-        committed: bool,
-        exit_code: i32,
+        (exit_code, killed_by): (i32, Option<i32>),
         r: Option<&CommitReport>,
     ) -> io::Result<()> {
+        let committed = r.is_some();
         let outcome = if committed {
             "committed"
         } else {
@@ -164,7 +166,7 @@ impl Out {
             let spares = r.map_or(Value::Array(Vec::new()), |r| json!(r.spares));
             return print_json(
                 &json!({"id": tx, "outcome": outcome, "exit_code": exit_code,
-                "images": images, "spares": spares}),
+                "killed_by": killed_by.map(signal_name), "images": images, "spares": spares}),
             );
         }
         if self.quiet {
@@ -177,7 +179,8 @@ impl Out {
             }
         } else {
             say(&format!(
-                "command exited with status {exit_code}; rolled back {tx}"
+                "command {}; rolled back {tx}",
+                crate::runner::ended(exit_code, killed_by)
             ));
         }
         Ok(())

@@ -23,10 +23,14 @@ pub type OsEngine = Engine<OsFs, OsHost>;
 
 /// How the command of a transaction ended.
 pub enum Ran {
-    /// It exited with `code` (128 + N when signal N killed it). The transaction is still open,
-    /// and other writers stay out of its bases while `guards` live: keep them until the
-    /// commit or rollback is done.
-    Exited { code: i32, guards: Vec<OsGuard> },
+    /// It exited with `code` (128 + N when signal N killed it, and then `signal` is N). The
+    /// transaction is still open, and other writers stay out of its bases while `guards`
+    /// live: keep them until the commit or rollback is done.
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+        guards: Vec<OsGuard>,
+    },
     /// The user asked to stop (signal number): the transaction was rolled back.
     Stopped(i32),
     /// Other writers could not be kept out of a base (a qemu process writes it): the
@@ -108,6 +112,7 @@ pub fn run_on(
     }
     Ok(Ran::Exited {
         code: exit_status(status),
+        signal: status.signal(),
         guards,
     })
 }
@@ -132,6 +137,29 @@ pub fn commit(
             Ok(Committed::Stopped(signal))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The failure of a command that could not be started (`program` as substituted), in
+/// transaction `tx`, now rolled back: exit status 127 when there is no such program, 126
+/// when it cannot be executed, as shells do.
+pub fn not_started(program: &str, error: &io::Error, tx: &TxId) -> Failure {
+    let code = match error.kind() {
+        io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    Failure {
+        error: anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)"),
+        code,
+    }
+}
+
+/// How a command ended that did not succeed, for human output: `exited with status N` or
+/// `was killed by SIGKILL`.
+pub fn ended(code: i32, signal: Option<i32>) -> String {
+    match signal {
+        Some(sig) => format!("was killed by {}", crate::output::signal_name(sig)),
+        None => format!("exited with status {code}"),
     }
 }
 
