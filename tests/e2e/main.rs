@@ -8,6 +8,7 @@ mod util;
 mod closed_pipes;
 mod commit_signals;
 mod guestfish;
+mod help;
 mod history_chain;
 mod hostile;
 mod isolation;

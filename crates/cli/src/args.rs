@@ -27,7 +27,8 @@ Examples:
   imgtx recover
 
 Exit status: 0 ok, 1 error, 2 usage, 3 busy or conflict, 4 recovery needed.
-Documentation: docs/cli.md and docs/commit-protocol.md.";
+Documentation: man imgtx, and man imgtx-COMMAND for each command (environment, files, every
+exit status); the package installs the operator's guide in /usr/share/doc/imgtx.";
 
 const RECOVER_HELP: &str = "\
 Examples:

@@ -13,6 +13,7 @@ mod logging;
 mod output;
 mod progress;
 mod runner;
+mod usage;
 mod waiting;
 
 use std::ffi::OsString;
@@ -30,9 +31,8 @@ use txn::{
 };
 
 use args::{BaseFormat, BeginArgs, Cli, Command};
+use usage::EXIT_USAGE;
 
-/// Exit status of a usage error (clap's own).
-const EXIT_USAGE: u8 = 2;
 /// Exit status when an interrupted transaction still needs recovery.
 const EXIT_RECOVERY_NEEDED: u8 = 4;
 
@@ -81,43 +81,7 @@ fn main() -> ExitCode {
     let raw: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let wants_json = raw.iter().any(|a| a == "--json");
-            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-            {
-                let rendered = e.to_string();
-                let first = rendered.lines().next().unwrap_or("invalid usage");
-                let msg = first.strip_prefix("error: ").unwrap_or(first);
-                let hint = forgot_double_dash(&raw, e.kind()).then_some(RUN_TIP);
-                let text = json!({ "error": format!("usage: {msg}"), "hint": hint,
-                                   "exit_code": EXIT_USAGE });
-                let _ = writeln!(io::stderr(), "{text}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-            if forgot_double_dash(&raw, e.kind()) {
-                // clap's own tip ("to pass '-a' as a value, use '-- -a'") would put `--` in
-                // the wrong place: it goes before the whole command.
-                let rendered = e.render().to_string();
-                let mut lines: Vec<&str> = Vec::new();
-                for line in rendered.lines() {
-                    if line.trim_start().starts_with("tip:") {
-                        continue;
-                    }
-                    if !(line.is_empty() && lines.last().is_some_and(|l| l.is_empty())) {
-                        lines.push(line);
-                    }
-                }
-                let mut err = io::stderr().lock();
-                for line in lines {
-                    let _ = writeln!(err, "{line}");
-                }
-                let _ = writeln!(err, "tip: {RUN_TIP}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
-        }
+        Err(e) => return usage::report(&raw, &e),
     };
     logging::init(cli.quiet, cli.verbose, cli.json);
     let json = cli.json;
@@ -140,22 +104,6 @@ fn main() -> ExitCode {
             ExitCode::from(f.code)
         }
     }
-}
-
-/// The tip for a `run` whose command was not put after `--`.
-const RUN_TIP: &str = "put `--` between the base images and the command: \
-                       imgtx run BASE... -- CMD ARGS...";
-
-/// True when `raw` is a `run` that failed to parse (with `kind`) because its command was not
-/// put after `--`: clap then takes the command for base images, or its options for imgtx's.
-fn forgot_double_dash(raw: &[OsString], kind: clap::error::ErrorKind) -> bool {
-    use clap::error::ErrorKind;
-    // The words before `run` may include option values, so `run` is looked for anywhere.
-    matches!(
-        kind,
-        ErrorKind::MissingRequiredArgument | ErrorKind::UnknownArgument
-    ) && raw.iter().skip(1).any(|a| a == "run")
-        && !raw.iter().any(|a| a == "--")
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
