@@ -6,6 +6,7 @@
 mod util;
 
 mod closed_pipes;
+mod colour;
 mod commit_signals;
 mod guestfish;
 mod help;
@@ -25,6 +26,7 @@ mod revert;
 mod run_command;
 mod run_each;
 mod run_signals;
+mod status_view;
 mod txn_qcow2;
 mod txn_raw;
 

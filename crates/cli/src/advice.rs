@@ -62,6 +62,13 @@ pub fn for_error(e: &Error) -> Option<String> {
              base is gone for good, `imgtx recover --abandon {tx}` ends the transaction \
              without writing any image"
         ),
+        Error::UntrustedStateDir { path, .. } if is_roots_and_i_am_not(path) => {
+            "it is root's state directory, which only root may use: to see or change root's \
+             transactions run imgtx with sudo; for transactions of your own, use a state \
+             directory you own (--state-dir DIR or $IMGTX_STATE_DIR; the default for users \
+             is ~/.local/state/imgtx)"
+                .to_owned()
+        }
         Error::UntrustedStateDir { path, .. } => format!(
             "whoever can change it could make imgtx remove or overwrite files in your name: \
              make it yours and private (`chown $(id -u) {0}; chmod 700 {0}`) once you know \
@@ -97,6 +104,13 @@ pub fn for_error(e: &Error) -> Option<String> {
         _ => return None,
     };
     Some(text)
+}
+
+/// True when `path` belongs to root and imgtx does not run as root: a permission problem to
+/// solve with sudo, not a directory to take over with chown.
+fn is_roots_and_i_am_not(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    !nix::unistd::geteuid().is_root() && std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == 0)
 }
 
 #[cfg(test)]

@@ -413,8 +413,18 @@ impl Out {
                 r.committed,
                 indicatif::HumanBytes(*bytes)
             ));
+            // The files by name, each with its size: they are hidden (`.NAME.imgtx.spare`),
+            // and their disk space must never be a surprise.
             for i in &r.images {
-                lines.push(format!("    {}", i.base.display()));
+                let size = std::fs::symlink_metadata(&i.file).map_or_else(
+                    |_| "gone".to_owned(),
+                    |m| indicatif::HumanBytes(m.len()).to_string(),
+                );
+                lines.push(format!(
+                    "    {}: {} ({size})",
+                    i.base.display(),
+                    i.file.display()
+                ));
             }
         }
         if self.quiet && list.is_empty() {
