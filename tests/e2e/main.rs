@@ -16,6 +16,7 @@ mod isolation;
 mod kill;
 mod kill_strace;
 mod kill_xfs;
+mod log_view;
 mod names;
 mod naming;
 mod operator;

@@ -397,14 +397,32 @@ fn read_only(
             out.verify(&v)?;
             return Ok(u8::from(!v.verified));
         }
-        Command::Log { base, .. } => {
+        Command::Log {
+            base,
+            last,
+            since,
+            tx,
+            ..
+        } => {
+            let given = base.clone();
             let base = base
                 .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
                 .transpose()?;
-            let history = match engine {
+            let mut history = match engine {
                 Some(e) => e.log(base.as_deref())?,
                 None => txn::History::default(),
             };
+            // A path that never had a transaction and names no file is most likely a typo.
+            if let (Some(given), Some(base)) = (&given, &base) {
+                if history.entries.is_empty() && !base.exists() {
+                    return Err(anyhow::anyhow!(
+                        "no history for {}, and there is no such file",
+                        given.display()
+                    )
+                    .into());
+                }
+            }
+            output::select(&mut history, tx.as_deref(), since.as_deref(), last);
             out.log(&history)?;
         }
         _ => unreachable!("only read-only commands come here"),

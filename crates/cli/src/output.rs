@@ -131,7 +131,7 @@ impl Out {
         lines.extend(
             r.images
                 .iter()
-                .map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)),
+                .map(|i| format!("  {}: {} changed", i.base.display(), size(i.changed_bytes))),
         );
         lines.extend(spare_lines(&r.spares));
         human(&lines)
@@ -293,7 +293,7 @@ impl Out {
         lines.extend(
             r.images
                 .iter()
-                .map(|i| format!("  {}: {} bytes put back", i.base.display(), i.changed_bytes)),
+                .map(|i| format!("  {}: {} put back", i.base.display(), size(i.changed_bytes))),
         );
         human(&lines)
     }
@@ -440,12 +440,12 @@ impl Out {
         let mut lines = Vec::new();
         for d in images {
             lines.push(format!(
-                "{}: {} bytes changed in {} extents (size {} -> {})",
+                "{}: {} changed in {} extents (size {} -> {})",
                 d.base.display(),
-                d.changed_bytes,
+                size(d.changed_bytes),
                 d.extents.len(),
-                d.old_size,
-                d.new_size.max(d.old_size)
+                size(d.old_size),
+                size(d.new_size.max(d.old_size))
             ));
             for e in &d.extents {
                 let what = serde_json::to_value(e.action)
@@ -492,8 +492,13 @@ impl Out {
                 "{} {}{name} {} by {}@{}",
                 e.ended, e.id, outcome, e.user, e.host
             ));
+            // What a rollback changed is nothing: its images are named without a size.
             for i in &e.images {
-                lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
+                lines.push(if e.outcome.changed_images() {
+                    format!("  {}: {} changed", i.base.display(), size(i.changed_bytes))
+                } else {
+                    format!("  {}", i.base.display())
+                });
             }
             if let Some(tx) = &e.reverts {
                 lines.push(format!("  reverted {tx}"));
@@ -583,6 +588,32 @@ impl Out {
         }
         human(&lines)
     }
+}
+
+/// Keeps the entries of `h` that `log` was asked for: those of transaction `tx` (an id, an
+/// id prefix or a name; the revert that took it back too), those that ended at or after
+/// `since` (RFC 3339 UTC, which orders as text), then the `last` N of them.
+pub fn select(h: &mut History, tx: Option<&str>, since: Option<&str>, last: Option<usize>) {
+    if let Some(tx) = tx {
+        let hex = tx.strip_prefix("tx-").unwrap_or(tx);
+        let prefix = format!("tx-{hex}");
+        let is = |id: &TxId| id.as_str().starts_with(&prefix);
+        h.entries.retain(|e| {
+            is(&e.id) || e.reverts.as_ref().is_some_and(is) || e.name.as_deref() == Some(tx)
+        });
+    }
+    if let Some(since) = since {
+        h.entries.retain(|e| e.ended.as_str() >= since);
+    }
+    if let Some(n) = last {
+        let cut = h.entries.len().saturating_sub(n);
+        h.entries.drain(..cut);
+    }
+}
+
+/// `bytes` for people: `0 B`, `512 B`, `64 KiB`, `1.50 GiB` (`--json` has exact bytes).
+fn size(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
 }
 
 /// A transaction's condition in `status`, in plain words (`--json` has the enum's names).

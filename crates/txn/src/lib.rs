@@ -80,6 +80,7 @@ pub use options::{
 };
 pub use record::Direction;
 pub use release::Released;
+pub use time::rfc3339;
 pub use wait::{Blocker, Waiting};
 
 /// The transaction engine over file system `S` on host `H`.
