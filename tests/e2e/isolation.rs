@@ -13,7 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::util::{exit, imgtx_bin, qemu_io, require_tools, run, stderr_of, Begun, TestDir};
+use crate::util::{exit, imgtx_bin, qemu_io, require_tools, run, stderr_of, tree, Begun, TestDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -247,6 +247,59 @@ fn a_waiting_begin_waits_for_the_holders_tools_and_ctrl_c_leaves_nothing() {
         vec!["disk.img"],
         "nothing left beside the base"
     );
+}
+
+#[test]
+fn a_waiting_run_or_begin_stops_at_once_on_sigterm_or_sigint_and_leaves_nothing() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 6);
+    let holder = t.begin(&[&base]);
+    let images = t.image_listing();
+    let state = tree(&t.state_dir());
+    let cases = [
+        (&["run", "--json", "--wait"][..], Signal::SIGTERM),
+        (&["run", "--json", "--wait"][..], Signal::SIGINT),
+        (&["begin", "--json", "--wait"][..], Signal::SIGTERM),
+        (&["begin", "--json", "--wait"][..], Signal::SIGINT),
+    ];
+    for (args, sig) in cases {
+        let mut waiter = t
+            .command()
+            .args(args)
+            .arg(&base)
+            .args(["--", "true"].iter().filter(|_| args[0] == "run"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(waiter.stderr.take().unwrap());
+        wait_announced(&mut stderr);
+
+        kill(Pid::from_raw(waiter.id() as i32), sig).unwrap();
+        let started = Instant::now();
+        let status = waiter.wait().unwrap();
+
+        let what = format!("{} stopped by {sig}", args[0]);
+        assert_eq!(status.code(), Some(128 + sig as i32), "{what}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{what}: it did not stop at once"
+        );
+        assert_eq!(
+            t.image_listing(),
+            images,
+            "{what}: left a file beside the base"
+        );
+        assert_eq!(
+            tree(&t.state_dir()),
+            state,
+            "{what}: left something in the state directory"
+        );
+    }
+    t.imgtx_ok(&["rollback", &holder.id]);
 }
 
 #[test]

@@ -5,8 +5,11 @@
 
 mod util;
 
+mod closed_pipes;
+mod colour;
 mod commit_signals;
 mod guestfish;
+mod help;
 mod history_chain;
 mod hostile;
 mod isolation;
@@ -14,13 +17,18 @@ mod kill;
 mod kill_strace;
 mod kill_xfs;
 mod lease;
+mod log_view;
 mod names;
+mod naming;
 mod operator;
 mod ops;
+mod plain_words;
 mod progress;
 mod revert;
+mod run_command;
 mod run_each;
 mod run_signals;
+mod status_view;
 mod txn_qcow2;
 mod txn_raw;
 

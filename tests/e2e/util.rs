@@ -425,6 +425,52 @@ pub fn listing(dir: &Path) -> Vec<String> {
     names
 }
 
+/// The sorted paths, relative to `dir`, of everything under `dir` (directories included):
+/// to check that a command left nothing behind in a state directory.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())) {
+            let path = entry.expect("read dir entry").path();
+            let rel = path.strip_prefix(root).expect("under the root");
+            out.push(rel.to_string_lossy().into_owned());
+            if path.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Which output stream of a child [`run_with_closed`] closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Its standard output.
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+/// Runs `cmd` with the read end of its stdout or stderr pipe closed before it can write, as
+/// in `imgtx ... | true`: every write there fails with EPIPE. Returns its output, in which
+/// the closed stream is empty.
+pub fn run_with_closed(cmd: &mut Command, closed: Closed) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("could not run {cmd:?}: {e}"));
+    match closed {
+        Closed::Stdout => drop(child.stdout.take()),
+        Closed::Stderr => drop(child.stderr.take()),
+    }
+    child
+        .wait_with_output()
+        .expect("collect the child's output")
+}
+
 /// Runs `cmd` and returns its output; panics only if it could not be started.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()

@@ -37,8 +37,22 @@ pub fn for_error(e: &Error) -> Option<String> {
         Error::InUse { .. } => "stop the qemu process that uses it, then try again".to_owned(),
         Error::Interrupted { .. } => "run `imgtx recover`".to_owned(),
         Error::Locked { .. } => "try again when that process finishes".to_owned(),
-        Error::NotFound { .. } => {
+        Error::NotFound {
+            closest: Some(id), ..
+        } => format!(
+            "did you mean {id}? `imgtx status` lists open transactions, `imgtx log` finished ones"
+        ),
+        Error::NotFound { closest: None, .. } => {
             "`imgtx status` lists open transactions, `imgtx log` finished ones".to_owned()
+        }
+        Error::Finished { entry } if entry.outcome.changed_images() => format!(
+            "`imgtx log` shows its entry; `imgtx status` says whether `imgtx revert {}` can \
+             still take it back",
+            entry.id
+        ),
+        Error::Finished { .. } => "`imgtx log` shows its entry".to_owned(),
+        Error::Ambiguous { .. } => {
+            "name it by its whole id; `imgtx status` lists open transactions".to_owned()
         }
         Error::RecoveryNeeded { path, .. } => {
             format!("run `imgtx recover {}`", path.display())
@@ -48,6 +62,13 @@ pub fn for_error(e: &Error) -> Option<String> {
              base is gone for good, `imgtx recover --abandon {tx}` ends the transaction \
              without writing any image"
         ),
+        Error::UntrustedStateDir { path, .. } if is_roots_and_i_am_not(path) => {
+            "it is root's state directory, which only root may use: to see or change root's \
+             transactions run imgtx with sudo; for transactions of your own, use a state \
+             directory you own (--state-dir DIR or $IMGTX_STATE_DIR; the default for users \
+             is ~/.local/state/imgtx)"
+                .to_owned()
+        }
         Error::UntrustedStateDir { path, .. } => format!(
             "whoever can change it could make imgtx remove or overwrite files in your name: \
              make it yours and private (`chown $(id -u) {0}; chmod 700 {0}`) once you know \
@@ -83,6 +104,13 @@ pub fn for_error(e: &Error) -> Option<String> {
         _ => return None,
     };
     Some(text)
+}
+
+/// True when `path` belongs to root and imgtx does not run as root: a permission problem to
+/// solve with sudo, not a directory to take over with chown.
+fn is_roots_and_i_am_not(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    !nix::unistd::geteuid().is_root() && std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == 0)
 }
 
 #[cfg(test)]

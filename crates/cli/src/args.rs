@@ -27,7 +27,8 @@ Examples:
   imgtx recover
 
 Exit status: 0 ok, 1 error, 2 usage, 3 busy or conflict, 4 recovery needed.
-Documentation: docs/cli.md and docs/commit-protocol.md.";
+Documentation: man imgtx, and man imgtx-COMMAND for each command (environment, files, every
+exit status); the package installs the operator's guide in /usr/share/doc/imgtx.";
 
 const RECOVER_HELP: &str = "\
 Examples:
@@ -172,6 +173,34 @@ pub fn parse_age(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
+/// `--since`'s WHEN as the RFC 3339 UTC time it stands for (`2026-01-05T00:00:00Z`), which
+/// compares with the history's times as text.
+pub fn parse_since(s: &str) -> Result<String, String> {
+    if let Ok(age) = parse_age(s) {
+        let then = std::time::SystemTime::now()
+            .checked_sub(age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        return Ok(txn::rfc3339(then));
+    }
+    let shape = |t: &str, pattern: &str| {
+        t.len() == pattern.len()
+            && t.bytes().zip(pattern.bytes()).all(|(c, p)| match p {
+                b'9' => c.is_ascii_digit(),
+                _ => c == p,
+            })
+    };
+    if shape(s, "9999-99-99") {
+        return Ok(format!("{s}T00:00:00Z"));
+    }
+    if shape(s, "9999-99-99T99:99:99Z") {
+        return Ok(s.to_owned());
+    }
+    Err(format!(
+        "{s:?} is neither a UTC date or time (2026-01-05, 2026-01-05T10:00:00Z) nor an age \
+         (30d, 12h, 45m, 90s)"
+    ))
+}
+
 const REVERT_HELP: &str = "\
 The revert is a transaction of its own: it is journaled like a commit, so an interrupted \
 revert is finished (or, with `imgtx recover --undo`, undone) by `imgtx recover`, and its own \
@@ -312,6 +341,22 @@ imgtx prune --keep-last 10 --dry-run   # all but the 10 most recent; only say wh
         /// in the chain (this catches entries cut from the end, and a rewritten history)
         #[arg(long, value_name = "HASH", requires = "verify")]
         anchor: Option<txn::ChainHash>,
+        /// Only the N most recent entries
+        #[arg(
+            short = 'n',
+            long = "last",
+            value_name = "N",
+            conflicts_with = "verify"
+        )]
+        last: Option<usize>,
+        /// Only entries that ended at or after WHEN: a date or time in UTC (2026-01-05,
+        /// 2026-01-05T10:00:00Z) or an age (30d, 12h, 45m, 90s)
+        #[arg(long, value_name = "WHEN", value_parser = parse_since, conflicts_with = "verify")]
+        since: Option<String>,
+        /// Only the entries of this transaction (id, id prefix or name), and of the revert
+        /// that took it back
+        #[arg(long = "tx", value_name = "TX", conflicts_with = "verify")]
+        tx: Option<String>,
     },
     /// Show the whole story on a scratch image: begin, edit, diff, commit, a commit killed
     /// partway, recover, log

@@ -58,8 +58,8 @@ enum Outcome {
 
 /// Why an image was rolled back.
 enum Why {
-    /// The command exited with this status (128 + N when signal N killed it).
-    Exit(i32),
+    /// The command exited with this status (128 + N when signal N, the second, killed it).
+    Exit(i32, Option<i32>),
     /// The user asked to stop, with this signal.
     Signal(i32),
     /// The command could not run.
@@ -82,7 +82,12 @@ impl Outcome {
         match self {
             Self::Committed(r) => format!("committed {}", r.id),
             Self::RolledBack { id, why } => match why {
-                Why::Exit(code) => format!("command exited with status {code}; rolled back {id}"),
+                Why::Exit(code, signal) => {
+                    format!(
+                        "command {}; rolled back {id}",
+                        runner::ended(*code, *signal)
+                    )
+                }
                 Why::Signal(sig) => {
                     format!(
                         "interrupted by {}; rolled back {id}",
@@ -112,7 +117,7 @@ impl Outcome {
         let (id, exit_code, signal) = match self {
             Self::Committed(r) => (Some(&r.id), Some(0), None),
             Self::RolledBack { id, why } => match why {
-                Why::Exit(code) => (Some(id), Some(*code), None),
+                Why::Exit(code, _) => (Some(id), Some(*code), None),
                 Why::Signal(sig) => (Some(id), None, Some(output::signal_name(*sig))),
                 Why::Error(_) => (Some(id), None, None),
             },
@@ -243,9 +248,8 @@ pub fn run(
         output::print_json(&summary_json(&shown, &results, signal, code))?;
     } else if !out.quiet || code != 0 {
         let lines = summary(&shown, &results, signal);
-        let mut err = io::stderr().lock();
         for l in lines {
-            writeln!(err, "{l}")?;
+            output::say(&l);
         }
     }
     Ok(code)
@@ -357,12 +361,11 @@ fn one(b: &Batch<'_>, base: &Path, stop: &dyn Fn() -> Option<i32>) -> Outcome {
         Ok(Ran::Stopped(sig)) => return rolled_back(Why::Signal(sig)),
         Ok(Ran::InUse(e)) => return rolled_back(Why::Error(e.into())),
         Ok(Ran::NotStarted { program, error }) => {
-            let error = anyhow::anyhow!("could not run {program:?}: {error}");
-            return rolled_back(Why::Error(error.into()));
+            return rolled_back(Why::Error(runner::not_started(&program, &error, &id)));
         }
-        Ok(Ran::Exited { code, .. }) if code != 0 => {
+        Ok(Ran::Exited { code, signal, .. }) if code != 0 => {
             return match b.engine.rollback(&id) {
-                Ok(()) => rolled_back(Why::Exit(code)),
+                Ok(()) => rolled_back(Why::Exit(code, signal)),
                 Err(e) => failed(Some(code), e.into()),
             };
         }
@@ -473,9 +476,10 @@ impl Tally {
         let mut err = io::stderr().lock();
         if self.lines {
             self.clear_line(&mut err);
-            let _ = writeln!(err, "{}: {}", base.display(), o.describe());
+            let line = format!("{}: {}", base.display(), o.describe());
+            let _ = writeln!(err, "{}", output::escape(&line));
             if let Some(hint) = o.failure().and_then(Failure::hint) {
-                let _ = writeln!(err, "hint: {hint}");
+                let _ = writeln!(err, "hint: {}", output::escape(&hint));
             }
         }
         self.draw(&mut err);
@@ -536,7 +540,7 @@ mod tests {
             committed(1),
             Outcome::RolledBack {
                 id: id(2),
-                why: Why::Exit(3),
+                why: Why::Exit(3, None),
             },
             Outcome::BeginFailed(anyhow::anyhow!("it is held").into()),
         ];

@@ -22,8 +22,12 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
             }
         }
         What::Completions { shell, dir: None } => {
+            // Made in memory first: clap_complete panics when a write fails, and stdout may
+            // be a pipe its reader closed (`imgtx generate completions bash | true`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut visible(), "imgtx", &mut script);
             let mut out = io::stdout().lock();
-            clap_complete::generate(*shell, &mut Cli::command(), "imgtx", &mut out);
+            out.write_all(&script)?;
             out.flush()?;
         }
         What::Completions {
@@ -32,7 +36,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
         } => {
             fs::create_dir_all(dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
-            let path = clap_complete::generate_to(*shell, &mut Cli::command(), "imgtx", dir)
+            let path = clap_complete::generate_to(*shell, &mut visible(), "imgtx", dir)
                 .with_context(|| {
                     format!(
                         "could not write the {shell} completions into {}",
@@ -43,6 +47,27 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// The command line as users see it: every command but the hidden ones (`generate`), which
+/// clap_complete would otherwise offer. clap cannot remove a subcommand, so this copies the
+/// top level's arguments and its visible subcommands into a new command.
+pub fn visible() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("imgtx").version(env!("CARGO_PKG_VERSION"));
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    cmd = cmd.args(full.get_arguments().cloned());
+    cmd.subcommands(full.get_subcommands().filter(|c| !c.is_hide_set()).cloned())
+}
+
+/// The names of the commands users see, for suggestions after a typo.
+pub fn visible_commands() -> Vec<String> {
+    visible()
+        .get_subcommands()
+        .map(|c| c.get_name().to_owned())
+        .collect()
 }
 
 /// Writes the page of `imgtx` and of each visible command into `dir`; returns their paths.
@@ -85,14 +110,22 @@ fn render(
         man.render_subcommands_section(w)?;
     }
     if let Some(after) = cmd.get_after_long_help().or_else(|| cmd.get_after_help()) {
+        // The help's one-line exit status gives way to the page's full table below.
         for (title, body) in sections(&after.to_string()) {
-            writeln!(w, ".SH {title}\n.nf")?;
-            for line in body.lines() {
-                writeln!(w, "{}", roff_line(line))?;
+            if title != "EXIT STATUS" {
+                section(w, &title, &body)?;
             }
-            writeln!(w, ".fi")?;
         }
     }
+    let top = see_also.is_empty();
+    if top {
+        writeln!(w, ".SH ENVIRONMENT")?;
+        for (var, meaning) in environment(cmd) {
+            writeln!(w, ".TP\n.B {}\n{}", roff_line(&var), roff_line(&meaning))?;
+        }
+        section(w, "FILES", FILES)?;
+    }
+    section(w, "EXIT STATUS", EXIT_STATUS)?;
     if !see_also.is_empty() {
         writeln!(w, ".SH \"SEE ALSO\"\n{see_also}")?;
     }
@@ -100,6 +133,101 @@ fn render(
         man.render_version_section(w)?;
     }
     Ok(())
+}
+
+/// What each exit status means, for every page.
+const EXIT_STATUS: &str = "\
+0    success
+1    an error: bad input, unknown transaction, I/O failure, qemu-img failure, damaged files
+2    usage error
+3    busy or conflict: a base is held by another transaction or in use by a qemu process,
+     another imgtx works on the transaction, or a base changed since begin
+4    recovery needed: an interrupted commit, begin or rollback; run imgtx recover
+126  run: the command could not be executed
+127  run: the command was not found
+N    run: the command's own status (128 + the signal's number if a signal killed it)
+128+N  stopped by signal N (130 for SIGINT, 143 for SIGTERM) where stopping changed nothing";
+
+/// What imgtx keeps where, for the top page.
+const FILES: &str = "\
+Beside each base image BASE, in its directory:
+BASE.ID.imgtx.qcow2        the overlay of open transaction ID: edit this, never the base
+.BASE.imgtx.claim          which transaction holds the base (any state directory or host)
+.BASE.ID.imgtx.journal     the journal of a commit under way or interrupted
+.BASE.ID.imgtx.undo        the pre-images of a commit under way or interrupted
+.BASE.imgtx.spare          the last commit's pre-images, kept for revert and reused by the next
+.BASE.ID.imgtx.kept        pre-images kept by commit --keep until imgtx prune
+.BASE.ID.imgtx.wait        a begin --wait waiting for the base
+In the state directory (/var/lib/imgtx for root; see ENVIRONMENT):
+txns/ID.json               the open and interrupted transactions
+history                    the history of finished transactions (imgtx log)
+kept/                      what makes committed transactions revertible
+locks/                     one lock file per transaction at work";
+
+/// The ENVIRONMENT section: the variables imgtx reads itself, then those that stand for an
+/// option of `cmd` or of one of its commands (declared with clap's `env`), so a new one is
+/// listed without anyone remembering to.
+fn environment(cmd: &clap::Command) -> Vec<(String, String)> {
+    let own = [
+        (
+            "IMGTX_STATE_DIR",
+            "The state directory when --state-dir is not given.",
+        ),
+        (
+            "XDG_STATE_HOME, HOME",
+            "The default state directory of users other than root: $XDG_STATE_HOME/imgtx, \
+             else ~/.local/state/imgtx.",
+        ),
+        (
+            "IMGTX_LOG",
+            "A tracing filter (warn, info, debug, trace, or per module such as txn=debug) for \
+             the log lines on stderr; it overrides -v and -q.",
+        ),
+        (
+            "NO_COLOR",
+            "When set and not empty, log lines are never coloured (they are coloured only on \
+             a terminal in any case).",
+        ),
+    ];
+    let mut items: Vec<(String, String)> = own
+        .iter()
+        .map(|(var, meaning)| ((*var).to_owned(), (*meaning).to_owned()))
+        .collect();
+    let commands = std::iter::once(cmd).chain(cmd.get_subcommands().filter(|c| !c.is_hide_set()));
+    for c in commands {
+        for arg in c.get_arguments() {
+            let (Some(var), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let var = var.to_string_lossy().into_owned();
+            if items.iter().any(|(v, _)| *v == var) {
+                continue;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            let of = if std::ptr::eq(c, cmd) {
+                String::new()
+            } else {
+                format!(" of imgtx {}", c.get_name())
+            };
+            items.push((var, format!("The default for --{long}{of}: {help}")));
+        }
+    }
+    items.push((
+        "IMGTX_TX, IMGTX_OVERLAY, IMGTX_OVERLAY_0, IMGTX_OVERLAY_1, ...".to_owned(),
+        "Set by imgtx run for its command: the transaction's id, the first overlay, and \
+         each overlay in the order the bases were given."
+            .to_owned(),
+    ));
+    items
+}
+
+/// Writes section TITLE with `body` in no-fill mode, one line per line.
+fn section(w: &mut dyn Write, title: &str, body: &str) -> io::Result<()> {
+    writeln!(w, ".SH \"{title}\"\n.nf")?;
+    for line in body.lines() {
+        writeln!(w, "{}", roff_line(line))?;
+    }
+    writeln!(w, ".fi")
 }
 
 /// Splits help text into (TITLE, body) at lines such as `Examples:` or `Exit status: ...`
@@ -189,6 +317,6 @@ mod tests {
         assert!(names.contains(&"imgtx-commit.1".to_owned()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
         let top = fs::read_to_string(dir.path().join("imgtx.1")).unwrap();
-        assert!(top.contains(".SH EXAMPLES"), "{top}");
+        assert!(top.contains(".SH \"EXAMPLES\""), "{top}");
     }
 }

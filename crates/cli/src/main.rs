@@ -9,9 +9,11 @@ mod demo;
 mod each;
 mod generate;
 mod interrupt;
+mod logging;
 mod output;
 mod progress;
 mod runner;
+mod usage;
 mod waiting;
 
 use std::ffi::OsString;
@@ -29,9 +31,8 @@ use txn::{
 };
 
 use args::{BaseFormat, BeginArgs, Cli, Command};
+use usage::EXIT_USAGE;
 
-/// Exit status of a usage error (clap's own).
-const EXIT_USAGE: u8 = 2;
 /// Exit status when an interrupted transaction still needs recovery.
 const EXIT_RECOVERY_NEEDED: u8 = 4;
 
@@ -80,23 +81,9 @@ fn main() -> ExitCode {
     let raw: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            let wants_json = raw.iter().any(|a| a == "--json");
-            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
-            {
-                let rendered = e.to_string();
-                let first = rendered.lines().next().unwrap_or("invalid usage");
-                let msg = first.strip_prefix("error: ").unwrap_or(first);
-                let text = json!({ "error": format!("usage: {msg}"), "exit_code": EXIT_USAGE });
-                let _ = writeln!(io::stderr(), "{text}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-            let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
-        }
+        Err(e) => return usage::report(&raw, &e),
     };
-    init_tracing(&cli);
+    logging::init(cli.quiet, cli.verbose, cli.json);
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -109,9 +96,9 @@ fn main() -> ExitCode {
                 let text = json!({ "error": message, "hint": hint, "exit_code": f.code });
                 let _ = writeln!(io::stderr(), "{text}");
             } else {
-                let _ = writeln!(io::stderr(), "imgtx: error: {message}");
+                output::say(&format!("imgtx: error: {message}"));
                 if let Some(hint) = hint {
-                    let _ = writeln!(io::stderr(), "hint: {hint}");
+                    output::say(&format!("hint: {hint}"));
                 }
             }
             ExitCode::from(f.code)
@@ -123,26 +110,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
-}
-
-fn init_tracing(cli: &Cli) {
-    let level = if cli.quiet {
-        "error"
-    } else {
-        match cli.verbose {
-            0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
-        }
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("IMGTX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_target(false)
-        .try_init();
 }
 
 /// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else
@@ -175,13 +142,27 @@ fn state_dir(given: Option<PathBuf>, create_parent: bool) -> Result<PathBuf, Fai
     Ok(dir)
 }
 
-/// The transaction the user named `given`.
+/// The transaction the user named `given`, which must be a whole id (for commands about
+/// transactions that may not be registered: `revert`, `recover --abandon`).
 fn tx_id(given: &str) -> Result<TxId, Failure> {
-    TxId::parse(given).ok_or_else(|| {
-        Failure::from(txn::Error::NotFound {
-            tx: given.to_owned(),
-        })
-    })
+    TxId::parse(given).ok_or_else(|| Failure::from(not_found(given)))
+}
+
+/// The registered transaction the user named `given` (an id, a name, an id prefix), over
+/// `engine` when there is a state directory.
+fn find(engine: Option<&Engine<OsFs, OsHost>>, given: &str) -> Result<TxId, Failure> {
+    match engine {
+        Some(e) => Ok(e.find(given)?),
+        None => Err(not_found(given).into()),
+    }
+}
+
+/// `given` names no transaction, and there is none it could be a typo of.
+fn not_found(given: &str) -> txn::Error {
+    txn::Error::NotFound {
+        tx: given.to_owned(),
+        closest: None,
+    }
 }
 
 /// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
@@ -270,7 +251,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Commit { commit, tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.commit(&tx_id(&tx)?, commit.into(), &mut |p| {
+            let r = engine.commit(&find(Some(&engine), &tx)?, commit.into(), &mut |p| {
                 watch(&interrupts, &p);
                 bar.report(&p);
             })?;
@@ -307,7 +288,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             out.prune(&pruned, dry_run)?;
         }
         Command::Rollback { tx } => {
-            let id = tx_id(&tx)?;
+            let id = find(Some(&engine), &tx)?;
             interrupts.left(0);
             engine.rollback(&id)?;
             out.rollback(&id)?;
@@ -396,13 +377,10 @@ fn read_only(
 ) -> Result<u8, Failure> {
     match command {
         Command::Status { tx } => {
-            let id = tx.as_deref().map(tx_id).transpose()?;
-            let list = match (engine, &id) {
-                (Some(e), _) => e.status(id.as_ref())?,
-                (None, None) => Vec::new(),
-                (None, Some(id)) => {
-                    return Err(txn::Error::NotFound { tx: id.to_string() }.into());
-                }
+            let id = tx.as_deref().map(|t| find(engine, t)).transpose()?;
+            let list = match engine {
+                Some(e) => e.status(id.as_ref())?,
+                None => Vec::new(),
             };
             let kept = match (engine, &id) {
                 (Some(e), None) => e.kept()?,
@@ -411,8 +389,8 @@ fn read_only(
             out.status(&list, &kept)?;
         }
         Command::Diff { tx } => {
-            let id = tx_id(&tx)?;
-            let engine = engine.ok_or_else(|| txn::Error::NotFound { tx: tx.clone() })?;
+            let id = find(engine, &tx)?;
+            let engine = engine.ok_or_else(|| not_found(&tx))?;
             out.diff(&id, &engine.diff(&id)?)?;
         }
         Command::Log {
@@ -427,14 +405,32 @@ fn read_only(
             out.verify(&v)?;
             return Ok(u8::from(!v.verified));
         }
-        Command::Log { base, .. } => {
+        Command::Log {
+            base,
+            last,
+            since,
+            tx,
+            ..
+        } => {
+            let given = base.clone();
             let base = base
                 .map(|b| std::fs::canonicalize(&b).or_else(|_| std::path::absolute(&b)))
                 .transpose()?;
-            let history = match engine {
+            let mut history = match engine {
                 Some(e) => e.log(base.as_deref())?,
                 None => txn::History::default(),
             };
+            // A path that never had a transaction and names no file is most likely a typo.
+            if let (Some(given), Some(base)) = (&given, &base) {
+                if history.entries.is_empty() && !base.exists() {
+                    return Err(anyhow::anyhow!(
+                        "no history for {}, and there is no such file",
+                        given.display()
+                    )
+                    .into());
+                }
+            }
+            output::select(&mut history, tx.as_deref(), since.as_deref(), last);
             out.log(&history)?;
         }
         _ => unreachable!("only read-only commands come here"),
@@ -471,19 +467,15 @@ fn run_command(
     let _writers_out = match ran {
         runner::Ran::InUse(e) => return Err(e.into()),
         runner::Ran::NotStarted { program, error } => {
-            return Err(anyhow::anyhow!(
-                "could not run {program:?}: {error}; transaction {} rolled back",
-                m.id
-            )
-            .into());
+            return Err(runner::not_started(&program, &error, &m.id));
         }
         runner::Ran::Stopped(sig) => {
             out.interrupted(&m.id, sig)?;
             return Ok(signal_exit(sig));
         }
-        runner::Ran::Exited { code, .. } if code != 0 => {
+        runner::Ran::Exited { code, signal, .. } if code != 0 => {
             engine.rollback(&m.id)?;
-            out.run(&m.id, false, code, None)?;
+            out.run(&m.id, (code, signal), None)?;
             return Ok(u8::try_from(code).unwrap_or(1).max(1));
         }
         runner::Ran::Exited { guards, .. } => guards,
@@ -507,7 +499,7 @@ fn run_command(
             "signal received during the commit; the commit was finished first"
         );
     }
-    out.run(&m.id, true, 0, Some(&r))?;
+    out.run(&m.id, (0, None), Some(&r))?;
     Ok(0)
 }
 

@@ -1,11 +1,18 @@
 //! Human and JSON output of each command.
+//!
+//! Every human line goes through [`escape`]: names and paths come from users and from disk,
+//! and a control character in one (a base named with a newline) must not forge a line of
+//! its own or move the cursor. JSON needs no such care: its strings are escaped by JSON.
 
-use std::io::{self, Write};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
 
 use serde_json::{json, Value};
 use txn::{
-    kept, AbandonReport, Aside, ChainFormat, CommitReport, History, ImageDiff, Manifest, Pruned,
-    RecoverReport, RevertReport, Spare, TxId, TxStatus, Verification,
+    kept, AbandonReport, Aside, ChainFormat, CommitReport, Condition, History, ImageDiff, Manifest,
+    Outcome, Pruned, RecoverReport, RecoveryAction, RevertReport, Spare, TxId, TxStatus,
+    Verification,
 };
 
 /// How to print.
@@ -20,16 +27,68 @@ pub struct Out {
 // both printers buffer the whole block and flush once.
 pub fn print_json(v: &Value) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    writeln!(o, "{v}")?;
-    o.flush()
+    unless_reader_gone(writeln!(o, "{v}").and_then(|()| o.flush()))
 }
 
 fn human(lines: &[String]) -> io::Result<()> {
     let mut o = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
-    for l in lines {
-        writeln!(o, "{l}")?;
+    let written = lines
+        .iter()
+        .try_for_each(|l| writeln!(o, "{}", escape(l)))
+        .and_then(|()| o.flush());
+    unless_reader_gone(written)
+}
+
+/// `written`, but a reader that went away (a closed pipe: `imgtx log | head -1`) is no
+/// failure: the work the output reports is done either way, and the exit status must say
+/// how that went (`run`'s command's status, `log --verify`'s verdict), not that nobody read.
+fn unless_reader_gone(written: io::Result<()>) -> io::Result<()> {
+    match written {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
     }
-    o.flush()
+}
+
+/// Writes one human line on stderr, escaped. A failed write is ignored: stderr carries
+/// reports about work that goes on (or is done) whether anyone reads them or not.
+pub fn say(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{}", escape(line));
+}
+
+/// `text` for a human line: control characters as C escapes (`\n`, `\t`, `\x1b`, `\u{85}`)
+/// and a backslash doubled, so that what is shown names one text only, as `ls -b` and
+/// systemd show names.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c == '\\' || c.is_control()) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0b' => out.push_str("\\v"),
+            '\x0c' => out.push_str("\\f"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Whether to colour what goes to stderr: only on a terminal, and not when `NO_COLOR` is set
+/// to anything but the empty string (<https://no-color.org>).
+pub fn colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn images_json(m: &Manifest) -> Value {
@@ -48,12 +107,12 @@ impl Out {
         human(&[m.id.to_string()])?;
         if !self.quiet {
             for i in &m.images {
-                eprintln!(
+                say(&format!(
                     "overlay {} over {} ({})",
                     i.overlay.display(),
                     i.base.display(),
                     i.base_format.as_str()
-                );
+                ));
             }
         }
         Ok(())
@@ -72,7 +131,7 @@ impl Out {
         lines.extend(
             r.images
                 .iter()
-                .map(|i| format!("  {}: {} bytes changed", i.base.display(), i.changed_bytes)),
+                .map(|i| format!("  {}: {} changed", i.base.display(), size(i.changed_bytes))),
         );
         lines.extend(spare_lines(&r.spares));
         human(&lines)
@@ -88,13 +147,15 @@ impl Out {
         human(&[format!("rolled back {tx}")])
     }
 
+    /// `run` ended: its command exited with `exit_code` (killed by `killed_by` if that is
+    /// set), and the transaction was committed (`r`) or rolled back.
     pub fn run(
         &self,
         tx: &TxId,
-        committed: bool,
-        exit_code: i32,
+        (exit_code, killed_by): (i32, Option<i32>),
         r: Option<&CommitReport>,
     ) -> io::Result<()> {
+        let committed = r.is_some();
         let outcome = if committed {
             "committed"
         } else {
@@ -105,19 +166,22 @@ impl Out {
             let spares = r.map_or(Value::Array(Vec::new()), |r| json!(r.spares));
             return print_json(
                 &json!({"id": tx, "outcome": outcome, "exit_code": exit_code,
-                "images": images, "spares": spares}),
+                "killed_by": killed_by.map(signal_name), "images": images, "spares": spares}),
             );
         }
         if self.quiet {
             return Ok(());
         }
         if committed {
-            eprintln!("command succeeded; committed {tx}");
+            say(&format!("command succeeded; committed {tx}"));
             for line in spare_lines(r.map_or(&[], |r| &r.spares)) {
-                eprintln!("{line}");
+                say(&line);
             }
         } else {
-            eprintln!("command exited with status {exit_code}; rolled back {tx}");
+            say(&format!(
+                "command {}; rolled back {tx}",
+                crate::runner::ended(exit_code, killed_by)
+            ));
         }
         Ok(())
     }
@@ -130,7 +194,8 @@ impl Out {
             let text = json!({"warning": format!("{name} received: {what}"), "signal": name});
             return writeln!(io::stderr(), "{text}");
         }
-        writeln!(io::stderr(), "imgtx: {name} received: {what}")
+        say(&format!("imgtx: {name} received: {what}"));
+        Ok(())
     }
 
     /// `run` stopped by signal `sig` and rolled back.
@@ -144,7 +209,7 @@ impl Out {
         if self.quiet {
             return Ok(());
         }
-        eprintln!("interrupted by {name}; rolled back {tx}");
+        say(&format!("interrupted by {name}; rolled back {tx}"));
         Ok(())
     }
 
@@ -164,13 +229,13 @@ impl Out {
         }
         // Failures are errors: on stderr, even with -q.
         for f in &r.failures {
-            eprintln!(
+            say(&format!(
                 "imgtx: error: transaction {} not recovered: {}",
                 f.tx,
                 crate::advice::chain(&f.error)
-            );
+            ));
             if let Some(hint) = crate::advice::for_error(&f.error) {
-                eprintln!("hint: {hint}");
+                say(&format!("hint: {hint}"));
             }
         }
         if self.quiet {
@@ -179,19 +244,17 @@ impl Out {
         if r.actions.is_empty() && r.failures.is_empty() {
             return human(&["nothing to recover".to_owned()]);
         }
-        let prefix = if r.dry_run { "would do: " } else { "" };
-        let lines: Vec<String> = r
-            .actions
-            .iter()
-            .map(|a| {
-                let bases: Vec<String> = a.bases.iter().map(|b| b.display().to_string()).collect();
-                let action = serde_json::to_value(a.action)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                format!("{prefix}{} {action} {}", a.tx, bases.join(" "))
-            })
-            .collect();
+        let mut lines = Vec::new();
+        for a in &r.actions {
+            let (would, did) = action_words(a.action);
+            let words = if r.dry_run {
+                format!("would {would}")
+            } else {
+                did.to_owned()
+            };
+            lines.push(format!("{}: {words}", a.tx));
+            lines.extend(a.bases.iter().map(|b| format!("  {}", b.display())));
+        }
         human(&lines)
     }
 
@@ -230,7 +293,7 @@ impl Out {
         lines.extend(
             r.images
                 .iter()
-                .map(|i| format!("  {}: {} bytes put back", i.base.display(), i.changed_bytes)),
+                .map(|i| format!("  {}: {} put back", i.base.display(), size(i.changed_bytes))),
         );
         human(&lines)
     }
@@ -308,9 +371,7 @@ impl Out {
         }
         for s in list {
             let m = &s.manifest;
-            let state = serde_json::to_value(s.condition)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
+            let state = condition_words(s.condition);
             let name = m
                 .name
                 .as_deref()
@@ -318,11 +379,7 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{}{name} {} since {} by {}@{}",
-                m.id,
-                state.unwrap_or_default(),
-                m.created,
-                m.user,
-                m.host
+                m.id, state, m.created, m.user, m.host
             ));
             for (i, st) in m.images.iter().zip(&s.images) {
                 lines.push(format!(
@@ -356,8 +413,18 @@ impl Out {
                 r.committed,
                 indicatif::HumanBytes(*bytes)
             ));
+            // The files by name, each with its size: they are hidden (`.NAME.imgtx.spare`),
+            // and their disk space must never be a surprise.
             for i in &r.images {
-                lines.push(format!("    {}", i.base.display()));
+                let size = std::fs::symlink_metadata(&i.file).map_or_else(
+                    |_| "gone".to_owned(),
+                    |m| indicatif::HumanBytes(m.len()).to_string(),
+                );
+                lines.push(format!(
+                    "    {}: {} ({size})",
+                    i.base.display(),
+                    i.file.display()
+                ));
             }
         }
         if self.quiet && list.is_empty() {
@@ -373,12 +440,12 @@ impl Out {
         let mut lines = Vec::new();
         for d in images {
             lines.push(format!(
-                "{}: {} bytes changed in {} extents (size {} -> {})",
+                "{}: {} changed in {} extents (size {} -> {})",
                 d.base.display(),
-                d.changed_bytes,
+                size(d.changed_bytes),
                 d.extents.len(),
-                d.old_size,
-                d.new_size.max(d.old_size)
+                size(d.old_size),
+                size(d.new_size.max(d.old_size))
             ));
             for e in &d.extents {
                 let what = serde_json::to_value(e.action)
@@ -415,9 +482,7 @@ impl Out {
         };
         notes(None, &mut lines);
         for e in &h.entries {
-            let outcome = serde_json::to_value(e.outcome)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
+            let outcome = outcome_words(e.outcome);
             let name = e
                 .name
                 .as_deref()
@@ -425,14 +490,15 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{} {}{name} {} by {}@{}",
-                e.ended,
-                e.id,
-                outcome.unwrap_or_default(),
-                e.user,
-                e.host
+                e.ended, e.id, outcome, e.user, e.host
             ));
+            // What a rollback changed is nothing: its images are named without a size.
             for i in &e.images {
-                lines.push(format!("  {}: {} bytes", i.base.display(), i.changed_bytes));
+                lines.push(if e.outcome.changed_images() {
+                    format!("  {}: {} changed", i.base.display(), size(i.changed_bytes))
+                } else {
+                    format!("  {}", i.base.display())
+                });
             }
             if let Some(tx) = &e.reverts {
                 lines.push(format!("  reverted {tx}"));
@@ -530,6 +596,123 @@ impl Out {
     }
 }
 
+/// Keeps the entries of `h` that `log` was asked for: those of transaction `tx` (an id, an
+/// id prefix or a name; the revert that took it back too), those that ended at or after
+/// `since` (RFC 3339 UTC, which orders as text), then the `last` N of them.
+pub fn select(h: &mut History, tx: Option<&str>, since: Option<&str>, last: Option<usize>) {
+    if let Some(tx) = tx {
+        let hex = tx.strip_prefix("tx-").unwrap_or(tx);
+        let prefix = format!("tx-{hex}");
+        let is = |id: &TxId| id.as_str().starts_with(&prefix);
+        h.entries.retain(|e| {
+            is(&e.id) || e.reverts.as_ref().is_some_and(is) || e.name.as_deref() == Some(tx)
+        });
+    }
+    if let Some(since) = since {
+        h.entries.retain(|e| e.ended.as_str() >= since);
+    }
+    if let Some(n) = last {
+        let cut = h.entries.len().saturating_sub(n);
+        h.entries.drain(..cut);
+    }
+}
+
+/// `bytes` for people: `0 B`, `512 B`, `64 KiB`, `1.50 GiB` (`--json` has exact bytes).
+fn size(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+/// A transaction's condition in `status`, in plain words (`--json` has the enum's names).
+fn condition_words(c: Condition) -> &'static str {
+    match c {
+        Condition::Open => "open",
+        Condition::InProgress => "busy (another imgtx works on it now)",
+        Condition::CommitInterrupted => "commit interrupted (`imgtx recover` finishes it)",
+        Condition::BeginInterrupted => "begin interrupted (`imgtx recover` cleans it up)",
+        Condition::RollbackInterrupted => "rollback interrupted (`imgtx recover` finishes it)",
+        Condition::CleanupInterrupted => {
+            "committed, cleanup interrupted (`imgtx recover` finishes it)"
+        }
+        Condition::PreImagesWithoutJournal => {
+            "pre-images left without their journal: the base may be half written \
+             (`imgtx recover` decides)"
+        }
+    }
+}
+
+/// How a transaction ended, in plain words for `log` (`--json` has the enum's names).
+fn outcome_words(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Committed => "committed",
+        Outcome::RolledBack => "rolled back",
+        Outcome::RecoveredForward => "committed by recovery",
+        Outcome::RecoveredBack => "undone by recovery",
+        Outcome::Abandoned => "abandoned",
+        Outcome::Reverted => "reverted",
+    }
+}
+
+/// What recovery would do and did to a transaction, in plain words (`--json` has the
+/// enum's names).
+fn action_words(a: RecoveryAction) -> (&'static str, &'static str) {
+    match a {
+        RecoveryAction::DiscardedUncommitted => (
+            "drop a commit that never reached its commit point: the bases were never \
+             written; the transaction stays open with its changes",
+            "dropped a commit that never reached its commit point: the bases were never \
+             written; the transaction is still open with its changes (commit or roll it back)",
+        ),
+        RecoveryAction::RestoredUncommitted => (
+            "put back the pre-images of a commit that never reached its commit point; the \
+             transaction stays open with its changes",
+            "put back the pre-images of a commit that never reached its commit point: the \
+             bases hold their old content; the transaction is still open with its changes",
+        ),
+        RecoveryAction::RecoveredForward => (
+            "finish the interrupted commit",
+            "finished the interrupted commit: the bases hold the new content",
+        ),
+        RecoveryAction::RecoveredBack => (
+            "undo the interrupted commit",
+            "undid the interrupted commit: the bases hold the old content",
+        ),
+        RecoveryAction::FinishedCleanup => (
+            "finish the cleanup of a commit",
+            "finished the cleanup of a commit (it had committed)",
+        ),
+        RecoveryAction::CleanedBegin => (
+            "clean up an interrupted begin",
+            "cleaned up an interrupted begin",
+        ),
+        RecoveryAction::FinishedRollback => (
+            "finish the interrupted rollback",
+            "finished the interrupted rollback",
+        ),
+        RecoveryAction::RolledBackForDeadHost => (
+            "roll back the open transaction of a host sanlock reports dead",
+            "rolled back the open transaction of a host sanlock reports dead (its bases were \
+             never written)",
+        ),
+        RecoveryAction::RemovedOrphanClaim => (
+            "remove a claim whose transaction no longer exists",
+            "removed a claim whose transaction no longer exists",
+        ),
+        RecoveryAction::EndedElsewhere => (
+            "forget a transaction finished or undone from another state directory or host",
+            "forgot a transaction finished or undone from another state directory or host",
+        ),
+        RecoveryAction::RemovedStrayPreImages => (
+            "remove pre-images whose journal is gone (the base holds the old content)",
+            "removed pre-images whose journal was gone (the base held the old content)",
+        ),
+        RecoveryAction::ReleasedRevert => (
+            "release a revert that died before writing anything",
+            "released a revert that died before writing anything (the reverted transaction \
+             can still be reverted)",
+        ),
+    }
+}
+
 /// What a damaged tail kept aside by an append was, in a sentence.
 fn kept_aside_line(a: &Aside) -> String {
     let after = a.after.as_ref().map_or_else(
@@ -567,4 +750,16 @@ fn spare_lines(spares: &[Spare]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_control_characters_as_c_escapes_and_leaves_the_rest() {
+        assert!(matches!(escape("/vm/disk.img"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\nb\tc\x1b[31m\\"), "a\\nb\\tc\\x1b[31m\\\\");
+        assert_eq!(escape("\u{85}\x7f é"), "\\u{85}\\x7f é");
+    }
 }

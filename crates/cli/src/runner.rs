@@ -23,10 +23,14 @@ pub type OsEngine = Engine<OsFs, OsHost>;
 
 /// How the command of a transaction ended.
 pub enum Ran {
-    /// It exited with `code` (128 + N when signal N killed it). The transaction is still open,
-    /// and other writers stay out of its bases while `guards` live: keep them until the
-    /// commit or rollback is done.
-    Exited { code: i32, guards: Vec<OsGuard> },
+    /// It exited with `code` (128 + N when signal N killed it, and then `signal` is N). The
+    /// transaction is still open, and other writers stay out of its bases while `guards`
+    /// live: keep them until the commit or rollback is done.
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+        guards: Vec<OsGuard>,
+    },
     /// The user asked to stop (signal number): the transaction was rolled back.
     Stopped(i32),
     /// Other writers could not be kept out of a base (a qemu process writes it): the
@@ -108,6 +112,7 @@ pub fn run_on(
     }
     Ok(Ran::Exited {
         code: exit_status(status),
+        signal: status.signal(),
         guards,
     })
 }
@@ -132,6 +137,29 @@ pub fn commit(
             Ok(Committed::Stopped(signal))
         }
         Err(e) => Err(e),
+    }
+}
+
+/// The failure of a command that could not be started (`program` as substituted), in
+/// transaction `tx`, now rolled back: exit status 127 when there is no such program, 126
+/// when it cannot be executed, as shells do.
+pub fn not_started(program: &str, error: &io::Error, tx: &TxId) -> Failure {
+    let code = match error.kind() {
+        io::ErrorKind::NotFound => 127,
+        _ => 126,
+    };
+    Failure {
+        error: anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)"),
+        code,
+    }
+}
+
+/// How a command ended that did not succeed, for human output: `exited with status N` or
+/// `was killed by SIGKILL`.
+pub fn ended(code: i32, signal: Option<i32>) -> String {
+    match signal {
+        Some(sig) => format!("was killed by {}", crate::output::signal_name(sig)),
+        None => format!("exited with status {code}"),
     }
 }
 
@@ -174,13 +202,40 @@ fn exit_status(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument.
+/// Replaces `{}` with the first overlay and `{N}` with overlay N in one argument, in one pass
+/// from left to right: an overlay's path is never searched for placeholders itself (a base
+/// named `x{0}y.img` gives an overlay whose name holds `{0}`). `{N}` past the last overlay,
+/// and anything else in braces, stays as it is.
 fn substitute(arg: &str, overlays: &[String]) -> String {
-    let mut s = arg.replace("{}", &overlays[0]);
-    for (i, o) in overlays.iter().enumerate() {
-        s = s.replace(&format!("{{{i}}}"), o);
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let overlay = after.find('}').and_then(|close| {
+            let inside = &after[..close];
+            let index = match inside {
+                "" => Some(0),
+                digits if digits.bytes().all(|b| b.is_ascii_digit()) => digits.parse().ok(),
+                _ => None,
+            };
+            index
+                .and_then(|i: usize| overlays.get(i))
+                .map(|o| (o, close))
+        });
+        match overlay {
+            Some((o, close)) => {
+                out.push_str(o);
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
     }
-    s
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -193,6 +248,14 @@ mod tests {
         assert_eq!(substitute("{}", &ov), "/a.q");
         assert_eq!(substitute("x={1},y={0}", &ov), "x=/b.q,y=/a.q");
         assert_eq!(substitute("{2}", &ov), "{2}");
+        assert_eq!(substitute("{x}{{1}}{", &ov), "{x}{/b.q}{");
+    }
+
+    #[test]
+    fn a_placeholder_inside_an_overlay_path_is_not_substituted_again() {
+        let ov = vec!["/x{0}y.img.tx-1.imgtx.qcow2".to_owned(), "/{}.q".to_owned()];
+        assert_eq!(substitute("{}", &ov), ov[0]);
+        assert_eq!(substitute("{1}:{0}", &ov), format!("{}:{}", ov[1], ov[0]));
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl Teller {
                 let event = serde_json::json!({"event": "waiting", "base": w.base, "for": what});
                 writeln!(err, "{event}")
             } else {
-                writeln!(err, "imgtx: {line}")
+                writeln!(err, "imgtx: {}", crate::output::escape(&line))
             };
             self.said = Some(line);
         }

@@ -45,16 +45,47 @@ pub(crate) fn begin<S: Fs, H: Host>(
     let id = e.host.new_id()?;
     let _guard = e.lock_tx(&id)?;
     let mut waiter = Waiter::new(e, &id, opts.wait, on_wait);
-    // 2-3. Wait (reading only) until the images are free and it is this begin's turn; then
-    // the manifest, then the claims. Losing a race for a claim undoes both and waits again.
-    let mut leases: Option<crate::lease::LeaseGuard>;
-    let mut m = loop {
-        wait_until_free(e, &targets, &mut waiter)?;
-        // Across hosts: the bases' leases while the claims are taken and the overlays made.
+    let (mut m, _leases) = match claim_when_free(e, &id, opts, &targets, &mut waiter) {
+        Ok(held) => held,
+        Err(err) => {
+            // Refused, timed out or stopped while waiting: no transaction came of it, so
+            // its lock file must not stay behind in the state directory either.
+            e.drop_lock_file(&id);
+            return Err(err);
+        }
+    };
+    e.host.step("begin-claims");
+    // 4-5. Holding the images: what is left to check, then the overlays.
+    match finish(e, &mut m, opts.base_format, &mut waiter) {
+        Ok(()) => Ok(m),
+        Err(err) => {
+            if let Err(clean) = undo_begin(e, &m) {
+                tracing::warn!(tx = %m.id, error = %clean, "could not clean up a failed begin");
+            }
+            e.drop_lock_file(&m.id);
+            Err(err)
+        }
+    }
+}
+
+/// Steps 2-3: waits (reading only) until the images are free and it is this begin's turn;
+/// then the bases' leases (across hosts), the manifest, then the claims. Losing a race for a
+/// lease or a claim undoes what was made and waits again. On failure, neither a manifest nor
+/// a claim of `id` is left. Returns the manifest and the leases, to hold until the overlays
+/// are made.
+fn claim_when_free<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    id: &TxId,
+    opts: &BeginOptions,
+    targets: &[Target],
+    waiter: &mut Waiter<'_, S, H>,
+) -> Result<(Manifest, crate::lease::LeaseGuard)> {
+    loop {
+        wait_until_free(e, targets, waiter)?;
         // One held by a process of another host is waited for like a claim (never while
         // holding leases: waiting holds nothing).
-        match e.lease_bases(targets.iter().map(|t| t.base.as_path())) {
-            Ok(held) => leases = Some(held),
+        let leases = match e.lease_bases(targets.iter().map(|t| t.base.as_path())) {
+            Ok(held) => held,
             Err(Error::LeaseBusy { path, host_id, .. }) => {
                 let holder = Holder {
                     host_id,
@@ -68,15 +99,15 @@ pub(crate) fn begin<S: Fs, H: Host>(
                 continue;
             }
             Err(err) => return Err(err),
-        }
-        let m = manifest(e, &id, opts, &targets)?;
+        };
+        let m = manifest(e, id, opts, targets)?;
         e.state.save(&e.fs, &m)?;
         e.host.step("begin-manifest");
-        match claim_all(e, &m, &targets) {
-            Ok(None) => break m,
+        match claim_all(e, &m, targets) {
+            Ok(None) => return Ok((m, leases)),
             Ok(Some((base, found))) => {
                 undo_begin(e, &m)?;
-                drop(leases.take());
+                drop(leases);
                 let holder = found.holder().unwrap_or_else(|| Holder::unknown("?"));
                 waiter.blocked(&base, Blocker::Transaction(holder))?;
             }
@@ -84,19 +115,6 @@ pub(crate) fn begin<S: Fs, H: Host>(
                 let _ = undo_begin(e, &m);
                 return Err(err);
             }
-        }
-    };
-    e.host.step("begin-claims");
-    let _leases = leases;
-    // 4-5. Holding the images: what is left to check, then the overlays.
-    match finish(e, &mut m, opts.base_format, &mut waiter) {
-        Ok(()) => Ok(m),
-        Err(err) => {
-            if let Err(clean) = undo_begin(e, &m) {
-                tracing::warn!(tx = %m.id, error = %clean, "could not clean up a failed begin");
-            }
-            e.drop_lock_file(&m.id);
-            Err(err)
         }
     }
 }

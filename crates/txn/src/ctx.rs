@@ -48,7 +48,7 @@ impl<S: Fs, H: Host> Ctx<S, H> {
         let m = self
             .state
             .load(&self.fs, id)?
-            .ok_or_else(|| Error::NotFound { tx: id.to_string() })?;
+            .ok_or_else(|| crate::lookup::not_open(self, id.as_str()))?;
         match m.state.doing() {
             None => Ok(m),
             Some(doing) => Err(Error::Interrupted {

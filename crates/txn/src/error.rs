@@ -7,6 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::history::HistoryEntry;
 use crate::id::TxId;
 use crate::manifest::Holder;
 
@@ -14,6 +15,17 @@ use crate::manifest::Holder;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The name or id prefix the user gave fits more than one open transaction.
+    #[error(
+        "{given:?} names more than one open transaction: {}",
+        ids_text(matches)
+    )]
+    Ambiguous {
+        /// What the user gave.
+        given: String,
+        /// The transactions it fits.
+        matches: Vec<TxId>,
+    },
     /// The base starts like a qcow2 image but is not one imgtx can use as qcow2, so its
     /// format cannot be decided safely.
     #[error("base {} starts like a qcow2 image but does not open as one", path.display())]
@@ -102,6 +114,19 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// The transaction is no longer open: it ended, as its history entry says.
+    #[error(
+        "transaction {} is no longer open: it was {} at {} by {}@{}",
+        entry.id,
+        entry.outcome.words(),
+        entry.ended,
+        entry.user,
+        entry.host
+    )]
+    Finished {
+        /// Its entry in the history (boxed: it is large, and rare).
+        entry: Box<HistoryEntry>,
+    },
     /// A qemu process (or anything speaking qemu's lock protocol) uses the image.
     #[error("{what} {} is in use by a qemu process{}", path.display(), pids_text(pids))]
     InUse {
@@ -177,11 +202,13 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// No open transaction has this id.
+    /// No open transaction has this id (or name), nor had the history one.
     #[error("no open transaction {tx}")]
     NotFound {
         /// The id asked for, as given.
         tx: String,
+        /// The id of a transaction, open or finished, that differs from it by a typo.
+        closest: Option<TxId>,
     },
     /// An overlay's qcow2 structure cannot be read.
     #[error("overlay {} of transaction {tx} is not usable: {what}", path.display())]
@@ -351,9 +378,12 @@ impl Error {
             | Self::Interrupted { .. }
             | Self::HostDead { .. }
             | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
-            Self::NotFound { .. } | Self::NotKept { .. } => ErrorClass::NotFound,
+            Self::NotFound { .. } | Self::NotKept { .. } | Self::Finished { .. } => {
+                ErrorClass::NotFound
+            }
             Self::Stopped { .. } => ErrorClass::Stopped,
-            Self::AmbiguousFormat { .. }
+            Self::Ambiguous { .. }
+            | Self::AmbiguousFormat { .. }
             | Self::InvalidBase { .. }
             | Self::Invalid(_)
             | Self::OverlayInvalid { .. }
@@ -434,6 +464,12 @@ fn pids_text(pids: &[u32]) -> String {
     }
     let list: Vec<String> = pids.iter().map(u32::to_string).collect();
     format!(" (pid {})", list.join(", "))
+}
+
+/// Transaction ids as a comma-separated list.
+fn ids_text(ids: &[TxId]) -> String {
+    let list: Vec<&str> = ids.iter().map(TxId::as_str).collect();
+    list.join(", ")
 }
 
 /// Shorthand for results of this crate.

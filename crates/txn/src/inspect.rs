@@ -96,7 +96,7 @@ pub(crate) fn status<S: Fs, H: Host>(e: &Ctx<S, H>, id: Option<&TxId>) -> Result
                 images: images(e, &manifest)?,
                 manifest,
             }),
-            None if id.is_some() => return Err(Error::NotFound { tx: tx.to_string() }),
+            None if id.is_some() => return Err(crate::lookup::not_open(e, tx.as_str())),
             // Listed a moment ago and gone now: it ended meanwhile.
             None => {}
         }

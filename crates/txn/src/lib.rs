@@ -39,6 +39,7 @@ pub mod kept;
 pub mod layout;
 pub mod lease;
 mod lock;
+mod lookup;
 mod manifest;
 mod options;
 mod overlay;
@@ -81,6 +82,7 @@ pub use options::{
 };
 pub use record::Direction;
 pub use release::Released;
+pub use time::rfc3339;
 pub use wait::{Blocker, Waiting};
 
 /// The transaction engine over file system `S` on host `H`.
@@ -319,6 +321,18 @@ impl<S: Fs, H: Host> Engine<S, H> {
             .iter()
             .map(|b| Ok((b.clone(), claim::read(&self.ctx.fs, b)?)))
             .collect()
+    }
+
+    /// The registered transaction `given` names: its id, the name given at begin (when
+    /// exactly one registered transaction has it), or an unambiguous prefix of its id (four
+    /// hex digits at least; `tx-` may be left out).
+    ///
+    /// # Errors
+    /// [`Error::Ambiguous`] when it fits several; [`Error::Finished`] when it names a
+    /// transaction the history says has ended; else [`Error::NotFound`], with the id it most
+    /// likely is a typo of.
+    pub fn find(&self, given: &str) -> Result<TxId> {
+        lookup::find(&self.ctx, given)
     }
 
     /// Every registered transaction (or just `id`), with its condition.

@@ -21,7 +21,7 @@ pub(crate) fn rollback<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId) -> Result<()> {
     let mut m = e
         .state
         .load(&e.fs, id)?
-        .ok_or_else(|| Error::NotFound { tx: id.to_string() })?;
+        .ok_or_else(|| crate::lookup::not_open(e, id.as_str()))?;
     if let TxState::Beginning | TxState::Finished = m.state {
         return Err(Error::Interrupted {
             tx: id.clone(),

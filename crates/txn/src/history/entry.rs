@@ -35,6 +35,21 @@ impl Outcome {
         )
     }
 
+    /// What happened to the transaction, in plain words for people ("rolled back",
+    /// "finished by recovery"), to follow "it was".
+    pub fn words(self) -> &'static str {
+        match self {
+            Self::Committed => "committed",
+            Self::RolledBack => "rolled back",
+            Self::RecoveredForward => {
+                "committed by recovery, which finished its interrupted commit"
+            }
+            Self::RecoveredBack => "undone by recovery, which took back its interrupted commit",
+            Self::Abandoned => "abandoned (no image written)",
+            Self::Reverted => "committed as a revert",
+        }
+    }
+
     /// The name `log` and `--json` use.
     pub fn as_str(self) -> &'static str {
         match self {

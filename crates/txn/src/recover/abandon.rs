@@ -47,7 +47,7 @@ pub(crate) fn abandon<S: Fs, H: Host>(
     bases.sort();
     bases.dedup();
     if manifest.is_none() && !commits.contains_key(id) {
-        return Err(Error::NotFound { tx: id.to_string() });
+        return Err(crate::lookup::not_open(e, id.as_str()));
     }
     // Across hosts: the bases' leases while their files are set aside; another live host's
     // transaction is its own to abandon.
