@@ -29,10 +29,11 @@ use serde_json::{json, Value};
 use txn::{BeginOptions, CommitOptions, CommitReport, TxId};
 
 use crate::args::BeginArgs;
+use crate::failure::{signal_exit, Failure};
 use crate::interrupt::{self, Interrupts};
+use crate::options::{self, begin_options};
 use crate::output::{self, Out};
 use crate::runner::{self, Committed, OsEngine, Ran};
-use crate::Failure;
 
 /// Exit status of a batch in which some image was not committed (and no signal came).
 const EXIT_NOT_ALL_COMMITTED: u8 = 1;
@@ -85,7 +86,7 @@ impl Outcome {
                 Why::Exit(code, signal) => {
                     format!(
                         "command {}; rolled back {id}",
-                        runner::ended(*code, *signal)
+                        output::ended(*code, *signal)
                     )
                 }
                 Why::Signal(sig) => {
@@ -179,7 +180,7 @@ pub fn run(
     (opts, commit, jobs): (&BeginArgs, CommitOptions, NonZeroUsize),
     (bases, command): (&[PathBuf], Vec<String>),
 ) -> Result<u8, Failure> {
-    let begin = crate::begin_options(opts, &[], Some(command.clone()))?;
+    let begin = begin_options(opts, &[], Some(command.clone()))?;
     let (shown, mut results, todo) = resolve(bases)?;
     let mut tally = Tally::new(out, bases.len());
     for (i, o) in results.iter().enumerate() {
@@ -240,7 +241,7 @@ pub fn run(
     let signal = interrupts.received();
     let all_committed = results.iter().all(|o| matches!(o, Outcome::Committed(_)));
     let code = match signal {
-        Some(sig) => crate::signal_exit(sig),
+        Some(sig) => signal_exit(sig),
         None if all_committed => 0,
         None => EXIT_NOT_ALL_COMMITTED,
     };
@@ -269,7 +270,7 @@ fn resolve(
     let mut todo = Vec::new();
     let mut seen: HashMap<(u64, u64), usize> = HashMap::new();
     for (i, given) in bases.iter().enumerate() {
-        let resolved = crate::resolve(given).and_then(|p| {
+        let resolved = options::resolve(given).and_then(|p| {
             let m = std::fs::metadata(&p)?;
             Ok((p, (m.dev(), m.ino())))
         });
@@ -282,7 +283,7 @@ fn resolve(
                             bases[first].display(),
                             given.display()
                         ),
-                        code: crate::EXIT_USAGE,
+                        code: crate::usage::EXIT_USAGE,
                     });
                 }
                 seen.insert(file, i);

@@ -7,9 +7,11 @@ mod advice;
 mod args;
 mod demo;
 mod each;
+mod failure;
 mod generate;
 mod interrupt;
 mod logging;
+mod options;
 mod output;
 mod progress;
 mod runner;
@@ -18,64 +20,18 @@ mod waiting;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
 use serde_json::json;
 use storage::OsFs;
-use txn::{
-    BeginOptions, CommitOptions, Engine, ErrorClass, Format, OsHost, RecoverOptions, TxId, Wait,
-};
+use txn::{CommitOptions, Engine, OsHost, RecoverOptions, TxId};
 
-use args::{BaseFormat, BeginArgs, Cli, Command};
-use usage::EXIT_USAGE;
-
-/// Exit status when an interrupted transaction still needs recovery.
-const EXIT_RECOVERY_NEEDED: u8 = 4;
-
-/// A failure of the command, with the exit status it maps to.
-struct Failure {
-    error: anyhow::Error,
-    code: u8,
-}
-
-impl Failure {
-    /// The error and its causes, joined by ": ", as the error line shows them.
-    fn message(&self) -> String {
-        let chain: Vec<String> = self.error.chain().map(ToString::to_string).collect();
-        chain.join(": ")
-    }
-
-    /// What to do about it, when the engine's error comes with advice.
-    fn hint(&self) -> Option<String> {
-        self.error
-            .chain()
-            .find_map(|c| c.downcast_ref::<txn::Error>())
-            .and_then(advice::for_error)
-    }
-}
-
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(e: E) -> Self {
-        let error: anyhow::Error = e.into();
-        let code = error.downcast_ref::<txn::Error>().map_or(1, exit_code);
-        Self { error, code }
-    }
-}
-
-fn exit_code(e: &txn::Error) -> u8 {
-    if let txn::Error::Stopped { signal } = e {
-        return signal_exit(*signal);
-    }
-    match e.class() {
-        ErrorClass::Busy | ErrorClass::Conflict => 3,
-        ErrorClass::RecoveryNeeded => EXIT_RECOVERY_NEEDED,
-        _ => 1,
-    }
-}
+use args::{BeginArgs, Cli, Command};
+use failure::{exit_code, signal_exit, Failure};
+use options::{begin_options, resolve};
 
 fn main() -> ExitCode {
     let raw: Vec<OsString> = std::env::args_os().collect();
@@ -163,51 +119,6 @@ fn not_found(given: &str) -> txn::Error {
         tx: given.to_owned(),
         closest: None,
     }
-}
-
-/// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
-/// the overlay names the real file by absolute path.
-fn resolve(path: &Path) -> Result<PathBuf, Failure> {
-    std::fs::canonicalize(path).map_err(|source| {
-        Failure::from(txn::Error::Io {
-            action: "find",
-            path: path.to_path_buf(),
-            source,
-        })
-    })
-}
-
-fn begin_options(
-    opts: &BeginArgs,
-    bases: &[PathBuf],
-    command: Option<Vec<String>>,
-) -> Result<BeginOptions, Failure> {
-    let wait = match opts.wait.as_deref() {
-        None => Wait::No,
-        Some("forever") => Wait::Forever,
-        Some(secs) => {
-            let s: f64 = secs
-                .parse()
-                .ok()
-                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                .ok_or_else(|| anyhow::anyhow!("--wait takes a number of seconds, not {secs:?}"))
-                .map_err(|error| Failure {
-                    error,
-                    code: EXIT_USAGE,
-                })?;
-            Wait::For(Duration::from_secs_f64(s.min(1e9)))
-        }
-    };
-    Ok(BeginOptions {
-        bases: bases.iter().map(|b| resolve(b)).collect::<Result<_, _>>()?,
-        name: opts.name.clone(),
-        base_format: opts.base_format.map(|f| match f {
-            BaseFormat::Raw => Format::Raw,
-            BaseFormat::Qcow2 => Format::Qcow2,
-        }),
-        wait,
-        command,
-    })
 }
 
 fn run(cli: Cli) -> Result<u8, Failure> {
@@ -509,11 +420,6 @@ fn watch(interrupts: &interrupt::Interrupts, p: &txn::Progress) {
     if p.phase != txn::Phase::PreImages {
         interrupts.left(p.total.saturating_sub(p.done));
     }
-}
-
-/// The conventional exit status of a process stopped by signal `sig`.
-fn signal_exit(sig: i32) -> u8 {
-    u8::try_from(128 + sig).unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ impl Out {
         } else {
             say(&format!(
                 "command {}; rolled back {tx}",
-                crate::runner::ended(exit_code, killed_by)
+                ended(exit_code, killed_by)
             ));
         }
         Ok(())
@@ -750,6 +750,15 @@ fn spare_lines(spares: &[Spare]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// How a command ended that did not succeed, for human output: `exited with status N` or
+/// `was killed by SIGKILL`.
+pub fn ended(code: i32, signal: Option<i32>) -> String {
+    match signal {
+        Some(sig) => format!("was killed by {}", signal_name(sig)),
+        None => format!("exited with status {code}"),
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,9 @@ use std::process::{Command, ExitStatus};
 use storage::OsFs;
 use txn::{BeginOptions, CommitOptions, CommitReport, Engine, Manifest, OsGuard, OsHost, TxId};
 
+use crate::failure::Failure;
 use crate::interrupt::Interrupts;
-use crate::{waiting, Failure};
+use crate::waiting;
 
 /// The engine `imgtx` works with.
 pub type OsEngine = Engine<OsFs, OsHost>;
@@ -151,15 +152,6 @@ pub fn not_started(program: &str, error: &io::Error, tx: &TxId) -> Failure {
     Failure {
         error: anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)"),
         code,
-    }
-}
-
-/// How a command ended that did not succeed, for human output: `exited with status N` or
-/// `was killed by SIGKILL`.
-pub fn ended(code: i32, signal: Option<i32>) -> String {
-    match signal {
-        Some(sig) => format!("was killed by {}", crate::output::signal_name(sig)),
-        None => format!("exited with status {code}"),
     }
 }
 

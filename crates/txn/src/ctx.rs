@@ -13,7 +13,7 @@ use storage::Fs;
 use crate::error::{Error, Result};
 use crate::host::Host;
 use crate::id::TxId;
-use crate::manifest::Manifest;
+
 use crate::statedir::StateDir;
 
 /// The file system `S`, the host `H` and the state directory an operation works with.
@@ -41,21 +41,6 @@ impl<S: Fs, H: Host> Ctx<S, H> {
         self.host
             .lock_exclusive(&self.state.lock(id), false)?
             .ok_or_else(|| Error::Locked { tx: id.clone() })
-    }
-
-    /// Loads the manifest of transaction `id`, which must be open.
-    pub(crate) fn load_open(&self, id: &TxId) -> Result<Manifest> {
-        let m = self
-            .state
-            .load(&self.fs, id)?
-            .ok_or_else(|| crate::lookup::not_open(self, id.as_str()))?;
-        match m.state.doing() {
-            None => Ok(m),
-            Some(doing) => Err(Error::Interrupted {
-                tx: id.clone(),
-                doing,
-            }),
-        }
     }
 
     /// Removes the lock file of a transaction that no longer exists (while holding it).

@@ -7,7 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 
-use crate::history::HistoryEntry;
+use crate::history::entry::HistoryEntry;
 use crate::id::TxId;
 use crate::manifest::Holder;
 

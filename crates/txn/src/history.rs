@@ -21,7 +21,7 @@
 
 mod aside;
 mod chain;
-mod entry;
+pub(crate) mod entry;
 mod file;
 mod verdict;
 mod verify;
@@ -33,7 +33,7 @@ use storage::Fs;
 use crate::error::{Error, Result};
 
 pub use chain::{CarriedOver, ChainHash, KeptAside, ParseChainHashError};
-pub use entry::{HistoryEntry, HistoryImage, Outcome};
+pub use entry::{HistoryEntry, HistoryImage, Outcome, Takeover};
 pub use file::{read, Aside, History};
 pub use verdict::{AnchorCheck, ChainFormat, Problem, ProblemKind, Verification};
 pub(crate) use verify::verify;

@@ -11,7 +11,7 @@
 //!   process of another host holding it makes the operation fail as busy, naming the host;
 //! - claims record the lockspace and host id of the host that made them. A transaction
 //!   whose claim names another host is that host's while sanlock says the host is alive
-//!   ([`Error::HostAlive`]); once sanlock says it is dead, recovery on any member may take
+//!   ([`crate::Error::HostAlive`]); once sanlock says it is dead, recovery on any member may take
 //!   it over, with the lease version it read checked at acquisition, and records the
 //!   takeover in the history.
 //!
@@ -79,8 +79,8 @@ pub trait Leases: Send + Sync + Debug {
     /// lease is still at that version. Never waits.
     ///
     /// # Errors
-    /// [`Error::LeaseBusy`] when a process of another host (or another process of this
-    /// one) holds it; [`Error::Lease`] for everything else.
+    /// [`crate::Error::LeaseBusy`] when a process of another host (or another process of this
+    /// one) holds it; [`crate::Error::Lease`] for everything else.
     fn acquire(&self, lease_file: &Path, version: Option<u64>) -> Result<LeaseGuard>;
 
     /// The version of the lease in `lease_file`; `None` when the file does not exist.
@@ -112,15 +112,5 @@ impl Leases for NoLeases {
     }
 }
 
-/// A transaction of a dead host taken over: who took it from whom.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Takeover {
-    /// The lockspace.
-    pub lockspace: String,
-    /// The host id of the dead host that made the claims.
-    pub from_host_id: u64,
-    /// Its host name, as its claims say.
-    pub from_host: String,
-    /// The host id that took the transaction over.
-    pub by_host_id: u64,
-}
+/// Who took a dead host's transaction over, as the history records it.
+pub use crate::history::Takeover;

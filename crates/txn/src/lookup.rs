@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::history::HistoryEntry;
 use crate::host::Host;
 use crate::id::TxId;
+use crate::manifest::Manifest;
 
 /// Hex digits a prefix must have to name a transaction: fewer would match by accident.
 pub(crate) const MIN_PREFIX: usize = 4;
@@ -64,7 +65,10 @@ pub(crate) fn find<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Result<TxId> {
 /// likely typo.
 pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
     // Only for the message: a history that cannot be read leaves it at "not found".
-    let history = crate::inspect::log(e, None)
+    let history = e
+        .state
+        .history_checked(&e.fs)
+        .and_then(|path| crate::history::read(&e.fs, &path))
         .map(|h| h.entries)
         .unwrap_or_default();
     // By id or id prefix, if exactly one transaction fits; else the latest of that name.
@@ -126,6 +130,23 @@ fn edits(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
+}
+
+impl<S: Fs, H: Host> Ctx<S, H> {
+    /// Loads the manifest of transaction `id`, which must be open.
+    pub(crate) fn load_open(&self, id: &TxId) -> Result<Manifest> {
+        let m = self
+            .state
+            .load(&self.fs, id)?
+            .ok_or_else(|| not_open(self, id.as_str()))?;
+        match m.state.doing() {
+            None => Ok(m),
+            Some(doing) => Err(Error::Interrupted {
+                tx: id.clone(),
+                doing,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]

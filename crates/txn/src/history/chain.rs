@@ -103,7 +103,7 @@ pub(crate) enum Item {
     KeptAside(KeptAside),
     /// A finished transaction that recovery took over from a dead host of a sanlock
     /// lockspace: the entry (its `taken_over` left out), then who took it from whom.
-    TakenOver(HistoryEntry, crate::lease::Takeover),
+    TakenOver(HistoryEntry, super::entry::Takeover),
 }
 
 /// The first record of a chained history.

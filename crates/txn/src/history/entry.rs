@@ -102,9 +102,9 @@ pub struct HistoryEntry {
     /// Who took the transaction over from whom, when recovery on another host of a sanlock
     /// lockspace ended it after its own host died. The chain stores it in a record kind of
     /// its own, so entries without it keep their (postcard) encoding. In JSON it is a field,
-    /// absent when there was no takeover; [`HistoryEntry::from_json`] reads it back.
+    /// absent when there was no takeover; `HistoryEntry::from_json` reads it back.
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
-    pub taken_over: Option<crate::lease::Takeover>,
+    pub taken_over: Option<Takeover>,
 }
 
 impl HistoryEntry {
@@ -114,7 +114,7 @@ impl HistoryEntry {
         #[derive(Deserialize)]
         struct OnlyTakeover {
             #[serde(default)]
-            taken_over: Option<crate::lease::Takeover>,
+            taken_over: Option<Takeover>,
         }
         let mut entry: Self = serde_json::from_slice(bytes)?;
         entry.taken_over = serde_json::from_slice::<OnlyTakeover>(bytes)?.taken_over;
@@ -161,4 +161,17 @@ impl From<EntryV1> for HistoryEntry {
             taken_over: None,
         }
     }
+}
+
+/// A transaction of a dead host taken over: who took it from whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    /// The lockspace.
+    pub lockspace: String,
+    /// The host id of the dead host that made the claims.
+    pub from_host_id: u64,
+    /// Its host name, as its claims say.
+    pub from_host: String,
+    /// The host id that took the transaction over.
+    pub by_host_id: u64,
 }
