@@ -67,8 +67,8 @@ pub struct Cli {
     pub state_dir: Option<PathBuf>,
 
     /// Work as a member of sanlock lockspace NAME, which this host has joined: sanlock
-    /// leases on the shared storage keep other hosts out of the images (see
-    /// docs/operations.md). Refuses to work when the daemon or the lockspace is not there
+    /// leases on the shared storage keep other hosts out of the images. Refuses to work when
+    /// the daemon or the lockspace is not there
     #[arg(long, global = true, value_name = "NAME", env = "IMGTX_LOCKSPACE")]
     pub lockspace: Option<String>,
 
@@ -105,7 +105,8 @@ pub struct BeginArgs {
     #[arg(long)]
     pub name: Option<String>,
 
-    /// The format of the base images (decided safely when omitted: see docs/cli.md)
+    /// The format of the base images (when omitted: qcow2 if it parses as a qcow2 image
+    /// without a backing file, raw if it has no qcow2 magic, else refused as ambiguous)
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub base_format: Option<BaseFormat>,
 
@@ -146,7 +147,7 @@ impl From<CommitArgs> for txn::CommitOptions {
 #[derive(Debug, Clone, Copy, Args)]
 pub struct EachArgs {
     /// One transaction per image: run the command once for each, and commit or roll back
-    /// each on its own (exit 0 only if all committed; see docs/cli.md)
+    /// each on its own (exit 0 only if all committed)
     #[arg(long)]
     pub each: bool,
     /// With --each: run the command on N images at a time
