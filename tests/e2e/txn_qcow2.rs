@@ -248,3 +248,33 @@ fn a_qcow2_commit_whose_qemu_img_died_recovers_to_what_a_clean_commit_makes() {
         t.assert_no_transactions();
     }
 }
+
+/// A qcow2 image with a backing file of its own is refused saying why and what to do, and
+/// never with advice to treat its bytes as a raw disk.
+#[test]
+fn a_qcow2_image_with_a_backing_file_is_refused_with_what_to_do() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let below = qcow2_base(&t, "below.qcow2");
+    let top = t.image("top.qcow2");
+    qemu_img(&[
+        "create".as_ref(),
+        "-q".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        below.as_os_str(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        top.as_os_str(),
+    ]);
+
+    let out = t.imgtx_code(&["begin".as_ref(), top.as_os_str()], exit::ERROR);
+
+    let err = crate::util::stderr_of(&out);
+    assert!(err.contains("backing file of its own"), "{err}");
+    assert!(err.contains("flatten it first"), "{err}");
+    assert!(!err.contains("--base-format raw"), "{err}");
+}

@@ -104,7 +104,8 @@ pub(crate) fn decide_format<S: Fs>(
             path: base.to_path_buf(),
             reason: format!(
                 "it is a qcow2 image with a backing file of its own ({backing}), and imgtx \
-                 commits only into images without one"
+                 commits only into images without one; flatten it first (`qemu-img convert -O qcow2` into a \
+                 new file) or begin on the image at the bottom of the chain"
             ),
         });
     }
