@@ -59,3 +59,34 @@ fn log_shows_human_units_and_selects_by_last_since_and_tx() {
         stderr_of(&out)
     );
 }
+
+/// Times in human output are local, with their zone named, or UTC with `--utc`; JSON keeps
+/// RFC 3339 UTC whatever the zone.
+#[test]
+fn times_are_shown_in_the_local_zone_or_in_utc_and_json_stays_utc() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    let tx = t.begin(&[&base]);
+    t.imgtx_ok(&["rollback", &tx.id]);
+    let run = |args: &[&str]| {
+        let out = t
+            .command()
+            .env("TZ", "Asia/Kolkata")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let local = run(&["log"]);
+    let utc = run(&["log", "--utc"]);
+    let json: serde_json::Value = serde_json::from_str(&run(&["log", "--json"])).unwrap();
+
+    assert!(local.contains(" IST "), "{local}");
+    assert!(utc.contains(" UTC "), "{utc}");
+    let ended = json["entries"][0]["ended"].as_str().unwrap();
+    assert!(ended.ends_with('Z') && ended.contains('T'), "{ended}");
+}

@@ -84,6 +84,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Times in UTC instead of the local time zone (human output; JSON is always UTC)
+    #[arg(long, global = true)]
+    pub utc: bool,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

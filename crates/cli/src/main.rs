@@ -131,6 +131,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     let out = output::Out {
         json: cli.json,
         quiet: cli.quiet,
+        utc: cli.utc,
     };
     // Commands that only read never create a state directory (or anything in it).
     if let Command::Status { .. } | Command::Log { .. } | Command::Diff { .. } = &cli.command {

@@ -21,6 +21,8 @@ pub struct Out {
     pub json: bool,
     /// Nothing but errors.
     pub quiet: bool,
+    /// Times in human output in UTC instead of the local time zone.
+    pub utc: bool,
 }
 
 // Stdout is line-buffered; a diff of 100 000 extents would cost one write(2) per line, so
@@ -99,6 +101,22 @@ fn images_json(m: &Manifest) -> Value {
 }
 
 impl Out {
+    /// A time recorded as RFC 3339 UTC, for people: in the local time zone, named (in UTC
+    /// with `--utc`); as recorded when it does not parse. JSON keeps the recorded form.
+    fn when(&self, rfc3339: &str) -> String {
+        let Ok(t) = rfc3339.parse::<jiff::Timestamp>() else {
+            return rfc3339.to_owned();
+        };
+        let zone = if self.utc {
+            jiff::tz::TimeZone::UTC
+        } else {
+            jiff::tz::TimeZone::system()
+        };
+        t.to_zoned(zone)
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string()
+    }
+
     pub fn begin(&self, m: &Manifest) -> io::Result<()> {
         if self.json {
             return print_json(&json!({"id": m.id, "name": m.name, "images": images_json(m)}));
@@ -318,7 +336,7 @@ impl Out {
                     "{verb} {} of {} (committed {}): it can no longer be reverted",
                     indicatif::HumanBytes(p.bytes),
                     p.tx,
-                    p.committed
+                    self.when(&p.committed)
                 )
             })
             .collect();
@@ -379,7 +397,11 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{}{name} {} since {} by {}@{}",
-                m.id, state, m.created, m.user, m.host
+                m.id,
+                state,
+                self.when(&m.created),
+                m.user,
+                m.host
             ));
             for (i, st) in m.images.iter().zip(&s.images) {
                 lines.push(format!(
@@ -410,7 +432,7 @@ impl Out {
             lines.push(format!(
                 "  {} committed {}: {} ({how})",
                 r.tx,
-                r.committed,
+                self.when(&r.committed),
                 indicatif::HumanBytes(*bytes)
             ));
             // The files by name, each with its size: they are hidden (`.NAME.imgtx.spare`),
@@ -490,7 +512,11 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{} {}{name} {} by {}@{}",
-                e.ended, e.id, outcome, e.user, e.host
+                self.when(&e.ended),
+                e.id,
+                outcome,
+                e.user,
+                e.host
             ));
             // What a rollback changed is nothing: its images are named without a size.
             for i in &e.images {
@@ -537,7 +563,9 @@ impl Out {
                 "the history verifies: {} entries, {} records, chained since {}",
                 v.entries,
                 v.records,
-                v.created.as_deref().unwrap_or("its first entry")
+                v.created
+                    .as_deref()
+                    .map_or_else(|| "its first entry".to_owned(), |c| self.when(c))
             )),
             (ChainFormat::Chained, Some(p)) => {
                 let id =
