@@ -97,38 +97,30 @@ impl Reporter {
                 if bar.is_none() && self.started.elapsed() < BAR_AFTER {
                     return;
                 }
-                let b = bar.get_or_insert_with(|| {
-                    let b = ProgressBar::with_draw_target(
-                        Some(p.total),
-                        ProgressDrawTarget::stderr_with_hz(10),
-                    );
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} \
-                             {binary_bytes_per_sec} ETA {eta}",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                    );
-                    *shows = (p.image, p.phase);
-                    b.set_message(label(p));
-                    b
-                });
-                if *shows != (p.image, p.phase) {
-                    *shows = (p.image, p.phase);
-                    b.reset();
-                    b.set_message(label(p));
+                // One bar per phase of each image: the finished one stays at its end, full,
+                // and the next starts below it, instead of one bar falling back to zero.
+                if bar.is_some() && *shows != (p.image, p.phase) {
+                    if let Some(done) = bar.take() {
+                        complete(&done);
+                    }
                 }
+                let b = bar.get_or_insert_with(|| {
+                    *shows = (p.image, p.phase);
+                    new_bar(p)
+                });
                 b.set_length(p.total);
                 b.set_position(p.done);
             }
         }
     }
 
-    /// Removes the bar, if one was drawn, before the command prints its result.
+    /// Leaves the last bar, if one was drawn, at its end before the command prints its
+    /// result.
     pub fn finish(&mut self) {
-        if let Mode::Bar { bar: Some(b), .. } = &self.mode {
-            b.finish_and_clear();
+        if let Mode::Bar { bar, .. } = &mut self.mode {
+            if let Some(b) = bar.take() {
+                complete(&b);
+            }
         }
     }
 }
@@ -142,14 +134,45 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-/// What the bar says it is doing.
+/// A bar for the phase `p` reports, starting where it is: the rate and the time left are
+/// measured from here on, not from a start the bar never saw (which made a phase already
+/// half done when the bar appeared look like a copy at hundreds of GiB/s).
+fn new_bar(p: &Progress) -> ProgressBar {
+    let b = ProgressBar::with_draw_target(Some(p.total), ProgressDrawTarget::stderr_with_hz(10))
+        .with_position(p.done);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
+             ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(label(p));
+    b.reset_eta();
+    b
+}
+
+/// Shows `b` full and leaves it on the screen: its phase is over.
+fn complete(b: &ProgressBar) {
+    if let Some(len) = b.length() {
+        b.set_position(len);
+    }
+    b.finish();
+}
+
+/// What the bar says it is doing, and to which image (its file name).
 fn label(p: &Progress) -> String {
     let what = match p.phase {
         Phase::PreImages => "saving pre-images of",
         Phase::Apply => "writing",
         Phase::Restore => "restoring",
     };
-    format!("{what} image {}", p.image)
+    let name = p.base.file_name().map_or_else(
+        || p.base.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    format!("{what} {}", crate::output::escape(&name))
 }
 
 impl Drop for Reporter {
@@ -192,6 +215,42 @@ mod tests {
         r.report(&p(0, 10, 100));
         // Assert
         assert!(matches!(r.mode, Mode::Bar { bar: None, .. }));
+    }
+
+    #[test]
+    fn the_bar_names_the_image_by_its_file_name() {
+        assert_eq!(label(&p(0, 0, 1)), "writing disk.img");
+    }
+
+    #[test]
+    fn a_new_phase_gets_a_bar_of_its_own_and_the_last_one_ends_full() {
+        // Arrange: a bar already showing the first phase.
+        let mut r = Reporter::with_terminal(false, false, true);
+        r.started -= BAR_AFTER;
+        let first = Progress {
+            phase: Phase::PreImages,
+            ..p(0, 40, 100)
+        };
+        r.report(&first);
+        let before = match &r.mode {
+            Mode::Bar { bar: Some(b), .. } => b.clone(),
+            _ => panic!("no bar"),
+        };
+        // Act: the next phase begins.
+        r.report(&p(0, 5, 200));
+        // Assert: the first bar ended full; a new one shows the new phase from where it is.
+        assert!(before.is_finished());
+        assert_eq!(before.position(), 100);
+        match &r.mode {
+            Mode::Bar {
+                bar: Some(b),
+                shows,
+            } => {
+                assert_eq!(*shows, (0, Phase::Apply));
+                assert_eq!((b.position(), b.length()), (5, Some(200)));
+            }
+            _ => panic!("no bar"),
+        }
     }
 
     #[test]
