@@ -29,6 +29,7 @@ enum Mode {
         bar: Option<ProgressBar>,
         /// The image and phase the bar shows.
         shows: (usize, Phase),
+        target: Target,
     },
 }
 
@@ -54,6 +55,7 @@ impl Reporter {
             Mode::Bar {
                 bar: None,
                 shows: (0, Phase::Apply),
+                target: Target::Stderr,
             }
         } else {
             Mode::Silent
@@ -93,44 +95,81 @@ impl Reporter {
                     let _ = writeln!(io::stderr().lock(), "{line}");
                 }
             }
-            Mode::Bar { bar, shows } => {
+            Mode::Bar { bar, shows, target } => {
                 if bar.is_none() && self.started.elapsed() < BAR_AFTER {
                     return;
                 }
-                let b = bar.get_or_insert_with(|| {
-                    let b = ProgressBar::with_draw_target(
-                        Some(p.total),
-                        ProgressDrawTarget::stderr_with_hz(10),
-                    );
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} \
-                             {binary_bytes_per_sec} ETA {eta}",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar())
-                        .progress_chars("=> "),
-                    );
-                    *shows = (p.image, p.phase);
-                    b.set_message(label(p));
-                    b
-                });
-                if *shows != (p.image, p.phase) {
-                    *shows = (p.image, p.phase);
-                    b.reset();
-                    b.set_message(label(p));
+                // One bar per phase of each image: the one before is left drawn, at 100 %,
+                // since its phase is over once the next one starts.
+                if bar.is_some() && *shows != (p.image, p.phase) {
+                    if let Some(old) = bar.take() {
+                        complete(&old);
+                    }
                 }
+                let b = bar.get_or_insert_with(|| {
+                    *shows = (p.image, p.phase);
+                    new_bar(p, target.make())
+                });
                 b.set_length(p.total);
                 b.set_position(p.done);
             }
         }
     }
 
-    /// Removes the bar, if one was drawn, before the command prints its result.
+    /// The operation succeeded: the bar, if one was drawn, is left at 100 %, above the
+    /// result the command prints next.
     pub fn finish(&mut self) {
-        if let Mode::Bar { bar: Some(b), .. } = &self.mode {
-            b.finish_and_clear();
+        if let Mode::Bar { bar, .. } = &mut self.mode {
+            if let Some(b) = bar.take() {
+                complete(&b);
+            }
         }
     }
+}
+
+/// Where bars are drawn: stderr, or nowhere (for tests).
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Stderr,
+    #[cfg(test)]
+    Hidden,
+}
+
+impl Target {
+    fn make(self) -> ProgressDrawTarget {
+        match self {
+            Self::Stderr => ProgressDrawTarget::stderr_with_hz(10),
+            #[cfg(test)]
+            Self::Hidden => ProgressDrawTarget::hidden(),
+        }
+    }
+}
+
+/// A bar for the phase `p` reports, drawn to `target`, already at `p.done`.
+fn new_bar(p: &Progress, target: ProgressDrawTarget) -> ProgressBar {
+    let b = ProgressBar::with_draw_target(Some(p.total), target);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} \
+             {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(label(p));
+    // A bar that appears a second into its phase starts where the phase is: the rate and
+    // the ETA count from here, not as if all that was done took no time at all.
+    b.set_position(p.done);
+    b.reset_eta();
+    b
+}
+
+/// Ends bar `b` at 100 % and leaves it drawn.
+fn complete(b: &ProgressBar) {
+    if let Some(len) = b.length() {
+        b.set_position(len);
+    }
+    b.finish();
 }
 
 /// The phase as `--json` names it.
@@ -149,12 +188,16 @@ fn label(p: &Progress) -> String {
         Phase::Apply => "writing",
         Phase::Restore => "restoring",
     };
-    format!("{what} image {}", p.image)
+    let name = p.base.file_name().unwrap_or(p.base.as_os_str());
+    format!("{what} {}", crate::output::escape(&name.to_string_lossy()))
 }
 
 impl Drop for Reporter {
+    /// A bar still drawn when the operation failed is removed, not shown complete.
     fn drop(&mut self) {
-        self.finish();
+        if let Mode::Bar { bar: Some(b), .. } = &self.mode {
+            b.finish_and_clear();
+        }
     }
 }
 
@@ -192,6 +235,61 @@ mod tests {
         r.report(&p(0, 10, 100));
         // Assert
         assert!(matches!(r.mode, Mode::Bar { bar: None, .. }));
+    }
+
+    /// A bar reporter drawing nowhere, as if a second had passed already.
+    fn bar_reporter() -> Reporter {
+        let mut r = Reporter::with_terminal(false, false, true);
+        if let Mode::Bar { target, .. } = &mut r.mode {
+            *target = Target::Hidden;
+        }
+        r.started = Instant::now()
+            .checked_sub(BAR_AFTER)
+            .unwrap_or_else(Instant::now);
+        r
+    }
+
+    /// The bar `r` draws now.
+    fn shown(r: &Reporter) -> ProgressBar {
+        match &r.mode {
+            Mode::Bar { bar: Some(b), .. } => b.clone(),
+            _ => panic!("no bar"),
+        }
+    }
+
+    #[test]
+    fn a_bar_names_the_image_by_its_file_name() {
+        let mut r = bar_reporter();
+        r.report(&p(0, 10, 100));
+        assert_eq!(shown(&r).message(), "writing disk.img");
+    }
+
+    #[test]
+    fn a_new_phase_gets_a_new_bar_and_the_old_one_ends_at_100_percent() {
+        // Arrange
+        let mut r = bar_reporter();
+        r.report(&Progress {
+            phase: Phase::PreImages,
+            ..p(0, 60, 100)
+        });
+        let first = shown(&r);
+        // Act
+        r.report(&p(0, 10, 200));
+        // Assert
+        assert!(first.is_finished());
+        assert_eq!(first.position(), 100);
+        let second = shown(&r);
+        assert_eq!((second.position(), second.length()), (10, Some(200)));
+    }
+
+    #[test]
+    fn a_finished_operation_leaves_its_bar_at_100_percent() {
+        let mut r = bar_reporter();
+        r.report(&p(0, 90, 100));
+        let b = shown(&r);
+        r.finish();
+        assert!(b.is_finished());
+        assert_eq!(b.position(), 100);
     }
 
     #[test]
