@@ -38,8 +38,14 @@ fn log_shows_human_units_and_selects_by_last_since_and_tx() {
     assert!(log.contains("64.00 KiB changed"), "{log}");
     assert!(!log.contains("bytes"), "{log}");
     let lines: Vec<&str> = log.lines().collect();
-    let rolled = lines.iter().position(|l| l.contains("rolled back")).unwrap();
-    assert!(lines[rolled + 1].ends_with("disk.img"), "a rollback with a size: {log}");
+    let rolled = lines
+        .iter()
+        .position(|l| l.contains("rolled back"))
+        .unwrap();
+    assert!(
+        lines[rolled + 1].ends_with("disk.img"),
+        "a rollback with a size: {log}"
+    );
     let json = t.imgtx_json(&["log"]);
     assert_eq!(json["entries"][0]["images"][0]["changed_bytes"], 65536);
     assert_eq!(ids(&t, &["-n", "1"]), vec![c.id.clone()]);
