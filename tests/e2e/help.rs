@@ -48,7 +48,7 @@ fn man_pages_document_the_environment_the_files_and_every_exit_status() {
         "IMGTX_LOG",
         "IMGTX_SCAN",
         "NO_COLOR",
-        ".SH \"FILES\"",
+        ".SH FILES",
         ".BASE.imgtx.spare",
         "txns/ID.json",
         ".SH \"EXIT STATUS\"",

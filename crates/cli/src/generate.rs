@@ -223,7 +223,12 @@ fn environment(cmd: &clap::Command) -> Vec<(String, String)> {
 
 /// Writes section TITLE with `body` in no-fill mode, one line per line.
 fn section(w: &mut dyn Write, title: &str, body: &str) -> io::Result<()> {
-    writeln!(w, ".SH \"{title}\"\n.nf")?;
+    // Quoted only when it has a space, as roff needs then (`.SH "EXIT STATUS"`).
+    if title.contains(' ') {
+        writeln!(w, ".SH \"{title}\"\n.nf")?;
+    } else {
+        writeln!(w, ".SH {title}\n.nf")?;
+    }
     for line in body.lines() {
         writeln!(w, "{}", roff_line(line))?;
     }
@@ -317,6 +322,6 @@ mod tests {
         assert!(names.contains(&"imgtx-commit.1".to_owned()), "{names:?}");
         assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
         let top = fs::read_to_string(dir.path().join("imgtx.1")).unwrap();
-        assert!(top.contains(".SH \"EXAMPLES\""), "{top}");
+        assert!(top.contains(".SH EXAMPLES"), "{top}");
     }
 }
