@@ -442,3 +442,20 @@ fn status_flags_a_base_written_behind_the_transactions_back() {
     );
     t.imgtx_code(&["commit", &tx.id], exit::BUSY);
 }
+
+/// A refusal names the holder with its age, so that a person can decide whether to wait.
+#[test]
+fn a_busy_image_names_how_long_its_holder_has_held_it() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 1 << 20, 1);
+    let held = t.begin(&[&base]);
+
+    let out = t.imgtx_code(&["begin".as_ref(), base.as_os_str()], exit::BUSY);
+
+    let err = stderr_of(&out);
+    assert!(err.contains(&held.id), "{err}");
+    assert!(err.contains(" s, since "), "{err}");
+}

@@ -223,7 +223,7 @@ impl Holder {
 }
 
 impl std::fmt::Display for Holder {
-    /// `tx-… ("name", root@host)`, with what is known.
+    /// `tx-… ("name", root@host, for 3 min, since …)`, with what is known.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.tx)?;
         let mut details = Vec::new();
@@ -237,7 +237,15 @@ impl std::fmt::Display for Holder {
             details.push(format!("sanlock host {id}"));
         }
         if !self.since.is_empty() {
-            details.push(format!("since {}", self.since));
+            // The age for a person deciding whether to wait; the time to match with `log`.
+            match crate::time::parse_rfc3339(&self.since) {
+                Some(t) => details.push(format!(
+                    "for {}, since {}",
+                    crate::time::age(t, std::time::SystemTime::now()),
+                    self.since
+                )),
+                None => details.push(format!("since {}", self.since)),
+            }
         }
         if !details.is_empty() {
             write!(f, " ({})", details.join(", "))?;
