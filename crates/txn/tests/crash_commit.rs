@@ -19,6 +19,35 @@ fn report(name: &str, s: crash_support::Stats) {
     );
 }
 
+/// Sweeps a commit (with pre-images or `--no-undo`) of the bases `specs` describe, on a
+/// file system with or without reflinks, `sample` damage variants per point as CI runs it;
+/// reports the figures under `name` and returns them; `None` when qemu-io is missing.
+fn sweep_commit(
+    specs: &[crash_support::ImageSpec],
+    (reflinks, no_undo): (bool, bool),
+    sample: usize,
+    name: &str,
+) -> Option<crash_support::Stats> {
+    if !testkit::qemu::have("qemu-io") {
+        eprintln!("skipped: qemu-io is not installed");
+        return None;
+    }
+    let fx = Fixture::new(specs);
+    let fresh = || {
+        let sim = fx.fresh();
+        if reflinks {
+            sim.with_reflinks()
+        } else {
+            sim
+        }
+    };
+
+    let stats = sweep(&fx, &fresh, &commit(no_undo), true, sample, name);
+
+    report(name, stats);
+    Some(stats)
+}
+
 /// The sweeps below cross zero pre-image entries too: the fixture's base reads zeros under
 /// one of the changed clusters, whose pre-image is then saved as a header alone.
 #[test]
@@ -41,15 +70,14 @@ fn the_swept_commit_saves_a_zero_pre_image_entry() {
 
 #[test]
 fn raw_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_single(),
+        (false, false),
+        3,
+        "raw commit",
+    ) else {
         return;
-    }
-    let fx = Fixture::new(&crash_support::raw_single());
-
-    let stats = sweep(&fx, &|| fx.fresh(), &commit(false), true, 3, "raw commit");
-
-    report("raw commit", stats);
+    };
     assert!(stats.ended_new > 0 && stats.ended_old > 0);
 }
 
@@ -89,106 +117,66 @@ fn on_a_file_system_with_reflinks_the_swept_commit_shares_blocks_both_ways() {
 
 #[test]
 fn a_reflinked_commit_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
-        return;
-    }
-    let fx = Fixture::new(&crash_support::raw_single());
-
-    let stats = sweep(
-        &fx,
-        &|| fx.fresh().with_reflinks(),
-        &commit(false),
-        true,
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_single(),
+        (true, false),
         3,
         "reflinked commit",
-    );
-
-    report("reflinked commit", stats);
+    ) else {
+        return;
+    };
     assert!(stats.ended_new > 0 && stats.ended_old > 0);
 }
 
 #[test]
 fn a_reflinked_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
-        return;
-    }
-    let fx = Fixture::new(&crash_support::raw_single());
-
-    let stats = sweep(
-        &fx,
-        &|| fx.fresh().with_reflinks(),
-        &commit(true),
-        true,
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_single(),
+        (true, true),
         2,
         "reflinked commit --no-undo",
-    );
-
-    report("reflinked commit --no-undo", stats);
+    ) else {
+        return;
+    };
     assert!(stats.ended_new > 0);
 }
 
 #[test]
 fn raw_commit_without_undo_recovers_old_or_new_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
-        return;
-    }
-    let fx = Fixture::new(&crash_support::raw_single());
-
-    let stats = sweep(
-        &fx,
-        &|| fx.fresh(),
-        &commit(true),
-        true,
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_single(),
+        (false, true),
         2,
         "raw commit --no-undo",
-    );
-
-    report("raw commit --no-undo", stats);
+    ) else {
+        return;
+    };
     assert!(stats.ended_new > 0);
 }
 
 #[test]
 fn two_image_commit_is_atomic_across_both_bases_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
-        return;
-    }
-    let fx = Fixture::new(&crash_support::raw_pair());
-
-    let stats = sweep(
-        &fx,
-        &|| fx.fresh(),
-        &commit(false),
-        true,
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_pair(),
+        (false, false),
         2,
         "two-image commit",
-    );
-
-    report("two-image commit", stats);
+    ) else {
+        return;
+    };
     assert!(stats.ended_new > 0 && stats.ended_old > 0);
 }
 
 #[test]
 fn two_image_commit_without_undo_is_atomic_after_a_crash_at_every_operation() {
-    if !testkit::qemu::have("qemu-io") {
-        eprintln!("skipped: qemu-io is not installed");
-        return;
-    }
-    let fx = Fixture::new(&crash_support::raw_pair());
-
-    let stats = sweep(
-        &fx,
-        &|| fx.fresh(),
-        &commit(true),
-        true,
+    let Some(stats) = sweep_commit(
+        &crash_support::raw_pair(),
+        (false, true),
         2,
         "two-image commit --no-undo",
-    );
-
-    report("two-image commit --no-undo", stats);
+    ) else {
+        return;
+    };
     assert!(stats.ended_new > 0);
 }
 
