@@ -26,8 +26,8 @@ use std::process::Command;
 use testkit::sweep::full;
 
 use crate::util::{
-    describe, exit, imgtx_bin, listing, listing_but_spares, qemu_img, qemu_io, require_tools, run,
-    TestDir,
+    describe, exit, expect_code, imgtx_bin, listing, listing_but_spares, qemu_img, qemu_io,
+    require_tools, run, TestDir,
 };
 
 /// Calls that can change a file's content, length, metadata, name or existence. `openat` is
@@ -564,13 +564,7 @@ fn count_calls(case: &Case, args: &[String]) -> BTreeMap<String, u32> {
     let log = case.t.path().join("strace.log");
     let filter = vec!["-o".into(), log.display().to_string()];
     let mut cmd = under_strace(&case.t, &filter, args);
-    let out = run(&mut cmd);
-    assert_eq!(
-        out.status.code(),
-        Some(exit::OK),
-        "{}",
-        describe(&cmd, &out)
-    );
+    expect_code(&mut cmd, exit::OK);
     let text = fs::read_to_string(&log).expect("strace log");
     fs::remove_file(&log).expect("remove strace log");
     let mut per: BTreeMap<(String, String), u32> = BTreeMap::new();

@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{describe, exit, qcow2_io, require_tools, run, sha256, stderr_of, TestDir};
+use crate::util::{
+    describe, exit, expect_code, qcow2_io, require_tools, run, sha256, stderr_of, TestDir,
+};
 
 /// `imgtx --lockspace LS ...` against a daemon socket directory with nothing in it.
 fn unreachable_daemon(t: &TestDir) -> Command {
@@ -30,14 +32,7 @@ fn lease_a_named_lockspace_without_a_daemon_is_refused_and_nothing_is_touched() 
 
     let mut cmd = unreachable_daemon(&t);
     cmd.args(["--lockspace", "imgtx", "begin"]).arg(&base);
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::ERROR),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::ERROR);
     let err = stderr_of(&out);
     assert!(err.contains("cannot reach the sanlock daemon"), "{err}");
     assert!(
@@ -65,13 +60,7 @@ fn lease_the_lockspace_can_be_named_by_imgtx_lockspace_too() {
     ] {
         let mut cmd = unreachable_daemon(&t);
         cmd.env("IMGTX_LOCKSPACE", "imgtx").args(&args);
-        let out = run(&mut cmd);
-        assert_eq!(
-            out.status.code(),
-            Some(exit::ERROR),
-            "{}",
-            describe(&cmd, &out)
-        );
+        let out = expect_code(&mut cmd, exit::ERROR);
         assert!(stderr_of(&out).contains("sanlock lockspace \"imgtx\" cannot be used"));
     }
     assert_eq!(t.transactions().len(), 1, "the transaction is untouched");
@@ -274,13 +263,7 @@ fn lease_multihost_an_image_held_on_one_host_is_busy_on_the_other() {
         .arg("--state-dir")
         .arg(&s1)
         .arg("recover");
-    let out = run(&mut cmd);
-    assert_eq!(
-        out.status.code(),
-        Some(exit::ERROR),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::ERROR);
     let err = stderr_of(&out);
     assert!(
         err.contains("has not joined sanlock lockspace \"notjoined\""),

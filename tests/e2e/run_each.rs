@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::util::{
-    describe, exit, finish, require_tools, run, sha256, stderr_of, wait_until, TestDir,
+    describe, exit, expect_code, finish, require_tools, sha256, stderr_of, wait_until, TestDir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -113,14 +113,7 @@ fn a_failing_command_rolls_back_only_its_image() {
         "case $name in b.img) exit 3;; esac",
     );
 
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::ERROR),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::ERROR);
     let v = parse(&cmd, &out);
     assert_eq!(
         column(&v, "outcome"),
@@ -164,14 +157,7 @@ fn the_human_summary_names_the_image_that_was_not_committed() {
     let (t, bases) = setup(&["a.img", "b.img"]);
     let mut cmd = each_command(&t, &[], &bases, "case $name in a.img) exit 7;; esac");
 
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::ERROR),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::ERROR);
     let stderr = stderr_of(&out);
     let a = bases[0].display();
     assert!(
@@ -199,14 +185,7 @@ fn jobs_2_runs_two_commands_at_once() {
                    n=$((n+1)); [ $n -gt 600 ] && exit 9; sleep 0.05; done";
     let mut cmd = each_command(&t, &["--jobs", "2", "--json"], &bases, barrier);
 
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::OK),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::OK);
     let v = parse(&cmd, &out);
     assert_eq!(column(&v, "outcome"), strs(&["committed", "committed"]));
     assert!(bases.iter().all(|b| written(b)));
@@ -224,14 +203,7 @@ fn one_command_runs_at_a_time_by_default() {
                  && touch \"$MARKS/$name.finished\"";
     let mut cmd = each_command(&t, &["--json"], &bases, alone);
 
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::OK),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::OK);
     let v = parse(&cmd, &out);
     assert_eq!(column(&v, "outcome"), strs(&["committed"; 3]));
 }
@@ -244,13 +216,7 @@ fn keep_makes_every_commit_revertible() {
     let (t, bases) = setup(&["a.img", "b.img"]);
     let a_before = sha256(&bases[0]);
     let mut cmd = each_command(&t, &["--keep", "--json"], &bases, "true");
-    let out = run(&mut cmd);
-    assert_eq!(
-        out.status.code(),
-        Some(exit::OK),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::OK);
     let ids = column(&parse(&cmd, &out), "id");
 
     let status = t.imgtx_json(&["status"]);
@@ -380,14 +346,7 @@ fn a_held_image_fails_alone_without_wait() {
     let holder = t.begin(&[&bases[1]]);
     let mut cmd = each_command(&t, &["--json"], &bases, "true");
 
-    let out = run(&mut cmd);
-
-    assert_eq!(
-        out.status.code(),
-        Some(exit::ERROR),
-        "{}",
-        describe(&cmd, &out)
-    );
+    let out = expect_code(&mut cmd, exit::ERROR);
     let v = parse(&cmd, &out);
     assert_eq!(
         column(&v, "outcome"),
