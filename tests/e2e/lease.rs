@@ -168,17 +168,14 @@ impl Cluster {
     fn code<S: AsRef<OsStr>>(&self, host: usize, state: &Path, args: &[S], code: i32) -> String {
         let mut cmd = self.imgtx(host, state);
         cmd.args(args);
-        let out = run(&mut cmd);
-        assert_eq!(out.status.code(), Some(code), "{}", describe(&cmd, &out));
-        stderr_of(&out)
+        stderr_of(&expect_code(&mut cmd, code))
     }
 
     /// `begin --json` as host `host`: the transaction id.
     fn begin(&self, host: usize, state: &Path, base: &Path) -> String {
         let mut cmd = self.imgtx(host, state);
         cmd.args(["begin", "--json"]).arg(base);
-        let out = run(&mut cmd);
-        assert_eq!(out.status.code(), Some(0), "{}", describe(&cmd, &out));
+        let out = expect_code(&mut cmd, exit::OK);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
         v["id"].as_str().expect("an id").to_owned()
     }
@@ -200,6 +197,41 @@ impl Drop for Cluster {
             let _ = d.kill();
             let _ = d.wait();
         }
+    }
+}
+
+/// What host 1 leaves for host 2: an open transaction over `open.img`, and one over
+/// `torn.img` whose commit died right after its commit point (64 KiB of 0xab in its
+/// overlay), with the torn base's hash from before that commit.
+struct Left {
+    open: PathBuf,
+    open_tx: String,
+    torn: PathBuf,
+    torn_tx: String,
+    old: String,
+}
+
+fn leave_open_and_torn(c: &Cluster, t: &TestDir, s1: &Path) -> Left {
+    let open = t.raw_image("open.img", 1 << 20, 1);
+    let torn = t.raw_image("torn.img", 1 << 20, 2);
+    let open_tx = c.begin(1, s1, &open);
+    let torn_tx = c.begin(1, s1, &torn);
+    qcow2_io(
+        &t.image(&format!("torn.img.{torn_tx}.imgtx.qcow2")),
+        "write -P 0xab 0 64k",
+    );
+    let old = sha256(&torn);
+    let mut crash = c.imgtx(1, s1);
+    crash
+        .env("IMGTX_TEST_CRASH_AFTER", "commit-point")
+        .args(["commit", &torn_tx]);
+    expect_code(&mut crash, 137);
+    Left {
+        open,
+        open_tx,
+        torn,
+        torn_tx,
+        old,
     }
 }
 
@@ -280,22 +312,14 @@ fn lease_multihost_a_live_hosts_open_and_interrupted_transactions_are_left_alone
     let Some(c) = Cluster::start() else { return };
     let t = TestDir::new();
     let (s1, s2) = state_dirs(&t);
-    let open = t.raw_image("open.img", 1 << 20, 1);
-    let torn = t.raw_image("torn.img", 1 << 20, 2);
-    let open_tx = c.begin(1, &s1, &open);
-    let torn_tx = c.begin(1, &s1, &torn);
-    qcow2_io(
-        &t.image(&format!("torn.img.{torn_tx}.imgtx.qcow2")),
-        "write -P 0xab 0 64k",
-    );
-    let old = sha256(&torn);
     // Host 1's commit dies right after its commit point; host 1 lives on.
-    let mut crash = c.imgtx(1, &s1);
-    crash
-        .env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &torn_tx]);
-    let out = run(&mut crash);
-    assert_eq!(out.status.code(), Some(137), "{}", describe(&crash, &out));
+    let Left {
+        open,
+        open_tx,
+        torn,
+        torn_tx,
+        old,
+    } = leave_open_and_torn(&c, &t, &s1);
     let listing = crate::util::listing(&t.images());
 
     // Host 2: recovery refuses host 1's interrupted commit, naming the host; the open
@@ -390,21 +414,14 @@ fn lease_multihost_recover_takes_over_a_dead_hosts_transactions() {
     };
     let t = TestDir::new();
     let (s1, s2) = state_dirs(&t);
-    let open = t.raw_image("open.img", 1 << 20, 1);
-    let torn = t.raw_image("torn.img", 1 << 20, 2);
+    let Left {
+        open: _,
+        open_tx,
+        torn,
+        torn_tx,
+        old,
+    } = leave_open_and_torn(&c, &t, &s1);
     let held = t.raw_image("held.img", 1 << 20, 3);
-    let open_tx = c.begin(1, &s1, &open);
-    let torn_tx = c.begin(1, &s1, &torn);
-    qcow2_io(
-        &t.image(&format!("torn.img.{torn_tx}.imgtx.qcow2")),
-        "write -P 0xab 0 64k",
-    );
-    let old = sha256(&torn);
-    let mut crash = c.imgtx(1, &s1);
-    crash
-        .env("IMGTX_TEST_CRASH_AFTER", "commit-point")
-        .args(["commit", &torn_tx]);
-    assert_eq!(run(&mut crash).status.code(), Some(137));
     // A `run` of host 1 holds its lease when the host dies.
     let mut run1 = c.imgtx(1, &s1);
     run1.arg("run")
