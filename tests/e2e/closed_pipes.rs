@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::util::{exit, qemu_io, require_tools, run_with_closed, stderr_of, Closed, TestDir};
+use crate::util::{exit, qcow2_io, require_tools, run_with_closed, stderr_of, Closed, TestDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -35,13 +35,7 @@ fn a_commit_logging_to_a_closed_stderr_finishes_and_exits_0() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", MIB, 1);
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x42 0 64k".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
     let mut cmd = t.command();
     cmd.env("IMGTX_LOG", "debug").args(["commit", &tx.id]);
 

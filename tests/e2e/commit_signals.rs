@@ -12,7 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::util::{exit, qemu_img, qemu_io, require_tools, sha256, TestDir};
+use crate::util::{exit, qcow2_io, qemu_img, require_tools, sha256, TestDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -21,13 +21,7 @@ fn large_change(t: &TestDir, size_mib: u64) -> (String, PathBuf) {
     let base = t.raw_image("disk.img", size_mib * MIB, 3);
     let tx = t.begin(&[&base]);
     let cmd = format!("write -P 0x3c 0 {}M", size_mib * 3 / 4);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        cmd.as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), &cmd);
     (tx.id, base)
 }
 
@@ -205,22 +199,10 @@ fn a_killed_imgtx_takes_its_qemu_img_child_with_it_and_undo_restores_the_exact_b
         base.as_os_str(),
         "1G".as_ref(),
     ]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x11 0 64M".as_ref(),
-        base.as_os_str(),
-    ]);
+    qcow2_io(&base, "write -P 0x11 0 64M");
     let before = sha256(&base);
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x22 0 768M".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x22 0 768M");
     let mut cmd = t.command();
     cmd.args(["commit", &tx.id])
         .stdout(Stdio::null())

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::util::{exit, qemu_io, require_tools, stdout_of, TestDir};
+use crate::util::{exit, qcow2_io, require_tools, stdout_of, TestDir};
 
 const BLOCK: usize = 4096;
 
@@ -350,13 +350,7 @@ fn a_revert_entry_names_the_transaction_it_reverted() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 4 << 20, 1);
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0xab 1M 64k".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0xab 1M 64k");
     t.imgtx_ok(&["commit", &tx.id]);
 
     let r = t.imgtx_json(&["revert", &tx.id]);

@@ -13,7 +13,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-use crate::util::{exit, imgtx_bin, qemu_io, require_tools, run, stderr_of, tree, Begun, TestDir};
+use crate::util::{
+    exit, imgtx_bin, qcow2_io, qemu_io, require_tools, run, stderr_of, tree, Begun, TestDir,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -29,16 +31,6 @@ fn second_state(t: &TestDir) -> PathBuf {
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
     dir
-}
-
-fn write_overlay(overlay: &Path, cmd: &str) {
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        cmd.as_ref(),
-        overlay.as_os_str(),
-    ]);
 }
 
 #[test]
@@ -160,7 +152,7 @@ fn a_waiting_begin_in_another_state_directory_gets_the_image_after_a_commit_and_
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 4 * MIB, 3);
     let first = t.begin(&[&base]);
-    write_overlay(first.overlay(), "write -P 0x11 0 1M");
+    qcow2_io(first.overlay(), "write -P 0x11 0 1M");
     let s2 = second_state(&t);
     let (waiter, mut stderr) = start_waiting(&s2, &base);
 
@@ -175,7 +167,7 @@ fn a_waiting_begin_in_another_state_directory_gets_the_image_after_a_commit_and_
 
     assert!(out.status.success(), "the waiter failed");
     let second = Begun::from_json(&serde_json::from_slice(&out.stdout).unwrap());
-    write_overlay(second.overlay(), "write -P 0x22 1M 1M");
+    qcow2_io(second.overlay(), "write -P 0x22 1M 1M");
     // The base changed under the wait (the first commit): the waiter took it as it is now.
     let out = run(other(&s2).args(["commit", &second.id]));
     assert!(out.status.success(), "{}", stderr_of(&out));
@@ -380,7 +372,7 @@ fn a_commit_killed_in_one_state_directory_is_recovered_from_another() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", 4 * MIB, 7);
     let tx = t.begin(&[&base]);
-    write_overlay(tx.overlay(), "write -P 0x55 0 2M");
+    qcow2_io(tx.overlay(), "write -P 0x55 0 2M");
     let mut kill_it = t.command();
     kill_it
         .env("IMGTX_TEST_CRASH_AFTER", "commit-point")

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use crate::util::{exit, qemu_img, qemu_io, require_tools, run, stderr_of, TestDir};
+use crate::util::{exit, qcow2_io, qemu_img, require_tools, run, stderr_of, TestDir};
 
 const MIB: u64 = 1 << 20;
 const KILLED: i32 = 137;
@@ -58,20 +58,8 @@ pub(crate) fn prepared(t: &TestDir, grow: bool) -> (String, Vec<PathBuf>, Conten
             ]);
         }
         let cmd = format!("write -P 0x{:x}0 {}k 600k", i + 1, 64 * (i + 1));
-        qemu_io(&[
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-c".as_ref(),
-            cmd.as_ref(),
-            img.overlay.as_os_str(),
-        ]);
-        qemu_io(&[
-            "-f".as_ref(),
-            "qcow2".as_ref(),
-            "-c".as_ref(),
-            "write -z 1M 64k".as_ref(),
-            img.overlay.as_os_str(),
-        ]);
+        qcow2_io(&img.overlay, &cmd);
+        qcow2_io(&img.overlay, "write -z 1M 64k");
     }
     let new = tx.images.iter().map(|i| converted(t, &i.overlay)).collect();
     (tx.id, vec![a, b], old, new)
@@ -288,13 +276,7 @@ fn sigkill_in_the_middle_of_a_large_copy_recovers_to_old_or_new() {
     let base = t.raw_image("big.img", 160 * MIB, 4);
     let old = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0xee 0 150M".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0xee 0 150M");
     let new = converted(&t, tx.overlay());
     let mut cmd = t.command();
     cmd.args(["commit", &tx.id]);

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::util::{exit, qemu_io, require_tools, stderr_of, TestDir};
+use crate::util::{exit, qcow2_io, require_tools, stderr_of, TestDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -37,13 +37,7 @@ fn a_base_name_too_long_for_the_names_beside_it_is_refused_at_begin_leaving_noth
     let name = format!("{}.img", "n".repeat(212));
     let base = t.raw_image(&name, MIB, 1);
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x42 0 64k".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
     let mut kill = t.command();
     kill.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
         .args(["commit", &tx.id]);
@@ -132,13 +126,7 @@ fn with_json_every_line_on_stderr_is_json_and_never_coloured() {
     let t = TestDir::new();
     let base = t.raw_image("disk.img", MIB, 1);
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x42 0 64k".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
 
     let out = t.imgtx_code(&["-vv", "commit", "--json", &tx.id], exit::OK);
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::util::{exit, qemu_io, require_tools, run, stderr_of, TestDir};
+use crate::util::{exit, qcow2_io, require_tools, run, stderr_of, TestDir};
 
 const MIB: u64 = 1 << 20;
 const KILLED: i32 = 137;
@@ -19,13 +19,7 @@ fn interrupted(t: &TestDir, name: &str, seed: u8) -> (String, PathBuf) {
     let base = t.raw_image(name, 4 * MIB, seed);
     let tx = t.begin(&[&base]);
     let cmd = format!("write -P 0x{seed:x}5 512k 1M");
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        cmd.as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), &cmd);
     let mut kill = t.command();
     kill.env("IMGTX_TEST_CRASH_AFTER", "commit-point")
         .args(["commit", &tx.id]);
@@ -171,13 +165,7 @@ fn crashed_after(t: &TestDir, step: &str, extra: &[&str]) -> (String, PathBuf, V
     let base = t.raw_image("disk.img", 4 * MIB, 6);
     let old = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x66 1M 1M".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x66 1M 1M");
     let mut new = old.clone();
     new[1 << 20..2 << 20].fill(0x66);
     let mut kill = t.command();
@@ -234,13 +222,7 @@ fn an_overlay_written_after_the_crash_is_not_redone_the_old_content_comes_back()
     let (tx, base, old, _new) = crashed_after(&t, "commit-point", &[]);
     // The same clusters again: the overlay's map, hence the plan, stays the same.
     let overlay = t.image(&format!("disk.img.{tx}.imgtx.qcow2"));
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x77 1M 64k".as_ref(),
-        overlay.as_os_str(),
-    ]);
+    qcow2_io(&overlay, "write -P 0x77 1M 64k");
 
     let r = recover_json(&t, &[], exit::OK);
 
@@ -256,13 +238,7 @@ fn an_overlay_written_after_the_crash_of_a_no_undo_commit_is_refused() {
     let t = TestDir::new();
     let (tx, base, _old, _new) = crashed_after(&t, "commit-point", &["--no-undo"]);
     let overlay = t.image(&format!("disk.img.{tx}.imgtx.qcow2"));
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x77 1M 64k".as_ref(),
-        overlay.as_os_str(),
-    ]);
+    qcow2_io(&overlay, "write -P 0x77 1M 64k");
     let before = fs::read(&base).unwrap();
 
     let out = t.imgtx_code(&["recover"], exit::ERROR);
@@ -542,13 +518,7 @@ fn a_damaged_history_refuses_a_commit_before_it_writes_and_never_blocks_recovery
     let history = damage_history(&t);
     let before = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x66 1M 1M".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x66 1M 1M");
 
     let out = t.imgtx_code(&["commit", &tx.id], exit::ERROR);
 
@@ -623,13 +593,7 @@ fn a_full_state_directory_refuses_a_commit_before_it_writes() {
     let base = t.raw_image("disk.img", 4 * MIB, 6);
     let before = fs::read(&base).unwrap();
     let tx = t.begin(&[&base]);
-    qemu_io(&[
-        "-f".as_ref(),
-        "qcow2".as_ref(),
-        "-c".as_ref(),
-        "write -P 0x66 1M 1M".as_ref(),
-        tx.overlay().as_os_str(),
-    ]);
+    qcow2_io(tx.overlay(), "write -P 0x66 1M 1M");
     // Fill it up.
     let filler = state.join("filler");
     let _ = fs::write(&filler, vec![0u8; 1 << 20]);
