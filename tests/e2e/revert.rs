@@ -9,6 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::kill::{AFTER_COMMIT_POINT, BEFORE_COMMIT_POINT};
 use crate::util::{exit, qemu_io, require_tools, run, stderr_of, stdout_of, TestDir};
 
 const MIB: u64 = 1 << 20;
@@ -222,23 +223,18 @@ fn prune_frees_kept_pre_images_and_their_transactions_are_no_longer_revertible()
     assert_eq!(bad.status.code(), Some(exit::USAGE));
 }
 
-/// The journaled steps a revert passes, in order.
-const STEPS: &[&str] = &[
-    "intent",
-    "undo",
-    "commit-point",
-    "applied",
-    "logged",
-    "files-removed",
-    "journals-removed",
-];
-
 #[test]
 fn a_revert_killed_at_every_step_recovers_to_before_or_after_it() {
     if !require_tools(&["qemu-img", "qemu-io"]) {
         return;
     }
-    for (i, step) in STEPS.iter().enumerate() {
+    // A revert is journaled as a commit is: it passes the same steps.
+    let steps: Vec<&str> = BEFORE_COMMIT_POINT
+        .iter()
+        .chain(AFTER_COMMIT_POINT)
+        .copied()
+        .collect();
+    for (i, step) in steps.iter().enumerate() {
         for undo in [false, true] {
             let t = TestDir::new();
             let base = t.raw_image("disk.img", 4 * MIB, 7);
@@ -281,8 +277,8 @@ fn a_revert_killed_at_every_step_recovers_to_before_or_after_it() {
             let now = fs::read(&base).unwrap();
             // Past the commit point, the revert is finished unless undone; once logged, it
             // is final either way.
-            let reverted = i >= STEPS.iter().position(|s| *s == "commit-point").unwrap()
-                && (!undo || i >= STEPS.iter().position(|s| *s == "logged").unwrap());
+            let reverted = i >= steps.iter().position(|s| *s == "commit-point").unwrap()
+                && (!undo || i >= steps.iter().position(|s| *s == "logged").unwrap());
             let ctx = format!("killed after {step}, recover undo={undo}");
             if reverted {
                 assert!(now == v0, "{ctx}: expected the revert done");
