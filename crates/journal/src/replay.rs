@@ -145,6 +145,37 @@ const CHUNK: u64 = 256 * 1024;
 /// Payload bytes the damage scan may checksum beyond twice the tail's length.
 const SCAN_SLACK: u64 = 1 << 20;
 
+/// The payload bytes a scan past damage may still checksum: each candidate frame's length is
+/// spent before its payload is read; once it runs out, `exhausted` says so and no more are.
+struct ScanBudget {
+    left: std::cell::Cell<u64>,
+    exhausted: std::cell::Cell<bool>,
+}
+
+impl ScanBudget {
+    /// A budget of `bytes` plus [`SCAN_SLACK`].
+    fn new(bytes: u64) -> Self {
+        Self {
+            left: std::cell::Cell::new(bytes.saturating_add(SCAN_SLACK)),
+            exhausted: std::cell::Cell::new(false),
+        }
+    }
+
+    /// Spends `h`'s payload length; false (and exhausted from then on) when it is not left.
+    fn spend(&self, h: &FrameHeader) -> bool {
+        match self.left.get().checked_sub(u64::from(h.len)) {
+            Some(left) => {
+                self.left.set(left);
+                true
+            }
+            None => {
+                self.exhausted.set(true);
+                false
+            }
+        }
+    }
+}
+
 impl<'a, F: File> Reader<'a, F> {
     fn new(file: &'a F, file_len: u64) -> Self {
         Self {
@@ -345,18 +376,8 @@ pub(crate) fn salvage_file<F: File>(file: &F, path: &Path) -> Result<Salvage> {
     // Checksumming payloads is the expensive step. Valid frames do not overlap, so they cost
     // at most the file's length; the rest of the budget bounds the search for the next frame
     // after damage, where a crafted stretch could make every offset look like a frame header.
-    let budget = std::cell::Cell::new(file_len.saturating_mul(3).saturating_add(SCAN_SLACK));
-    let exhausted = std::cell::Cell::new(false);
-    let affordable = |h: &FrameHeader| match budget.get().checked_sub(u64::from(h.len)) {
-        Some(left) => {
-            budget.set(left);
-            true
-        }
-        None => {
-            exhausted.set(true);
-            false
-        }
-    };
+    let budget = ScanBudget::new(file_len.saturating_mul(3));
+    let affordable = |h: &FrameHeader| budget.spend(h);
     let mut items = Vec::new();
     let mut off = header.records_start();
     while off < file_len {
@@ -378,7 +399,7 @@ pub(crate) fn salvage_file<F: File>(file: &F, path: &Path) -> Result<Salvage> {
         // Damage: the next frame of this log starts at some later multiple of 8, or nowhere.
         let mut next = None;
         let mut y = off + ALIGN;
-        while !exhausted.get() && y + FRAME_HEADER_LEN <= file_len {
+        while !budget.exhausted.get() && y + FRAME_HEADER_LEN <= file_len {
             if let Ok(f) = read_frame(&mut r, &header.nonce, y, affordable).map_err(io_err(path))? {
                 if f.head.reserved == 0 && is_written_kind(&f, y) {
                     next = Some(y);
@@ -469,27 +490,12 @@ fn classify_damage<F: File>(
     // Checksumming a candidate's payload is the expensive step. Genuine frames of an unsynced
     // batch do not overlap, so their payloads add up to less than the tail; a budget of twice
     // that keeps the scan linear even when a crafted tail makes every offset look plausible.
-    let budget = std::cell::Cell::new(tail.saturating_mul(2).saturating_add(SCAN_SLACK));
-    let exhausted = std::cell::Cell::new(false);
+    let budget = ScanBudget::new(tail.saturating_mul(2));
     let mut y = bad_off + ALIGN;
     while y + FRAME_HEADER_LEN <= r.file_len {
-        let plausible = |h: &FrameHeader| {
-            if h.seq > max_seq || h.synced > h.seq {
-                return false;
-            }
-            match budget.get().checked_sub(u64::from(h.len)) {
-                Some(left) => {
-                    budget.set(left);
-                    true
-                }
-                None => {
-                    exhausted.set(true);
-                    false
-                }
-            }
-        };
+        let plausible = |h: &FrameHeader| h.seq <= max_seq && h.synced <= h.seq && budget.spend(h);
         let frame = read_frame(r, nonce, y, plausible)?;
-        if exhausted.get() {
+        if budget.exhausted.get() {
             // Fail closed: refusing keeps the file for a human; truncating might drop
             // durable records.
             return Ok(Some(format!(
