@@ -185,42 +185,48 @@ fn file_len<S: Fs>(fs: &S, path: &Path) -> Result<u64> {
 
 /// Copies the first `len` bytes of `from` into the new file `to`, durably.
 fn copy_prefix<S: Fs>(fs: &S, from: &Path, to: &Path, len: u64) -> Result<()> {
-    const CHUNK: u64 = 1 << 20;
     let src = fs.open(from, false).map_err(Error::io("open", from))?;
     let dst = fs.create_new(to).map_err(Error::io("create", to))?;
-    let mut buf = Vec::new();
-    let mut off = 0;
-    while off < len {
-        let n = CHUNK.min(len - off);
-        // At most CHUNK: the conversion cannot truncate.
-        buf.resize(n as usize, 0);
-        src.read_exact_at(&mut buf, off)
-            .map_err(Error::io("read", from))?;
-        dst.write_all_at(&buf, off)
-            .map_err(Error::io("write", to))?;
-        off += n;
-    }
+    for_each_chunk(&src, from, len, |chunk, off| {
+        dst.write_all_at(chunk, off).map_err(Error::io("write", to))
+    })?;
     // Barrier: the copy is durable before the journal opens it and appends after it.
     dst.sync_data().map_err(Error::io("sync", to))
 }
 
 /// SHA-256 of the whole file `path`, in hexadecimal.
 fn sha256_of<S: Fs>(fs: &S, path: &Path) -> Result<String> {
-    const CHUNK: u64 = 1 << 20;
     let f = fs.open(path, false).map_err(Error::io("open", path))?;
     let len = f.len().map_err(Error::io("stat", path))?;
     let mut h = Sha256::new();
+    for_each_chunk(&f, path, len, |chunk, _| {
+        h.update(chunk);
+        Ok(())
+    })?;
+    Ok(ChainHash(h.finalize().into()).to_string())
+}
+
+/// Reads the first `len` bytes of `f` (at `path`) in order, a MiB at a time, handing each
+/// piece and its offset to `each`.
+fn for_each_chunk<F: File>(
+    f: &F,
+    path: &Path,
+    len: u64,
+    mut each: impl FnMut(&[u8], u64) -> Result<()>,
+) -> Result<()> {
+    const CHUNK: u64 = 1 << 20;
     let mut buf = Vec::new();
     let mut off = 0;
     while off < len {
         let n = CHUNK.min(len - off);
+        // At most CHUNK: the conversion cannot truncate.
         buf.resize(n as usize, 0);
         f.read_exact_at(&mut buf, off)
             .map_err(Error::io("read", path))?;
-        h.update(&buf);
+        each(&buf, off)?;
         off += n;
     }
-    Ok(ChainHash(h.finalize().into()).to_string())
+    Ok(())
 }
 
 /// Renames the finished continuation `tmp` over `path`, durably.
