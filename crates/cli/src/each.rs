@@ -345,17 +345,6 @@ fn one(b: &Batch<'_>, base: &Path, stop: &dyn Fn() -> Option<i32>) -> Outcome {
         exit_code,
         error,
     };
-    // Across hosts: the image's lease for the whole command (nothing without a lockspace).
-    let bases: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
-    let _leases = match b.engine.hold_leases(&bases) {
-        Ok(held) => held,
-        Err(e) => {
-            return match b.engine.rollback(&id) {
-                Ok(()) => rolled_back(Why::Error(e.into())),
-                Err(rollback) => failed(None, rollback.into()),
-            };
-        }
-    };
     let ran = runner::run_on(b.engine, b.interrupts, (&m, b.command), b.json, stop);
     let _writers_out = match ran {
         Err(error) => return failed(None, error),

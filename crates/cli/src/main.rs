@@ -364,15 +364,6 @@ fn run_command(
         out.json,
         &begin_options(opts, bases, Some(command.clone()))?,
     )?;
-    // Across hosts: the bases' leases for the whole command (nothing without a lockspace).
-    let bases_of_m: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
-    let _leases = match engine.hold_leases(&bases_of_m) {
-        Ok(held) => held,
-        Err(e) => {
-            engine.rollback(&m.id)?;
-            return Err(e.into());
-        }
-    };
     let ran = runner::run_on(engine, interrupts, (&m, &command), out.json, &|| {
         interrupts.received()
     })?;

@@ -10,9 +10,11 @@
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 
 use storage::OsFs;
+use txn::lease::LeaseGuard;
 use txn::{BeginOptions, CommitOptions, CommitReport, Engine, Manifest, OsGuard, OsHost, TxId};
 
 use crate::failure::Failure;
@@ -25,17 +27,19 @@ pub type OsEngine = Engine<OsFs, OsHost>;
 /// How the command of a transaction ended.
 pub enum Ran {
     /// It exited with `code` (128 + N when signal N killed it, and then `signal` is N). The
-    /// transaction is still open, and other writers stay out of its bases while `guards`
-    /// live: keep them until the commit or rollback is done.
+    /// transaction is still open, and other writers (and, under a lockspace, other hosts)
+    /// stay out of its bases while `guards` live: keep them until the commit or rollback is
+    /// done.
     Exited {
         code: i32,
         signal: Option<i32>,
-        guards: Vec<OsGuard>,
+        guards: (Vec<OsGuard>, LeaseGuard),
     },
     /// The user asked to stop (signal number): the transaction was rolled back.
     Stopped(i32),
-    /// Other writers could not be kept out of a base (a qemu process writes it): the
-    /// transaction was rolled back without running the command.
+    /// Other writers could not be kept out of a base (a qemu process writes it, or a process
+    /// of another host holds its lease): the transaction was rolled back without running
+    /// the command.
     InUse(txn::Error),
     /// The command could not be started: the transaction was rolled back.
     NotStarted {
@@ -76,6 +80,15 @@ pub fn run_on(
     json: bool,
     stop: &dyn Fn() -> Option<i32>,
 ) -> Result<Ran, Failure> {
+    // Across hosts: the bases' leases for the whole command (nothing without a lockspace).
+    let bases: Vec<PathBuf> = m.images.iter().map(|i| i.base.clone()).collect();
+    let leases = match engine.hold_leases(&bases) {
+        Ok(held) => held,
+        Err(e) => {
+            engine.rollback(&m.id)?;
+            return Ok(Ran::InUse(e));
+        }
+    };
     // While the command runs, no other writer gets at the bases; the command's own tools
     // may still open them read-only, as their overlays' backing files.
     let guards = match engine.keep_writers_out(m) {
@@ -114,7 +127,7 @@ pub fn run_on(
     Ok(Ran::Exited {
         code: exit_status(status),
         signal: status.signal(),
-        guards,
+        guards: (guards, leases),
     })
 }
 
