@@ -53,7 +53,10 @@ fn log_lines_are_coloured_on_a_terminal_only_and_never_with_no_color() {
     let empty_no_color = logged_commit(&t, true, Some(""));
     let piped = logged_commit(&t, false, None);
 
-    assert!(terminal.contains("DEBUG"), "nothing logged: {terminal}");
+    assert!(
+        terminal.contains("imgtx: \x1b[34mdebug\x1b[0m: "),
+        "no coloured debug tag: {terminal:?}"
+    );
     assert!(
         terminal.contains('\x1b'),
         "no colour on a terminal: {terminal:?}"
@@ -66,7 +69,7 @@ fn log_lines_are_coloured_on_a_terminal_only_and_never_with_no_color() {
         empty_no_color.contains('\x1b'),
         "an empty NO_COLOR is unset"
     );
-    assert!(piped.contains("DEBUG"), "nothing logged: {piped}");
+    assert!(piped.contains("imgtx: debug: "), "nothing logged: {piped}");
     assert!(
         !piped.contains('\x1b'),
         "escapes in a log sent to a pipe: {piped:?}"

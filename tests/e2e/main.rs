@@ -29,6 +29,7 @@ mod run_command;
 mod run_each;
 mod run_signals;
 mod status_view;
+mod stderr_lines;
 mod txn_qcow2;
 mod txn_raw;
 

@@ -1,6 +1,6 @@
 //! What to do next about an engine error. The engine says what happened and never names a
 //! command or a flag; this module is where the command line adds which `imgtx` command or
-//! option helps, printed as a `hint:` line (or a `"hint"` field with `--json`).
+//! option helps, printed as an `imgtx: hint:` line (or a `"hint"` field with `--json`).
 
 use txn::Error;
 

@@ -469,7 +469,7 @@ impl Tally {
             let line = format!("{}: {}", base.display(), o.describe());
             let _ = writeln!(err, "{}", output::escape(&line));
             if let Some(hint) = o.failure().and_then(Failure::hint) {
-                let _ = writeln!(err, "hint: {}", output::escape(&hint));
+                let _ = writeln!(err, "{}", crate::tag::line(crate::tag::Tag::Hint, &hint));
             }
         }
         self.draw(&mut err);

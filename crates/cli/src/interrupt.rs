@@ -20,7 +20,7 @@
 //! that run commands (`run --each`) are started with [`spawn_blocked`] and ask the main
 //! thread whether a signal came, for the same reason.
 
-use std::io::{self, Write};
+use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -197,9 +197,9 @@ fn still_finishing(left: u64) {
     } else {
         String::new()
     };
-    let _ = writeln!(
-        io::stderr(),
-        "imgtx: still finishing{left}: stopping now would leave images half written"
+    crate::tag::say(
+        crate::tag::Tag::Warning,
+        &format!("still finishing{left}: stopping now would leave images half written"),
     );
 }
 

@@ -1,5 +1,6 @@
 //! The `tracing` subscriber: warnings (and, with `-v` or `IMGTX_LOG`, more) on stderr. As
-//! human text they are coloured only on a terminal and have their control characters escaped
+//! human text they are tagged like every other line imgtx writes there (`imgtx: warning: …`),
+//! coloured only on a terminal and have their control characters escaped
 //! (a path holding a newline must not forge a line); with `--json` each is one JSON object on
 //! a line, like everything else imgtx writes on stderr then, never coloured.
 
@@ -13,6 +14,8 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
+
+use crate::tag::{self, Tag};
 
 /// Installs the subscriber: `IMGTX_LOG` (a `tracing` filter) if set, else the level `-q` or
 /// `-v` ask for; JSON lines with `json`.
@@ -35,7 +38,10 @@ pub fn init(quiet: bool, verbose: u8, json: bool) {
     let _ = if json {
         builder.with_ansi(false).event_format(JsonLine).try_init()
     } else {
-        builder.with_ansi(crate::output::colour()).try_init()
+        builder
+            .with_ansi(crate::output::colour())
+            .event_format(HumanLine)
+            .try_init()
     };
 }
 
@@ -75,6 +81,29 @@ impl Write for StderrLine {
     fn flush(&mut self) -> io::Result<()> {
         let _ = io::stderr().flush();
         Ok(())
+    }
+}
+
+/// Formats an event in the style of every line imgtx writes on stderr
+/// (`imgtx: warning: MESSAGE FIELD=VALUE...`, see [`crate::tag`]). No time stamp: the
+/// system journal adds its own, and on a terminal it would only push the message right.
+struct HumanLine;
+
+impl<S, N> FormatEvent<S, N> for HumanLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let tag = Tag::of_level(*event.metadata().level());
+        write!(writer, "{}", tag::prefix(tag, writer.has_ansi_escapes()))?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 

@@ -15,6 +15,7 @@ mod options;
 mod output;
 mod progress;
 mod runner;
+mod tag;
 mod usage;
 mod waiting;
 
@@ -32,6 +33,7 @@ use txn::{CommitOptions, Engine, OsHost, RecoverOptions, TxId};
 use args::{BeginArgs, Cli, Command};
 use failure::{exit_code, signal_exit, Failure};
 use options::{begin_options, resolve};
+use tag::Tag;
 
 fn main() -> ExitCode {
     let raw: Vec<OsString> = std::env::args_os().collect();
@@ -52,9 +54,9 @@ fn main() -> ExitCode {
                 let text = json!({ "error": message, "hint": hint, "exit_code": f.code });
                 let _ = writeln!(io::stderr(), "{text}");
             } else {
-                output::say(&format!("imgtx: error: {message}"));
+                tag::say(Tag::Error, &message);
                 if let Some(hint) = hint {
-                    output::say(&format!("hint: {hint}"));
+                    tag::say(Tag::Hint, &hint);
                 }
             }
             ExitCode::from(f.code)

@@ -15,6 +15,8 @@ use txn::{
     Verification,
 };
 
+use crate::tag::Tag;
+
 /// How to print.
 pub struct Out {
     /// JSON on stdout.
@@ -212,7 +214,7 @@ impl Out {
             let text = json!({"warning": format!("{name} received: {what}"), "signal": name});
             return writeln!(io::stderr(), "{text}");
         }
-        say(&format!("imgtx: {name} received: {what}"));
+        crate::tag::say(Tag::Warning, &format!("{name} received: {what}"));
         Ok(())
     }
 
@@ -247,13 +249,16 @@ impl Out {
         }
         // Failures are errors: on stderr, even with -q.
         for f in &r.failures {
-            say(&format!(
-                "imgtx: error: transaction {} not recovered: {}",
-                f.tx,
-                crate::advice::chain(&f.error)
-            ));
+            crate::tag::say(
+                Tag::Error,
+                &format!(
+                    "transaction {} not recovered: {}",
+                    f.tx,
+                    crate::advice::chain(&f.error)
+                ),
+            );
             if let Some(hint) = crate::advice::for_error(&f.error) {
-                say(&format!("hint: {hint}"));
+                crate::tag::say(Tag::Hint, &hint);
             }
         }
         if self.quiet {

@@ -10,6 +10,8 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use serde_json::json;
 
+use crate::tag::{self, Tag};
+
 /// Exit status of a usage error (clap's own).
 pub const EXIT_USAGE: u8 = 2;
 
@@ -37,25 +39,50 @@ pub fn report(raw: &[OsString], e: &clap::Error) -> ExitCode {
         let _ = writeln!(io::stderr(), "{text}");
         return ExitCode::from(EXIT_USAGE);
     }
-    let Some(tip) = tip else {
+    if shown {
         let _ = e.print();
         return code;
-    };
-    // clap's tips give way to ours; a blank line left where one was is dropped.
-    let rendered = e.render().to_string();
-    let mut lines: Vec<&str> = Vec::new();
-    for line in rendered.lines() {
-        let blank_again = line.is_empty() && lines.last().is_some_and(|l| l.is_empty());
-        if !line.trim_start().starts_with("tip:") && !blank_again {
-            lines.push(line);
-        }
     }
     let mut err = io::stderr().lock();
-    for line in lines {
+    for line in restyled(
+        &e.render().to_string(),
+        tip.as_deref(),
+        crate::output::colour(),
+    ) {
         let _ = writeln!(err, "{line}");
     }
-    let _ = writeln!(err, "tip: {tip}");
     code
+}
+
+/// clap's rendering of a usage error in imgtx's style (see [`crate::tag`]): its `error:`
+/// line as `imgtx: error:`, its tips as `imgtx: hint:` lines right under the error (or
+/// imgtx's own `tip` instead of them), then clap's usage line and pointer to `--help`.
+fn restyled(rendered: &str, tip: Option<&str>, colour: bool) -> Vec<String> {
+    let mut error = Vec::new();
+    let mut hints = Vec::new();
+    let mut rest = Vec::new();
+    for line in rendered.lines() {
+        let trimmed = line.trim_start();
+        if !rest.is_empty() || trimmed.starts_with("Usage:") {
+            rest.push(line.to_owned());
+        } else if let Some(t) = trimmed.strip_prefix("tip: ") {
+            if tip.is_none() {
+                hints.push(tag::styled(Tag::Hint, t, colour));
+            }
+        } else if let Some(first) = line.strip_prefix("error: ").filter(|_| error.is_empty()) {
+            error.push(tag::styled(Tag::Error, first, colour));
+        } else if !line.is_empty() {
+            error.push(line.to_owned());
+        }
+    }
+    hints.extend(tip.map(|t| tag::styled(Tag::Hint, t, colour)));
+    let mut lines = error;
+    lines.extend(hints);
+    if !rest.is_empty() {
+        lines.push(String::new());
+        lines.extend(rest);
+    }
+    lines
 }
 
 /// imgtx's tip for `e`, when it has one.
@@ -107,6 +134,31 @@ fn forgot_double_dash(raw: &[OsString], kind: ErrorKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_error_is_restyled_with_its_hints_under_it() {
+        let rendered = "error: unrecognized subcommand 'comit'\n\n  tip: a similar subcommand \
+                        exists: 'commit'\n\nUsage: imgtx [OPTIONS] <COMMAND>\n\nFor more \
+                        information, try '--help'.\n";
+        let clap_tip = restyled(rendered, None, false);
+        let ours = restyled(rendered, Some("did you mean 'commit'?"), false);
+        let tail = [
+            "",
+            "Usage: imgtx [OPTIONS] <COMMAND>",
+            "",
+            "For more information, try '--help'.",
+        ];
+        let expect = |hint: &str| {
+            let mut v = vec![
+                "imgtx: error: unrecognized subcommand 'comit'".to_owned(),
+                format!("imgtx: hint: {hint}"),
+            ];
+            v.extend(tail.map(String::from));
+            v
+        };
+        assert_eq!(clap_tip, expect("a similar subcommand exists: 'commit'"));
+        assert_eq!(ours, expect("did you mean 'commit'?"));
+    }
 
     #[test]
     fn a_typo_gets_close_visible_commands_and_undo_gets_no_command_that_commits() {
