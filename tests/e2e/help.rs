@@ -1,21 +1,10 @@
-//! Help as users meet it: shell completions and typo suggestions never offer the hidden
+//! Help as users meet it: typo suggestions never offer the hidden
 //! `generate` (nor, for `undo`, `run`, which commits), and the man pages document the
 //! environment, the files imgtx keeps and every exit status.
 
 use std::fs;
 
 use crate::util::{exit, stderr_of, stdout_of, TestDir};
-
-#[test]
-fn completions_offer_every_visible_command_and_not_the_hidden_one() {
-    let t = TestDir::new();
-    for shell in ["bash", "zsh", "fish"] {
-        let script = t.imgtx_ok(&["generate", "completions", shell]);
-
-        assert!(!script.contains("generate"), "{shell} offers generate");
-        assert!(script.contains("rollback"), "{shell} lacks rollback");
-    }
-}
 
 #[test]
 fn a_mistyped_command_gets_no_hidden_command_and_undo_gets_none_that_commits() {

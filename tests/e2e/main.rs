@@ -8,6 +8,7 @@ mod util;
 mod closed_pipes;
 mod colour;
 mod commit_signals;
+mod completions;
 mod guestfish;
 mod help;
 mod history_chain;

@@ -102,8 +102,8 @@ fn generate_completions_for_bash_prints_a_script_or_writes_a_file() {
         "{printed}"
     );
     assert!(
-        printed.contains("rollback"),
-        "the script does not know the commands:\n{printed}"
+        printed.contains("IMGTX_COMPLETE=\"bash\""),
+        "the script does not ask imgtx:\n{printed}"
     );
     let file = std::fs::read_to_string(dir.path().join("imgtx.bash")).expect("imgtx.bash written");
     assert_eq!(file, printed);

@@ -2,11 +2,14 @@
 //!
 //! Every clap type of every command lives here, `demo`'s and `generate`'s included: those
 //! modules use their argument types from here, and this module uses nothing of theirs, so
-//! the parser does not depend on what the commands do.
+//! the parser does not depend on what the commands do. The one exception is `complete`'s
+//! candidates for shell completion, attached to the arguments they complete; `complete`
+//! knows nothing of this module.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap_complete::engine::{ArgValueCandidates, ArgValueCompleter};
 use clap_complete::Shell;
 
 const AFTER_HELP: &str = "\
@@ -243,13 +246,15 @@ Example:
     Commit {
         #[command(flatten)]
         commit: CommitArgs,
-        /// The transaction id
+        /// The transaction: its id, its name (begin --name) or an id prefix
+        #[arg(add = ArgValueCandidates::new(crate::complete::open_transactions))]
         tx: String,
     },
     /// Roll a transaction back: drop its overlays, leave the bases as they are
     #[command(after_help = "Example:\n  imgtx rollback tx-3f9a2c1d7e")]
     Rollback {
-        /// The transaction id
+        /// The transaction: its id, its name (begin --name) or an id prefix
+        #[arg(add = ArgValueCandidates::new(crate::complete::open_transactions))]
         tx: String,
     },
     /// Finish or undo every interrupted commit, begin or rollback
@@ -267,7 +272,11 @@ Example:
         scan: Vec<PathBuf>,
         /// End transaction TX without writing any image, when it can be neither finished
         /// nor undone (its base was deleted or moved); its files are kept for forensics
-        #[arg(long, value_name = "TX")]
+        #[arg(
+            long,
+            value_name = "TX",
+            add = ArgValueCandidates::new(crate::complete::open_transactions)
+        )]
         abandon: Option<String>,
         /// Bases to look beside (default: every registered transaction)
         #[arg(value_name = "PATH")]
@@ -289,16 +298,26 @@ imgtx run --each --jobs 4 /vm/*.img -- virt-customize -a {} --update"
         #[command(flatten)]
         each: EachArgs,
         /// The base images
-        #[arg(required = true, value_name = "BASE")]
+        #[arg(
+            required = true,
+            value_name = "BASE",
+            add = ArgValueCompleter::new(crate::complete::RunWords)
+        )]
         bases: Vec<PathBuf>,
         /// The command and its arguments, after `--`
-        #[arg(last = true, required = true, value_name = "CMD")]
+        #[arg(
+            last = true,
+            required = true,
+            value_name = "CMD",
+            add = ArgValueCompleter::new(crate::complete::RunWords)
+        )]
         command: Vec<String>,
     },
     /// Take back a committed transaction, from the pre-images it kept
     #[command(after_help = REVERT_HELP)]
     Revert {
         /// The committed transaction's id (`imgtx status` lists those that can be reverted)
+        #[arg(add = ArgValueCandidates::new(crate::complete::revertible))]
         tx: String,
     },
     /// Free kept pre-images: those transactions can no longer be reverted
@@ -321,13 +340,15 @@ imgtx prune --keep-last 10 --dry-run   # all but the 10 most recent; only say wh
         after_help = "Examples:\n  imgtx status                  # every transaction, open or interrupted\n  imgtx status tx-3f9a2c1d7e --json"
     )]
     Status {
-        /// Only this transaction
+        /// Only this transaction (its id, name or an id prefix)
+        #[arg(add = ArgValueCandidates::new(crate::complete::open_transactions))]
         tx: Option<String>,
     },
     /// Show what a transaction changes: extents and bytes per image
     #[command(after_help = "Example:\n  imgtx diff tx-3f9a2c1d7e")]
     Diff {
-        /// The transaction id
+        /// The transaction: its id, its name (begin --name) or an id prefix
+        #[arg(add = ArgValueCandidates::new(crate::complete::open_transactions))]
         tx: String,
     },
     /// Show the history of finished transactions, or check its hash chain
@@ -360,7 +381,12 @@ imgtx prune --keep-last 10 --dry-run   # all but the 10 most recent; only say wh
         since: Option<String>,
         /// Only the entries of this transaction (id, id prefix or name), and of the revert
         /// that took it back
-        #[arg(long = "tx", value_name = "TX", conflicts_with = "verify")]
+        #[arg(
+            long = "tx",
+            value_name = "TX",
+            conflicts_with = "verify",
+            add = ArgValueCandidates::new(crate::complete::open_transactions)
+        )]
         tx: Option<String>,
     },
     /// Show the whole story on a scratch image: begin, edit, diff, commit, a commit killed

@@ -22,10 +22,11 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
             }
         }
         What::Completions { shell, dir: None } => {
-            // Made in memory first: clap_complete panics when a write fails, and stdout may
-            // be a pipe its reader closed (`imgtx generate completions bash | true`).
+            // Made in memory first: stdout may be a pipe its reader closed
+            // (`imgtx generate completions bash | true`), and a script cut short must not
+            // be half written.
             let mut script = Vec::new();
-            clap_complete::generate(*shell, &mut visible(), "imgtx", &mut script);
+            crate::complete::write_script(*shell, &mut script)?;
             let mut out = io::stdout().lock();
             out.write_all(&script)?;
             out.flush()?;
@@ -36,13 +37,15 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<u8> {
         } => {
             fs::create_dir_all(dir)
                 .with_context(|| format!("could not create {}", dir.display()))?;
-            let path = clap_complete::generate_to(*shell, &mut visible(), "imgtx", dir)
-                .with_context(|| {
-                    format!(
-                        "could not write the {shell} completions into {}",
-                        dir.display()
-                    )
-                })?;
+            let path = dir.join(clap_complete::Generator::file_name(shell, "imgtx"));
+            let mut script = Vec::new();
+            crate::complete::write_script(*shell, &mut script)?;
+            fs::write(&path, script).with_context(|| {
+                format!(
+                    "could not write the {shell} completions into {}",
+                    path.display()
+                )
+            })?;
             tracing::info!(path = %path.display(), "wrote completions");
         }
     }
@@ -185,8 +188,13 @@ fn environment(cmd: &clap::Command) -> Vec<(String, String)> {
         ),
         (
             "NO_COLOR",
-            "When set and not empty, log lines are never coloured (they are coloured only on \
-             a terminal in any case).",
+            "When set and not empty, stderr is never coloured (it is coloured only on a \
+             terminal in any case).",
+        ),
+        (
+            "IMGTX_COMPLETE",
+            "Set by the shell completion scripts (to bash, zsh, fish, ...): imgtx then only \
+             answers what fits the words typed so far, and changes nothing.",
         ),
     ];
     let mut items: Vec<(String, String)> = own

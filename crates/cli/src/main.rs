@@ -5,6 +5,7 @@
 
 mod advice;
 mod args;
+mod complete;
 mod demo;
 mod each;
 mod failure;
@@ -24,7 +25,6 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Parser;
 use serde_json::json;
 use storage::OsFs;
@@ -32,10 +32,11 @@ use txn::{CommitOptions, Engine, OsHost, RecoverOptions, TxId};
 
 use args::{BeginArgs, Cli, Command};
 use failure::{exit_code, signal_exit, Failure};
-use options::{begin_options, resolve};
+use options::{begin_options, resolve, state_dir};
 use tag::Tag;
 
 fn main() -> ExitCode {
+    complete::serve(generate::visible);
     let raw: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,
@@ -68,36 +69,6 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<io::Error>())
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
-}
-
-/// The state directory: `--state-dir`, `$IMGTX_STATE_DIR`, /var/lib/imgtx for root, else
-/// `$XDG_STATE_HOME/imgtx` (default `~/.local/state/imgtx`).
-fn state_dir(given: Option<PathBuf>, create_parent: bool) -> Result<PathBuf, Failure> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let dir = if let Some(d) = given.or_else(|| env("IMGTX_STATE_DIR")) {
-        d
-    } else if nix::unistd::geteuid().is_root() {
-        PathBuf::from("/var/lib/imgtx")
-    } else if let Some(x) = env("XDG_STATE_HOME") {
-        x.join("imgtx")
-    } else if let Some(h) = env("HOME") {
-        h.join(".local/state/imgtx")
-    } else {
-        return Err(anyhow::anyhow!(
-            "no state directory: set --state-dir, IMGTX_STATE_DIR or HOME"
-        )
-        .into());
-    };
-    let dir = std::path::absolute(&dir)?;
-    if let Some(parent) = dir.parent().filter(|_| create_parent) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("could not create {}", parent.display()))?;
-    }
-    Ok(dir)
 }
 
 /// The transaction the user named `given`, which must be a whole id (for commands about
