@@ -1,10 +1,15 @@
 //! Progress reporting of commits and recoveries: JSON lines on stderr with `--json`, one
-//! series per phase (`pre-images`, `apply`, `restore`), nothing when stderr is not a
-//! terminal and no JSON was asked for.
+//! series per phase (`pre-images`, `apply`, `restore`); on a terminal one bar per phase,
+//! named by the image's file name, ending full, with a rate it can stand by; nothing when
+//! stderr is not a terminal and no JSON was asked for.
+
+use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::{exit, expect_code, qcow2_io, require_tools, stderr_of, TestDir};
+use crate::util::{
+    exit, expect_code, imgtx_bin, qcow2_io, require_tools, run, stderr_of, stdout_of, TestDir,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -112,4 +117,94 @@ fn json_undo_recovery_reports_the_restore_up_to_the_total() {
     let last = events.last().expect("restore events");
     assert_eq!(last["total"], 2 * MIB);
     assert_eq!(last["done"], 2 * MIB);
+}
+
+/// The frames a terminal got, in order: the text between cursor movements and carriage
+/// returns, escape sequences and the padding to the terminal's width taken out.
+fn frames(terminal: &str) -> Vec<String> {
+    let mut plain = String::new();
+    let mut chars = terminal.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            // CSI ... final byte: a cursor movement or a line erase; a frame ends there.
+            '\x1b' => {
+                if chars.next_if_eq(&'[').is_some() {
+                    while chars.next().is_some_and(|c| !c.is_ascii_alphabetic()) {}
+                }
+                plain.push('\n');
+            }
+            '\r' => plain.push('\n'),
+            c => plain.push(c),
+        }
+    }
+    plain
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The rate a frame shows (` 31.6 MiB/s`), in bytes per second.
+fn rate_of(frame: &str) -> Option<f64> {
+    let end = frame.find("/s")?;
+    let mut words = frame[..end].rsplit(' ');
+    let unit = words.next()?;
+    let number: f64 = words.next()?.parse().ok()?;
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(number * scale)
+}
+
+#[test]
+fn a_commit_on_a_terminal_shows_one_bar_per_phase_that_ends_full_with_honest_rates() {
+    if !require_tools(&["qemu-img", "qemu-io", "script", "strace"]) {
+        return;
+    }
+    // Arrange: 32 MiB to commit, every read slowed by 60 ms (strace injects the delay), so
+    // the commit runs for seconds and the bars appear.
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 32 * MIB, 4);
+    let tx = t.begin(&[&base]);
+    qcow2_io(tx.overlay(), "write -P 0x5a 0 32M");
+    let line = format!(
+        "strace -f -qq -o /dev/null -e trace=pread64 -e inject=pread64:delay_exit=60000 \
+         {} --state-dir {} commit {}",
+        imgtx_bin().display(),
+        t.state_dir().display(),
+        tx.id
+    );
+
+    // Act: stderr on a pseudo-terminal, made by `script`.
+    let out = run(Command::new("script").args(["-qec", &line, "/dev/null"]));
+
+    // Assert
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let shown = frames(&stdout_of(&out));
+    for phase in ["saving pre-images of disk.img", "writing disk.img"] {
+        let bars: Vec<&String> = shown.iter().filter(|f| f.starts_with(phase)).collect();
+        let last = bars
+            .last()
+            .unwrap_or_else(|| panic!("no bar for {phase}: {shown:#?}"));
+        assert!(
+            last.contains("[==============================] 32.00 MiB/32.00 MiB"),
+            "the bar of {phase} does not end full: {last}"
+        );
+    }
+    let rates: Vec<f64> = shown.iter().filter_map(|f| rate_of(f)).collect();
+    assert!(!rates.is_empty(), "no rate shown: {shown:#?}");
+    // Every read waits 60 ms and a bar shows a rate only after half a second, over the
+    // bytes copied since it appeared: 32 MiB in half a second is the most it may say.
+    for (frame, rate) in shown.iter().filter_map(|f| Some((f, rate_of(f)?))) {
+        assert!(rate > 0.0 && rate <= 64.0 * MIB as f64, "{frame}");
+    }
+    assert!(!shown.iter().any(|f| f.contains("ETA 0s")), "{shown:#?}");
+    assert!(
+        stdout_of(&out).contains(&format!("committed {}", tx.id)),
+        "the result follows the bars"
+    );
 }

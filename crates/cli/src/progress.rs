@@ -6,15 +6,21 @@
 //! the user. A bar only appears once an operation has run for a second, so quick commits stay
 //! quiet, and JSON events are throttled so a fast copy cannot flood a consumer.
 
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{
+    HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle,
+};
 use serde_json::json;
 use txn::{Phase, Progress};
 
 /// How long an operation runs before a bar appears.
 const BAR_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a bar runs before it shows a rate: the first chunks say too little.
+const RATE_AFTER: Duration = Duration::from_millis(500);
 
 /// The least time between two JSON progress events of the same image (at most 10 a second).
 const JSON_EVERY: Duration = Duration::from_millis(100);
@@ -110,6 +116,11 @@ impl Reporter {
                 });
                 b.set_length(p.total);
                 b.set_position(p.done);
+                // Done: the last frame stays with the rate of the copy, not one that sinks
+                // while the commit syncs and logs.
+                if p.done == p.total {
+                    complete(b);
+                }
             }
         }
     }
@@ -134,27 +145,49 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-/// A bar for the phase `p` reports, starting where it is: the rate and the time left are
-/// measured from here on, not from a start the bar never saw (which made a phase already
-/// half done when the bar appeared look like a copy at hundreds of GiB/s).
+/// A bar for the phase `p` reports, starting where it is.
 fn new_bar(p: &Progress) -> ProgressBar {
     let b = ProgressBar::with_draw_target(Some(p.total), ProgressDrawTarget::stderr_with_hz(10))
         .with_position(p.done);
+    let from = p.done;
     b.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} \
-             ETA {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes}{rate}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("rate", move |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let left = s.len().map(|l| l.saturating_sub(s.pos()));
+                let _ = w.write_str(&rate_text(s.pos().saturating_sub(from), s.elapsed(), left));
+            })
+            .progress_chars("=> "),
     );
     b.set_message(label(p));
-    b.reset_eta();
     b
+}
+
+/// How fast the bar's phase goes and how long it has left: ` 212.5 MiB/s, 3s left`.
+///
+/// The rate is the bytes copied since the bar appeared over the time since, not
+/// indicatif's running estimate, which the first chunks after a bar appears (or a phase
+/// half done before it) blow up to hundreds of GiB/s. Under half a second there is too little
+/// to go by, and nothing is shown.
+fn rate_text(moved: u64, elapsed: Duration, left: Option<u64>) -> String {
+    let secs = elapsed.as_secs_f64();
+    if secs < RATE_AFTER.as_secs_f64() || moved == 0 {
+        return String::new();
+    }
+    // In f64: exact enough for what is shown with three digits.
+    let rate = moved as f64 / secs;
+    let shown = HumanBytes(rate as u64);
+    match left.map(|l| (l as f64 / rate).ceil() as u64) {
+        Some(0) | None => format!(" {shown}/s"),
+        Some(s) => format!(" {shown}/s, {} left", HumanDuration(Duration::from_secs(s))),
+    }
 }
 
 /// Shows `b` full and leaves it on the screen: its phase is over.
 fn complete(b: &ProgressBar) {
+    if b.is_finished() {
+        return;
+    }
     if let Some(len) = b.length() {
         b.set_position(len);
     }
