@@ -251,6 +251,19 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_waits_half_a_second_and_ends_without_a_time_left() {
+        let mib = 1 << 20;
+        let second = Duration::from_secs(1);
+        assert_eq!(rate_text(mib, RATE_AFTER / 2, Some(mib)), "");
+        assert_eq!(rate_text(0, second, Some(mib)), "");
+        assert_eq!(
+            rate_text(4 * mib, second, Some(8 * mib)),
+            " 4.00 MiB/s, 2 seconds left"
+        );
+        assert_eq!(rate_text(4 * mib, second, Some(0)), " 4.00 MiB/s");
+    }
+
+    #[test]
     fn the_bar_names_the_image_by_its_file_name() {
         assert_eq!(label(&p(0, 0, 1)), "writing disk.img");
     }
