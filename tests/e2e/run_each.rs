@@ -420,3 +420,60 @@ fn an_image_named_twice_is_refused_before_anything_begins() {
     );
     assert_eq!(t.imgtx_json(&["log"])["entries"], Value::Array(Vec::new()));
 }
+
+#[test]
+fn a_command_that_cannot_be_started_exits_127_or_126_and_starts_no_more_images() {
+    let (t, bases) = setup(&["a.img", "b.img", "c.img"]);
+    let before: Vec<String> = bases.iter().map(|b| sha256(b)).collect();
+    let not_executable = t.path().join("script.txt");
+    fs::write(&not_executable, "echo hi\n").expect("write script.txt");
+
+    for (program, code) in [
+        ("no-such-program-imgtx".to_owned(), 127),
+        (not_executable.display().to_string(), 126),
+    ] {
+        let mut cmd = t.command();
+        cmd.args(["run", "--each", "--json"])
+            .args(&bases)
+            .arg("--")
+            .arg(&program)
+            .arg("{}");
+
+        let out = expect_code(&mut cmd, code);
+
+        let v = parse(&cmd, &out);
+        assert_eq!(v["exit_code"], code, "{v}");
+        assert_eq!(
+            column(&v, "outcome"),
+            strs(&["rolled_back", "not_started", "not_started"]),
+            "{program}: the program is the same for every image: {v}"
+        );
+        assert_eq!(column(&v, "exit_code")[0], code, "{v}");
+        let error = v["images"][0]["error"].as_str().unwrap_or_default();
+        assert_eq!(
+            error.matches("rolled back").count(),
+            0,
+            "said once, by the outcome: {error}"
+        );
+    }
+    let after: Vec<String> = bases.iter().map(|b| sha256(b)).collect();
+    assert_eq!(before, after, "no base changed");
+    t.assert_no_transactions();
+
+    let mut human = t.command();
+    human
+        .args(["run", "--each"])
+        .args(&bases)
+        .args(["--", "no-such-program-imgtx"]);
+    let stderr = stderr_of(&expect_code(&mut human, 127));
+    assert!(
+        stderr.contains("could not be started, so no image started after that")
+            && stderr.contains(&format!("  {}: never started", bases[2].display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("rolled back tx-").count(),
+        2,
+        "once per line: {stderr}"
+    );
+}

@@ -22,7 +22,7 @@ use std::io::{self, IsTerminal, Write};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 
 use serde_json::{json, Value};
@@ -63,7 +63,9 @@ enum Why {
     Exit(i32, Option<i32>),
     /// The user asked to stop, with this signal.
     Signal(i32),
-    /// The command could not run.
+    /// The command could not be started: exit status 127 (no such program) or 126.
+    NotRun { code: u8, failure: Failure },
+    /// Other writers could not be kept out of the base.
     Error(Failure),
 }
 
@@ -95,7 +97,9 @@ impl Outcome {
                         output::signal_name(*sig)
                     )
                 }
-                Why::Error(f) => format!("{}; rolled back {id}", f.message()),
+                Why::NotRun { failure: f, .. } | Why::Error(f) => {
+                    format!("{}; rolled back {id}", f.message())
+                }
             },
             Self::BeginFailed(f) => format!("not begun: {}", f.message()),
             Self::Failed { id, error, .. } => format!("{id} failed: {}", error.message()),
@@ -103,10 +107,22 @@ impl Outcome {
         }
     }
 
+    /// True when the command could not be started for this image.
+    fn not_run(&self) -> bool {
+        matches!(
+            self,
+            Self::RolledBack {
+                why: Why::NotRun { .. },
+                ..
+            }
+        )
+    }
+
     fn failure(&self) -> Option<&Failure> {
         match self {
             Self::RolledBack {
-                why: Why::Error(f), ..
+                why: Why::Error(f) | Why::NotRun { failure: f, .. },
+                ..
             }
             | Self::BeginFailed(f)
             | Self::Failed { error: f, .. } => Some(f),
@@ -120,6 +136,7 @@ impl Outcome {
             Self::RolledBack { id, why } => match why {
                 Why::Exit(code, _) => (Some(id), Some(*code), None),
                 Why::Signal(sig) => (Some(id), None, Some(output::signal_name(*sig))),
+                Why::NotRun { code, .. } => (Some(id), Some(i32::from(*code)), None),
                 Why::Error(_) => (Some(id), None, None),
             },
             Self::Failed { id, exit_code, .. } => (Some(id), *exit_code, None),
@@ -166,11 +183,15 @@ struct Batch<'a> {
     todo: Vec<(usize, PathBuf)>,
     /// The next of `todo` to take.
     next: AtomicUsize,
+    /// Set to 127 or 126 when the command could not be started for an image: it cannot be
+    /// for the next ones either (the program is the same), so none of them starts.
+    cannot_run: AtomicU8,
 }
 
 /// `run --each`: runs `command` on each of `bases` in a transaction of its own, `jobs` at a
 /// time, prints what became of each and a summary, and returns the exit status: 0 when all
-/// committed, 128 + N after signal N, else [`EXIT_NOT_ALL_COMMITTED`].
+/// committed, 128 + N after signal N, 127 or 126 when the command could not be started (as
+/// xargs says it; no image starts after that), else [`EXIT_NOT_ALL_COMMITTED`].
 ///
 /// # Errors
 /// Before anything began: a bad `--wait`, an image named twice, no thread to run on.
@@ -197,6 +218,7 @@ pub fn run(
         command: &command,
         todo,
         next: AtomicUsize::new(0),
+        cannot_run: AtomicU8::new(0),
     };
     let workers = jobs.get().min(batch.todo.len());
     std::thread::scope(|s| -> Result<(), Failure> {
@@ -240,10 +262,11 @@ pub fn run(
         .collect();
     let signal = interrupts.received();
     let all_committed = results.iter().all(|o| matches!(o, Outcome::Committed(_)));
-    let code = match signal {
-        Some(sig) => signal_exit(sig),
-        None if all_committed => 0,
-        None => EXIT_NOT_ALL_COMMITTED,
+    let code = match (signal, batch.cannot_run.load(Ordering::SeqCst)) {
+        (Some(sig), _) => signal_exit(sig),
+        (None, _) if all_committed => 0,
+        (None, 0) => EXIT_NOT_ALL_COMMITTED,
+        (None, not_run) => not_run,
     };
     if out.json {
         output::print_json(&summary_json(&shown, &results, signal, code))?;
@@ -313,7 +336,7 @@ fn work(b: &Batch<'_>, events: &Sender<Event>) {
         let Some((i, base)) = b.todo.get(b.next.fetch_add(1, Ordering::SeqCst)) else {
             return;
         };
-        if stop().is_some() {
+        if stop().is_some() || b.cannot_run.load(Ordering::SeqCst) != 0 {
             // Starts nothing new: this image and those after it are reported never started.
             return;
         }
@@ -351,7 +374,10 @@ fn one(b: &Batch<'_>, base: &Path, stop: &dyn Fn() -> Option<i32>) -> Outcome {
         Ok(Ran::Stopped(sig)) => return rolled_back(Why::Signal(sig)),
         Ok(Ran::InUse(e)) => return rolled_back(Why::Error(e.into())),
         Ok(Ran::NotStarted { program, error }) => {
-            return rolled_back(Why::Error(runner::not_started(&program, &error, &id)));
+            let code = runner::not_started_code(&error);
+            b.cannot_run.store(code, Ordering::SeqCst);
+            let failure = anyhow::anyhow!("could not run {program:?}: {error}").into();
+            return rolled_back(Why::NotRun { code, failure });
         }
         Ok(Ran::Exited { code, signal, .. }) if code != 0 => {
             return match b.engine.rollback(&id) {
@@ -404,6 +430,10 @@ fn summary(shown: &[PathBuf], results: &[Outcome], signal: Option<i32>) -> Vec<S
             )
         }
         None if committed == n => format!("imgtx: all {n} images committed"),
+        None if results.iter().any(Outcome::not_run) => format!(
+            "imgtx: {committed} of {n} images committed (the command could not be started, \
+             so no image started after that); not committed:"
+        ),
         None => format!("imgtx: {committed} of {n} images committed; not committed:"),
     };
     lines.push(head);

@@ -155,16 +155,21 @@ pub fn commit(
 }
 
 /// The failure of a command that could not be started (`program` as substituted), in
-/// transaction `tx`, now rolled back: exit status 127 when there is no such program, 126
-/// when it cannot be executed, as shells do.
+/// transaction `tx`, now rolled back, with [`not_started_code`]'s exit status.
 pub fn not_started(program: &str, error: &io::Error, tx: &TxId) -> Failure {
-    let code = match error.kind() {
-        io::ErrorKind::NotFound => 127,
-        _ => 126,
-    };
+    let code = not_started_code(error);
     Failure {
         error: anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)"),
         code,
+    }
+}
+
+/// The exit status of a command that could not be started with `error`, as shells have it:
+/// 127 when there is no such program, 126 when it cannot be executed.
+pub fn not_started_code(error: &io::Error) -> u8 {
+    match error.kind() {
+        io::ErrorKind::NotFound => 127,
+        _ => 126,
     }
 }
 
