@@ -14,7 +14,8 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::util::{
-    exit, imgtx_bin, qcow2_io, qemu_io, require_tools, run, stderr_of, tree, Begun, TestDir,
+    exit, expect_code, imgtx_bin, qcow2_io, qemu_io, require_tools, run, stderr_of, tree, Begun,
+    TestDir,
 };
 
 const MIB: u64 = 1 << 20;
@@ -450,4 +451,46 @@ fn a_busy_image_names_how_long_its_holder_has_held_it() {
     let err = stderr_of(&out);
     assert!(err.contains(&held.id), "{err}");
     assert!(err.contains(" s, since "), "{err}");
+    // The time is shown as human output shows times: in the local zone, named, or in UTC
+    // with --utc; never as recorded (RFC 3339), which is for JSON.
+    let mut paris = t.command();
+    paris.env("TZ", "Europe/Paris").arg("begin").arg(&base);
+    let local = stderr_of(&expect_code(&mut paris, exit::BUSY));
+    let utc = stderr_of(&t.imgtx_code(
+        &["--utc".as_ref(), "begin".as_ref(), base.as_os_str()],
+        exit::BUSY,
+    ));
+    for (err, zone) in [(&local, "CET"), (&utc, "UTC")] {
+        let since = err.split(", since ").nth(1).unwrap_or_default();
+        assert!(since.starts_with(|c: char| c.is_ascii_digit()), "{err}");
+        assert!(
+            since.contains(&format!(" {zone})")) && !since.contains("Z)"),
+            "{err}"
+        );
+    }
+}
+
+/// A begin that waits says whom it waits for once, not at every poll as the holder's age
+/// grows (a batch job's log would get a line a second).
+#[test]
+fn a_waiting_begin_says_whom_it_waits_for_once() {
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 1 << 20, 1);
+    let held = t.begin(&[&base]);
+
+    let out = t.imgtx_code(
+        &["begin".as_ref(), "--wait=2.5".as_ref(), base.as_os_str()],
+        exit::BUSY,
+    );
+
+    let err = stderr_of(&out);
+    let waiting: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("imgtx: waiting for"))
+        .collect();
+    assert_eq!(waiting.len(), 1, "{err}");
+    assert!(
+        waiting[0].contains(&held.id) && waiting[0].contains('@'),
+        "names the transaction and user@host: {err}"
+    );
 }

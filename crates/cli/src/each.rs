@@ -34,6 +34,7 @@ use crate::interrupt::{self, Interrupts};
 use crate::options::{self, begin_options};
 use crate::output::{self, Out};
 use crate::runner::{self, Committed, OsEngine, Ran};
+use crate::when;
 
 /// Exit status of a batch in which some image was not committed (and no signal came).
 const EXIT_NOT_ALL_COMMITTED: u8 = 1;
@@ -439,7 +440,11 @@ fn summary(shown: &[PathBuf], results: &[Outcome], signal: Option<i32>) -> Vec<S
     lines.push(head);
     for (base, o) in shown.iter().zip(results) {
         if signal.is_some() || !matches!(o, Outcome::Committed(_)) {
-            lines.push(format!("  {}: {}", base.display(), o.describe()));
+            lines.push(format!(
+                "  {}: {}",
+                base.display(),
+                when::in_text(&o.describe())
+            ));
         }
     }
     lines
@@ -496,7 +501,7 @@ impl Tally {
         let mut err = io::stderr().lock();
         if self.lines {
             self.clear_line(&mut err);
-            let line = format!("{}: {}", base.display(), o.describe());
+            let line = format!("{}: {}", base.display(), when::in_text(&o.describe()));
             let _ = writeln!(err, "{}", output::escape(&line));
             if let Some(hint) = o.failure().and_then(Failure::hint) {
                 let _ = writeln!(err, "{}", crate::tag::line(crate::tag::Tag::Hint, &hint));

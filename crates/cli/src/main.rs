@@ -19,6 +19,7 @@ mod runner;
 mod tag;
 mod usage;
 mod waiting;
+mod when;
 
 use std::ffi::OsString;
 use std::io::{self, Write};
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Err(e) => return usage::report(&raw, &e),
     };
     logging::init(cli.quiet, cli.verbose, cli.json);
+    when::use_utc(cli.utc);
     let json = cli.json;
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -104,7 +106,6 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     let out = output::Out {
         json: cli.json,
         quiet: cli.quiet,
-        utc: cli.utc,
     };
     // Commands that only read never create a state directory (or anything in it).
     if let Command::Status { .. } | Command::Log { .. } | Command::Diff { .. } = &cli.command {

@@ -16,6 +16,7 @@ use txn::{
 };
 
 use crate::tag::Tag;
+use crate::when;
 
 /// How to print.
 pub struct Out {
@@ -23,8 +24,6 @@ pub struct Out {
     pub json: bool,
     /// Nothing but errors.
     pub quiet: bool,
-    /// Times in human output in UTC instead of the local time zone.
-    pub utc: bool,
 }
 
 // Stdout is line-buffered; a diff of 100 000 extents would cost one write(2) per line, so
@@ -103,22 +102,6 @@ fn images_json(m: &Manifest) -> Value {
 }
 
 impl Out {
-    /// A time recorded as RFC 3339 UTC, for people: in the local time zone, named (in UTC
-    /// with `--utc`); as recorded when it does not parse. JSON keeps the recorded form.
-    fn when(&self, rfc3339: &str) -> String {
-        let Ok(t) = rfc3339.parse::<jiff::Timestamp>() else {
-            return rfc3339.to_owned();
-        };
-        let zone = if self.utc {
-            jiff::tz::TimeZone::UTC
-        } else {
-            jiff::tz::TimeZone::system()
-        };
-        t.to_zoned(zone)
-            .strftime("%Y-%m-%d %H:%M:%S %Z")
-            .to_string()
-    }
-
     pub fn begin(&self, m: &Manifest) -> io::Result<()> {
         if self.json {
             return print_json(&json!({"id": m.id, "name": m.name, "images": images_json(m)}));
@@ -341,7 +324,7 @@ impl Out {
                     "{verb} {} of {} (committed {}): it can no longer be reverted",
                     indicatif::HumanBytes(p.bytes),
                     p.tx,
-                    self.when(&p.committed)
+                    when::local(&p.committed)
                 )
             })
             .collect();
@@ -404,7 +387,7 @@ impl Out {
                 "{}{name} {} since {} by {}@{}",
                 m.id,
                 state,
-                self.when(&m.created),
+                when::local(&m.created),
                 m.user,
                 m.host
             ));
@@ -437,7 +420,7 @@ impl Out {
             lines.push(format!(
                 "  {} committed {}: {} ({how})",
                 r.tx,
-                self.when(&r.committed),
+                when::local(&r.committed),
                 indicatif::HumanBytes(*bytes)
             ));
             // The files by name, each with its size: they are hidden (`.NAME.imgtx.spare`),
@@ -517,7 +500,7 @@ impl Out {
                 .unwrap_or_default();
             lines.push(format!(
                 "{} {}{name} {} by {}@{}",
-                self.when(&e.ended),
+                when::local(&e.ended),
                 e.id,
                 outcome,
                 e.user,
@@ -570,7 +553,7 @@ impl Out {
                 v.records,
                 v.created
                     .as_deref()
-                    .map_or_else(|| "its first entry".to_owned(), |c| self.when(c))
+                    .map_or_else(|| "its first entry".to_owned(), |c| when::local(c))
             )),
             (ChainFormat::Chained, Some(p)) => {
                 let id =

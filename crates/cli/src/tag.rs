@@ -76,10 +76,11 @@ pub fn line(tag: Tag, text: &str) -> String {
     styled(tag, text, crate::output::colour())
 }
 
-/// `text` as a line tagged `tag`, its control characters escaped, the tag coloured when
-/// `colour`.
+/// `text` as a line tagged `tag`, its control characters escaped and its recorded times
+/// shown for people (see [`crate::when`]), the tag coloured when `colour`.
 pub fn styled(tag: Tag, text: &str, colour: bool) -> String {
-    format!("{}{}", prefix(tag, colour), crate::output::escape(text))
+    let text = crate::when::in_text(text);
+    format!("{}{}", prefix(tag, colour), crate::output::escape(&text))
 }
 
 /// Writes `text` on stderr as a line tagged `tag`. A failed write is ignored: what the line

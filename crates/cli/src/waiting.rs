@@ -8,7 +8,9 @@ use txn::{Blocker, Waiting};
 /// Hears the engine's waiting reports and says what is new.
 #[derive(Debug)]
 pub struct Teller {
-    /// What was last said, so that it is said once.
+    /// Whom it was last said that the begin waits for (the base and the holding
+    /// transaction or processes), so that it is said once, not at every poll as the
+    /// holder's age grows.
     said: Option<String>,
     /// Whether a terminal line with the time waited is showing.
     ticking: bool,
@@ -35,9 +37,14 @@ impl Teller {
                 format!("in use by a qemu process (pid {})", list.join(", "))
             }
         };
+        let whom = match &w.blocker {
+            Blocker::Transaction(holder) => holder.tx.clone(),
+            Blocker::Qemu(pids) => format!("{pids:?}"),
+        };
+        let key = format!("{}\0{whom}", w.base.display());
         let line = format!("waiting for {}, {what}", w.base.display());
         let mut err = io::stderr().lock();
-        if self.said.as_deref() != Some(line.as_str()) {
+        if self.said.as_deref() != Some(key.as_str()) {
             if self.ticking {
                 let _ = writeln!(err);
                 self.ticking = false;
@@ -46,9 +53,10 @@ impl Teller {
                 let event = serde_json::json!({"event": "waiting", "base": w.base, "for": what});
                 writeln!(err, "{event}")
             } else {
+                let line = crate::when::in_text(&line);
                 writeln!(err, "imgtx: {}", crate::output::escape(&line))
             };
-            self.said = Some(line);
+            self.said = Some(key);
         }
         if !self.json && io::stderr().is_terminal() {
             let _ = write!(err, "\r  waited {} s", w.waited.as_secs());
