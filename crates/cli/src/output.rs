@@ -553,7 +553,7 @@ impl Out {
                 v.records,
                 v.created
                     .as_deref()
-                    .map_or_else(|| "its first entry".to_owned(), |c| when::local(c))
+                    .map_or_else(|| "its first entry".to_owned(), when::local)
             )),
             (ChainFormat::Chained, Some(p)) => {
                 let id =
