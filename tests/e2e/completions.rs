@@ -31,7 +31,8 @@ fn candidates(t: &TestDir, words: &[&str]) -> Vec<String> {
 }
 
 /// Three open transactions (two of them share the name "same") and one committed one that
-/// can be reverted; returns the ids of the open ones, the named one first.
+/// can be reverted ("daily"); returns the ids of the open ones, the named one first, and of
+/// the committed one.
 fn transactions(t: &TestDir) -> (Vec<String>, String) {
     let mut open = Vec::new();
     for (file, name) in [("a.img", "upgrade"), ("b.img", "same"), ("c.img", "same")] {
@@ -40,7 +41,8 @@ fn transactions(t: &TestDir) -> (Vec<String>, String) {
         open.push(out.trim().to_owned());
     }
     let d = t.raw_image("d.img", MIB, 1);
-    let committed = t.begin(&[&d]).id;
+    let out = t.imgtx_ok(&["begin", "--name", "daily", d.to_str().expect("utf-8")]);
+    let committed = out.trim().to_owned();
     t.imgtx_ok(&["commit", &committed]);
     (open, committed)
 }
@@ -89,11 +91,12 @@ fn transactions_complete_by_id_and_unique_name_from_the_typed_state_dir() {
         candidates(&t, &["--state-dir", &sd, "log", "--tx", "upg"]),
         vec!["upgrade".to_owned()]
     );
-    let revert = candidates(&t, &["--state-dir", &sd, "revert", "tx-"]);
+    let revert = candidates(&t, &["--state-dir", &sd, "revert", ""]);
+    let revert: Vec<&String> = revert.iter().filter(|c| !c.starts_with('-')).collect();
     assert_eq!(
         revert,
-        vec![committed.clone()],
-        "revert offers the revertible one"
+        [&committed, &"daily".to_owned()],
+        "revert offers the revertible one, by id and name"
     );
     // Without --state-dir typed, the default one (here under $HOME) has none of them.
     let elsewhere = candidates(&t, &["commit", "tx-"]);

@@ -112,10 +112,39 @@ fn a_transaction_is_named_by_an_unambiguous_id_prefix_or_its_unique_name() {
     t.imgtx_json(&["diff", "upgrade"]);
     let out = t.imgtx_code(&["commit", "batch"], exit::ERROR);
     assert!(
-        stderr_of(&out).contains("\"batch\" names more than one open transaction"),
+        stderr_of(&out).contains("\"batch\" names more than one transaction"),
         "{}",
         stderr_of(&out)
     );
     t.imgtx_ok(&["commit", "upgrade"]);
     t.imgtx_ok(&["rollback", &other[..8]]);
+}
+
+#[test]
+fn a_revert_names_its_transaction_by_name_or_id_prefix_among_the_revertible_ones() {
+    let t = TestDir::new();
+    let a = t.raw_image("a.img", MIB, 1);
+    let b = t.raw_image("b.img", MIB, 2);
+    let first = t.imgtx_json(&["begin", "--name", "nightly", a.to_str().unwrap()]);
+    let first = first["id"].as_str().unwrap().to_owned();
+    t.imgtx_ok(&["commit", "--keep", &first]);
+    let second = t.imgtx_json(&["begin", "--name", "weekly", b.to_str().unwrap()]);
+    let second = second["id"].as_str().unwrap().to_owned();
+    t.imgtx_ok(&["commit", "--keep", &second]);
+
+    let unknown = stderr_of(&t.imgtx_code(&["revert", "monthly"], exit::ERROR));
+    assert!(
+        unknown.contains("no revertible transaction monthly"),
+        "{unknown}"
+    );
+    let by_name = t.imgtx_json(&["revert", "nightly"]);
+    assert_eq!(by_name["reverted"], first.as_str(), "{by_name}");
+    let by_prefix = t.imgtx_json(&["revert", &second[..8]]);
+    assert_eq!(by_prefix["reverted"], second.as_str(), "{by_prefix}");
+    // Taken back: no longer revertible under its name.
+    let again = stderr_of(&t.imgtx_code(&["revert", "nightly"], exit::ERROR));
+    assert!(
+        again.contains("no revertible transaction nightly"),
+        "{again}"
+    );
 }

@@ -51,9 +51,9 @@ pub fn for_error(e: &Error) -> Option<String> {
             entry.id
         ),
         Error::Finished { .. } => "`imgtx log` shows its entry".to_owned(),
-        Error::Ambiguous { .. } => {
-            "name it by its whole id; `imgtx status` lists open transactions".to_owned()
-        }
+        Error::Ambiguous { .. } => "name it by its whole id; `imgtx status` lists open \
+                                    transactions and those that can be reverted"
+            .to_owned(),
         Error::RecoveryNeeded { path, .. } => {
             format!("run `imgtx recover {}`", path.display())
         }
@@ -95,7 +95,7 @@ pub fn for_error(e: &Error) -> Option<String> {
              lose that change, so imgtx will not"
                 .to_owned()
         }
-        Error::NotKept { .. } => "`imgtx status` lists what can be reverted; `imgtx commit \
+        Error::NotKept { .. } | Error::NotRevertible { .. } => "`imgtx status` lists what can be reverted; `imgtx commit \
                                   --keep` keeps a commit's pre-images until pruned"
             .to_owned(),
         Error::WaitTimedOut { .. } => {

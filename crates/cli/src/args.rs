@@ -316,7 +316,8 @@ imgtx run --each --jobs 4 /vm/*.img -- virt-customize -a {} --update"
     /// Take back a committed transaction, from the pre-images it kept
     #[command(after_help = REVERT_HELP)]
     Revert {
-        /// The committed transaction's id (`imgtx status` lists those that can be reverted)
+        /// The committed transaction: its id, its name or an id prefix (`imgtx status` lists
+        /// those that can be reverted)
         #[arg(add = ArgValueCandidates::new(crate::complete::revertible))]
         tx: String,
     },

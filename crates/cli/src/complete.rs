@@ -1,5 +1,5 @@
 //! Shell completion that knows the state directory: `imgtx commit <TAB>` offers the open
-//! transactions' ids and names, `imgtx revert <TAB>` the ones that can be taken back, and
+//! transactions' ids and names, `imgtx revert <TAB>` the ones that can be taken back (by id and name), and
 //! `imgtx run BASE -- <TAB>` the programs on `PATH`.
 //!
 //! Completions are clap_complete's dynamic ones: the script a shell loads (written by
@@ -92,16 +92,12 @@ pub fn open_transactions() -> Vec<CompletionCandidate> {
                 .push(m.id.to_string());
         }
     }
-    out.extend(
-        named
-            .into_iter()
-            .filter(|(_, ids)| ids.len() == 1)
-            .map(|(name, ids)| CompletionCandidate::new(name).help(Some(ids[0].clone().into()))),
-    );
+    out.extend(unique_names(named));
     out
 }
 
-/// Candidates for `revert`'s `TX`: the committed transactions whose pre-images are kept.
+/// Candidates for `revert`'s `TX`: the committed transactions whose pre-images are kept,
+/// by id, and by name where no other of them has it.
 pub fn revertible() -> Vec<CompletionCandidate> {
     let Some(engine) = engine() else {
         return Vec::new();
@@ -109,12 +105,36 @@ pub fn revertible() -> Vec<CompletionCandidate> {
     let Ok(kept) = engine.kept() else {
         return Vec::new();
     };
-    kept.into_iter()
-        .map(|(record, _)| {
-            let about = format!("committed {}", record.committed);
-            CompletionCandidate::new(record.tx.to_string()).help(Some(about.into()))
+    let history = engine.log(None).map(|h| h.entries).unwrap_or_default();
+    let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (record, _) in kept {
+        let id = record.tx.to_string();
+        let name = history
+            .iter()
+            .find(|h| h.id == record.tx)
+            .and_then(|h| h.name.clone());
+        let about = match &name {
+            Some(n) => format!("{n}: committed {}", record.committed),
+            None => format!("committed {}", record.committed),
+        };
+        out.push(CompletionCandidate::new(&id).help(Some(about.into())));
+        if let Some(n) = name {
+            named.entry(n).or_default().push(id);
+        }
+    }
+    out.extend(unique_names(named));
+    out
+}
+
+/// A candidate for each name that only one transaction has, described by its id.
+fn unique_names(named: BTreeMap<String, Vec<String>>) -> impl Iterator<Item = CompletionCandidate> {
+    named
+        .into_iter()
+        .filter_map(|(name, ids)| match ids.as_slice() {
+            [id] => Some(CompletionCandidate::new(name).help(Some(id.clone().into()))),
+            _ => None,
         })
-        .collect()
 }
 
 /// Completes the words of `run` after the subcommand: base images before `--` (paths),

@@ -150,7 +150,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Revert { tx } => {
             let mut bar = progress::Reporter::new(out.json, out.quiet);
-            let r = engine.revert(&tx_id(&tx)?, &mut |p| {
+            let r = engine.revert(&engine.find_revertible(&tx)?, &mut |p| {
                 watch(&interrupts, &p);
                 bar.report(&p);
             })?;

@@ -449,11 +449,12 @@ impl Out {
         }
         let mut lines = Vec::new();
         for d in images {
+            let n = d.extents.len();
             lines.push(format!(
-                "{}: {} changed in {} extents (size {} -> {})",
+                "{}: {} changed in {n} extent{} (size {} -> {})",
                 d.base.display(),
                 size(d.changed_bytes),
-                d.extents.len(),
+                if n == 1 { "" } else { "s" },
                 size(d.old_size),
                 size(d.new_size.max(d.old_size))
             ));

@@ -15,11 +15,9 @@ use crate::manifest::Holder;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The name or id prefix the user gave fits more than one open transaction.
-    #[error(
-        "{given:?} names more than one open transaction: {}",
-        ids_text(matches)
-    )]
+    /// The name or id prefix the user gave fits more than one transaction (open ones, or
+    /// for a revert revertible ones).
+    #[error("{given:?} names more than one transaction: {}", ids_text(matches))]
     Ambiguous {
         /// What the user gave.
         given: String,
@@ -321,6 +319,12 @@ pub enum Error {
         /// first.
         later: Option<TxId>,
     },
+    /// A revert named, by a name or an id prefix, no transaction whose pre-images are kept.
+    #[error("no revertible transaction {given}")]
+    NotRevertible {
+        /// The name or prefix, as given.
+        given: String,
+    },
     /// A revert of a transaction whose pre-images are not kept.
     #[error("cannot revert transaction {tx}: {reason}")]
     NotKept {
@@ -378,9 +382,10 @@ impl Error {
             | Self::Interrupted { .. }
             | Self::HostDead { .. }
             | Self::CommitInterrupted { .. } => ErrorClass::RecoveryNeeded,
-            Self::NotFound { .. } | Self::NotKept { .. } | Self::Finished { .. } => {
-                ErrorClass::NotFound
-            }
+            Self::NotFound { .. }
+            | Self::NotKept { .. }
+            | Self::NotRevertible { .. }
+            | Self::Finished { .. } => ErrorClass::NotFound,
             Self::Stopped { .. } => ErrorClass::Stopped,
             Self::Ambiguous { .. }
             | Self::AmbiguousFormat { .. }

@@ -335,6 +335,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
         lookup::find(&self.ctx, given)
     }
 
+    /// The committed transaction `given` names for [`Engine::revert`]: a whole id, or the
+    /// name or an unambiguous id prefix of one whose pre-images are kept.
+    pub fn find_revertible(&self, given: &str) -> Result<TxId> {
+        lookup::find_revertible(&self.ctx, given)
+    }
+
     /// Every registered transaction (or just `id`), with its condition.
     pub fn status(&self, id: Option<&TxId>) -> Result<Vec<TxStatus>> {
         inspect::status(&self.ctx, id)

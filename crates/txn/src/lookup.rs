@@ -1,5 +1,6 @@
 //! Finding the transaction a user names: by id, by an unambiguous prefix of an open one's
-//! id, or by the name given at begin (unique among open ones). When the one named is not
+//! id, or by the name given at begin (unique among open ones); for a revert, the same among
+//! the committed transactions whose pre-images are kept. When the one named is not
 //! open, the answer says what became of it (the history's entry), or which id was probably
 //! meant.
 
@@ -57,6 +58,60 @@ pub(crate) fn find<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Result<TxId> {
         }
     }
     Err(not_open(e, given))
+}
+
+/// The committed transaction `given` names for a revert: a whole id as it is (the revert
+/// says whether it can be taken back); else the one transaction with kept pre-images whose
+/// name (as the history has it) is `given`, or whose id starts with `given`.
+///
+/// # Errors
+/// [`Error::Ambiguous`] when `given` names several; [`Error::NotRevertible`] when none.
+pub(crate) fn find_revertible<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Result<TxId> {
+    if let Some(id) = TxId::parse(given) {
+        return Ok(id);
+    }
+    let kept: Vec<TxId> = e
+        .state
+        .list_kept(&e.fs)?
+        .into_iter()
+        .map(|r| r.tx)
+        .collect();
+    let history = e
+        .state
+        .history_checked(&e.fs)
+        .and_then(|path| crate::history::read(&e.fs, &path))
+        .map(|h| h.entries)
+        .unwrap_or_default();
+    let named: Vec<TxId> = kept
+        .iter()
+        .filter(|id| {
+            history
+                .iter()
+                .any(|h| h.id == **id && h.name.as_deref() == Some(given))
+        })
+        .cloned()
+        .collect();
+    let by_prefix = prefix(given).map_or_else(Vec::new, |p| {
+        kept.iter()
+            .filter(|id| id.as_str().starts_with(&p))
+            .cloned()
+            .collect()
+    });
+    for found in [named, by_prefix] {
+        match found.len() {
+            0 => {}
+            1 => return Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
+            _ => {
+                return Err(Error::Ambiguous {
+                    given: given.to_owned(),
+                    matches: found,
+                })
+            }
+        }
+    }
+    Err(Error::NotRevertible {
+        given: given.to_owned(),
+    })
 }
 
 /// The error for `given`, which names no registered transaction: [`Error::Finished`] when
