@@ -53,3 +53,24 @@ pub fn exit_code(e: &txn::Error) -> u8 {
 pub fn signal_exit(sig: i32) -> u8 {
     u8::try_from(128 + sig).unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use txn::TxId;
+
+    #[test]
+    fn error_classes_map_to_the_documented_exit_codes() {
+        let busy = txn::Error::Busy {
+            path: "/x".into(),
+            holder: Box::new(txn::Holder::unknown("tx-0123456789")),
+        };
+        assert_eq!(exit_code(&busy), 3);
+        let rec = txn::Error::RecoveryNeeded {
+            path: "/x".into(),
+            tx: TxId::parse("tx-0123456789").unwrap(),
+        };
+        assert_eq!(exit_code(&rec), 4);
+        assert_eq!(exit_code(&txn::Error::Invalid("x".into())), 1);
+    }
+}
