@@ -202,7 +202,7 @@ fn programs(prefix: &OsStr) -> BTreeSet<OsString> {
 /// The engine over the state directory of the command line being completed, if it exists.
 fn engine() -> Option<Engine<OsFs, OsHost>> {
     let typed: Vec<OsString> = std::env::args_os().collect();
-    let dir = crate::options::state_dir(state_dir_typed(&typed), false).ok()?;
+    let dir = crate::state_dir::state_dir(state_dir_typed(&typed), false).ok()?;
     Engine::open_existing(OsFs, OsHost::from_env(), dir)
         .ok()
         .flatten()

@@ -502,7 +502,7 @@ impl Tally {
         if self.lines {
             self.clear_line(&mut err);
             let line = format!("{}: {}", base.display(), when::in_text(&o.describe()));
-            let _ = writeln!(err, "{}", output::escape(&line));
+            let _ = writeln!(err, "{}", crate::term::escape(&line));
             if let Some(hint) = o.failure().and_then(Failure::hint) {
                 let _ = writeln!(err, "{}", crate::tag::line(crate::tag::Tag::Hint, &hint));
             }

@@ -39,7 +39,7 @@ pub fn init(quiet: bool, verbose: u8, json: bool) {
         builder.with_ansi(false).event_format(JsonLine).try_init()
     } else {
         builder
-            .with_ansi(crate::output::colour())
+            .with_ansi(crate::term::colour())
             .event_format(HumanLine)
             .try_init()
     };
@@ -65,10 +65,10 @@ impl Write for StderrLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let text = String::from_utf8_lossy(buf);
         let body = text.strip_suffix('\n').unwrap_or(&text);
-        let colour = crate::output::colour();
+        let colour = crate::term::colour();
         let escaped: String = body
             .split('\x1b')
-            .map(|part| crate::output::escape(part).into_owned())
+            .map(|part| crate::term::escape(part).into_owned())
             .collect::<Vec<_>>()
             .join(if colour { "\x1b" } else { "\\x1b" });
         let end = if body.len() < text.len() { "\n" } else { "" };

@@ -17,7 +17,9 @@ mod options;
 mod output;
 mod progress;
 mod runner;
+mod state_dir;
 mod tag;
+mod term;
 mod usage;
 mod waiting;
 mod when;
@@ -33,7 +35,7 @@ use txn::{Engine, OsHost};
 
 use args::{Cli, Command};
 use failure::Failure;
-use options::state_dir;
+use state_dir::state_dir;
 use tag::Tag;
 
 fn main() -> ExitCode {

@@ -4,9 +4,7 @@
 //! and a control character in one (a base named with a newline) must not forge a line of
 //! its own or move the cursor. JSON needs no such care: its strings are escaped by JSON.
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 use serde_json::{json, Value};
 use txn::{
@@ -16,6 +14,7 @@ use txn::{
 };
 
 use crate::tag::Tag;
+use crate::term::escape;
 use crate::when;
 
 /// How to print.
@@ -56,42 +55,6 @@ fn unless_reader_gone(written: io::Result<()>) -> io::Result<()> {
 /// reports about work that goes on (or is done) whether anyone reads them or not.
 pub fn say(line: &str) {
     let _ = writeln!(io::stderr().lock(), "{}", escape(line));
-}
-
-/// `text` for a human line: control characters as C escapes (`\n`, `\t`, `\x1b`, `\u{85}`)
-/// and a backslash doubled, so that what is shown names one text only, as `ls -b` and
-/// systemd show names.
-pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c == '\\' || c.is_control()) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            '\x07' => out.push_str("\\a"),
-            '\x08' => out.push_str("\\b"),
-            '\x0b' => out.push_str("\\v"),
-            '\x0c' => out.push_str("\\f"),
-            c if u32::from(c) < 0x80 && c.is_control() => {
-                let _ = write!(out, "\\x{:02x}", u32::from(c));
-            }
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
-}
-
-/// Whether to colour what goes to stderr: only on a terminal, and not when `NO_COLOR` is set
-/// to anything but the empty string (<https://no-color.org>).
-pub fn colour() -> bool {
-    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn images_json(m: &Manifest) -> Value {
@@ -775,17 +738,5 @@ pub fn ended(code: i32, signal: Option<i32>) -> String {
     match signal {
         Some(sig) => format!("was killed by {}", signal_name(sig)),
         None => format!("exited with status {code}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escape_shows_control_characters_as_c_escapes_and_leaves_the_rest() {
-        assert!(matches!(escape("/vm/disk.img"), Cow::Borrowed(_)));
-        assert_eq!(escape("a\nb\tc\x1b[31m\\"), "a\\nb\\tc\\x1b[31m\\\\");
-        assert_eq!(escape("\u{85}\x7f é"), "\\u{85}\\x7f é");
     }
 }

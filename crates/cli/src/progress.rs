@@ -205,7 +205,7 @@ fn label(p: &Progress) -> String {
         || p.base.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    format!("{what} {}", crate::output::escape(&name))
+    format!("{what} {}", crate::term::escape(&name))
 }
 
 impl Drop for Reporter {

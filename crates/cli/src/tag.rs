@@ -73,14 +73,14 @@ pub fn prefix(tag: Tag, colour: bool) -> String {
 
 /// `text` as a line tagged `tag` for stderr, its control characters escaped.
 pub fn line(tag: Tag, text: &str) -> String {
-    styled(tag, text, crate::output::colour())
+    styled(tag, text, crate::term::colour())
 }
 
 /// `text` as a line tagged `tag`, its control characters escaped and its recorded times
 /// shown for people (see [`crate::when`]), the tag coloured when `colour`.
 pub fn styled(tag: Tag, text: &str, colour: bool) -> String {
     let text = crate::when::in_text(text);
-    format!("{}{}", prefix(tag, colour), crate::output::escape(&text))
+    format!("{}{}", prefix(tag, colour), crate::term::escape(&text))
 }
 
 /// Writes `text` on stderr as a line tagged `tag`. A failed write is ignored: what the line

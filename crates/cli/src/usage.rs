@@ -47,7 +47,7 @@ pub fn report(raw: &[OsString], e: &clap::Error) -> ExitCode {
     for line in restyled(
         &e.render().to_string(),
         tip.as_deref(),
-        crate::output::colour(),
+        crate::term::colour(),
     ) {
         let _ = writeln!(err, "{line}");
     }

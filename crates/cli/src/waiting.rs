@@ -54,7 +54,7 @@ impl Teller {
                 writeln!(err, "{event}")
             } else {
                 let line = crate::when::in_text(&line);
-                writeln!(err, "imgtx: {}", crate::output::escape(&line))
+                writeln!(err, "imgtx: {}", crate::term::escape(&line))
             };
             self.said = Some(key);
         }

@@ -45,19 +45,7 @@ pub(crate) fn find<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Result<TxId> {
             .cloned()
             .collect()
     });
-    for found in [named, by_prefix] {
-        match found.len() {
-            0 => {}
-            1 => return Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
-            _ => {
-                return Err(Error::Ambiguous {
-                    given: given.to_owned(),
-                    matches: found,
-                })
-            }
-        }
-    }
-    Err(not_open(e, given))
+    the_one(given, [named, by_prefix]).unwrap_or_else(|| Err(not_open(e, given)))
 }
 
 /// The committed transaction `given` names for a revert: a whole id as it is (the revert
@@ -76,12 +64,7 @@ pub(crate) fn find_revertible<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Res
         .into_iter()
         .map(|r| r.tx)
         .collect();
-    let history = e
-        .state
-        .history_checked(&e.fs)
-        .and_then(|path| crate::history::read(&e.fs, &path))
-        .map(|h| h.entries)
-        .unwrap_or_default();
+    let history = entries(e);
     let named: Vec<TxId> = kept
         .iter()
         .filter(|id| {
@@ -97,20 +80,24 @@ pub(crate) fn find_revertible<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Res
             .cloned()
             .collect()
     });
-    for found in [named, by_prefix] {
-        match found.len() {
-            0 => {}
-            1 => return Ok(found.into_iter().next().unwrap_or_else(|| unreachable!())),
-            _ => {
-                return Err(Error::Ambiguous {
-                    given: given.to_owned(),
-                    matches: found,
-                })
-            }
-        }
-    }
-    Err(Error::NotRevertible {
-        given: given.to_owned(),
+    the_one(given, [named, by_prefix]).unwrap_or_else(|| {
+        Err(Error::NotRevertible {
+            given: given.to_owned(),
+        })
+    })
+}
+
+/// The transaction `given` names, out of those it names by name, else by id prefix: the
+/// first list with one; an error when the first that is not empty has several; `None` when
+/// both are empty.
+fn the_one(given: &str, lists: [Vec<TxId>; 2]) -> Option<Result<TxId>> {
+    let found = lists.into_iter().find(|l| !l.is_empty())?;
+    Some(match <[TxId; 1]>::try_from(found) {
+        Ok([one]) => Ok(one),
+        Err(matches) => Err(Error::Ambiguous {
+            given: given.to_owned(),
+            matches,
+        }),
     })
 }
 
@@ -120,12 +107,7 @@ pub(crate) fn find_revertible<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Res
 /// likely typo.
 pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
     // Only for the message: a history that cannot be read leaves it at "not found".
-    let history = e
-        .state
-        .history_checked(&e.fs)
-        .and_then(|path| crate::history::read(&e.fs, &path))
-        .map(|h| h.entries)
-        .unwrap_or_default();
+    let history = entries(e);
     // By id or id prefix, if exactly one transaction fits; else the latest of that name.
     let by_id: Vec<&HistoryEntry> = match prefix(given) {
         Some(p) => history
@@ -158,6 +140,16 @@ pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
         tx: given.to_owned(),
         closest,
     }
+}
+
+/// The history's entries, for naming transactions; none when the history cannot be read
+/// (the names it holds are then unknown, which only makes a lookup find less).
+fn entries<S: Fs, H: Host>(e: &Ctx<S, H>) -> Vec<HistoryEntry> {
+    e.state
+        .history_checked(&e.fs)
+        .and_then(|path| crate::history::read(&e.fs, &path))
+        .map(|h| h.entries)
+        .unwrap_or_default()
 }
 
 /// `given` as the start of an id (`tx-` added if left out), when it can be one: hex digits,
