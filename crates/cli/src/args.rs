@@ -72,7 +72,13 @@ pub struct Cli {
     /// Work as a member of sanlock lockspace NAME, which this host has joined: sanlock
     /// leases on the shared storage keep other hosts out of the images. Refuses to work when
     /// the daemon or the lockspace is not there
-    #[arg(long, global = true, value_name = "NAME", env = "IMGTX_LOCKSPACE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        env = "IMGTX_LOCKSPACE",
+        hide_env_values = true
+    )]
     pub lockspace: Option<String>,
 
     /// More logging on stderr (repeat for more)
@@ -268,7 +274,13 @@ Example:
         dry_run: bool,
         /// Also search DIR and the directories below it for journals beside images, for
         /// when the state directory was lost (repeatable; $IMGTX_SCAN, colon-separated)
-        #[arg(long, value_name = "DIR", env = "IMGTX_SCAN", value_delimiter = ':')]
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "IMGTX_SCAN",
+            hide_env_values = true,
+            value_delimiter = ':'
+        )]
         scan: Vec<PathBuf>,
         /// End transaction TX without writing any image, when it can be neither finished
         /// nor undone (its base was deleted or moved); its files are kept for forensics
