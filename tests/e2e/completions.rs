@@ -223,3 +223,37 @@ fn bash_zsh_and_fish_complete_transactions_with_the_installed_scripts() {
         assert_eq!(fish.trim(), format!("upgrade\t{named}"));
     }
 }
+
+#[test]
+fn a_name_with_control_characters_never_reaches_the_shell_raw() {
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    let id = t.imgtx_ok(&[
+        "begin",
+        "--name",
+        "evil\nname\x1b[31m",
+        base.to_str().expect("utf-8"),
+    ]);
+    let mut cmd = Command::new(imgtx_bin());
+    cmd.env("IMGTX_COMPLETE", "fish")
+        .args(["--", "imgtx", "--state-dir"])
+        .arg(t.state_dir())
+        .args(["commit", ""]);
+
+    let out = stdout_of(&run(&mut cmd));
+
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with(id.trim()), "{out:?}");
+    assert!(
+        first.contains("evil\\nname\\x1b[31m"),
+        "described escaped: {out:?}"
+    );
+    assert!(
+        !out.contains('\x1b'),
+        "an escape sequence for the terminal: {out:?}"
+    );
+    assert!(
+        !out.lines().any(|l| l.starts_with("name")),
+        "a line of its own: {out:?}"
+    );
+}

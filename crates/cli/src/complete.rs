@@ -84,7 +84,7 @@ pub fn open_transactions() -> Vec<CompletionCandidate> {
             Some(name) => format!("{name}: {}", bases.join(", ")),
             None => bases.join(", "),
         };
-        out.push(CompletionCandidate::new(m.id.to_string()).help(Some(about.into())));
+        out.push(CompletionCandidate::new(m.id.to_string()).help(Some(shown(&about))));
         if let Some(name) = &m.name {
             named
                 .entry(name.clone())
@@ -118,7 +118,7 @@ pub fn revertible() -> Vec<CompletionCandidate> {
             Some(n) => format!("{n}: committed {}", record.committed),
             None => format!("committed {}", record.committed),
         };
-        out.push(CompletionCandidate::new(&id).help(Some(about.into())));
+        out.push(CompletionCandidate::new(&id).help(Some(shown(&about))));
         if let Some(n) = name {
             named.entry(n).or_default().push(id);
         }
@@ -127,14 +127,25 @@ pub fn revertible() -> Vec<CompletionCandidate> {
     out
 }
 
-/// A candidate for each name that only one transaction has, described by its id.
+/// A candidate for each name that only one transaction has, described by its id. A name
+/// with a control character is left out: the shells read candidates one a line (a newline
+/// in a name would make two), and a terminal must not be sent its escape sequences; such a
+/// name is no use to type anyway.
 fn unique_names(named: BTreeMap<String, Vec<String>>) -> impl Iterator<Item = CompletionCandidate> {
     named
         .into_iter()
         .filter_map(|(name, ids)| match ids.as_slice() {
-            [id] => Some(CompletionCandidate::new(name).help(Some(id.clone().into()))),
+            [id] if !name.chars().any(char::is_control) => {
+                Some(CompletionCandidate::new(name).help(Some(id.clone().into())))
+            }
             _ => None,
         })
+}
+
+/// A candidate's description as the shells show it: control characters escaped (see
+/// [`crate::term::escape`]), as in every human line.
+fn shown(about: &str) -> clap::builder::StyledStr {
+    crate::term::escape(about).into_owned().into()
 }
 
 /// Completes the words of `run` after the subcommand: base images before `--` (paths),
