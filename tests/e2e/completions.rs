@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{imgtx_bin, require_tool, run, stderr_of, stdout_of, TestDir};
+use crate::util::{
+    exit, expect_code, imgtx_bin, require_tool, run, run_with_closed, stderr_of, stdout_of, Closed,
+    TestDir,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -256,4 +259,29 @@ fn a_name_with_control_characters_never_reaches_the_shell_raw() {
         !out.lines().any(|l| l.starts_with("name")),
         "a line of its own: {out:?}"
     );
+}
+
+#[test]
+fn a_shell_imgtx_does_not_know_is_a_usage_error_and_a_gone_reader_is_none() {
+    let mut bogus = Command::new(imgtx_bin());
+    bogus.env("IMGTX_COMPLETE", "bogus").arg("status");
+    let mut gone = Command::new(imgtx_bin());
+    gone.env("IMGTX_COMPLETE", "fish").args(["--", "imgtx", ""]);
+
+    let refused = expect_code(&mut bogus, exit::USAGE);
+    let unread = run_with_closed(&mut gone, Closed::Stdout);
+
+    let err = stderr_of(&refused);
+    assert!(
+        err.starts_with("imgtx: error: IMGTX_COMPLETE=bogus names no shell")
+            && err.contains("imgtx: hint: "),
+        "{err}"
+    );
+    assert_eq!(
+        unread.status.code(),
+        Some(exit::OK),
+        "{}",
+        stderr_of(&unread)
+    );
+    assert!(stderr_of(&unread).is_empty(), "{}", stderr_of(&unread));
 }

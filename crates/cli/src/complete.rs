@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap_complete::engine::{CompletionCandidate, PathCompleter, ValueCompleter};
 use clap_complete::env::{CompleteEnv, Shells};
@@ -24,14 +24,51 @@ use clap_complete::Shell;
 use storage::OsFs;
 use txn::{Engine, OsHost};
 
+use crate::tag::{self, Tag};
+
 /// The variable that turns a run of imgtx into a completion request.
 const VAR: &str = "IMGTX_COMPLETE";
 
-/// Answers a completion request about the command line `cli` defines and exits, when this
-/// run is one (`IMGTX_COMPLETE` is set); else returns and imgtx runs as usual. Must run
-/// before anything is written to stdout.
-pub fn serve(cli: fn() -> clap::Command) {
-    CompleteEnv::with_factory(cli).var(VAR).complete();
+/// Answers a completion request about the command line `cli` defines, when this run is one
+/// (`IMGTX_COMPLETE` is set, not empty and not `0`), and returns the exit status; `None`
+/// when imgtx is to run as usual. Must run before anything is written to stdout.
+///
+/// A shell imgtx does not know is a usage error, said in imgtx's style. A shell that went
+/// away before reading the answer (a closed pipe) is no error: nobody is left to tell.
+pub fn serve(cli: fn() -> clap::Command) -> Option<u8> {
+    let asked = std::env::var_os(VAR).filter(|v| !v.is_empty() && v != "0")?;
+    let shell = Path::new(&asked).file_stem().unwrap_or_default();
+    if Shells::builtins()
+        .completer(&shell.to_string_lossy())
+        .is_none()
+    {
+        let known: Vec<&str> = Shells::builtins().names().collect();
+        tag::say(
+            Tag::Error,
+            &format!(
+                "{VAR}={} names no shell imgtx completes for ({})",
+                asked.to_string_lossy(),
+                known.join(", ")
+            ),
+        );
+        tag::say(
+            Tag::Hint,
+            &format!("{VAR} is set by the shell completion scripts; unset it to run imgtx"),
+        );
+        return Some(crate::failure::EXIT_USAGE);
+    }
+    let cwd = std::env::current_dir().ok();
+    match CompleteEnv::with_factory(cli)
+        .var(VAR)
+        .try_complete(std::env::args_os(), cwd.as_deref())
+    {
+        Ok(_) => Some(0),
+        Err(e) if e.kind() == clap::error::ErrorKind::Io => Some(0),
+        Err(e) => {
+            tag::say(Tag::Error, &e.to_string());
+            Some(1)
+        }
+    }
 }
 
 /// Writes the script that makes `shell` complete imgtx's command lines by asking the

@@ -307,7 +307,7 @@ fn resolve(
                             bases[first].display(),
                             given.display()
                         ),
-                        code: crate::usage::EXIT_USAGE,
+                        code: crate::failure::EXIT_USAGE,
                     });
                 }
                 seen.insert(file, i);

@@ -5,6 +5,9 @@ use txn::ErrorClass;
 
 use crate::advice;
 
+/// Exit status of a usage error (clap's own).
+pub const EXIT_USAGE: u8 = 2;
+
 /// Exit status when an interrupted transaction still needs recovery.
 pub const EXIT_RECOVERY_NEEDED: u8 = 4;
 

@@ -39,7 +39,9 @@ use state_dir::state_dir;
 use tag::Tag;
 
 fn main() -> ExitCode {
-    complete::serve(generate::visible);
+    if let Some(code) = complete::serve(generate::visible) {
+        return ExitCode::from(code);
+    }
     let raw: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&raw) {
         Ok(cli) => cli,

@@ -8,8 +8,7 @@ use std::time::Duration;
 use txn::{BeginOptions, Format, Wait};
 
 use crate::args::{BaseFormat, BeginArgs};
-use crate::failure::Failure;
-use crate::usage::EXIT_USAGE;
+use crate::failure::{Failure, EXIT_USAGE};
 
 /// Resolves a base path as the user typed it: relative paths and symlinks are resolved so
 /// the overlay names the real file by absolute path.

@@ -10,10 +10,8 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use serde_json::json;
 
+use crate::failure::EXIT_USAGE;
 use crate::tag::{self, Tag};
-
-/// Exit status of a usage error (clap's own).
-pub const EXIT_USAGE: u8 = 2;
 
 /// The tip for a `run` whose command was not put after `--`.
 const RUN_TIP: &str =
