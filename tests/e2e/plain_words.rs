@@ -61,3 +61,25 @@ fn status_recover_and_log_speak_plain_words_and_json_keeps_the_names() {
     let v = t.imgtx_json(&["log"]);
     assert_eq!(v["entries"][0]["outcome"], "rolled_back", "{v}");
 }
+
+#[test]
+fn a_commit_finished_by_recovery_is_logged_as_such_and_by_whom() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    let tx = t.begin(&[&base]);
+    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
+    crash(&t, "commit-point", &["commit", &tx.id]);
+    t.imgtx_ok(&["recover"]);
+
+    let log = t.imgtx_ok(&["log"]);
+
+    plain(
+        "log",
+        &log,
+        "committed by recovery, as ",
+        &["recovered_forward", "by recovery by"],
+    );
+}

@@ -462,11 +462,16 @@ impl Out {
                 .as_deref()
                 .map(|n| format!(" ({n})"))
                 .unwrap_or_default();
+            // "committed by root@vm", but "committed by recovery, as root@vm".
+            let by = if outcome.ends_with("by recovery") {
+                ", as"
+            } else {
+                " by"
+            };
             lines.push(format!(
-                "{} {}{name} {} by {}@{}",
+                "{} {}{name} {outcome}{by} {}@{}",
                 when::local(&e.ended),
                 e.id,
-                outcome,
                 e.user,
                 e.host
             ));
