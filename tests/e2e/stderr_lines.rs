@@ -1,7 +1,7 @@
 //! One style for every line imgtx writes on stderr about how things go, whichever part of
 //! it writes the line: `imgtx: error: …` and `imgtx: hint: …` for a failed command (the
-//! engine's errors and clap's usage errors alike), `imgtx: info: …` for log lines; never a
-//! bare `error:`, `tip:` or a tracing time stamp.
+//! engine's errors, clap's usage errors and an image of `run --each` alike), `imgtx: info: …`
+//! for log lines; never a bare `error:`, `tip:` or a tracing time stamp.
 
 use crate::util::{stderr_of, TestDir};
 
@@ -22,7 +22,8 @@ fn errors_hints_and_log_lines_all_start_with_imgtx_and_their_tag() {
     let base = t.raw_image("disk.img", MIB, 1);
     let tx = t.begin(&[&base]);
 
-    let cases: [(&[&str], &[&str]); 4] = [
+    let held = base.to_str().expect("utf-8");
+    let cases: [(&[&str], &[&str]); 5] = [
         // The engine's error, with its advice.
         (
             &["commit", "tx-0000000000"],
@@ -36,6 +37,15 @@ fn errors_hints_and_log_lines_all_start_with_imgtx_and_their_tag() {
         (
             &["run", "x.img", "true"],
             &["imgtx: error: ", "imgtx: hint: put `--`"],
+        ),
+        // An image of a batch that could not begin: an error of its own, with its hint.
+        (
+            &["run", "--each", held, "--", "true"],
+            &[
+                "imgtx: error: ",
+                "imgtx: hint: ",
+                "imgtx: 0 of 1 images committed",
+            ],
         ),
         // Log lines.
         (&["-v", "commit", &tx.id], &["imgtx: info: "]),

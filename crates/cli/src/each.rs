@@ -34,6 +34,7 @@ use crate::interrupt::{self, Interrupts};
 use crate::options::{self, begin_options};
 use crate::output::{self, Out};
 use crate::runner::{self, Committed, OsEngine, Ran};
+use crate::tag::{self, Tag};
 use crate::when;
 
 /// Exit status of a batch in which some image was not committed (and no signal came).
@@ -501,11 +502,20 @@ impl Tally {
         let mut err = io::stderr().lock();
         if self.lines {
             self.clear_line(&mut err);
-            let line = format!("{}: {}", base.display(), when::in_text(&o.describe()));
-            let _ = writeln!(err, "{}", crate::term::escape(&line));
-            if let Some(hint) = o.failure().and_then(Failure::hint) {
-                let _ = writeln!(err, "{}", crate::tag::line(crate::tag::Tag::Hint, &hint));
-            }
+            // An image that failed for a reason of imgtx's (it could not begin, its command
+            // could not be started, its commit failed) is an error line, with its hint; one
+            // whose command said no is a plain report, as `run` gives it.
+            let line = format!("{}: {}", base.display(), o.describe());
+            let _ = match o.failure() {
+                Some(f) => {
+                    let _ = writeln!(err, "{}", tag::line(Tag::Error, &line));
+                    match f.hint() {
+                        Some(hint) => writeln!(err, "{}", tag::line(Tag::Hint, &hint)),
+                        None => Ok(()),
+                    }
+                }
+                None => writeln!(err, "{}", crate::term::escape(&when::in_text(&line))),
+            };
         }
         self.draw(&mut err);
     }
