@@ -494,3 +494,46 @@ fn a_waiting_begin_says_whom_it_waits_for_once() {
         "names the transaction and user@host: {err}"
     );
 }
+
+/// A refusal because of qemu says which image qemu holds (base or overlay) and which
+/// process, so that the admin knows what to stop.
+#[test]
+fn a_commit_refused_for_qemu_names_the_image_and_the_process() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", 4 * MIB, 7);
+    let tx = t.begin(&[&base]);
+    let mut tool = Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(tx.overlay())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = t.imgtx_code(&["commit", &tx.id], exit::BUSY);
+
+    drop(tool.stdin.take());
+    tool.wait().unwrap();
+    let err = stderr_of(&out);
+    let named = [
+        base.display().to_string(),
+        tx.overlay().display().to_string(),
+    ];
+    assert!(
+        named
+            .iter()
+            .any(|p| err.contains(&format!(" {p} is in use by a qemu process"))),
+        "names the image: {err}"
+    );
+    assert!(
+        err.contains(&format!("(pid {})", tool.id())),
+        "names qemu-io's pid {}: {err}",
+        tool.id()
+    );
+    assert!(err.contains("imgtx: hint: stop the qemu process"), "{err}");
+    t.imgtx_ok(&["commit", &tx.id]);
+}
