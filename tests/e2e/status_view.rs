@@ -1,5 +1,5 @@
 //! What `status` shows an administrator: the files imgtx keeps beside a base (by name, with
-//! their sizes), an overlay deleted by hand, and, to a user who is not root, that root's
+//! their sizes: pre-images and sanlock lease files), an overlay deleted by hand, and, to a user who is not root, that root's
 //! state directory is a matter for sudo or a state directory of their own.
 
 use std::fs;
@@ -31,6 +31,34 @@ fn status_names_the_spare_beside_the_base_with_its_size() {
     );
     let human = format!("{:.2} MiB", size as f64 / MIB as f64);
     assert!(status.contains(&human), "no size {human}: {status}");
+}
+
+#[test]
+fn status_names_the_lease_files_beside_the_bases_it_worked_on() {
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 1);
+    t.raw_image("other.img", MIB, 2);
+    let tx = t.begin(&[&base]);
+    t.imgtx_ok(&["rollback", &tx.id]);
+    // What a `--lockspace` run leaves beside a base: the lease file (its content is
+    // sanlock's, and status only names it). other.img was never in a transaction here.
+    let lease = t.images().join(".disk.img.imgtx.lease");
+    fs::write(&lease, vec![0u8; 1 << 20]).unwrap();
+    fs::write(t.images().join(".other.img.imgtx.lease"), b"x").unwrap();
+
+    let human = t.imgtx_ok(&["status"]);
+    let json = t.imgtx_json(&["status"]);
+
+    assert!(
+        human.contains(&format!("  {} (1.00 MiB)", lease.display())),
+        "{human}"
+    );
+    assert!(!human.contains(".other.img"), "{human}");
+    assert_eq!(
+        json["lease_files"],
+        serde_json::json!([{"path": lease, "bytes": 1 << 20}]),
+        "{json}"
+    );
 }
 
 #[test]

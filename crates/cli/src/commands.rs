@@ -210,11 +210,11 @@ pub fn read_only(engine: Option<&OsEngine>, out: &Out, command: Command) -> Resu
                 Some(e) => e.status(id.as_ref())?,
                 None => Vec::new(),
             };
-            let kept = match (engine, &id) {
-                (Some(e), None) => e.kept()?,
-                _ => Vec::new(),
+            let (kept, leases) = match (engine, &id) {
+                (Some(e), None) => (e.kept()?, e.lease_files()?),
+                _ => (Vec::new(), Vec::new()),
             };
-            out.status(&list, &kept)?;
+            out.status(&list, &kept, &leases)?;
         }
         Command::Diff { tx } => {
             let id = find(engine, &tx)?;

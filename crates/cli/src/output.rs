@@ -8,8 +8,8 @@ use std::io::{self, Write};
 
 use serde_json::{json, Value};
 use txn::{
-    kept, AbandonReport, Aside, ChainFormat, CommitReport, Condition, History, ImageDiff, Manifest,
-    Outcome, Pruned, RecoverReport, RecoveryAction, RevertReport, Spare, TxId, TxStatus,
+    kept, AbandonReport, Aside, ChainFormat, CommitReport, Condition, History, ImageDiff, KeptFile,
+    Manifest, Outcome, Pruned, RecoverReport, RecoveryAction, RevertReport, Spare, TxId, TxStatus,
     Verification,
 };
 
@@ -299,7 +299,14 @@ impl Out {
         human(&lines)
     }
 
-    pub fn status(&self, list: &[TxStatus], kept: &[(kept::Record, u64)]) -> io::Result<()> {
+    /// `status`: the transactions, then (without TX) what can be reverted and the lease
+    /// files kept beside bases, each file named with its size.
+    pub fn status(
+        &self,
+        list: &[TxStatus],
+        kept: &[(kept::Record, u64)],
+        leases: &[KeptFile],
+    ) -> io::Result<()> {
         if self.json {
             let txs: Vec<Value> = list
                 .iter()
@@ -332,7 +339,9 @@ impl Out {
                         "bytes": bytes, "images": images})
                 })
                 .collect();
-            return print_json(&json!({ "transactions": txs, "revertible": kept }));
+            return print_json(
+                &json!({ "transactions": txs, "revertible": kept, "lease_files": leases }),
+            );
         }
         let mut lines = Vec::new();
         if list.is_empty() {
@@ -397,6 +406,18 @@ impl Out {
                     "    {}: {} ({size})",
                     i.base.display(),
                     i.file.display()
+                ));
+            }
+        }
+        if !leases.is_empty() {
+            lines.push(
+                "sanlock lease files (kept for good, for every host to find the lease):".to_owned(),
+            );
+            for f in leases {
+                lines.push(format!(
+                    "  {} ({})",
+                    f.path.display(),
+                    indicatif::HumanBytes(f.bytes)
                 ));
             }
         }

@@ -104,6 +104,51 @@ pub(crate) fn status<S: Fs, H: Host>(e: &Ctx<S, H>, id: Option<&TxId>) -> Result
     Ok(out)
 }
 
+/// A file imgtx keeps beside a base for good, whatever becomes of its transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeptFile {
+    /// Where it is.
+    pub path: PathBuf,
+    /// How many bytes it takes.
+    pub bytes: u64,
+}
+
+/// The sanlock lease files beside the bases this state directory's transactions named (its
+/// history and its open transactions): they stay after every transaction, so that other
+/// hosts find the lease where they look for it (see `crate::lease`). A history that cannot
+/// be read only shortens the list: this is a view, not a check.
+pub(crate) fn lease_files<S: Fs, H: Host>(e: &Ctx<S, H>) -> Result<Vec<KeptFile>> {
+    let mut bases: Vec<PathBuf> = e
+        .state
+        .history_checked(&e.fs)
+        .and_then(|path| crate::history::read(&e.fs, &path))
+        .map(|h| h.entries)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|entry| entry.images.into_iter().map(|i| i.base))
+        .collect();
+    for tx in e.state.list(&e.fs)? {
+        if let Some(m) = e.state.load(&e.fs, &tx)? {
+            bases.extend(m.images.into_iter().map(|i| i.base));
+        }
+    }
+    bases.sort();
+    bases.dedup();
+    let mut out = Vec::new();
+    for base in bases {
+        let Ok(path) = crate::layout::lease(&base) else {
+            continue;
+        };
+        if let Some(meta) = e.fs.metadata(&path).ok().flatten() {
+            out.push(KeptFile {
+                path,
+                bytes: meta.len,
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// What became of the images of `m` since begin.
 fn images<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<Vec<ImageStatus>> {
     let mut out = Vec::new();

@@ -72,7 +72,7 @@ pub use history::{
 };
 pub use host::{Host, OsGuard, OsHost};
 pub use id::TxId;
-pub use inspect::{Condition, ImageDiff, ImageStatus, TxStatus};
+pub use inspect::{Condition, ImageDiff, ImageStatus, KeptFile, TxStatus};
 pub use kept::{PruneOptions, Pruned};
 pub use manifest::{DevIno, FileId, Format, Holder, ImageEntry, Manifest, TxState};
 pub use options::RevertReport;
@@ -344,6 +344,12 @@ impl<S: Fs, H: Host> Engine<S, H> {
     /// Every registered transaction (or just `id`), with its condition.
     pub fn status(&self, id: Option<&TxId>) -> Result<Vec<TxStatus>> {
         inspect::status(&self.ctx, id)
+    }
+
+    /// The sanlock lease files imgtx keeps beside the bases this state directory's
+    /// transactions named.
+    pub fn lease_files(&self) -> Result<Vec<KeptFile>> {
+        inspect::lease_files(&self.ctx)
     }
 
     /// What each overlay of transaction `id` changes.
