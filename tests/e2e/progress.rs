@@ -57,6 +57,7 @@ fn json_commit_reports_progress_events_on_stderr_up_to_the_total() {
         let (first, last) = (of[0], of[of.len() - 1]);
         assert_eq!(first["done"], 0, "{phase}");
         assert_eq!(last["image"], 0, "{phase}");
+        assert_eq!(last["base"], base.to_str().unwrap(), "{phase}");
         assert_eq!(last["total"], 4 * MIB, "{phase}");
         assert_eq!(last["done"], 4 * MIB, "{phase}");
     }

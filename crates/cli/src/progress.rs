@@ -91,6 +91,7 @@ impl Reporter {
                     let line = json!({
                         "event": "progress",
                         "image": p.image,
+                        "base": &*p.base,
                         "phase": phase_name(p.phase),
                         "done": p.done,
                         "total": p.total,
