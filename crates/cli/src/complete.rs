@@ -1,6 +1,6 @@
 //! Shell completion that knows the state directory: `imgtx commit <TAB>` offers the open
-//! transactions' ids and names, `imgtx revert <TAB>` the ones that can be taken back (by id and name), and
-//! `imgtx run BASE -- <TAB>` the programs on `PATH`.
+//! transactions' ids and names, `imgtx revert <TAB>` those of the ones that can be taken
+//! back, and `imgtx run BASE -- <TAB>` the programs on `PATH`.
 //!
 //! Completions are clap_complete's dynamic ones: the script a shell loads (written by
 //! `imgtx generate completions SHELL`) asks `imgtx` itself what fits, by running it with
