@@ -159,6 +159,8 @@ fn a_waiting_begin_in_another_state_directory_gets_the_image_after_a_commit_and_
 
     let said = wait_announced(&mut stderr);
     assert!(said["for"].as_str().unwrap().contains(&first.id), "{said}");
+    assert_eq!(said["holder"]["tx"], first.id.as_str(), "{said}");
+    assert!(said["holder"]["user"].is_string(), "{said}");
     // While it waits it has written nothing: no transaction in its state directory.
     let status = run(other(&s2).args(["status", "--json"]));
     let v: Value = serde_json::from_slice(&status.stdout).unwrap();

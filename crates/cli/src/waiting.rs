@@ -50,7 +50,14 @@ impl Teller {
                 self.ticking = false;
             }
             let _ = if self.json {
-                let event = serde_json::json!({"event": "waiting", "base": w.base, "for": what});
+                // `for` in words; `holder` (the transaction's id, name, user, host, since)
+                // or `pids` (qemu's) for a program to act on.
+                let (holder, pids) = match &w.blocker {
+                    Blocker::Transaction(h) => (Some(h), None),
+                    Blocker::Qemu(pids) => (None, Some(pids)),
+                };
+                let event = serde_json::json!({"event": "waiting", "base": w.base, "for": what,
+                                               "holder": holder, "pids": pids});
                 writeln!(err, "{event}")
             } else {
                 let line = crate::when::in_text(&line);
