@@ -606,3 +606,112 @@ fn a_full_state_directory_refuses_a_commit_before_it_writes() {
     assert_eq!(t.transactions()[0]["state"], "open", "{}", stderr_of(&out));
     t.imgtx_ok(&["commit", &tx.id]);
 }
+
+#[test]
+fn an_open_transaction_is_not_forgotten_while_its_directory_is_moved_away() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 4);
+    let tx = t.begin(&[&base]);
+    qcow2_io(tx.overlay(), "write -P 0x66 0 64k");
+    let away = t.path().join("images.away");
+
+    // The directory goes away for a while (maintenance, a mount not there yet at boot),
+    // and imgtx looks in the meantime: nothing of the transaction beside a base that is
+    // not there proves nothing.
+    fs::rename(t.images(), &away).unwrap();
+    let status = t.imgtx_json(&["status"]);
+    let human = t.imgtx_ok(&["status"]);
+    let recover = stderr_of(&t.imgtx_code(&["recover"], exit::ERROR));
+    fs::rename(&away, t.images()).unwrap();
+
+    assert!(human.contains("the base is not there"), "{human}");
+    assert!(
+        recover.contains(&format!(
+            "imgtx: error: transaction {} not recovered",
+            tx.id
+        )) && recover.contains("is not there")
+            && recover.contains("imgtx: hint: if it was moved away or is not mounted yet"),
+        "recover says it could not look, and what to do: {recover}"
+    );
+
+    assert_eq!(status["transactions"][0]["id"], tx.id.as_str(), "{status}");
+    assert_eq!(
+        status["transactions"][0]["images"][0]["base_missing"], true,
+        "{status}"
+    );
+    let listed = t.transactions();
+    assert_eq!(listed.len(), 1, "the transaction was forgotten: {listed:?}");
+    t.imgtx_ok(&["commit", &tx.id]);
+    assert!(fs::read(&base).unwrap()[..64 << 10]
+        .iter()
+        .all(|&b| b == 0x66));
+}
+
+#[test]
+fn a_base_directory_not_there_does_not_keep_other_interrupted_commits_torn() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let (torn, base) = interrupted(&t, "disk.img", 5);
+    // A second image on a mount that is not up yet when boot recovery runs.
+    let mnt = t.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let late = mnt.join("late.img");
+    fs::write(&late, vec![0u8; MIB as usize]).unwrap();
+    let open = t.begin(&[&late]);
+    let away = t.path().join("mnt.away");
+    fs::rename(&mnt, &away).unwrap();
+
+    let r = recover_json(&t, &[], exit::ERROR);
+
+    assert_eq!(r["actions"][0]["tx"], torn.as_str(), "{r}");
+    assert_eq!(r["actions"][0]["action"], "recovered_forward", "{r}");
+    assert!(
+        fs::read(&base).unwrap()[512 << 10..(512 << 10) + MIB as usize]
+            .iter()
+            .all(|&b| b == 0x55)
+    );
+    assert_eq!(r["failures"][0]["tx"], open.id.as_str(), "{r}");
+    // Once the mount is up, that transaction is as it was: open, and it commits.
+    fs::rename(&away, &mnt).unwrap();
+    t.imgtx_ok(&["recover"]);
+    t.imgtx_ok(&["commit", &open.id]);
+}
+
+#[test]
+fn an_open_transaction_is_not_forgotten_while_another_file_stands_in_for_its_base() {
+    if !require_tools(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = t.raw_image("disk.img", MIB, 4);
+    let tx = t.begin(&[&base]);
+    qcow2_io(tx.overlay(), "write -P 0x67 0 64k");
+    let away = t.path().join("images.away");
+    // The directory is swapped for another with a disk.img of its own (a restore into a
+    // fresh directory, say): nothing of the transaction is beside that file, which proves
+    // nothing about the transaction.
+    fs::rename(t.images(), &away).unwrap();
+    fs::create_dir(t.images()).unwrap();
+    fs::write(&base, vec![0u8; MIB as usize]).unwrap();
+
+    let status = t.imgtx_json(&["status"]);
+    t.imgtx_ok(&["recover"]);
+    fs::remove_dir_all(t.images()).unwrap();
+    fs::rename(&away, t.images()).unwrap();
+
+    assert_eq!(status["transactions"][0]["id"], tx.id.as_str(), "{status}");
+    assert_eq!(
+        status["transactions"][0]["images"][0]["base_changed"], true,
+        "{status}"
+    );
+    assert_eq!(t.transactions().len(), 1, "the transaction was forgotten");
+    t.imgtx_ok(&["commit", &tx.id]);
+    assert!(fs::read(&base).unwrap()[..64 << 10]
+        .iter()
+        .all(|&b| b == 0x67));
+}

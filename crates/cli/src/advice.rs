@@ -34,6 +34,10 @@ pub fn for_error(e: &Error) -> Option<String> {
             "run `imgtx recover` to finish it (`imgtx recover --undo` takes it back instead)"
                 .to_owned()
         }
+        Error::DirGone { .. } => "if it was moved away or is not mounted yet, put it back \
+                                  and run `imgtx recover` again; if it is gone for good, \
+                                  `imgtx recover --abandon TX` ends the transaction"
+            .to_owned(),
         Error::InUse { .. } => "stop the qemu process that uses it, then try again".to_owned(),
         Error::Interrupted { .. } => "run `imgtx recover`".to_owned(),
         Error::Locked { .. } => "try again when that process finishes".to_owned(),

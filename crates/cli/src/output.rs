@@ -315,6 +315,7 @@ impl Out {
                     let mut images = images_json(m);
                     if let Value::Array(list) = &mut images {
                         for (img, st) in list.iter_mut().zip(&s.images) {
+                            img["base_missing"] = json!(st.base_missing);
                             img["base_changed"] = json!(st.base_changed.is_some());
                             img["base_change"] = json!(st.base_changed);
                             img["overlay_missing"] = json!(st.overlay_missing);
@@ -370,6 +371,13 @@ impl Out {
                     i.base_format.as_str(),
                     i.overlay.display()
                 ));
+                if st.base_missing {
+                    lines.push(
+                        "    the base is not there (deleted, or its directory moved away or not \
+                         mounted): put it back to commit, or roll the transaction back"
+                            .to_owned(),
+                    );
+                }
                 if let Some(what) = &st.base_changed {
                     lines.push(format!(
                         "    the base was written behind the transaction's back ({what}): it can \

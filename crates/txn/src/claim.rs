@@ -18,7 +18,7 @@ use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::layout;
 use crate::lease::Member;
-use crate::manifest::{DevIno, Holder, Manifest};
+use crate::manifest::{DevIno, FileId, Holder, Manifest};
 
 /// What a claim file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,10 +266,21 @@ pub(crate) fn release_all<'a, S: Fs>(
 }
 
 /// True when transaction `m` (open, in this state directory's view) ended elsewhere: another
-/// state directory or host finished or undid it from the journals beside its bases. Nothing
-/// of it is left beside any base: no claim of it, no journal or pre-image file, no overlay.
+/// state directory or host finished or undid it from the journals beside its bases. Every
+/// base is still the file the transaction began on, and nothing of it is left beside any:
+/// no claim of it, no journal or pre-image file, no overlay.
 pub(crate) fn ended_elsewhere<S: Fs>(fs: &S, m: &Manifest) -> Result<bool> {
     for img in &m.images {
+        // Absence is evidence only beside the very base the transaction began on: with the
+        // base gone, or another file in its place (its directory moved away, or swapped for
+        // another), its files may well live on where the base went, and a transaction
+        // forgotten then would leave its journal unrecovered when the directory comes back.
+        let here = fs
+            .metadata(&img.base)
+            .map_err(Error::io("stat", &img.base))?;
+        if here.is_none_or(|b| FileId::of(&b).dev_ino() != img.base_id.dev_ino()) {
+            return Ok(false);
+        }
         let leftover = held_by(fs, &img.base, &m.id)?
             || crate::txjournal::beside(fs, &img.base)?.contains(&m.id)
             || crate::txjournal::strays_beside(fs, &img.base)?.contains(&m.id)

@@ -319,6 +319,19 @@ pub enum Error {
         /// first.
         later: Option<TxId>,
     },
+    /// The directory a base is in is not there (moved away, or a mount not up yet): what
+    /// lies beside the base cannot be looked at.
+    #[error(
+        "cannot look beside base {}: its directory {} is not there",
+        base.display(),
+        dir.display()
+    )]
+    DirGone {
+        /// The base.
+        base: PathBuf,
+        /// Its directory.
+        dir: PathBuf,
+    },
     /// A revert named, by a name or an id prefix, no transaction whose pre-images are kept.
     #[error("no revertible transaction {given}")]
     NotRevertible {
@@ -396,6 +409,7 @@ impl Error {
             | Self::Qcow { .. }
             | Self::UntrustedStateDir { .. } => ErrorClass::Invalid,
             Self::Io { .. }
+            | Self::DirGone { .. }
             | Self::Lease { .. }
             | Self::QemuImg { .. }
             | Self::QemuImgRun { .. } => ErrorClass::Io,

@@ -50,6 +50,9 @@ pub struct TxStatus {
 /// What happened to one image of an open transaction behind its back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ImageStatus {
+    /// The base is not there (deleted, or its directory moved away or not mounted): it
+    /// must be put back for the transaction to commit.
+    pub base_missing: bool,
     /// How the base differs from what begin recorded, when something wrote it (or
     /// replaced it) since: the transaction can then no longer commit.
     pub base_changed: Option<String>,
@@ -156,8 +159,8 @@ fn images<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<Vec<ImageStatus
         let now =
             e.fs.metadata(&img.base)
                 .map_err(Error::io("stat", &img.base))?;
+        let base_missing = m.state == TxState::Open && now.is_none();
         let base_changed = match (m.state, now) {
-            (TxState::Open, None) => Some("it no longer exists".to_owned()),
             (TxState::Open, Some(now)) => {
                 img.base_id.difference(&crate::manifest::FileId::of(&now))
             }
@@ -167,6 +170,7 @@ fn images<S: Fs, H: Host>(e: &Ctx<S, H>, m: &Manifest) -> Result<Vec<ImageStatus
             e.fs.metadata(&img.overlay)
                 .map_err(Error::io("stat", &img.overlay))?;
         out.push(ImageStatus {
+            base_missing,
             base_changed,
             overlay_missing: m.state == TxState::Open && overlay.is_none(),
         });
@@ -183,6 +187,11 @@ fn condition<S: Fs, H: Host>(e: &Ctx<S, H>, id: &TxId, m: &Manifest) -> Result<C
         TxState::Finished => Condition::CleanupInterrupted,
     };
     for img in &m.images {
+        // Its directory not there (moved away, not mounted yet): nothing beside the base can
+        // be looked at, and [`images`] says the base is missing.
+        if !crate::files::exists(&e.fs, crate::layout::dir_of(&img.base)?)? {
+            continue;
+        }
         if txjournal::beside(&e.fs, &img.base)?.contains(id) {
             condition = Condition::CommitInterrupted;
         } else if txjournal::strays_beside(&e.fs, &img.base)?.contains(id) {

@@ -41,11 +41,16 @@ pub(crate) fn recover<S: Fs, H: Host>(
     for id in e.state.list(&e.fs)? {
         manifests.extend(e.state.load(&e.fs, &id)?);
     }
-    let bases = bases_to_recover(e, opts, &manifests)?;
     let mut report = RecoverReport {
         dry_run: opts.dry_run,
         ..RecoverReport::default()
     };
+    let bases = reachable(
+        e,
+        bases_to_recover(e, opts, &manifests)?,
+        &manifests,
+        &mut report,
+    )?;
     // Interrupted commits: every transaction with a journal beside one of the bases. One
     // that cannot be recovered is reported, and the others still are.
     let commits = discover::commits(&e.fs, &bases)?;
@@ -126,6 +131,41 @@ pub(crate) fn recover<S: Fs, H: Host>(
             .extend(leftovers::orphans(e, &commits, opts.dry_run)?);
     }
     Ok(report)
+}
+
+/// Of `bases`, those whose directory is there. Beside the others nothing can be seen (the
+/// directory was moved away, or its mount is not up yet at boot), so each transaction of
+/// `manifests` with a base there is reported as a failure, saying so, and the rest are
+/// still recovered: one missing mount must not keep every other image torn.
+fn reachable<S: Fs, H: Host>(
+    e: &Ctx<S, H>,
+    bases: Vec<PathBuf>,
+    manifests: &[crate::manifest::Manifest],
+    report: &mut RecoverReport,
+) -> Result<Vec<PathBuf>> {
+    let mut there = Vec::with_capacity(bases.len());
+    for base in bases {
+        let dir = layout::dir_of(&base)?;
+        if crate::files::exists(&e.fs, dir)? {
+            there.push(base);
+            continue;
+        }
+        let of_base = manifests
+            .iter()
+            .filter(|m| m.images.iter().any(|i| i.base == base));
+        for m in of_base {
+            tracing::warn!(tx = %m.id, base = %base.display(), "base directory not there");
+            report.failures.push(RecoverFailure {
+                tx: m.id.to_string(),
+                bases: vec![base.clone()],
+                error: Error::DirGone {
+                    base: base.clone(),
+                    dir: dir.to_path_buf(),
+                },
+            });
+        }
+    }
+    Ok(there)
 }
 
 /// The bases to look at: those the user named (resolved) and those found under the
