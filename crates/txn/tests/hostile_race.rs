@@ -205,10 +205,21 @@ fn a_racer_swapping_names_and_directories_never_makes_the_engine_touch_the_victi
             pause.store((p * 2).min(256), Ordering::SeqCst);
         }
         // Whatever an ending the racer broke left behind is settled first: finished or
-        // undone by recover, then rolled back.
+        // undone by recover, then rolled back. Recover is also pointed at the base, as a
+        // begin's refusal says to: the racer renames a journal away and back, so a cleanup
+        // can finish while the journal is out of sight and it comes back after the
+        // transaction's manifest is gone; only a recovery beside the base finds it then.
         note(
             "settle: recover",
             &engine.recover(&RecoverOptions::default()).map(drop),
+        );
+        let beside = RecoverOptions {
+            paths: vec![base.clone()],
+            ..RecoverOptions::default()
+        };
+        note(
+            "settle: recover beside the base",
+            &engine.recover(&beside).map(drop),
         );
         for open in engine.status(None).unwrap_or_default() {
             note("settle: rollback", &engine.rollback(&open.manifest.id));
