@@ -613,9 +613,7 @@ fn an_open_transaction_is_not_forgotten_while_its_directory_is_moved_away() {
         return;
     }
     let t = TestDir::new();
-    let base = t.raw_image("disk.img", MIB, 4);
-    let tx = t.begin(&[&base]);
-    qcow2_io(tx.overlay(), "write -P 0x66 0 64k");
+    let (base, tx) = t.written("disk.img", MIB, 4, "write -P 0x66 0 64k");
     let away = t.path().join("images.away");
 
     // The directory goes away for a while (maintenance, a mount not there yet at boot),
@@ -688,9 +686,7 @@ fn an_open_transaction_is_not_forgotten_while_another_file_stands_in_for_its_bas
         return;
     }
     let t = TestDir::new();
-    let base = t.raw_image("disk.img", MIB, 4);
-    let tx = t.begin(&[&base]);
-    qcow2_io(tx.overlay(), "write -P 0x67 0 64k");
+    let (base, tx) = t.written("disk.img", MIB, 4, "write -P 0x67 0 64k");
     let away = t.path().join("images.away");
     // The directory is swapped for another with a disk.img of its own (a restore into a
     // fresh directory, say): nothing of the transaction is beside that file, which proves

@@ -2,7 +2,7 @@
 //! names scripts match on (`commit_interrupted`, `rolled_back`).
 
 use crate::kill::crash;
-use crate::util::{qcow2_io, require_tools, TestDir};
+use crate::util::{require_tools, TestDir};
 
 const MIB: u64 = 1 << 20;
 
@@ -20,9 +20,7 @@ fn status_recover_and_log_speak_plain_words_and_json_keeps_the_names() {
         return;
     }
     let t = TestDir::new();
-    let base = t.raw_image("disk.img", MIB, 1);
-    let tx = t.begin(&[&base]);
-    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
+    let (_, tx) = t.written("disk.img", MIB, 1, "write -P 0x42 0 64k");
     crash(&t, "intent", &["commit", &tx.id]);
 
     let status = t.imgtx_ok(&["status"]);
@@ -68,9 +66,7 @@ fn a_commit_finished_by_recovery_is_logged_as_such_and_by_whom() {
         return;
     }
     let t = TestDir::new();
-    let base = t.raw_image("disk.img", MIB, 1);
-    let tx = t.begin(&[&base]);
-    qcow2_io(tx.overlay(), "write -P 0x42 0 64k");
+    let (_, tx) = t.written("disk.img", MIB, 1, "write -P 0x42 0 64k");
     crash(&t, "commit-point", &["commit", &tx.id]);
     t.imgtx_ok(&["recover"]);
 

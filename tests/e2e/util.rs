@@ -137,6 +137,15 @@ impl TestDir {
         Begun::from_json(&self.imgtx_json(&args))
     }
 
+    /// A raw image `name` of `size` bytes (pattern `seed`), a transaction begun over it, and
+    /// `write` (a qemu-io command) done into its overlay, as a guest tool would.
+    pub fn written(&self, name: &str, size: u64, seed: u8, write: &str) -> (PathBuf, Begun) {
+        let base = self.raw_image(name, size, seed);
+        let tx = self.begin(&[&base]);
+        qcow2_io(tx.overlay(), write);
+        (base, tx)
+    }
+
     /// The transactions `imgtx status --json` lists (all of them, whatever their condition).
     pub fn transactions(&self) -> Vec<Value> {
         match self.imgtx_json(&["status"]) {
