@@ -85,6 +85,33 @@ fn a_mistyped_id_gets_the_closest_id_suggested() {
 }
 
 #[test]
+fn a_mistyped_name_gets_the_open_transactions_name_suggested_but_not_a_short_lookalike() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let a = t.raw_image("a.img", MIB, 1);
+    let b = t.raw_image("b.img", MIB, 2);
+    t.imgtx_json(&["begin", "--name", "upgrade", a.to_str().unwrap()]);
+    t.imgtx_json(&["begin", "--name", "db", b.to_str().unwrap()]);
+
+    let out = t.imgtx_code(&["commit", "upgrdae"], exit::ERROR);
+    assert!(
+        stderr_of(&out).contains("did you mean upgrade?"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = t.imgtx_code(&["commit", "ab"], exit::ERROR);
+    assert!(
+        !stderr_of(&out).contains("did you mean"),
+        "{}",
+        stderr_of(&out)
+    );
+    t.imgtx_ok(&["rollback", "upgrade"]);
+    t.imgtx_ok(&["rollback", "db"]);
+}
+
+#[test]
 fn a_transaction_is_named_by_an_unambiguous_id_prefix_or_its_unique_name() {
     if !require_tools(&["qemu-img"]) {
         return;

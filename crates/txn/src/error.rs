@@ -205,8 +205,9 @@ pub enum Error {
     NotFound {
         /// The id asked for, as given.
         tx: String,
-        /// The id of a transaction, open or finished, that differs from it by a typo.
-        closest: Option<TxId>,
+        /// The id of a transaction, open or finished, or the name of an open one, that
+        /// differs from it by a typo.
+        closest: Option<String>,
     },
     /// An overlay's qcow2 structure cannot be read.
     #[error("overlay {} of transaction {tx} is not usable: {what}", path.display())]

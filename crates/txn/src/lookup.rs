@@ -104,7 +104,7 @@ fn the_one(given: &str, lists: [Vec<TxId>; 2]) -> Option<Result<TxId>> {
 /// The error for `given`, which names no registered transaction: [`Error::Finished`] when
 /// the history has exactly one transaction with that id (or id prefix), or one of that
 /// name (the latest), else [`Error::NotFound`] with the closest id known, if one is a
-/// likely typo.
+/// likely typo, or the name of an open one.
 pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
     // Only for the message: a history that cannot be read leaves it at "not found".
     let history = entries(e);
@@ -128,18 +128,38 @@ pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
             entry: Box::new(entry.clone()),
         };
     }
-    let open = e.state.list(&e.fs).unwrap_or_default();
-    let closest = open
-        .iter()
-        .chain(history.iter().map(|h| &h.id))
-        .map(|id| (edits(id.as_str(), given), id))
-        .filter(|(d, _)| *d <= TYPO_EDITS)
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, id)| id.clone());
     Error::NotFound {
         tx: given.to_owned(),
-        closest,
+        closest: closest(e, &history, given),
     }
+}
+
+/// What `given` was probably meant to be: the id of a transaction, open or finished, or the
+/// unique name of an open one, that is a typo away from it. A word counts as a typo of
+/// another when at most [`TYPO_EDITS`] edits apart, and fewer than half of the shorter's
+/// characters, so that `db` is not offered for `ab`.
+fn closest<S: Fs, H: Host>(e: &Ctx<S, H>, history: &[HistoryEntry], given: &str) -> Option<String> {
+    let open = e.state.list(&e.fs).unwrap_or_default();
+    let mut names: Vec<String> = open
+        .iter()
+        .filter_map(|id| e.state.load(&e.fs, id).ok().flatten()?.name)
+        .collect();
+    names.sort();
+    let unique: Vec<String> = names
+        .iter()
+        .filter(|n| names.iter().filter(|m| m == n).count() == 1)
+        .cloned()
+        .collect();
+    open.iter()
+        .chain(history.iter().map(|h| &h.id))
+        .map(|id| id.as_str().to_owned())
+        .chain(unique)
+        .map(|word| (edits(&word, given), word))
+        .filter(|(d, word)| {
+            *d <= TYPO_EDITS && 2 * d < word.chars().count().min(given.chars().count())
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, word)| word)
 }
 
 /// The history's entries, for naming transactions; none when the history cannot be read
