@@ -278,3 +278,32 @@ fn a_qcow2_image_with_a_backing_file_is_refused_with_what_to_do() {
     assert!(err.contains("flatten it first"), "{err}");
     assert!(!err.contains("--base-format raw"), "{err}");
 }
+
+/// Stating `--base-format raw` for what is a well-formed qcow2 image is obeyed (a guest may
+/// have written a qcow2 image onto a raw disk) but warned about, saying the transaction
+/// edits the qcow2 file's own bytes.
+#[test]
+fn a_qcow2_image_stated_to_be_raw_is_taken_as_raw_with_a_warning() {
+    if !require_tools(&["qemu-img"]) {
+        return;
+    }
+    let t = TestDir::new();
+    let base = qcow2_base(&t, "disk.qcow2");
+
+    let out = t.imgtx_code(
+        &[
+            "begin".as_ref(),
+            "--base-format".as_ref(),
+            "raw".as_ref(),
+            base.as_os_str(),
+        ],
+        exit::OK,
+    );
+
+    let err = crate::util::stderr_of(&out);
+    assert!(err.contains("imgtx: warning: treating as raw"), "{err}");
+    assert!(err.contains("the qcow2 file's own bytes"), "{err}");
+    let tx = crate::util::stdout_of(&out);
+    let tx = tx.lines().next().unwrap();
+    t.imgtx_ok(&["rollback", tx]);
+}

@@ -86,6 +86,9 @@ pub(crate) fn decide_format<S: Fs>(
     let mut magic = [0u8; 4];
     let has_magic =
         len >= 4 && f.read_exact_at(&mut magic, 0).is_ok() && qcow::has_qcow2_magic(&magic);
+    if stated == Some(Format::Raw) && has_magic {
+        warn_if_qcow2(&f, base);
+    }
     if stated == Some(Format::Raw) || (stated.is_none() && !has_magic) {
         return Ok((Format::Raw, len));
     }
@@ -110,4 +113,18 @@ pub(crate) fn decide_format<S: Fs>(
         });
     }
     Ok((Format::Qcow2, img.header().virtual_size))
+}
+
+/// Warns when `base`, stated to be raw, is in fact a well-formed qcow2 image: treating its
+/// bytes as a disk is right for a raw disk a guest wrote a qcow2 image onto, and a slip of
+/// the hand otherwise, which shows only when the guest finds no file system.
+fn warn_if_qcow2<F: File>(f: &F, base: &Path) {
+    if let Ok(img) = qcow::Image::open(Reader(f)) {
+        let backing = img.header().backing_file.as_deref().unwrap_or("none");
+        tracing::warn!(
+            base = %base.display(),
+            backing_file = backing,
+            "treating as raw, as stated, what reads as a qcow2 image: the transaction edits the qcow2 file's own bytes, not the disk it holds"
+        );
+    }
 }
