@@ -290,7 +290,7 @@ fn run_command(
     let _writers_out = match ran {
         runner::Ran::InUse(e) => return Err(e.into()),
         runner::Ran::NotStarted { program, error } => {
-            return Err(runner::not_started(&program, &error, &m.id));
+            return Err(runner::not_started(&program, &error, Some(&m.id)));
         }
         runner::Ran::Stopped(sig) => {
             out.interrupted(&m.id, sig)?;

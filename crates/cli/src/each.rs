@@ -65,8 +65,9 @@ enum Why {
     Exit(i32, Option<i32>),
     /// The user asked to stop, with this signal.
     Signal(i32),
-    /// The command could not be started: exit status 127 (no such program) or 126.
-    NotRun { code: u8, failure: Failure },
+    /// The command could not be started; the failure carries the exit status, 127 (no such
+    /// program) or 126.
+    NotRun(Failure),
     /// Other writers could not be kept out of the base.
     Error(Failure),
 }
@@ -99,7 +100,7 @@ impl Outcome {
                         output::signal_name(*sig)
                     )
                 }
-                Why::NotRun { failure: f, .. } | Why::Error(f) => {
+                Why::NotRun(f) | Why::Error(f) => {
                     format!("{}; rolled back {id}", f.message())
                 }
             },
@@ -114,7 +115,7 @@ impl Outcome {
         matches!(
             self,
             Self::RolledBack {
-                why: Why::NotRun { .. },
+                why: Why::NotRun(_),
                 ..
             }
         )
@@ -123,7 +124,7 @@ impl Outcome {
     fn failure(&self) -> Option<&Failure> {
         match self {
             Self::RolledBack {
-                why: Why::Error(f) | Why::NotRun { failure: f, .. },
+                why: Why::Error(f) | Why::NotRun(f),
                 ..
             }
             | Self::BeginFailed(f)
@@ -138,7 +139,7 @@ impl Outcome {
             Self::RolledBack { id, why } => match why {
                 Why::Exit(code, _) => (Some(id), Some(*code), None),
                 Why::Signal(sig) => (Some(id), None, Some(output::signal_name(*sig))),
-                Why::NotRun { code, .. } => (Some(id), Some(i32::from(*code)), None),
+                Why::NotRun(f) => (Some(id), Some(i32::from(f.code)), None),
                 Why::Error(_) => (Some(id), None, None),
             },
             Self::Failed { id, exit_code, .. } => (Some(id), *exit_code, None),
@@ -376,10 +377,9 @@ fn one(b: &Batch<'_>, base: &Path, stop: &dyn Fn() -> Option<i32>) -> Outcome {
         Ok(Ran::Stopped(sig)) => return rolled_back(Why::Signal(sig)),
         Ok(Ran::InUse(e)) => return rolled_back(Why::Error(e.into())),
         Ok(Ran::NotStarted { program, error }) => {
-            let code = runner::not_started_code(&error);
-            b.cannot_run.store(code, Ordering::SeqCst);
-            let failure = anyhow::anyhow!("could not run {program:?}: {error}").into();
-            return rolled_back(Why::NotRun { code, failure });
+            let failure = runner::not_started(&program, &error, None);
+            b.cannot_run.store(failure.code, Ordering::SeqCst);
+            return rolled_back(Why::NotRun(failure));
         }
         Ok(Ran::Exited { code, signal, .. }) if code != 0 => {
             return match b.engine.rollback(&id) {

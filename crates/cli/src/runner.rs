@@ -154,23 +154,22 @@ pub fn commit(
     }
 }
 
-/// The failure of a command that could not be started (`program` as substituted), in
-/// transaction `tx`, now rolled back, with [`not_started_code`]'s exit status.
-pub fn not_started(program: &str, error: &io::Error, tx: &TxId) -> Failure {
-    let code = not_started_code(error);
-    Failure {
-        error: anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)"),
-        code,
-    }
-}
-
-/// The exit status of a command that could not be started with `error`, as shells have it:
-/// 127 when there is no such program, 126 when it cannot be executed.
-pub fn not_started_code(error: &io::Error) -> u8 {
-    match error.kind() {
+/// The failure of a command that could not be started (`program` as substituted), with the
+/// exit status shells give it: 127 when there is no such program, 126 when it cannot be
+/// executed. `rolled_back` names the transaction when the message is to say it was rolled
+/// back (`run`; `run --each` says so in its own words).
+pub fn not_started(program: &str, error: &io::Error, rolled_back: Option<&TxId>) -> Failure {
+    let code = match error.kind() {
         io::ErrorKind::NotFound => 127,
         _ => 126,
-    }
+    };
+    let error = match rolled_back {
+        Some(tx) => {
+            anyhow::anyhow!("could not run {program:?}: {error} (transaction {tx} rolled back)")
+        }
+        None => anyhow::anyhow!("could not run {program:?}: {error}"),
+    };
+    Failure { error, code }
 }
 
 /// `argv` (the overlays already put in) ready to spawn for transaction `tx`, with
