@@ -123,10 +123,7 @@ pub struct KeptFile {
 pub(crate) fn lease_files<S: Fs, H: Host>(e: &Ctx<S, H>) -> Result<Vec<KeptFile>> {
     let mut bases: Vec<PathBuf> = e
         .state
-        .history_checked(&e.fs)
-        .and_then(|path| crate::history::read(&e.fs, &path))
-        .map(|h| h.entries)
-        .unwrap_or_default()
+        .history_entries(&e.fs)
         .into_iter()
         .flat_map(|entry| entry.images.into_iter().map(|i| i.base))
         .collect();

@@ -64,7 +64,7 @@ pub(crate) fn find_revertible<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Res
         .into_iter()
         .map(|r| r.tx)
         .collect();
-    let history = entries(e);
+    let history = e.state.history_entries(&e.fs);
     let named: Vec<TxId> = kept
         .iter()
         .filter(|id| {
@@ -107,7 +107,7 @@ fn the_one(given: &str, lists: [Vec<TxId>; 2]) -> Option<Result<TxId>> {
 /// likely typo, or the name of an open one.
 pub(crate) fn not_open<S: Fs, H: Host>(e: &Ctx<S, H>, given: &str) -> Error {
     // Only for the message: a history that cannot be read leaves it at "not found".
-    let history = entries(e);
+    let history = e.state.history_entries(&e.fs);
     // By id or id prefix, if exactly one transaction fits; else the latest of that name.
     let by_id: Vec<&HistoryEntry> = match prefix(given) {
         Some(p) => history
@@ -160,16 +160,6 @@ fn closest<S: Fs, H: Host>(e: &Ctx<S, H>, history: &[HistoryEntry], given: &str)
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, word)| word)
-}
-
-/// The history's entries, for naming transactions; none when the history cannot be read
-/// (the names it holds are then unknown, which only makes a lookup find less).
-fn entries<S: Fs, H: Host>(e: &Ctx<S, H>) -> Vec<HistoryEntry> {
-    e.state
-        .history_checked(&e.fs)
-        .and_then(|path| crate::history::read(&e.fs, &path))
-        .map(|h| h.entries)
-        .unwrap_or_default()
 }
 
 /// `given` as the start of an id (`tx-` added if left out), when it can be one: hex digits,

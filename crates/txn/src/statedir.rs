@@ -187,6 +187,16 @@ impl StateDir {
         Ok(path)
     }
 
+    /// The history's entries, for views and for naming transactions; none when the history
+    /// cannot be read or fails the trust rule. What it holds is then unknown, which only
+    /// makes a view show less and a lookup find less: neither is a check of the history.
+    pub(crate) fn history_entries<S: Fs>(&self, fs: &S) -> Vec<crate::history::HistoryEntry> {
+        self.history_checked(fs)
+            .and_then(|path| crate::history::read(fs, &path))
+            .map(|h| h.entries)
+            .unwrap_or_default()
+    }
+
     /// The lock serializing appends to the history.
     pub fn history_lock(&self) -> PathBuf {
         self.locks().join("history.lock")
