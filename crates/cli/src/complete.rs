@@ -93,8 +93,8 @@ pub fn write_script(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
 }
 
 /// Candidates for a `TX` of an open transaction (`commit`, `rollback`, `status`, `diff`,
-/// `log --tx`, `recover --abandon`): every registered transaction's id, and its name when
-/// no other one has that name (a name two share names neither).
+/// `log --tx`, `recover --abandon`): every registered transaction, described by its name
+/// and its bases' file names.
 pub fn open_transactions() -> Vec<CompletionCandidate> {
     let Some(engine) = engine() else {
         return Vec::new();
@@ -102,10 +102,8 @@ pub fn open_transactions() -> Vec<CompletionCandidate> {
     let Ok(list) = engine.status(None) else {
         return Vec::new();
     };
-    let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut out = Vec::new();
-    for s in &list {
-        let m = &s.manifest;
+    candidates(list.into_iter().map(|s| {
+        let m = s.manifest;
         let bases: Vec<String> = m
             .images
             .iter()
@@ -117,24 +115,12 @@ pub fn open_transactions() -> Vec<CompletionCandidate> {
                     .into_owned()
             })
             .collect();
-        let about = match &m.name {
-            Some(name) => format!("{name}: {}", bases.join(", ")),
-            None => bases.join(", "),
-        };
-        out.push(CompletionCandidate::new(m.id.to_string()).help(Some(shown(&about))));
-        if let Some(name) = &m.name {
-            named
-                .entry(name.clone())
-                .or_default()
-                .push(m.id.to_string());
-        }
-    }
-    out.extend(unique_names(named));
-    out
+        (m.id.to_string(), m.name, bases.join(", "))
+    }))
 }
 
 /// Candidates for `revert`'s `TX`: the committed transactions whose pre-images are kept,
-/// by id, and by name where no other of them has it.
+/// described by their name (as the history has it) and when they were committed.
 pub fn revertible() -> Vec<CompletionCandidate> {
     let Some(engine) = engine() else {
         return Vec::new();
@@ -143,21 +129,35 @@ pub fn revertible() -> Vec<CompletionCandidate> {
         return Vec::new();
     };
     let history = engine.log(None).map(|h| h.entries).unwrap_or_default();
-    let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut out = Vec::new();
-    for (record, _) in kept {
-        let id = record.tx.to_string();
+    candidates(kept.into_iter().map(|(record, _)| {
         let name = history
             .iter()
             .find(|h| h.id == record.tx)
             .and_then(|h| h.name.clone());
+        (
+            record.tx.to_string(),
+            name,
+            format!("committed {}", record.committed),
+        )
+    }))
+}
+
+/// A candidate for each transaction `(id, name, about)`, described by its name and `about`;
+/// then, for each name only one of them has, the name, described by that id (a name two
+/// share names neither).
+fn candidates(
+    txs: impl Iterator<Item = (String, Option<String>, String)>,
+) -> Vec<CompletionCandidate> {
+    let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut out = Vec::new();
+    for (id, name, about) in txs {
         let about = match &name {
-            Some(n) => format!("{n}: committed {}", record.committed),
-            None => format!("committed {}", record.committed),
+            Some(name) => format!("{name}: {about}"),
+            None => about,
         };
         out.push(CompletionCandidate::new(&id).help(Some(shown(&about))));
-        if let Some(n) = name {
-            named.entry(n).or_default().push(id);
+        if let Some(name) = name {
+            named.entry(name).or_default().push(id);
         }
     }
     out.extend(unique_names(named));
@@ -214,7 +214,7 @@ impl ValueCompleter for RunWords {
 /// one: among the words of a completion request (`imgtx -- imgtx WORD...`), where the one
 /// being completed is word `at` (as bash and zsh say), else the last (as fish cuts them).
 fn command_word(argv: &[OsString], at: Option<usize>) -> Option<usize> {
-    let words: Vec<&OsString> = argv.iter().skip_while(|w| *w != "--").skip(1).collect();
+    let words: Vec<&OsString> = request_words(argv).collect();
     let at = at.unwrap_or(words.len().saturating_sub(1)).min(words.len());
     let separator = words[..at].iter().skip(1).position(|w| *w == "--")? + 1;
     Some(at - separator - 1)
@@ -259,10 +259,9 @@ fn engine() -> Option<Engine<OsFs, OsHost>> {
 /// The `--state-dir` among the words of a completion request (`imgtx -- imgtx WORD...`),
 /// before a `--` of their own (after which the words are `run`'s command's).
 fn state_dir_typed(argv: &[OsString]) -> Option<PathBuf> {
-    let words = argv.iter().skip_while(|w| *w != "--").skip(1);
     let mut next_is_it = false;
     let mut found = None;
-    for w in words.skip(1) {
+    for w in request_words(argv).skip(1) {
         if next_is_it {
             found = Some(PathBuf::from(w));
             next_is_it = false;
@@ -275,6 +274,12 @@ fn state_dir_typed(argv: &[OsString]) -> Option<PathBuf> {
         }
     }
     found.filter(|d| !d.as_os_str().is_empty())
+}
+
+/// The words a completion request carries, the program's name first: what follows the `--`
+/// in `imgtx -- imgtx WORD...` (imgtx's own argv before it is not what was typed).
+fn request_words(argv: &[OsString]) -> impl Iterator<Item = &OsString> {
+    argv.iter().skip_while(|w| *w != "--").skip(1)
 }
 
 #[cfg(test)]
