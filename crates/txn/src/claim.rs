@@ -18,7 +18,7 @@ use crate::files::{read_small, remove_if_exists, sync_dir};
 use crate::id::TxId;
 use crate::layout;
 use crate::lease::Member;
-use crate::manifest::{DevIno, FileId, Holder, Manifest};
+use crate::manifest::{DevIno, Holder, Manifest};
 
 /// What a claim file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,7 +278,7 @@ pub(crate) fn ended_elsewhere<S: Fs>(fs: &S, m: &Manifest) -> Result<bool> {
         let here = fs
             .metadata(&img.base)
             .map_err(Error::io("stat", &img.base))?;
-        if here.is_none_or(|b| FileId::of(&b).dev_ino() != img.base_id.dev_ino()) {
+        if here.is_none_or(|b| DevIno::of(&b) != img.base_id.dev_ino()) {
             return Ok(false);
         }
         let leftover = held_by(fs, &img.base, &m.id)?
